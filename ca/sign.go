@@ -1,0 +1,181 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// MaxCSRBytes bounds the DER size of a CSR the Authority will parse.
+const MaxCSRBytes = 16 << 10
+
+// SignCSR verifies csrDER and signs it into an X.509-SVID for ident. The CSR must
+// carry exactly one URI SAN, the identity's SPIFFE ID; nothing else from the CSR is
+// copied into the certificate. ttl 0 means the default; a longer one is capped. It
+// returns the chain: the SVID first, then the signing chain up to and including the root.
+func (a *Authority) SignCSR(csrDER []byte, ident Identity, ttl time.Duration) (chain []*x509.Certificate, err error) {
+	start := a.clock.Now()
+	defer func() {
+		a.metrics.observeSign(err, a.clock.Since(start))
+	}()
+	want, err := ident.ID(a.cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrIdentityMismatch, err)
+	}
+	if len(csrDER) > MaxCSRBytes {
+		return nil, fmt.Errorf("%w: %d bytes is over the %d-byte limit", ErrInvalidCSR, len(csrDER), MaxCSRBytes)
+	}
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidCSR, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: signature: %v", ErrInvalidCSR, err)
+	}
+	if err := checkPublicKey(csr.PublicKey); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidCSR, err)
+	}
+	if len(csr.URIs) != 1 {
+		return nil, fmt.Errorf("%w: it must carry exactly one URI SAN (the SPIFFE ID), found %d", ErrInvalidCSR, len(csr.URIs))
+	}
+	got, err := spiffeid.FromURI(csr.URIs[0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: URI SAN %q is not a SPIFFE ID: %v", ErrInvalidCSR, csr.URIs[0], err)
+	}
+	if got != want {
+		return nil, fmt.Errorf("%w: CSR asks for %s but the credential is for %s", ErrIdentityMismatch, got, want)
+	}
+	return a.sign(csr.PublicKey, want, ttl, nil, nil)
+}
+
+func (a *Authority) sign(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration, dns []string, ips []net.IP) ([]*x509.Certificate, error) {
+	v := a.cur.Load()
+	g := v.signer
+	now := a.clock.Now()
+	if ttl <= 0 || ttl > a.cfg.SVIDTTL {
+		ttl = a.cfg.SVIDTTL
+	}
+	notAfter := now.Add(ttl)
+	for _, c := range g.chain {
+		if c.NotAfter.Before(notAfter) {
+			notAfter = c.NotAfter // never outlive the signer
+		}
+	}
+	if !notAfter.After(now) {
+		return nil, errors.New("the signing CA has expired")
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	ku := x509.KeyUsageDigitalSignature
+	if _, ok := pub.(*rsa.PublicKey); ok {
+		ku |= x509.KeyUsageKeyEncipherment
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		NotBefore:             now.Add(-30 * time.Second), // tolerate small clock skew between hosts
+		NotAfter:              notAfter,
+		KeyUsage:              ku,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		URIs:                  []*url.URL{id.URL()},
+		DNSNames:              dns,
+		IPAddresses:           ips,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, g.chain[0], pub, g.key)
+	if err != nil {
+		return nil, fmt.Errorf("sign svid for %s: %w", id, err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return append([]*x509.Certificate{leaf}, g.chain...), nil
+}
+
+func checkPublicKey(pub any) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return fmt.Errorf("ECDSA curve %s is not allowed (P-256 or P-384)", k.Curve.Params().Name)
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return fmt.Errorf("RSA key of %d bits is too weak (at least 2048)", k.N.BitLen())
+		}
+	default:
+		return fmt.Errorf("public key type %T is not allowed (ECDSA P-256/P-384 or RSA)", pub)
+	}
+	return nil
+}
+
+// IssueServingCert issues rampartd's own serving certificate: an X.509-SVID for
+// the control-plane identity with the given DNS and IP SANs besides the SPIFFE ID.
+func (a *Authority) IssueServingCert(dns []string, ips []net.IP) (*tls.Certificate, error) {
+	key, err := GenerateKey(KeyECDSAP256)
+	if err != nil {
+		return nil, err
+	}
+	id, err := ControlPlaneIdentity(a.cfg.RootNamespace).ID(a.cfg.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := a.sign(key.Public(), id, 0, dns, ips)
+	if err != nil {
+		return nil, err
+	}
+	cert := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, c := range chain[:len(chain)-1] { // peers hold the root already
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	return cert, nil
+}
+
+// MintJWTSVID signs a JWT-SVID for id with the given audiences, using the active
+// generation's JWT key, which the bundle publishes under its kid.
+func (a *Authority) MintJWTSVID(id spiffeid.ID, audiences []string) (string, time.Time, error) {
+	if len(audiences) == 0 {
+		return "", time.Time{}, errors.New("a JWT-SVID needs at least one audience")
+	}
+	if id.TrustDomain() != a.cfg.TrustDomain {
+		return "", time.Time{}, fmt.Errorf("%s is not in trust domain %s", id, a.cfg.TrustDomain)
+	}
+	g := a.cur.Load().signer
+	alg := jose.ES256
+	if _, ok := g.jwtKey.(*rsa.PrivateKey); ok {
+		alg = jose.RS256
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: jose.JSONWebKey{Key: g.jwtKey, KeyID: g.rec.JWTKeyID}},
+		(&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	now := a.clock.Now()
+	exp := now.Add(a.cfg.JWTSVIDTTL)
+	claims := jwt.Claims{
+		Subject:  id.String(),
+		Audience: jwt.Audience(audiences),
+		IssuedAt: jwt.NewNumericDate(now),
+		Expiry:   jwt.NewNumericDate(exp),
+	}
+	token, err := jwt.Signed(signer).Claims(claims).Serialize()
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("sign JWT-SVID for %s: %w", id, err)
+	}
+	return token, exp, nil
+}
