@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,6 +48,9 @@ type Config struct {
 	// PropagationDelay is how long a prepared root sits in the bundle before it
 	// starts signing. Default twice the refresh hint.
 	PropagationDelay time.Duration
+	// RetireMargin is added to the longest SVID lifetime before an old root leaves
+	// the bundle after a switch. Default 1 min.
+	RetireMargin time.Duration
 	// External, when set, is an operator-supplied signing CA ("bring your own CA").
 	External *ExternalCA
 	// RootNamespace is the mesh root namespace, where rampartd's own identity lives.
@@ -142,6 +146,9 @@ func New(cfg Config) (*Authority, error) {
 	if cfg.SVIDTTL >= cfg.RootTTL {
 		return nil, fmt.Errorf("ca: SVID TTL %s must be shorter than the root TTL %s", cfg.SVIDTTL, cfg.RootTTL)
 	}
+	if cfg.RetireMargin == 0 {
+		cfg.RetireMargin = time.Minute
+	}
 	if cfg.RootNamespace == "" {
 		cfg.RootNamespace = DefaultRootNamespace
 	}
@@ -175,7 +182,7 @@ func (a *Authority) SVIDTTL() time.Duration { return a.cfg.SVIDTTL }
 
 // Load takes the state directory's lock, then loads the CA from it or creates a new
 // root on first start. It must be called once before any other method.
-func (a *Authority) Load() error {
+func (a *Authority) Load() (err error) {
 	dir := caDir(a.cfg.StateDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
@@ -189,6 +196,14 @@ func (a *Authority) Load() error {
 		return fmt.Errorf("%w: %s (%v)", ErrStateDirInUse, a.cfg.StateDir, err)
 	}
 	a.lock = lf
+	defer func() {
+		if err != nil {
+			// A failed Load must not keep the directory locked: a retry, or another
+			// rampartd with a corrected configuration, would see ErrStateDirInUse.
+			a.lock = nil
+			lf.Close()
+		}
+	}()
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -214,6 +229,7 @@ func (a *Authority) Load() error {
 		}
 		st.Generations = append(st.Generations, g.rec)
 		st.Sequence = 1
+		st.RefreshHint = int64(a.cfg.RefreshHint / time.Second)
 		if err := writeState(a.cfg.StateDir, st); err != nil {
 			return fmt.Errorf("write CA state: %w", err)
 		}
@@ -392,8 +408,17 @@ func (a *Authority) writeJWTKey(rec *genRecord, key crypto.Signer) error {
 	if err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(filepath.Join(caDir(a.cfg.StateDir), rec.JWTKeyFile), pemBytes, 0o600); err != nil {
+	dir := caDir(a.cfg.StateDir)
+	if err := WriteFileAtomic(filepath.Join(dir, rec.JWTKeyFile), pemBytes, 0o600); err != nil {
 		return fmt.Errorf("write JWT signing key: %w", err)
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return err
+	}
+	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
+	if err := WriteFileAtomic(filepath.Join(dir, jwtPubFile(*rec)), pubPEM, 0o644); err != nil {
+		return fmt.Errorf("write JWT public key: %w", err)
 	}
 	return nil
 }
@@ -487,17 +512,16 @@ func readChain(stateDir string, rec genRecord) ([]*x509.Certificate, error) {
 // publishLocked rebuilds the view from a.st and publishes it. a.mu must be held.
 func (a *Authority) publishLocked() error {
 	v := &view{}
-	b := spiffebundle.New(a.cfg.TrustDomain)
+	var roots []*x509.Certificate
+	jwtKeys := map[string]crypto.PublicKey{}
 	for _, rec := range a.st.Generations {
 		g, err := loadGeneration(a.cfg.StateDir, rec, a.cfg.External)
 		if err != nil {
 			return err
 		}
 		v.gens = append(v.gens, g)
-		b.AddX509Authority(g.root())
-		if err := b.AddJWTAuthority(rec.JWTKeyID, g.jwtKey.Public()); err != nil {
-			return err
-		}
+		roots = append(roots, g.root())
+		jwtKeys[rec.JWTKeyID] = g.jwtKey.Public()
 		if rec.State == genActive {
 			v.signer = g
 		}
@@ -505,9 +529,8 @@ func (a *Authority) publishLocked() error {
 	if v.signer == nil {
 		return errors.New("CA state has no active generation")
 	}
-	b.SetSequenceNumber(a.st.Sequence)
-	b.SetRefreshHint(a.cfg.RefreshHint)
-	v.bundle = b
+	a.st.RefreshHint = int64(a.cfg.RefreshHint / time.Second)
+	v.bundle = makeBundle(a.cfg.TrustDomain, a.st, roots, jwtKeys)
 	a.cur.Store(v)
 	a.metrics.setRoots(v.gens)
 	return nil

@@ -134,3 +134,11 @@ func publicKeyMatches(cert *x509.Certificate, key crypto.Signer) bool {
 	pub, ok := key.Public().(equaler)
 	return ok && pub.Equal(cert.PublicKey)
 }
+
+func parsePublicKeyPEM(data []byte) (crypto.PublicKey, error) {
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "PUBLIC KEY" {
+		return nil, errors.New("no PEM PUBLIC KEY found")
+	}
+	return x509.ParsePKIXPublicKey(block.Bytes)
+}

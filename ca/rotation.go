@@ -157,7 +157,7 @@ func (a *Authority) step() time.Time {
 			}
 			st := cloneState(a.st)
 			// No SVID signed by the old root outlives this moment plus the longest TTL.
-			retireAt := now.Add(a.cfg.SVIDTTL + a.cfg.JWTSVIDTTL + time.Minute).UTC()
+			retireAt := now.Add(a.cfg.SVIDTTL + a.cfg.JWTSVIDTTL + a.cfg.RetireMargin).UTC()
 			for j := range st.Generations {
 				if st.Generations[j].State == genActive {
 					st.Generations[j].State = genRetiring

@@ -50,6 +50,7 @@ type stateRecord struct {
 	Version     int         `json:"version"`
 	TrustDomain string      `json:"trust_domain"`
 	Sequence    uint64      `json:"sequence"`
+	RefreshHint int64       `json:"refresh_hint_seconds,omitempty"`
 	Generations []genRecord `json:"generations"`
 }
 

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	istioca "istio.io/api/security/v1alpha1"
+	"k8s.io/utils/clock"
 )
 
 // Authenticator checks a bearer credential and returns the identity it proves.
@@ -47,14 +48,17 @@ type Config struct {
 	IPs      []net.IP
 	// MaxRequestBytes bounds a request message. Default 64 KiB.
 	MaxRequestBytes int
-	Log             *slog.Logger
+	// Clock decides certificate validity for client SVIDs. Default real time.
+	Clock clock.PassiveClock
+	Log   *slog.Logger
 }
 
 // Server serves the CA over gRPC and TLS.
 type Server struct {
 	istioca.UnimplementedIstioCertificateServiceServer
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	clock clock.PassiveClock
 
 	mu      sync.Mutex
 	serving *tls.Certificate
@@ -79,11 +83,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
 	if len(cfg.DNSNames) == 0 && len(cfg.IPs) == 0 {
 		cfg.DNSNames = []string{"localhost"}
 		cfg.IPs = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 	}
-	return &Server{cfg: cfg, log: cfg.Log.With("component", "ca-server"), addr: make(chan net.Addr, 1)}, nil
+	return &Server{cfg: cfg, log: cfg.Log.With("component", "ca-server"), clock: cfg.Clock, addr: make(chan net.Addr, 1)}, nil
 }
 
 // Addr returns the address the server listens on, once it does.
@@ -153,7 +160,7 @@ func (s *Server) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) 
 	roots := a.Roots()
 	if c := s.serving; c != nil {
 		life := c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)
-		fresh := time.Until(c.Leaf.NotAfter) > life/2
+		fresh := c.Leaf.NotAfter.Sub(s.cfg.Clock.Now()) > life/2
 		stillTrusted := false
 		for _, r := range roots {
 			if r.Equal(s.signer) {
@@ -197,7 +204,7 @@ func (s *Server) clientID(raw [][]byte) (spiffeid.ID, error) {
 		}
 		certs = append(certs, c)
 	}
-	id, _, err := x509svid.Verify(certs, s.cfg.Authority.Bundle())
+	id, _, err := x509svid.Verify(certs, s.cfg.Authority.Bundle(), x509svid.WithTime(s.cfg.Clock.Now()))
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("client certificate: %w", err)
 	}

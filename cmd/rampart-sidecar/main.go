@@ -1,0 +1,184 @@
+// Command rampart-sidecar is Rampart's data plane: today the identity agent and the
+// SPIFFE Workload API for the app beside it.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rampart-mesh/rampart/ca"
+	"github.com/rampart-mesh/rampart/ca/agent"
+	"github.com/rampart-mesh/rampart/cmd/internal/cli"
+	"github.com/rampart-mesh/rampart/cmd/internal/version"
+	"github.com/rampart-mesh/rampart/proxy"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+)
+
+type config struct {
+	ControlPlane      string       `json:"controlPlane"`
+	RootCert          string       `json:"rootCert"`
+	TokenFile         string       `json:"tokenFile"`
+	WorkloadAPISocket string       `json:"workloadAPISocket"`
+	Namespace         string       `json:"namespace"`
+	ServiceAccount    string       `json:"serviceAccount"`
+	TrustDomain       string       `json:"trustDomain"`
+	RootNamespace     string       `json:"rootNamespace"`
+	KeyType           string       `json:"keyType"`
+	SVIDTTL           cli.Duration `json:"svidTTL"`
+	MetricsListen     string       `json:"metricsListen"`
+	LogLevel          string       `json:"logLevel"`
+	LogFormat         string       `json:"logFormat"`
+}
+
+func main() {
+	if err := newCommand().ExecuteContext(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "rampart-sidecar:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	c := config{
+		ControlPlane:  "127.0.0.1:15012",
+		RootNamespace: ca.DefaultRootNamespace,
+		KeyType:       string(ca.KeyECDSAP256),
+		MetricsListen: "127.0.0.1:0",
+		LogLevel:      "info",
+		LogFormat:     "text",
+	}
+	var configFile string
+	cmd := &cobra.Command{
+		Use:   "rampart-sidecar",
+		Short: "Rampart sidecar: workload identity agent and SPIFFE Workload API",
+		Long: `rampart-sidecar runs beside one workload.
+
+It generates the workload's private key in memory (the key never leaves the
+process except to the app through the Workload API), sends a CSR to rampartd
+with the join token from --token-file, and renews its X.509-SVID at about half
+its lifetime. Renewals authenticate with the current SVID, so a single-use token
+is enough. If rampartd is unreachable the last good SVID keeps being served until
+it expires, and renewal resumes on its own when rampartd returns.
+
+Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
+(point SPIFFE_ENDPOINT_SOCKET=unix://<path> at it for go-spiffe and other clients).`,
+		Example: `  rampartctl token create --state-dir .rampart --namespace default --service-account web > web.token
+  rampartctl ca root --state-dir .rampart > root.pem
+  rampart-sidecar --control-plane 127.0.0.1:15012 --root-cert root.pem \
+      --token-file web.token --workload-api-socket /tmp/web/agent.sock`,
+		Version:       version.String(),
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				if err := cli.LoadConfig(configFile, cmd.Flags(), &c); err != nil {
+					return err
+				}
+			}
+			return run(cmd.Context(), c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "YAML config file; keys are the flag names in camelCase (controlPlane, rootCert, …); flags win; unknown keys are errors")
+	f.StringVar(&c.ControlPlane, "control-plane", c.ControlPlane, "rampartd's identity endpoint, host:port")
+	f.StringVar(&c.RootCert, "root-cert", "", "PEM file with the mesh root certificate(s) ('rampartctl ca root' prints it)")
+	f.StringVar(&c.TokenFile, "token-file", "", "file holding the join token (re-read whenever a token is needed)")
+	f.StringVar(&c.WorkloadAPISocket, "workload-api-socket", "", "Unix socket path for the SPIFFE Workload API; empty disables it")
+	f.StringVar(&c.Namespace, "namespace", "", "namespace to request (default: the one the join token names)")
+	f.StringVar(&c.ServiceAccount, "service-account", "", "service account to request (default: the one the join token names)")
+	f.StringVar(&c.TrustDomain, "trust-domain", "", "trust domain (default: the one in the root certificate, else cluster.local)")
+	f.StringVar(&c.RootNamespace, "root-namespace", c.RootNamespace, "mesh root namespace, where rampartd's identity lives")
+	f.StringVar(&c.KeyType, "key-type", c.KeyType, "workload key type: ecdsa-p256, rsa-2048 or rsa-3072")
+	f.Var(&c.SVIDTTL, "svid-ttl", "SVID lifetime to request (default: the CA's)")
+	f.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "address serving /metrics and /healthz/ready (port 0 picks one and logs it); \"\" disables it")
+	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	f.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+	return cmd
+}
+
+func run(ctx context.Context, c config) error {
+	log, err := cli.NewLogger(os.Stderr, c.LogLevel, c.LogFormat)
+	if err != nil {
+		return err
+	}
+	if c.RootCert == "" {
+		return errors.New("--root-cert is required (get it with 'rampartctl ca root --state-dir DIR > root.pem')")
+	}
+	rootPEM, err := os.ReadFile(c.RootCert)
+	if err != nil {
+		return fmt.Errorf("--root-cert: %w", err)
+	}
+	roots, err := ca.ParseCertsPEM(rootPEM)
+	if err != nil {
+		return fmt.Errorf("--root-cert %s: %w", c.RootCert, err)
+	}
+	kt, err := ca.ParseKeyType(c.KeyType)
+	if err != nil {
+		return fmt.Errorf("--key-type: %w", err)
+	}
+	var td spiffeid.TrustDomain
+	if c.TrustDomain != "" {
+		if td, err = spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+			return fmt.Errorf("--trust-domain %q: %w", c.TrustDomain, err)
+		}
+	}
+	ident := ca.Identity{Namespace: c.Namespace, ServiceAccount: c.ServiceAccount}
+	if (ident.Namespace == "") != (ident.ServiceAccount == "") {
+		return errors.New("--namespace and --service-account go together")
+	}
+	if ident.Namespace != "" {
+		if err := ident.Validate(); err != nil {
+			return err
+		}
+	}
+	var token func() (string, error)
+	if c.TokenFile != "" {
+		path := c.TokenFile
+		token = func() (string, error) {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return "", err
+			}
+			return string(b), nil
+		}
+	} else if ident.Namespace == "" {
+		return errors.New("--token-file is required (make one with 'rampartctl token create')")
+	}
+	reg := cli.NewRegistry()
+	p, err := proxy.New(proxy.Config{
+		Agent: agent.Config{
+			ControlPlane:  c.ControlPlane,
+			RootCerts:     roots,
+			Token:         token,
+			Identity:      ident,
+			TrustDomain:   td,
+			RootNamespace: c.RootNamespace,
+			KeyType:       kt,
+			TTL:           time.Duration(c.SVIDTTL),
+		},
+		WorkloadAPISocket: c.WorkloadAPISocket,
+		Registry:          reg,
+		Log:               log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.Run(ctx) })
+	g.Go(func() error {
+		return cli.MetricsServer(ctx, c.MetricsListen, reg, log, map[string]http.Handler{"/healthz/ready": p.ReadyHandler()})
+	})
+	err = g.Wait()
+	log.Info("rampart-sidecar stopped")
+	return err
+}

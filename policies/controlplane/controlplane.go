@@ -1,0 +1,162 @@
+// Package controlplane assembles rampartd: the CA and its identity endpoint, the
+// admin socket and the monitoring endpoint, run together under one errgroup.
+// Config sources, compilation and xDS join it as they land.
+//
+// It is control plane: it must not import proxy/..., ca/agent or ca/workloadapi.
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rampart-mesh/rampart/ca"
+	"github.com/rampart-mesh/rampart/ca/jointoken"
+	"github.com/rampart-mesh/rampart/ca/server"
+	"golang.org/x/sync/errgroup"
+)
+
+// Config configures rampartd.
+type Config struct {
+	// CA configures the authority; its StateDir is rampartd's state directory.
+	CA ca.Config
+	// Listen is the identity (and later xDS) endpoint, host:port.
+	Listen string
+	// Registry receives every metric; the caller serves it.
+	Registry *prometheus.Registry
+	Log      *slog.Logger
+}
+
+// Server is a running rampartd.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	authority *ca.Authority
+	caServer  *server.Server
+}
+
+// Info is written to <state-dir>/rampartd.json while rampartd runs, so tools find it.
+type Info struct {
+	PID         int    `json:"pid"`
+	Listen      string `json:"listen"`
+	AdminSocket string `json:"adminSocket"`
+	TrustDomain string `json:"trustDomain"`
+	StartedAt   string `json:"startedAt"`
+}
+
+// AdminSocketPath is where rampartd serves its admin API for stateDir.
+func AdminSocketPath(stateDir string) string { return filepath.Join(stateDir, "rampartd.sock") }
+
+// New validates cfg and wires the parts. It does no I/O.
+func New(cfg Config) (*Server, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.Listen == "" {
+		return nil, errors.New("listen address is required")
+	}
+	cfg.CA.Log = cfg.Log
+	cfg.CA.Metrics = cfg.Registry
+	authority, err := ca.New(cfg.CA)
+	if err != nil {
+		return nil, err
+	}
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %q: %w", cfg.Listen, err)
+	}
+	dns := []string{"localhost"}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	if ip := net.ParseIP(host); ip != nil && !ip.IsLoopback() && !ip.IsUnspecified() {
+		ips = append(ips, ip)
+	} else if ip == nil && host != "" && host != "localhost" {
+		dns = append(dns, host)
+	}
+	caServer, err := server.New(server.Config{
+		Authority:     authority,
+		Authenticator: jointoken.New(cfg.CA.StateDir, cfg.CA.Clock),
+		Listen:        cfg.Listen,
+		DNSNames:      dns,
+		IPs:           ips,
+		Clock:         cfg.CA.Clock,
+		Log:           cfg.Log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Server{cfg: cfg, log: cfg.Log.With("component", "rampartd"), authority: authority, caServer: caServer}, nil
+}
+
+// Authority returns the CA (for tests and benchmarks).
+func (s *Server) Authority() *ca.Authority { return s.authority }
+
+// Run loads the CA (creating it on first start) and serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.authority.Load(); err != nil {
+		return err
+	}
+	defer s.authority.Close()
+
+	stateDir := s.cfg.CA.StateDir
+	sock := AdminSocketPath(stateDir)
+	_ = os.Remove(sock) // we hold the state-dir lock, so any socket here is stale
+	adminLis, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		adminLis.Close()
+		return fmt.Errorf("admin socket: %w", err)
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.authority.Run(ctx) })
+	g.Go(func() error { return s.caServer.Run(ctx) })
+	admin := &http.Server{Handler: server.AdminHandler(s.authority), ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error { return serveHTTP(ctx, admin, adminLis) })
+	info := Info{PID: os.Getpid(), AdminSocket: sock, TrustDomain: s.authority.TrustDomain().Name(), StartedAt: time.Now().UTC().Format(time.RFC3339)}
+	g.Go(func() error {
+		addr, err := s.caServer.Addr(ctx)
+		if err != nil {
+			return nil
+		}
+		info.Listen = addr.String()
+		data, _ := json.MarshalIndent(info, "", "  ")
+		infoPath := filepath.Join(stateDir, "rampartd.json")
+		if err := ca.WriteFileAtomic(infoPath, append(data, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", infoPath, err)
+		}
+		s.log.Info("rampartd ready", "listen", info.Listen, "state_dir", stateDir, "admin_socket", sock)
+		<-ctx.Done()
+		_ = os.Remove(infoPath)
+		return nil
+	})
+	err = g.Wait()
+	_ = os.Remove(sock)
+	return err
+}
+
+func serveHTTP(ctx context.Context, srv *http.Server, lis net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return nil
+}
