@@ -38,8 +38,9 @@ bench: build ## benchmarks: SVID signing rate, sidecar RSS
 fuzz: ## run each fuzz target for a short while
 	$(GO) test -run '^$$' -fuzz FuzzSignCSR -fuzztime 30s ./ca/
 
-demo: build ## run the local identity demo (rampartd + two sidecars + two mTLS apps)
-	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) run ./deploy/examples/identity-demo
+demo: build ## the local identity demo: rampartd, two sidecars, two mTLS apps (Ctrl-C stops)
+	$(GO) build -o $(BIN)/ ./deploy/examples/spiffe-app
+	$(GO) run ./deploy/examples/identity-demo --bin $(BIN) --state-dir .rampart $(DEMO_ARGS)
 
 clean: ## remove build output
 	rm -rf $(BIN) .rampart

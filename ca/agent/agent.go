@@ -251,6 +251,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		nextRenew  time.Time // zero: now
 		nextBundle time.Time
 		failures   int
+		bundleFail int
 	)
 	for {
 		now := a.clock.Now()
@@ -280,9 +281,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		} else if !now.Before(nextBundle) {
 			if err := a.refreshBundle(ctx); err != nil && ctx.Err() == nil {
-				a.log.Warn("trust bundle refresh failed; keeping the last good bundle", "err", err)
-				nextBundle = now.Add(a.retryDelay(1))
+				bundleFail++
+				wait := min(a.retryDelay(bundleFail), a.refreshHint(a.cur.Load().bundle))
+				a.log.Warn("trust bundle refresh failed; keeping the last good bundle", "err", err, "retry_in", wait.Round(time.Millisecond), "attempt", bundleFail)
+				nextBundle = now.Add(wait)
 			} else {
+				bundleFail = 0
 				nextBundle = now.Add(a.refreshHint(a.cur.Load().bundle))
 			}
 		}
@@ -323,8 +327,10 @@ func (a *Agent) refreshHint(b *spiffebundle.Bundle) time.Duration {
 func (a *Agent) retryDelay(failures int) time.Duration {
 	limit := a.cfg.MaxRetry
 	if s := a.cur.Load().svid; s != nil {
-		if left := s.Certificates[0].NotAfter.Sub(a.clock.Now()) / 4; left > a.cfg.MinRetry && left < limit {
-			limit = left
+		// Near the end the cap stays at MinRetry; it must not jump back to MaxRetry
+		// just when the last attempts before expiry count most.
+		if left := s.Certificates[0].NotAfter.Sub(a.clock.Now()) / 4; left > 0 && left < limit {
+			limit = max(left, a.cfg.MinRetry)
 		}
 	}
 	d := time.Duration(float64(a.cfg.MinRetry) * math.Pow(2, float64(min(failures-1, 20))))
