@@ -81,31 +81,51 @@ func (a *Authority) sign(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration
 	if err != nil {
 		return nil, err
 	}
+	_, rsaLeaf := pub.(*rsa.PublicKey)
+	f := svidFields{
+		serial:    serial,
+		notBefore: now.Add(-30 * time.Second), // tolerate small clock skew between hosts
+		notAfter:  notAfter,
+		pub:       pub,
+		rsaLeaf:   rsaLeaf,
+		uri:       id.String(),
+		dns:       dns,
+		ips:       ips,
+	}
+	leaf, ok, err := signSVID(f, g.chain[0], g.key)
+	if !ok {
+		leaf, err = createSVID(f, id, g.chain[0], g.key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sign svid for %s: %w", id, err)
+	}
+	return append([]*x509.Certificate{leaf}, g.chain...), nil
+}
+
+// createSVID is the general path through crypto/x509, for signers signSVID does
+// not handle. It builds the same certificate.
+func createSVID(f svidFields, id spiffeid.ID, parent *x509.Certificate, key crypto.Signer) (*x509.Certificate, error) {
 	ku := x509.KeyUsageDigitalSignature
-	if _, ok := pub.(*rsa.PublicKey); ok {
+	if f.rsaLeaf {
 		ku |= x509.KeyUsageKeyEncipherment
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		NotBefore:             now.Add(-30 * time.Second), // tolerate small clock skew between hosts
-		NotAfter:              notAfter,
+		SerialNumber:          f.serial,
+		NotBefore:             f.notBefore,
+		NotAfter:              f.notAfter,
 		KeyUsage:              ku,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 		URIs:                  []*url.URL{id.URL()},
-		DNSNames:              dns,
-		IPAddresses:           ips,
+		DNSNames:              f.dns,
+		IPAddresses:           f.ips,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, g.chain[0], pub, g.key)
-	if err != nil {
-		return nil, fmt.Errorf("sign svid for %s: %w", id, err)
-	}
-	leaf, err := x509.ParseCertificate(der)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, f.pub, key)
 	if err != nil {
 		return nil, err
 	}
-	return append([]*x509.Certificate{leaf}, g.chain...), nil
+	return x509.ParseCertificate(der)
 }
 
 func checkPublicKey(pub any) error {

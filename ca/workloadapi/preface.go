@@ -32,12 +32,29 @@ func newPrefaceListener(l net.Listener, log *slog.Logger) *prefaceListener {
 }
 
 func (p *prefaceListener) acceptLoop() {
+	var delay time.Duration
 	for {
 		c, err := p.Listener.Accept()
 		if err != nil {
+			// A temporary error (EMFILE under load) must not end accepting for good:
+			// gRPC would retry Accept forever and never get another connection.
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				p.log.Warn("workload API accept failed; retrying", "err", err, "retry_in", delay)
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+					continue
+				case <-p.done:
+					t.Stop()
+					return
+				}
+			}
 			p.errc <- err
 			return
 		}
+		delay = 0
 		go p.check(c)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -213,8 +214,9 @@ func (s *Server) stream(ctx context.Context, send func() error) error {
 
 // FetchJWTSVID returns a JWT-SVID for the workload and the requested audience.
 func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
-	if len(req.GetAudience()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	// go-spiffe sends an unset audience as [""]; a token for no one is refused too.
+	if len(req.GetAudience()) == 0 || slices.Contains(req.GetAudience(), "") {
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified, and no audience may be empty")
 	}
 	svid, err := s.cfg.Source.GetX509SVID()
 	if err != nil {
