@@ -138,16 +138,17 @@ func New(cfg Config) (*Authority, error) {
 	if cfg.PropagationDelay == 0 {
 		cfg.PropagationDelay = 2 * cfg.RefreshHint
 	}
-	for name, d := range map[string]time.Duration{"RootTTL": cfg.RootTTL, "SVIDTTL": cfg.SVIDTTL, "JWTSVIDTTL": cfg.JWTSVIDTTL, "RefreshHint": cfg.RefreshHint, "PropagationDelay": cfg.PropagationDelay} {
+	if cfg.RetireMargin == 0 {
+		cfg.RetireMargin = time.Minute
+	}
+	// A negative retire margin would drop the old root before its last SVID expires.
+	for name, d := range map[string]time.Duration{"RootTTL": cfg.RootTTL, "SVIDTTL": cfg.SVIDTTL, "JWTSVIDTTL": cfg.JWTSVIDTTL, "RefreshHint": cfg.RefreshHint, "PropagationDelay": cfg.PropagationDelay, "RetireMargin": cfg.RetireMargin} {
 		if d < 0 {
 			return nil, fmt.Errorf("ca: %s must be positive, got %s", name, d)
 		}
 	}
 	if cfg.SVIDTTL >= cfg.RootTTL {
 		return nil, fmt.Errorf("ca: SVID TTL %s must be shorter than the root TTL %s", cfg.SVIDTTL, cfg.RootTTL)
-	}
-	if cfg.RetireMargin == 0 {
-		cfg.RetireMargin = time.Minute
 	}
 	if cfg.RootNamespace == "" {
 		cfg.RootNamespace = DefaultRootNamespace
@@ -234,6 +235,14 @@ func (a *Authority) Load() (err error) {
 			return fmt.Errorf("write CA state: %w", err)
 		}
 		a.log.Info("created root CA", "generation", 1, "key_type", a.cfg.KeyType, "not_after", g.root().NotAfter, "dir", dir)
+	}
+	if hint := int64(a.cfg.RefreshHint / time.Second); st.RefreshHint != hint {
+		// Readers beside rampartd (ReadBundle) take the hint from the state file:
+		// persist a changed one, or they publish a stale hint until the next rotation.
+		st.RefreshHint = hint
+		if err := writeState(a.cfg.StateDir, st); err != nil {
+			return fmt.Errorf("write CA state: %w", err)
+		}
 	}
 	return a.publishLocked()
 }
@@ -423,7 +432,8 @@ func (a *Authority) writeJWTKey(rec *genRecord, key crypto.Signer) error {
 	return nil
 }
 
-// keyID derives a stable key id from a public key (base64url of its SHA-256 over PKIX DER, truncated).
+// keyID derives a stable key id from a public key: hex of the first 16 bytes of
+// the SHA-256 of its PKIX DER.
 func keyID(pub crypto.PublicKey) (string, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {

@@ -19,7 +19,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_ca_certificates_issued_total",
-			Help: "X.509-SVID signing attempts by result (success, invalid_csr, identity_mismatch, error).",
+			Help: "X.509-SVID signing requests by result (success, invalid_csr, identity_mismatch, error; the CA server adds unauthenticated and invalid_request).",
 		}, []string{"result"}),
 		signTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "rampart_ca_sign_duration_seconds",

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -283,6 +284,8 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 		return nil, status.Errorf(codes.InvalidArgument, "malformed csr: %v", err)
 	}
 	if req.GetValidityDuration() < 0 {
+		s.cfg.Authority.CountRejected("invalid_request")
+		log.Warn("certificate request refused", "reason", "negative validity_duration", "validity_duration", req.GetValidityDuration())
 		return nil, status.Error(codes.InvalidArgument, "validity_duration must not be negative")
 	}
 	ident, via, err := s.authenticate(ctx)
@@ -292,7 +295,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 		return nil, err
 	}
 	log = log.With("identity", ident.String(), "credential", via)
-	ttl := time.Duration(req.GetValidityDuration()) * time.Second
+	ttl := requestedTTL(req.GetValidityDuration())
 	chain, err := s.cfg.Authority.SignCSR(block.Bytes, ident, ttl)
 	switch {
 	case errors.Is(err, ca.ErrIdentityMismatch):
@@ -311,6 +314,16 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 	}
 	log.Info("issued X.509-SVID", "serial", fmt.Sprintf("%x", chain[0].SerialNumber), "not_after", chain[0].NotAfter.UTC().Format(time.RFC3339))
 	return resp, nil
+}
+
+// requestedTTL converts validity_duration (seconds, not negative) to a TTL. A value
+// too large for a time.Duration asks for more than any cap allows; multiplying it
+// would wrap around to an arbitrary, possibly tiny, lifetime.
+func requestedTTL(seconds int64) time.Duration {
+	if seconds > int64(math.MaxInt64/time.Second) {
+		return math.MaxInt64
+	}
+	return time.Duration(seconds) * time.Second
 }
 
 func (s *Server) getBundle(context.Context, *emptypb.Empty) (*wrapperspb.BytesValue, error) {
