@@ -304,7 +304,12 @@ func (a *Authority) loadExternal() error {
 	if err != nil {
 		return err
 	}
-	rec := genRecord{ID: id, State: genActive, Fingerprint: fp, External: true, CreatedAt: a.clock.Now().UTC()}
+	rec := genRecord{ID: id, State: genActive, Fingerprint: fp, External: true, CreatedAt: a.clock.Now().UTC(),
+		ChainFile: fmt.Sprintf("gen-%d.pem", id)}
+	// A copy of the (public) chain lets tools read the roots; the key stays in the operator's file.
+	if err := WriteFileAtomic(filepath.Join(caDir(a.cfg.StateDir), rec.ChainFile), EncodeCertsPEM(chain), 0o644); err != nil {
+		return fmt.Errorf("write external CA chain copy: %w", err)
+	}
 	if err := a.writeJWTKey(&rec, jwtKey); err != nil {
 		return err
 	}

@@ -55,8 +55,8 @@ func ReadStatus(stateDir string) (Status, error) {
 	var gens []*generation
 	for _, rec := range st.Generations {
 		g := &generation{rec: rec}
-		if rec.External {
-			// The chain lives in the operator's files; the status names the generation only.
+		if rec.External && rec.ChainFile == "" {
+			// Written by a version that kept no copy of the chain.
 			gens = append(gens, g)
 			continue
 		}
@@ -76,7 +76,7 @@ func ReadRoots(stateDir string) ([]*x509.Certificate, error) {
 	}
 	var roots []*x509.Certificate
 	for _, rec := range st.Generations {
-		if rec.External {
+		if rec.External && rec.ChainFile == "" {
 			return nil, fmt.Errorf("the CA in %s is operator-supplied; its root is in the operator's files", stateDir)
 		}
 		chain, err := readChain(stateDir, rec)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -342,8 +343,8 @@ func (s *Server) mintJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) 
 	if req.GetSpiffeId() != "" && req.GetSpiffeId() != id.String() {
 		return nil, status.Errorf(codes.PermissionDenied, "caller %s may not ask for a JWT-SVID for %s", id, req.GetSpiffeId())
 	}
-	if len(req.GetAudience()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "audience is required")
+	if len(req.GetAudience()) == 0 || slices.Contains(req.GetAudience(), "") {
+		return nil, status.Error(codes.InvalidArgument, "audience is required, and no audience may be empty")
 	}
 	token, _, err := s.cfg.Authority.MintJWTSVID(id, req.GetAudience())
 	if err != nil {

@@ -626,6 +626,7 @@ func TestMintJWTSVID(t *testing.T) {
 		{name: "no client certificate", req: &workload.JWTSVIDRequest{Audience: []string{"db"}}, wantCode: codes.Unauthenticated},
 		{name: "for another identity", cert: webSVID, req: &workload.JWTSVIDRequest{Audience: []string{"db"}, SpiffeId: adminID.String()}, wantCode: codes.PermissionDenied},
 		{name: "no audience", cert: webSVID, req: &workload.JWTSVIDRequest{}, wantCode: codes.InvalidArgument},
+		{name: "empty audience", cert: webSVID, req: &workload.JWTSVIDRequest{Audience: []string{""}}, wantCode: codes.InvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

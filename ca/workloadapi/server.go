@@ -104,6 +104,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("workload API serving", "socket", path)
 	select {
 	case err := <-errc:
+		_ = os.Remove(path)
 		return fmt.Errorf("workload API: %w", err)
 	case <-ctx.Done():
 	}
