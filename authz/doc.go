@@ -1,4 +1,8 @@
-// Package authz will own the authorization input schema, the decision type and the
-// OPA engine that evaluates compiled policy in the sidecar (the authorization
-// issue). It is shared by both planes and imports neither.
+// Package authz evaluates authorization in the sidecar: the input document
+// (opa-envoy-plugin's, plus Rampart's mesh fields), the decision value, and the
+// Engine that runs a compiled bundle with OPA, swapped atomically on update.
+// CUSTOM providers (in-process Rego bundles, external ext_authz) plug in here.
+//
+// It is shared by both planes (rampartctl runs the same pipeline offline) and
+// imports neither.
 package authz

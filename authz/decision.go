@@ -1,0 +1,89 @@
+package authz
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Match is one policy rule that matched.
+type Match struct {
+	Policy   string `json:"policy"`
+	Rule     int    `json:"rule"`
+	DryRun   bool   `json:"dry_run"`
+	Provider string `json:"provider,omitempty"`
+}
+
+// DryRun is what the dry-run policies alone would have decided.
+type DryRun struct {
+	Allowed bool    `json:"allowed"`
+	Matches []Match `json:"matches"`
+}
+
+// Decision is the answer for one request. A denial is a value, not an error.
+type Decision struct {
+	Allowed bool `json:"allowed"`
+	// Status is the HTTP status the client gets: 200, 400 or 403 (a CUSTOM
+	// provider may choose another); 0 for TCP.
+	Status     int     `json:"status"`
+	Policy     string  `json:"policy"`
+	Rule       int     `json:"rule"`
+	Reason     string  `json:"reason"`
+	DecisionID string  `json:"decision_id"`
+	Revision   string  `json:"revision,omitempty"`
+	DryRun     DryRun  `json:"dry_run"`
+	Audit      []Match `json:"audit,omitempty"`
+	// Headers and Body come from a CUSTOM provider (opa-envoy-plugin's optional
+	// headers and body).
+	Headers        map[string]string `json:"headers,omitempty"`
+	Body           string            `json:"body,omitempty"`
+	NormalizedPath string            `json:"normalized_path,omitempty"`
+	// Input is the document that was evaluated (for the decision log).
+	Input map[string]any `json:"-"`
+}
+
+// DeniedBody is the body of a 403, as Envoy's RBAC filter sends it.
+const DeniedBody = "RBAC: access denied"
+
+// ResponseCodeDetail is the access-log detail Envoy's RBAC filter writes.
+func (d Decision) ResponseCodeDetail() string {
+	if d.Allowed {
+		return ""
+	}
+	p := d.Policy
+	if p == "" {
+		p = "none"
+	}
+	return "rbac_access_denied_matched_policy[" + p + "]"
+}
+
+func (d Decision) deny(r *Request, status int, policy string, rule int, reason string) Decision {
+	d.Allowed, d.Policy, d.Rule, d.Reason = false, policy, rule, reason
+	d.Status = status
+	if r.Protocol == ProtocolTCP {
+		d.Status = 0
+	}
+	return d
+}
+
+// result is the value of data.rampart.authz.decision.
+type result struct {
+	Allowed bool    `json:"allowed"`
+	Policy  string  `json:"policy"`
+	Rule    int     `json:"rule"`
+	Reason  string  `json:"reason"`
+	Custom  []Match `json:"custom"`
+	Audit   []Match `json:"audit"`
+	DryRun  DryRun  `json:"dry_run"`
+}
+
+func parseResult(v any) (result, error) {
+	var r result
+	b, err := json.Marshal(v)
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("decision value: %w", err)
+	}
+	return r, nil
+}

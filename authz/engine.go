@@ -1,0 +1,203 @@
+package authz
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync/atomic"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+)
+
+// Bundle is what the engine evaluates: Rego modules (the compiled policies and
+// the library) and the query whose value is the decision.
+type Bundle struct {
+	Revision string
+	Modules  map[string]string // file name → source
+	Query    string
+	// PathNormalization is the mesh's mode (NONE, BASE, MERGE_SLASHES,
+	// DECODE_AND_MERGE_SLASHES); default BASE.
+	PathNormalization string
+	// Providers are the CUSTOM providers by name.
+	Providers map[string]Provider
+}
+
+// Config configures an Engine.
+type Config struct {
+	Log *slog.Logger
+}
+
+// Engine decides requests with the current bundle. Load swaps bundles atomically:
+// a request sees the old bundle or the new one, never a mix.
+type Engine struct {
+	log *slog.Logger
+	cur atomic.Pointer[prepared]
+}
+
+type prepared struct {
+	bundle Bundle
+	query  rego.PreparedEvalQuery
+}
+
+// ErrNoBundle means no bundle has been loaded; every request is denied.
+var ErrNoBundle = errors.New("no authorization bundle loaded")
+
+// New returns an Engine with no bundle: until Load succeeds it denies everything.
+func New(cfg Config) *Engine {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Engine{log: cfg.Log.With("component", "authz")}
+}
+
+// Prepare compiles b (strictly) without installing it.
+func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
+	if b.Query == "" {
+		return nil, errors.New("bundle has no query")
+	}
+	names := make([]string, 0, len(b.Modules))
+	for n := range b.Modules {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	opts := []func(*rego.Rego){rego.Query(b.Query), rego.Strict(true)}
+	for _, n := range names {
+		opts = append(opts, rego.Module(n, b.Modules[n]))
+	}
+	pq, err := rego.New(opts...).PrepareForEval(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("prepare bundle %q: %w", b.Revision, err)
+	}
+	return &prepared{bundle: b, query: pq}, nil
+}
+
+// Load compiles b and, if it compiles, makes it current. On error the previous
+// bundle stays in force.
+func (e *Engine) Load(ctx context.Context, b Bundle) error {
+	p, err := Prepare(ctx, b)
+	if err != nil {
+		return err
+	}
+	e.cur.Store(p)
+	e.log.Info("authorization bundle loaded", "revision", b.Revision, "modules", len(b.Modules))
+	return nil
+}
+
+// Revision returns the current bundle's revision, "" before the first Load.
+func (e *Engine) Revision() string {
+	if p := e.cur.Load(); p != nil {
+		return p.bundle.Revision
+	}
+	return ""
+}
+
+// Decide runs the pipeline for one request: request sanity checks and path
+// normalization (400 on failure), the compiled policy, and the CUSTOM providers
+// its matches select. Any evaluation failure denies.
+func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
+	d := Decision{DecisionID: newID(), Rule: -1}
+	p := e.cur.Load()
+	if p == nil {
+		return d.deny(r, 403, "", -1, "error: "+ErrNoBundle.Error())
+	}
+	d.Revision = p.bundle.Revision
+	path, query := "", ""
+	if r.Protocol != ProtocolTCP {
+		if !validMethod(r.Method) {
+			return d.deny(r, 400, "", -1, fmt.Sprintf("bad request: method %q", r.Method))
+		}
+		for _, h := range r.Headers {
+			if !validHeaderName(h.Name) {
+				return d.deny(r, 400, "", -1, fmt.Sprintf("bad request: header name %q", h.Name))
+			}
+		}
+		var err error
+		if path, query, err = NormalizePath(r.Path, p.bundle.PathNormalization); err != nil {
+			return d.deny(r, 400, "", -1, fmt.Sprintf("bad request: path %q: %v", r.Path, err))
+		}
+		d.NormalizedPath = path
+	}
+	input := r.input(path, query)
+	d.Input = input
+	v, err := e.eval(ctx, p, input)
+	if err != nil {
+		e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
+		return d.deny(r, 403, "", -1, "error: "+err.Error())
+	}
+	res, err := parseResult(v)
+	if err != nil {
+		e.log.Error("authorization result malformed; denying", "err", err, "request_id", r.ID)
+		return d.deny(r, 403, "", -1, "error: "+err.Error())
+	}
+	d.DryRun = res.DryRun
+	d.Audit = res.Audit
+	// CUSTOM first: a provider that says no denies, whatever DENY and ALLOW say.
+	for _, m := range res.Custom {
+		prov, ok := p.bundle.Providers[m.Provider]
+		if !ok {
+			return d.deny(r, 403, m.Policy, m.Rule, fmt.Sprintf("denied: CUSTOM policy %s names provider %q, which is not configured", m.Policy, m.Provider))
+		}
+		out := prov.Check(ctx, input)
+		if !out.Allowed {
+			status := out.Status
+			if status == 0 {
+				status = 403
+			}
+			d.Headers, d.Body = out.Headers, out.Body
+			return d.deny(r, status, m.Policy, m.Rule, fmt.Sprintf("denied by CUSTOM policy %s rules[%d] (provider %s): %s", m.Policy, m.Rule, m.Provider, out.Reason))
+		}
+		d.Headers = out.Headers
+	}
+	if !res.Allowed {
+		return d.deny(r, 403, res.Policy, res.Rule, res.Reason)
+	}
+	d.Allowed, d.Policy, d.Rule, d.Reason = true, res.Policy, res.Rule, res.Reason
+	d.Status = 200
+	if r.Protocol == ProtocolTCP {
+		d.Status = 0
+	}
+	return d
+}
+
+func (e *Engine) eval(ctx context.Context, p *prepared, input map[string]any) (any, error) {
+	rs, err := p.query.Eval(ctx, rego.EvalInput(input))
+	if err != nil {
+		return nil, err
+	}
+	if len(rs) != 1 || len(rs[0].Expressions) != 1 {
+		return nil, fmt.Errorf("decision is undefined")
+	}
+	return rs[0].Expressions[0].Value, nil
+}
+
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// CheckStrict compiles modules with OPA's strict checks and reports the errors.
+func CheckStrict(modules map[string]string) error {
+	parsed := map[string]*ast.Module{}
+	for n, src := range modules {
+		m, err := ast.ParseModuleWithOpts(n, src, ast.ParserOptions{RegoVersion: ast.RegoV1})
+		if err != nil {
+			return err
+		}
+		parsed[n] = m
+	}
+	c := ast.NewCompiler().WithStrict(true)
+	c.Compile(parsed)
+	if c.Failed() {
+		return c.Errors
+	}
+	return nil
+}

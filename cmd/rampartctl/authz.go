@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/rampart-mesh/rampart/policies/compile"
+	"github.com/rampart-mesh/rampart/policies/offline"
+	"github.com/rampart-mesh/rampart/policies/source"
+	"github.com/spf13/cobra"
+)
+
+func newAuthzCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "authz",
+		Short: "Compile, check and test authorization policies offline",
+		Long: `Work with Istio AuthorizationPolicies (and your own Rego) without a mesh.
+
+Files are multi-document YAML, or directories of them. Objects without
+metadata.namespace belong to the workload's namespace, as kubectl apply would
+place them.`,
+	}
+	cmd.AddCommand(newAuthzCompileCmd(), newAuthzCheckCmd(), newAuthzTestCmd())
+	return cmd
+}
+
+type policyFlags struct {
+	files    []string
+	meshFile string
+}
+
+func (p *policyFlags) add(c *cobra.Command) {
+	c.Flags().StringArrayVarP(&p.files, "file", "f", nil, "policy YAML file or directory (repeatable)")
+	c.Flags().StringVar(&p.meshFile, "mesh-config", "", "Istio MeshConfig YAML (rootNamespace, trustDomain, trustDomainAliases, pathNormalization, extensionProviders)")
+}
+
+func (p *policyFlags) load() ([]source.Object, compile.Mesh, string, error) {
+	if len(p.files) == 0 {
+		return nil, compile.Mesh{}, "", errors.New("give the policies with -f FILE (a YAML file or a directory)")
+	}
+	objs, err := source.ReadPaths(p.files)
+	if err != nil {
+		return nil, compile.Mesh{}, "", err
+	}
+	mesh, err := compile.Mesh{}.WithDefaults()
+	dir := ""
+	if p.meshFile != "" {
+		data, rerr := os.ReadFile(p.meshFile)
+		if rerr != nil {
+			return nil, mesh, "", rerr
+		}
+		mesh, err = compile.ParseMesh(data)
+		if err != nil {
+			err = fmt.Errorf("%s: %w", p.meshFile, err)
+		}
+		dir = filepath.Dir(p.meshFile)
+	}
+	return objs, mesh, dir, err
+}
+
+func newAuthzCompileCmd() *cobra.Command {
+	var pf policyFlags
+	var workload, labels string
+	c := &cobra.Command{
+		Use:   "compile -f PATH... --workload NS/NAME [--labels k=v,...]",
+		Short: "Print the Rego compiled for one workload",
+		Long: `Print the Rego module a workload's sidecar evaluates: one rule per policy rule,
+named in comments, from every AuthorizationPolicy that applies to the workload
+(root namespace, its namespace, selectors matching --labels). Validation findings
+go to stderr.`,
+		Example: `  rampartctl authz compile -f policies/ --workload foo/httpbin --labels app=httpbin,version=v1`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			objs, mesh, _, err := pf.load()
+			if err != nil {
+				return err
+			}
+			ns, name, ok := strings.Cut(workload, "/")
+			if !ok || ns == "" || name == "" {
+				return fmt.Errorf("--workload %q: want NAMESPACE/NAME", workload)
+			}
+			lbls, err := parseLabels(labels)
+			if err != nil {
+				return err
+			}
+			out, findings := offline.Compile(objs, mesh, compile.Workload{Namespace: ns, Name: name, Labels: lbls})
+			for _, f := range findings {
+				fmt.Fprintln(cmd.ErrOrStderr(), f.String())
+			}
+			_, err = io.WriteString(cmd.OutOrStdout(), out.Module)
+			return err
+		},
+	}
+	pf.add(c)
+	c.Flags().StringVar(&workload, "workload", "", "the workload, NAMESPACE/NAME")
+	c.Flags().StringVar(&labels, "labels", "", "the workload's labels, k=v,k2=v2")
+	return c
+}
+
+func parseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	if s == "" {
+		return out, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--labels: %q is not key=value", kv)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func newAuthzCheckCmd() *cobra.Command {
+	var pf policyFlags
+	var reqFile, output string
+	c := &cobra.Command{
+		Use:   "check -f PATH... --request REQ.yaml [--mesh-config MESH.yaml] [-o json]",
+		Short: "Decide one request offline, exactly as the workload's sidecar would",
+		Long: `Run the sidecar's pipeline on one request: the AuthorizationPolicies that apply
+to the request's workload are validated and compiled, loaded into the same engine
+a sidecar uses, and the request is decided (CUSTOM providers: in-process Rego
+bundles run for real; external ext_authz servers answer request.extAuthz).
+
+REQ.yaml (every field optional; defaults in brackets):
+  workload: {namespace [default], labels {}, ip [127.0.0.1]}
+  protocol [http]            http, grpc or tcp
+  mtls [true]                false: plaintext, no peer identity
+  source: {principal, ip}    principal as Istio writes it: cluster.local/ns/foo/sa/sleep
+  remoteIp [source ip]   destinationIp [workload ip]   port [80]   sni
+  method [GET]   host   path [/] (raw, may carry a query)
+  headers                    map; a list value is a repeated header
+  auth: {principal, claims}  a validated JWT's iss/sub and claims
+  extAuthz [allow]           what an external CUSTOM provider answers
+
+The output has allowed, status (200, 400, 403; 0 for TCP), policy, rule, reason,
+the dry-run result and the validation findings. The exit code is 0 whatever the
+decision; it is 1 only if the check could not run.`,
+		Example: `  rampartctl authz check -f policies/ --request req.yaml -o json`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			objs, mesh, dir, err := pf.load()
+			if err != nil {
+				return err
+			}
+			var req offline.RequestSpec
+			if reqFile != "" {
+				data, err := os.ReadFile(reqFile)
+				if err != nil {
+					return err
+				}
+				if err := offline.DecodeStrict(data, &req); err != nil {
+					return fmt.Errorf("%s: %w", reqFile, err)
+				}
+			}
+			res, err := offline.Check(cmd.Context(), objs, mesh, dir, req)
+			if err != nil {
+				return err
+			}
+			return printCheck(cmd.OutOrStdout(), res, output)
+		},
+	}
+	pf.add(c)
+	c.Flags().StringVar(&reqFile, "request", "", "the request, REQ.yaml")
+	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return c
+}
+
+func printCheck(w io.Writer, res offline.Result, output string) error {
+	switch output {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	case "text":
+	default:
+		return fmt.Errorf("--output %q: want text or json", output)
+	}
+	verdict := "DENIED"
+	if res.Allowed {
+		verdict = "ALLOWED"
+	}
+	fmt.Fprintf(w, "%s (status %d): %s\n", verdict, res.Status, res.Reason)
+	if res.Policy != "" {
+		fmt.Fprintf(w, "  policy: %s rules[%d]\n", res.Policy, res.Rule)
+	}
+	if res.NormalizedPath != "" {
+		fmt.Fprintf(w, "  normalized path: %s\n", res.NormalizedPath)
+	}
+	if len(res.DryRun.Matches) > 0 {
+		fmt.Fprintf(w, "  dry-run: would be allowed=%t; matches:", res.DryRun.Allowed)
+		for _, m := range res.DryRun.Matches {
+			fmt.Fprintf(w, " %s rules[%d]", m.Policy, m.Rule)
+		}
+		fmt.Fprintln(w)
+	}
+	for _, m := range res.Audit {
+		fmt.Fprintf(w, "  audited by: %s rules[%d]\n", m.Policy, m.Rule)
+	}
+	for _, f := range res.Findings {
+		fmt.Fprintf(w, "  %s\n", f.String())
+	}
+	return nil
+}
+
+func newAuthzTestCmd() *cobra.Command {
+	var output, run string
+	c := &cobra.Command{
+		Use:   "test CASES.yaml...",
+		Short: "Run policy test cases and report pass/fail per case",
+		Long: `Run policy test cases. A cases file is a YAML list of:
+
+  - name: deny-admin-path
+    source: why this is the expected behaviour (optional)
+    mesh: {...MeshConfig...}          (optional)
+    policies: [ {apiVersion, kind, metadata, spec}, ... ]
+    request: {...REQ.yaml fields...}   (see 'rampartctl authz check --help')
+    expect: {allowed: false, status: 403, policy: ns/name, findings: [AP-UNKNOWN-KEY]}
+
+allowed is required; status, policy and findings are checked when given. The
+exit code is 1 if any case fails.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var results []offline.CaseResult
+			for _, file := range args {
+				cases, err := offline.LoadCases(file)
+				if err != nil {
+					return err
+				}
+				for _, tc := range cases {
+					if run != "" && !strings.Contains(tc.Name, run) {
+						continue
+					}
+					results = append(results, tc.Run(context.WithoutCancel(cmd.Context()), file))
+				}
+			}
+			failed := 0
+			for _, r := range results {
+				if !r.Passed {
+					failed++
+				}
+			}
+			switch output {
+			case "json":
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(results); err != nil {
+					return err
+				}
+			default:
+				sort.SliceStable(results, func(i, j int) bool { return !results[i].Passed && results[j].Passed })
+				for _, r := range results {
+					if r.Passed {
+						fmt.Fprintf(cmd.OutOrStdout(), "PASS  %s\n", r.Name)
+						continue
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "FAIL  %s\n", r.Name)
+					for _, f := range r.Failures {
+						fmt.Fprintf(cmd.OutOrStdout(), "        %s\n", f)
+					}
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%d cases, %d passed, %d failed\n", len(results), len(results)-failed, failed)
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d cases failed", failed, len(results))
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	c.Flags().StringVar(&run, "run", "", "only cases whose name contains this")
+	return c
+}

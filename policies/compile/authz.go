@@ -1,0 +1,413 @@
+package compile
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/rampart-mesh/rampart/policies/source"
+	"google.golang.org/protobuf/encoding/protojson"
+	security "istio.io/api/security/v1beta1"
+)
+
+// AuthzPolicy is a decoded AuthorizationPolicy.
+type AuthzPolicy struct {
+	Object source.Object
+	Spec   *security.AuthorizationPolicy
+	DryRun bool
+}
+
+// Name is the policy's "namespace/name".
+func (p *AuthzPolicy) Name() string { return p.Object.Namespace + "/" + p.Object.Name }
+
+// Workload identifies the proxy a policy set is compiled for.
+type Workload struct {
+	Namespace string
+	Name      string
+	Labels    map[string]string
+}
+
+// IsAuthorizationPolicy reports whether o is a security.istio.io AuthorizationPolicy.
+func IsAuthorizationPolicy(o source.Object) bool {
+	return o.Kind == "AuthorizationPolicy" && o.Group() == "security.istio.io"
+}
+
+// DecodeAuthorizationPolicies decodes every AuthorizationPolicy in objs, giving
+// those without a namespace defaultNS. A spec that does not decode (unknown field,
+// wrong type) is reported and left out, as the API server would refuse it.
+func DecodeAuthorizationPolicies(objs []source.Object, defaultNS string) ([]*AuthzPolicy, []Finding) {
+	var out []*AuthzPolicy
+	var findings []Finding
+	for _, o := range objs {
+		if !IsAuthorizationPolicy(o) {
+			continue
+		}
+		if o.Namespace == "" {
+			o.Namespace = defaultNS
+		}
+		spec := &security.AuthorizationPolicy{}
+		if len(o.Spec) > 0 && string(o.Spec) != "null" {
+			if err := (protojson.UnmarshalOptions{}).Unmarshal(o.Spec, spec); err != nil {
+				findings = append(findings, newFinding(o, SeverityError, CodeSchema, "spec", "%v", err))
+				continue
+			}
+		}
+		p := &AuthzPolicy{Object: o, Spec: spec}
+		if v, ok := o.Annotations["istio.io/dry-run"]; ok {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				findings = append(findings, newFinding(o, SeverityError, CodeDryRunValue, `metadata.annotations["istio.io/dry-run"]`,
+					"%q is not a boolean; the policy is enforced", v))
+			}
+			p.DryRun = b
+		}
+		out = append(out, p)
+	}
+	return out, findings
+}
+
+// Applies reports whether p applies to the sidecar of wl: root-namespace policies
+// everywhere, others in their namespace; selector labels a subset of the
+// workload's; policies attached with targetRef(s) never apply to sidecars.
+func (p *AuthzPolicy) Applies(m Mesh, wl Workload) bool {
+	if p.Spec.GetTargetRef() != nil || len(p.Spec.GetTargetRefs()) > 0 {
+		return false
+	}
+	if p.Object.Namespace != m.RootNamespace && p.Object.Namespace != wl.Namespace {
+		return false
+	}
+	for k, v := range p.Spec.GetSelector().GetMatchLabels() {
+		if got, ok := wl.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// knownKey classifies a when.key. It returns the base key ("request.headers" for
+// "request.headers[x]"), the bracketed arguments, and whether the key is known.
+func parseKey(key string) (base string, args []string, ok bool) {
+	if i := strings.IndexByte(key, '['); i >= 0 {
+		base = key[:i]
+		rest := key[i:]
+		for rest != "" {
+			if rest[0] != '[' {
+				return base, nil, false
+			}
+			j := strings.IndexByte(rest, ']')
+			if j < 0 {
+				return base, nil, false
+			}
+			args = append(args, rest[1:j])
+			rest = rest[j+1:]
+		}
+		return base, args, true
+	}
+	return key, nil, true
+}
+
+var simpleKeys = map[string]bool{
+	"source.ip": true, "remote.ip": true, "source.namespace": true, "source.principal": true,
+	"source.serviceAccount": true, "source.trustDomain": true, "request.auth.principal": true,
+	"request.auth.audiences": true, "request.auth.presenter": true, "destination.ip": true,
+	"destination.port": true, "connection.sni": true,
+}
+
+var unsupportedKeys = map[string]bool{
+	"destination.labels": true, "destination.namespace": true, "destination.name": true, "destination.user": true,
+}
+
+// httpOnlyKeys are the condition keys that exist only for HTTP.
+func httpOnlyKey(base string) bool {
+	return base == "request.headers" || strings.HasPrefix(base, "request.auth.")
+}
+
+// ValidateAuthorizationPolicy returns the findings for p (admission's checks).
+func ValidateAuthorizationPolicy(p *AuthzPolicy, m Mesh) []Finding {
+	var fs []Finding
+	o := p.Object
+	add := func(sev, code, path, format string, args ...any) {
+		fs = append(fs, newFinding(o, sev, code, path, format, args...))
+	}
+	s := p.Spec
+	if s.GetSelector() != nil && (s.GetTargetRef() != nil || len(s.GetTargetRefs()) > 0) {
+		add(SeverityError, CodeSelectorAndRef, "spec", "only one of selector and targetRef(s) may be set")
+	} else if s.GetTargetRef() != nil || len(s.GetTargetRefs()) > 0 {
+		add(SeverityWarning, CodeTargetRefSidecar, "spec.targetRefs", "policies attached with targetRef(s) apply to gateways and waypoints, never to sidecars")
+	}
+	if p.DryRun && s.GetAction() != security.AuthorizationPolicy_ALLOW && s.GetAction() != security.AuthorizationPolicy_DENY {
+		add(SeverityWarning, CodeDryRunValue, `metadata.annotations["istio.io/dry-run"]`, "Istio supports dry-run for ALLOW and DENY only; Rampart records %s dry-run results too", s.GetAction())
+	}
+	action := s.GetAction()
+	if (action == security.AuthorizationPolicy_DENY || action == security.AuthorizationPolicy_CUSTOM) && len(s.GetRules()) == 0 {
+		add(SeverityError, CodeMissingRules, "spec.rules", "a %s policy needs rules (without them it matches nothing)", action)
+	}
+	if action != security.AuthorizationPolicy_CUSTOM && s.GetProvider() != nil {
+		add(SeverityError, CodeProviderAction, "spec.provider", "provider is only for action CUSTOM")
+	}
+	if action == security.AuthorizationPolicy_CUSTOM {
+		switch name := s.GetProvider().GetName(); {
+		case name == "":
+			add(SeverityError, CodeMissingProvider, "spec.provider.name", "a CUSTOM policy needs provider.name; its rules will deny")
+		default:
+			if _, ok := m.Provider(name); !ok {
+				add(SeverityError, CodeUnknownProvider, "spec.provider.name", "provider %q is not an authorization provider in the mesh config's extensionProviders; its rules will deny", name)
+			}
+		}
+	}
+	hasHTTP, hasPorts := false, false
+	for i, r := range s.GetRules() {
+		rp := fmt.Sprintf("spec.rules[%d]", i)
+		for j, f := range r.GetFrom() {
+			fp := fmt.Sprintf("%s.from[%d].source", rp, j)
+			src := f.GetSource()
+			if src == nil || isEmptySource(src) {
+				add(SeverityError, CodeEmptySource, fp, "source must set at least one field")
+				continue
+			}
+			if action == security.AuthorizationPolicy_CUSTOM && usesIdentity(src) {
+				add(SeverityError, CodeCustomIdentity, fp, "CUSTOM policies cannot use principals, namespaces, serviceAccounts, trustDomains or requestPrincipals")
+			}
+			if len(src.GetRequestPrincipals())+len(src.GetNotRequestPrincipals()) > 0 {
+				hasHTTP = true
+			}
+			fs = append(fs, checkValues(o, fp, map[string][]string{
+				"principals": src.GetPrincipals(), "notPrincipals": src.GetNotPrincipals(),
+				"requestPrincipals": src.GetRequestPrincipals(), "notRequestPrincipals": src.GetNotRequestPrincipals(),
+				"namespaces": src.GetNamespaces(), "notNamespaces": src.GetNotNamespaces(),
+			})...)
+			for field, vals := range map[string][]string{"ipBlocks": src.GetIpBlocks(), "notIpBlocks": src.GetNotIpBlocks(), "remoteIpBlocks": src.GetRemoteIpBlocks(), "notRemoteIpBlocks": src.GetNotRemoteIpBlocks()} {
+				for k, v := range vals {
+					if _, err := parseCIDR(v); err != nil {
+						add(SeverityError, CodeBadIP, fmt.Sprintf("%s.%s[%d]", fp, field, k), "%q is not an IP address or CIDR", v)
+					}
+				}
+			}
+			sas := append(append([]string{}, src.GetServiceAccounts()...), src.GetNotServiceAccounts()...)
+			if len(sas) > 0 {
+				if len(src.GetPrincipals())+len(src.GetNotPrincipals())+len(src.GetNamespaces())+len(src.GetNotNamespaces()) > 0 {
+					add(SeverityError, CodeServiceAccounts, fp+".serviceAccounts", "serviceAccounts cannot be combined with principals or namespaces in one source")
+				}
+				if len(src.GetServiceAccounts()) > 16 || len(src.GetNotServiceAccounts()) > 16 {
+					add(SeverityError, CodeServiceAccounts, fp+".serviceAccounts", "at most 16 service accounts")
+				}
+				for k, v := range sas {
+					if v == "" || strings.Contains(v, "*") || strings.Count(v, "/") > 1 {
+						add(SeverityError, CodeServiceAccounts, fmt.Sprintf("%s.serviceAccounts[%d]", fp, k), "%q must be 'namespace/name' or 'name', without wildcards", v)
+					}
+				}
+			}
+			for k, v := range append(append([]string{}, src.GetTrustDomains()...), src.GetNotTrustDomains()...) {
+				if v == "" || strings.Count(v, "*") > 1 || strings.Contains(v, "/") || (strings.Contains(v, "*") && !strings.HasPrefix(v, "*") && !strings.HasSuffix(v, "*")) {
+					add(SeverityError, CodeTrustDomains, fmt.Sprintf("%s.trustDomains[%d]", fp, k), "%q: a trust domain has no '/', and at most one leading or trailing '*'", v)
+				}
+			}
+		}
+		for j, t := range r.GetTo() {
+			tp := fmt.Sprintf("%s.to[%d].operation", rp, j)
+			op := t.GetOperation()
+			if op == nil || isEmptyOperation(op) {
+				add(SeverityError, CodeEmptyOperation, tp, "operation must set at least one field")
+				continue
+			}
+			if len(op.GetHosts())+len(op.GetNotHosts())+len(op.GetMethods())+len(op.GetNotMethods())+len(op.GetPaths())+len(op.GetNotPaths()) > 0 {
+				hasHTTP = true
+			}
+			if len(op.GetPorts())+len(op.GetNotPorts()) > 0 {
+				hasPorts = true
+			}
+			fs = append(fs, checkValues(o, tp, map[string][]string{
+				"hosts": op.GetHosts(), "notHosts": op.GetNotHosts(), "methods": op.GetMethods(), "notMethods": op.GetNotMethods(),
+			})...)
+			for field, vals := range map[string][]string{"ports": op.GetPorts(), "notPorts": op.GetNotPorts()} {
+				for k, v := range vals {
+					if _, err := parsePort(v); err != nil {
+						add(SeverityError, CodeBadPort, fmt.Sprintf("%s.%s[%d]", tp, field, k), "%q is not a port (0-65535)", v)
+					}
+				}
+			}
+			for field, vals := range map[string][]string{"paths": op.GetPaths(), "notPaths": op.GetNotPaths()} {
+				for k, v := range vals {
+					fpath := fmt.Sprintf("%s.%s[%d]", tp, field, k)
+					if v == "" {
+						add(SeverityError, CodeEmptyValue, fpath, "empty value")
+					} else if isTemplate(v) {
+						if _, err := templateRegex(v); err != nil {
+							add(SeverityError, CodeBadPathTemplate, fpath, "%q: %v", v, err)
+						}
+					} else if infixStar(v) {
+						add(SeverityWarning, CodeInfixWildcard, fpath, "%q: only a leading or trailing '*' is a wildcard; this one is a literal character", v)
+					}
+				}
+			}
+		}
+		for j, c := range r.GetWhen() {
+			cp := fmt.Sprintf("%s.when[%d]", rp, j)
+			key := c.GetKey()
+			base, args, ok := parseKey(key)
+			switch {
+			case key == "":
+				add(SeverityError, CodeUnknownKey, cp+".key", "key is required")
+				continue
+			case unsupportedKeys[base]:
+				add(SeverityError, CodeUnsupportedKey, cp+".key", "%q is not supported in AuthorizationPolicy; the rule is ignored", key)
+				continue
+			case !ok:
+				add(SeverityError, CodeBadKeyFormat, cp+".key", "%q must have the form name[value]", key)
+			case base == "request.headers" || base == "request.auth.claims" || strings.HasPrefix(base, "experimental.envoy.filters."):
+				if len(args) == 0 || (base != "request.auth.claims" && len(args) != 1) || slicesContains(args, "") {
+					add(SeverityError, CodeBadKeyFormat, cp+".key", "%q must have the form %s[name]", key, base)
+				}
+			case simpleKeys[key]:
+			default:
+				add(SeverityError, CodeUnknownKey, cp+".key", "unknown condition key %q; the whole rule is ignored, for every action", key)
+				continue
+			}
+			if httpOnlyKey(base) {
+				hasHTTP = true
+			}
+			if action == security.AuthorizationPolicy_CUSTOM && (strings.HasPrefix(base, "request.auth.") || base == "source.namespace" || base == "source.principal" || base == "source.serviceAccount" || base == "source.trustDomain") {
+				add(SeverityError, CodeCustomIdentity, cp+".key", "CUSTOM policies cannot use %s", key)
+			}
+			if len(c.GetValues()) == 0 && len(c.GetNotValues()) == 0 {
+				add(SeverityError, CodeEmptyCondition, cp, "a condition needs values or notValues")
+			}
+			for field, vals := range map[string][]string{"values": c.GetValues(), "notValues": c.GetNotValues()} {
+				for k, v := range vals {
+					vp := fmt.Sprintf("%s.%s[%d]", cp, field, k)
+					switch {
+					case v == "":
+						add(SeverityError, CodeEmptyValue, vp, "empty value")
+					case key == "source.ip" || key == "remote.ip" || key == "destination.ip":
+						if _, err := parseCIDR(v); err != nil {
+							add(SeverityError, CodeBadIP, vp, "%q is not an IP address or CIDR", v)
+						}
+					case key == "destination.port":
+						if _, err := parsePort(v); err != nil {
+							add(SeverityError, CodeBadPort, vp, "%q is not a port (0-65535)", v)
+						}
+					}
+				}
+			}
+		}
+	}
+	if action == security.AuthorizationPolicy_DENY && hasHTTP && !hasPorts {
+		add(SeverityWarning, CodeDenyHTTPOnlyTCP, "spec.rules", "this DENY policy uses HTTP-only fields without ports: on TCP traffic those fields are ignored, so it denies all TCP connections it otherwise matches")
+	}
+	return fs
+}
+
+func slicesContains(xs []string, s string) bool {
+	for _, x := range xs {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func checkValues(o source.Object, prefix string, fields map[string][]string) []Finding {
+	var fs []Finding
+	names := make([]string, 0, len(fields))
+	for k := range fields {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, field := range names {
+		for k, v := range fields[field] {
+			p := fmt.Sprintf("%s.%s[%d]", prefix, field, k)
+			switch {
+			case v == "":
+				fs = append(fs, newFinding(o, SeverityError, CodeEmptyValue, p, "empty value"))
+			case infixStar(v) && !strings.HasSuffix(field, "amespaces") && !strings.HasSuffix(field, "amespaces"):
+				fs = append(fs, newFinding(o, SeverityWarning, CodeInfixWildcard, p, "%q: only a leading or trailing '*' is a wildcard; this one is a literal character", v))
+			}
+		}
+	}
+	return fs
+}
+
+func infixStar(v string) bool {
+	return len(v) > 2 && strings.Contains(v[1:len(v)-1], "*")
+}
+
+func isEmptySource(s *security.Source) bool {
+	return len(s.GetPrincipals())+len(s.GetNotPrincipals())+len(s.GetRequestPrincipals())+len(s.GetNotRequestPrincipals())+
+		len(s.GetNamespaces())+len(s.GetNotNamespaces())+len(s.GetServiceAccounts())+len(s.GetNotServiceAccounts())+
+		len(s.GetIpBlocks())+len(s.GetNotIpBlocks())+len(s.GetRemoteIpBlocks())+len(s.GetNotRemoteIpBlocks())+
+		len(s.GetTrustDomains())+len(s.GetNotTrustDomains()) == 0
+}
+
+func usesIdentity(s *security.Source) bool {
+	return len(s.GetPrincipals())+len(s.GetNotPrincipals())+len(s.GetRequestPrincipals())+len(s.GetNotRequestPrincipals())+
+		len(s.GetNamespaces())+len(s.GetNotNamespaces())+len(s.GetServiceAccounts())+len(s.GetNotServiceAccounts())+
+		len(s.GetTrustDomains())+len(s.GetNotTrustDomains()) > 0
+}
+
+func isEmptyOperation(o *security.Operation) bool {
+	return len(o.GetHosts())+len(o.GetNotHosts())+len(o.GetPorts())+len(o.GetNotPorts())+len(o.GetMethods())+
+		len(o.GetNotMethods())+len(o.GetPaths())+len(o.GetNotPaths()) == 0
+}
+
+// parseCIDR accepts a single IP (as /32 or /128) or a CIDR.
+func parseCIDR(v string) (netip.Prefix, error) {
+	if strings.Contains(v, "/") {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(v)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func parsePort(v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > 65535 || strings.TrimSpace(v) != v {
+		return 0, fmt.Errorf("bad port %q", v)
+	}
+	return n, nil
+}
+
+func isTemplate(v string) bool { return strings.Contains(v, "{") || strings.Contains(v, "}") }
+
+// templateRegex turns an Istio path template into an anchored regex: {*} is
+// exactly one non-empty segment, {**} zero or more segments; no operator may follow
+// {**} (literal segments may).
+func templateRegex(v string) (string, error) {
+	if !strings.HasPrefix(v, "/") {
+		return "", fmt.Errorf("a path template must start with '/'")
+	}
+	var b strings.Builder
+	b.WriteString("^")
+	segs := strings.Split(v[1:], "/")
+	doubleStar := false
+	for _, seg := range segs {
+		b.WriteString("/")
+		switch {
+		case seg == "{*}" || seg == "{**}":
+			if doubleStar {
+				return "", fmt.Errorf("no operator may follow {**}")
+			}
+			if seg == "{*}" {
+				b.WriteString("[^/]+")
+			} else {
+				doubleStar = true
+				b.WriteString(".*")
+			}
+		case strings.ContainsAny(seg, "{}*"):
+			return "", fmt.Errorf("segment %q: '{', '}' and '*' may only appear as a whole {*} or {**} segment", seg)
+		default:
+			b.WriteString(regexp.QuoteMeta(seg))
+		}
+	}
+	b.WriteString("$")
+	return b.String(), nil
+}

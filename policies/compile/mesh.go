@@ -1,0 +1,191 @@
+package compile
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Mesh is the subset of Istio's MeshConfig that policy compilation reads, plus
+// Rampart's in-process Rego extension provider.
+type Mesh struct {
+	RootNamespace      string              `json:"rootNamespace,omitempty"`
+	TrustDomain        string              `json:"trustDomain,omitempty"`
+	TrustDomainAliases []string            `json:"trustDomainAliases,omitempty"`
+	PathNormalization  *PathNormalization  `json:"pathNormalization,omitempty"`
+	ExtensionProviders []ExtensionProvider `json:"extensionProviders,omitempty"`
+}
+
+// PathNormalization is MeshConfig.pathNormalization.
+type PathNormalization struct {
+	Normalization string `json:"normalization,omitempty"`
+}
+
+// ExtensionProvider is one MeshConfig.extensionProviders entry. Only the
+// authorization kinds are interpreted; others (tracing, logging) are accepted and
+// ignored.
+type ExtensionProvider struct {
+	Name              string        `json:"name"`
+	EnvoyExtAuthzGrpc *ExtAuthzGRPC `json:"envoyExtAuthzGrpc,omitempty"`
+	EnvoyExtAuthzHTTP *ExtAuthzHTTP `json:"envoyExtAuthzHttp,omitempty"`
+	RampartRego       *RegoProvider `json:"rampartRego,omitempty"`
+}
+
+// ExtAuthzGRPC is an external Envoy ext_authz gRPC server.
+type ExtAuthzGRPC struct {
+	Service       string `json:"service"`
+	Port          int    `json:"port"`
+	Timeout       string `json:"timeout,omitempty"`
+	FailOpen      bool   `json:"failOpen,omitempty"`
+	StatusOnError string `json:"statusOnError,omitempty"`
+}
+
+// ExtAuthzHTTP is an external Envoy ext_authz HTTP server.
+type ExtAuthzHTTP struct {
+	Service       string `json:"service"`
+	Port          int    `json:"port"`
+	Timeout       string `json:"timeout,omitempty"`
+	FailOpen      bool   `json:"failOpen,omitempty"`
+	StatusOnError string `json:"statusOnError,omitempty"`
+	PathPrefix    string `json:"pathPrefix,omitempty"`
+}
+
+// RegoProvider evaluates a user OPA bundle in process.
+type RegoProvider struct {
+	// Bundle is a directory or .tar.gz in OPA's bundle format.
+	Bundle string `json:"bundle"`
+	// Query is the decision path, default envoy/authz/allow (opa-envoy-plugin's).
+	Query string `json:"query,omitempty"`
+	// PublicKey, if set, is a PEM file (or HMAC secret file) that must have signed the bundle.
+	PublicKey string `json:"publicKey,omitempty"`
+	// Algorithm of the signing key, default RS256.
+	Algorithm string `json:"algorithm,omitempty"`
+}
+
+// Defaults.
+const (
+	DefaultRootNamespace = "rampart-system"
+	DefaultTrustDomain   = "cluster.local"
+	DefaultRegoQuery     = "envoy/authz/allow"
+)
+
+// Normalization modes (MeshConfig.pathNormalization.normalization).
+var normalizations = []string{"NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES", "DEFAULT"}
+
+// ParseMesh decodes a MeshConfig YAML strictly and fills defaults.
+func ParseMesh(data []byte) (Mesh, error) {
+	var m Mesh
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return m, err
+	}
+	if len(bytes.TrimSpace(js)) > 0 && string(bytes.TrimSpace(js)) != "null" {
+		// Providers other than authorization kinds are accepted without decoding.
+		dec := json.NewDecoder(bytes.NewReader(stripOtherProviders(js)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&m); err != nil {
+			return m, fmt.Errorf("mesh config: %s", strings.TrimPrefix(err.Error(), "json: "))
+		}
+	}
+	return m.WithDefaults()
+}
+
+// stripOtherProviders removes provider kinds Rampart does not interpret, so strict
+// decoding still catches typos elsewhere.
+func stripOtherProviders(js []byte) []byte {
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(js, &doc); err != nil {
+		return js
+	}
+	var provs []map[string]json.RawMessage
+	if err := json.Unmarshal(doc["extensionProviders"], &provs); err != nil {
+		return js
+	}
+	for _, p := range provs {
+		for k := range p {
+			switch k {
+			case "name", "envoyExtAuthzGrpc", "envoyExtAuthzHttp", "rampartRego":
+			default:
+				delete(p, k)
+			}
+		}
+	}
+	doc["extensionProviders"], _ = json.Marshal(provs)
+	out, _ := json.Marshal(doc)
+	return out
+}
+
+// WithDefaults fills unset fields and validates the values compilation uses.
+func (m Mesh) WithDefaults() (Mesh, error) {
+	if m.RootNamespace == "" {
+		m.RootNamespace = DefaultRootNamespace
+	}
+	if m.TrustDomain == "" {
+		m.TrustDomain = DefaultTrustDomain
+	}
+	if m.PathNormalization == nil || m.PathNormalization.Normalization == "" || m.PathNormalization.Normalization == "DEFAULT" {
+		m.PathNormalization = &PathNormalization{Normalization: "BASE"}
+	}
+	ok := false
+	for _, n := range normalizations {
+		ok = ok || n == m.PathNormalization.Normalization
+	}
+	if !ok {
+		return m, fmt.Errorf("mesh config: pathNormalization.normalization %q is not one of %s", m.PathNormalization.Normalization, strings.Join(normalizations, ", "))
+	}
+	seen := map[string]bool{}
+	for i, p := range m.ExtensionProviders {
+		if p.Name == "" {
+			return m, fmt.Errorf("mesh config: extensionProviders[%d]: name is required", i)
+		}
+		if seen[p.Name] {
+			return m, fmt.Errorf("mesh config: extensionProviders[%d]: duplicate name %q", i, p.Name)
+		}
+		seen[p.Name] = true
+		if r := p.RampartRego; r != nil {
+			if r.Bundle == "" {
+				return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): rampartRego.bundle is required", i, p.Name)
+			}
+			if r.Query == "" {
+				r.Query = DefaultRegoQuery
+			}
+		}
+		for _, t := range []string{timeoutOf(p)} {
+			if t != "" {
+				if _, err := time.ParseDuration(t); err != nil {
+					return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): timeout %q: %v", i, p.Name, t, err)
+				}
+			}
+		}
+	}
+	return m, nil
+}
+
+func timeoutOf(p ExtensionProvider) string {
+	switch {
+	case p.EnvoyExtAuthzGrpc != nil:
+		return p.EnvoyExtAuthzGrpc.Timeout
+	case p.EnvoyExtAuthzHTTP != nil:
+		return p.EnvoyExtAuthzHTTP.Timeout
+	}
+	return ""
+}
+
+// Provider returns the authorization provider called name, if the mesh defines one.
+func (m Mesh) Provider(name string) (ExtensionProvider, bool) {
+	for _, p := range m.ExtensionProviders {
+		if p.Name == name && (p.EnvoyExtAuthzGrpc != nil || p.EnvoyExtAuthzHTTP != nil || p.RampartRego != nil) {
+			return p, true
+		}
+	}
+	return ExtensionProvider{}, false
+}
+
+// TrustDomains returns the trust domain followed by its aliases.
+func (m Mesh) TrustDomains() []string {
+	return append([]string{m.TrustDomain}, m.TrustDomainAliases...)
+}

@@ -1,0 +1,277 @@
+// Package offline runs, without a mesh, the pipeline a sidecar runs on one
+// request: the policies that apply to the workload are validated and compiled, the
+// bundle is loaded into the same authz.Engine the sidecar uses, and the request is
+// decided. It backs `rampartctl authz compile|check|test` and the conformance
+// suite.
+package offline
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/rampart-mesh/rampart/authn"
+	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/policies/compile"
+	regolib "github.com/rampart-mesh/rampart/policies/rego"
+	"github.com/rampart-mesh/rampart/policies/source"
+	"sigs.k8s.io/yaml"
+)
+
+// RequestSpec is REQ.yaml: one request, every field optional.
+type RequestSpec struct {
+	Workload struct {
+		Namespace string            `json:"namespace"`
+		Name      string            `json:"name"`
+		Labels    map[string]string `json:"labels"`
+		IP        string            `json:"ip"`
+	} `json:"workload"`
+	Protocol string `json:"protocol"`
+	MTLS     *bool  `json:"mtls"`
+	Source   struct {
+		Principal string `json:"principal"`
+		IP        string `json:"ip"`
+	} `json:"source"`
+	RemoteIP      string         `json:"remoteIp"`
+	DestinationIP string         `json:"destinationIp"`
+	Port          int            `json:"port"`
+	SNI           string         `json:"sni"`
+	Method        string         `json:"method"`
+	Host          string         `json:"host"`
+	Path          string         `json:"path"`
+	Headers       map[string]any `json:"headers"`
+	Auth          *struct {
+		Principal string         `json:"principal"`
+		Claims    map[string]any `json:"claims"`
+	} `json:"auth"`
+	ExtAuthz string `json:"extAuthz"`
+}
+
+// DecodeStrict decodes YAML into v, refusing unknown keys.
+func DecodeStrict(data []byte, v any) error {
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && err != io.EOF {
+		return fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return nil
+}
+
+// Result is `rampartctl authz check -o json`.
+type Result struct {
+	Allowed        bool              `json:"allowed"`
+	Status         int               `json:"status"`
+	Policy         string            `json:"policy"`
+	Rule           int               `json:"rule"`
+	Reason         string            `json:"reason"`
+	DecisionID     string            `json:"decision_id"`
+	DryRun         authz.DryRun      `json:"dry_run"`
+	Audit          []authz.Match     `json:"audit,omitempty"`
+	NormalizedPath string            `json:"normalized_path,omitempty"`
+	ResponseDetail string            `json:"response_code_details,omitempty"`
+	Findings       []compile.Finding `json:"findings"`
+}
+
+// Workload returns the workload a request is for, with defaults.
+func (r *RequestSpec) workload() compile.Workload {
+	wl := compile.Workload{Namespace: r.Workload.Namespace, Name: r.Workload.Name, Labels: r.Workload.Labels}
+	if wl.Namespace == "" {
+		wl.Namespace = "default"
+	}
+	if wl.Name == "" {
+		wl.Name = wl.Labels["app"]
+		if wl.Name == "" {
+			wl.Name = "workload"
+		}
+	}
+	return wl
+}
+
+// Compile validates and compiles the AuthorizationPolicies in objs for wl.
+func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (compile.AuthzOutput, []compile.Finding) {
+	policies, findings := compile.DecodeAuthorizationPolicies(objs, wl.Namespace)
+	out := compile.CompileAuthz(mesh, wl, policies)
+	return out, append(findings, out.Findings...)
+}
+
+// Bundle builds the authz bundle for compiled output: the generated module plus
+// the Rego library.
+func Bundle(out compile.AuthzOutput, mesh compile.Mesh, providers map[string]authz.Provider) authz.Bundle {
+	mods := regolib.Modules()
+	mods["rampart/policy.rego"] = out.Module
+	return authz.Bundle{
+		Revision:          "offline",
+		Modules:           mods,
+		Query:             regolib.DecisionQuery,
+		PathNormalization: mesh.PathNormalization.Normalization,
+		Providers:         providers,
+	}
+}
+
+// Check decides one request against objs. meshDir resolves relative Rego bundle
+// paths in the mesh config.
+func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir string, req RequestSpec) (Result, error) {
+	wl := req.workload()
+	out, findings := Compile(objs, mesh, wl)
+	providers, err := Providers(ctx, mesh, meshDir, req.ExtAuthz != "deny")
+	if err != nil {
+		return Result{}, err
+	}
+	eng := authz.New(authz.Config{})
+	if err := eng.Load(ctx, Bundle(out, mesh, providers)); err != nil {
+		return Result{}, fmt.Errorf("compiled policy does not load (a bug in the compiler): %w", err)
+	}
+	ar, err := req.authzRequest()
+	if err != nil {
+		return Result{}, err
+	}
+	d := eng.Decide(ctx, ar)
+	if findings == nil {
+		findings = []compile.Finding{}
+	}
+	return Result{
+		Allowed: d.Allowed, Status: d.Status, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason,
+		DecisionID: d.DecisionID, DryRun: d.DryRun, Audit: d.Audit, NormalizedPath: d.NormalizedPath,
+		ResponseDetail: d.ResponseCodeDetail(), Findings: findings,
+	}, nil
+}
+
+// Providers builds the CUSTOM providers of the mesh config: Rego bundles are
+// loaded for real; external ext_authz servers are not called offline and answer
+// extAllow.
+func Providers(ctx context.Context, mesh compile.Mesh, meshDir string, extAllow bool) (map[string]authz.Provider, error) {
+	out := map[string]authz.Provider{}
+	for _, p := range mesh.ExtensionProviders {
+		switch {
+		case p.RampartRego != nil:
+			loc := p.RampartRego.Bundle
+			if !filepath.IsAbs(loc) && meshDir != "" {
+				loc = filepath.Join(meshDir, loc)
+			}
+			rp, err := authz.NewRegoProvider(ctx, authz.RegoProviderConfig{
+				Bundle: loc, Query: p.RampartRego.Query, PublicKey: keyPath(p.RampartRego.PublicKey, meshDir), Algorithm: p.RampartRego.Algorithm,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("extension provider %q: %w", p.Name, err)
+			}
+			out[p.Name] = rp
+		case p.EnvoyExtAuthzGrpc != nil || p.EnvoyExtAuthzHTTP != nil:
+			out[p.Name] = authz.StaticProvider{Allow: extAllow}
+		}
+	}
+	return out, nil
+}
+
+func keyPath(p, dir string) string {
+	if p == "" || filepath.IsAbs(p) || dir == "" {
+		return p
+	}
+	return filepath.Join(dir, p)
+}
+
+func (r *RequestSpec) authzRequest() (*authz.Request, error) {
+	wl := r.workload()
+	ip := r.Workload.IP
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
+	ar := &authz.Request{
+		ID:              "offline",
+		Protocol:        strings.ToLower(r.Protocol),
+		SourceIP:        r.Source.IP,
+		RemoteIP:        r.RemoteIP,
+		DestinationIP:   r.DestinationIP,
+		DestinationPort: r.Port,
+		SNI:             r.SNI,
+		Method:          r.Method,
+		Host:            r.Host,
+		Path:            r.Path,
+		Workload:        authz.Workload{Namespace: wl.Namespace, Name: wl.Name, Labels: wl.Labels},
+	}
+	switch ar.Protocol {
+	case "":
+		ar.Protocol = authz.ProtocolHTTP
+	case authz.ProtocolHTTP, authz.ProtocolGRPC, authz.ProtocolTCP:
+	default:
+		return nil, fmt.Errorf("request: protocol %q is not http, grpc or tcp", r.Protocol)
+	}
+	if ar.SourceIP == "" {
+		ar.SourceIP = "127.0.0.1"
+	}
+	if ar.DestinationIP == "" {
+		ar.DestinationIP = ip
+	}
+	if ar.DestinationPort == 0 {
+		ar.DestinationPort = 80
+	}
+	if ar.Method == "" {
+		ar.Method = "GET"
+		if ar.Protocol == authz.ProtocolGRPC {
+			ar.Method = "POST"
+		}
+	}
+	if ar.Path == "" {
+		ar.Path = "/"
+	}
+	if r.MTLS == nil || *r.MTLS {
+		p := r.Source.Principal
+		if p != "" && !strings.HasPrefix(p, "spiffe://") {
+			p = "spiffe://" + p
+		}
+		ar.SourcePrincipal = p
+	}
+	for name, v := range r.Headers {
+		switch v := v.(type) {
+		case string:
+			ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: v})
+		case []any:
+			for _, e := range v {
+				ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: fmt.Sprint(e)})
+			}
+		default:
+			ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: fmt.Sprint(v)})
+		}
+	}
+	if ar.Host == "" {
+		for _, h := range ar.Headers {
+			if strings.EqualFold(h.Name, "host") || h.Name == ":authority" {
+				ar.Host = h.Value
+			}
+		}
+	}
+	if a := r.Auth; a != nil {
+		ra := &authn.RequestAuth{Principal: a.Principal, Claims: a.Claims}
+		if ra.Claims == nil {
+			ra.Claims = map[string]any{}
+		}
+		ra.Issuer, _ = ra.Claims["iss"].(string)
+		ra.Subject, _ = ra.Claims["sub"].(string)
+		if i := strings.LastIndex(a.Principal, "/"); i > 0 && ra.Issuer == "" && ra.Subject == "" {
+			ra.Issuer, ra.Subject = a.Principal[:i], a.Principal[i+1:]
+		}
+		if ra.Principal == "" && ra.Issuer != "" && ra.Subject != "" {
+			ra.Principal = ra.Issuer + "/" + ra.Subject
+		}
+		switch aud := ra.Claims["aud"].(type) {
+		case string:
+			ra.Audiences = []string{aud}
+		case []any:
+			for _, x := range aud {
+				if s, ok := x.(string); ok {
+					ra.Audiences = append(ra.Audiences, s)
+				}
+			}
+		}
+		ra.Presenter, _ = ra.Claims["azp"].(string)
+		ar.Auth = ra
+	}
+	return ar, nil
+}

@@ -1,0 +1,209 @@
+package source
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	yaml "go.yaml.in/yaml/v3"
+)
+
+// Object is one Kubernetes-style object as read from a file.
+type Object struct {
+	File string // path it was read from ("" for objects built in code)
+	Line int    // line of the document's first key
+
+	APIVersion        string
+	Kind              string
+	Name              string
+	Namespace         string // "" when the file does not set it
+	Labels            map[string]string
+	Annotations       map[string]string
+	CreationTimestamp time.Time
+
+	// Spec is the object's spec as JSON, for typed decoding (protojson for Istio kinds).
+	Spec json.RawMessage
+}
+
+// Group returns the API group of the object's apiVersion ("" for core).
+func (o Object) Group() string {
+	if g, _, ok := strings.Cut(o.APIVersion, "/"); ok {
+		return g
+	}
+	return ""
+}
+
+// Where names the object and its location for messages: "AuthorizationPolicy foo/bar (policies.yaml:12)".
+func (o Object) Where() string {
+	s := o.Kind + " " + o.Namespace + "/" + o.Name
+	if o.Namespace == "" {
+		s = o.Kind + " " + o.Name
+	}
+	if o.File != "" {
+		s += fmt.Sprintf(" (%s:%d)", o.File, o.Line)
+	}
+	return s
+}
+
+// MaxFileBytes bounds one config file.
+const MaxFileBytes = 8 << 20
+
+// ReadPaths reads every object in the given files and directories (recursively,
+// *.yaml / *.yml / *.json, in name order). A file that cannot be parsed is an error
+// naming the file and line; nothing from a bad input is returned.
+func ReadPaths(paths []string) ([]Object, error) {
+	var files []string
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, err
+		}
+		if !fi.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		var found []string
+		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() && path != p && strings.HasPrefix(d.Name(), ".") {
+				return filepath.SkipDir
+			}
+			switch strings.ToLower(filepath.Ext(path)) {
+			case ".yaml", ".yml", ".json":
+				if !d.IsDir() {
+					found = append(found, path)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		sort.Strings(found)
+		files = append(files, found...)
+	}
+	var out []Object
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		objs, err := Parse(f, data)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, objs...)
+	}
+	return out, nil
+}
+
+// Parse reads the objects in one multi-document YAML (or JSON) file. Empty
+// documents are skipped; a document that is a List (kind: List, items: [...]) is
+// expanded.
+func Parse(file string, data []byte) ([]Object, error) {
+	if len(data) > MaxFileBytes {
+		return nil, fmt.Errorf("%s: %d bytes is over the %d-byte limit", file, len(data), MaxFileBytes)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var out []Object
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
+		}
+		if len(doc.Content) == 0 {
+			continue
+		}
+		root := doc.Content[0]
+		if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+			continue
+		}
+		if root.Kind != yaml.MappingNode {
+			return nil, fmt.Errorf("%s:%d: a document must be a mapping (an object with apiVersion and kind)", file, root.Line)
+		}
+		objs, err := decodeObject(file, root)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, objs...)
+	}
+}
+
+type rawObject struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name              string            `json:"name"`
+		Namespace         string            `json:"namespace"`
+		Labels            map[string]string `json:"labels"`
+		Annotations       map[string]string `json:"annotations"`
+		CreationTimestamp *time.Time        `json:"creationTimestamp"`
+	} `json:"metadata"`
+	Spec  json.RawMessage   `json:"spec"`
+	Items []json.RawMessage `json:"items"`
+}
+
+func decodeObject(file string, node *yaml.Node) ([]Object, error) {
+	var v any
+	if err := node.Decode(&v); err != nil {
+		return nil, fmt.Errorf("%s:%d: %w", file, node.Line, err)
+	}
+	js, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s:%d: %w", file, node.Line, err)
+	}
+	var raw rawObject
+	if err := json.Unmarshal(js, &raw); err != nil {
+		return nil, fmt.Errorf("%s:%d: %s", file, node.Line, strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if raw.Kind == "" || raw.APIVersion == "" {
+		return nil, fmt.Errorf("%s:%d: object without apiVersion and kind", file, node.Line)
+	}
+	if raw.Kind == "List" {
+		var out []Object
+		for i, item := range raw.Items {
+			// Items share the list's position; their index tells them apart.
+			n := &yaml.Node{}
+			if err := yaml.Unmarshal(item, n); err != nil || len(n.Content) == 0 {
+				return nil, fmt.Errorf("%s:%d: items[%d]: %v", file, node.Line, i, err)
+			}
+			objs, err := decodeObject(file, n.Content[0])
+			if err != nil {
+				return nil, err
+			}
+			for j := range objs {
+				objs[j].Line = node.Line
+			}
+			out = append(out, objs...)
+		}
+		return out, nil
+	}
+	if raw.Metadata.Name == "" {
+		return nil, fmt.Errorf("%s:%d: %s without metadata.name", file, node.Line, raw.Kind)
+	}
+	o := Object{
+		File: file, Line: node.Line,
+		APIVersion: raw.APIVersion, Kind: raw.Kind,
+		Name: raw.Metadata.Name, Namespace: raw.Metadata.Namespace,
+		Labels: raw.Metadata.Labels, Annotations: raw.Metadata.Annotations,
+		Spec: raw.Spec,
+	}
+	if raw.Metadata.CreationTimestamp != nil {
+		o.CreationTimestamp = *raw.Metadata.CreationTimestamp
+	}
+	return []Object{o}, nil
+}
