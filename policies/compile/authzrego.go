@@ -40,9 +40,6 @@ const (
 	refHost        = "input.rampart.request.host"
 	refPath        = "input.rampart.request.path"
 	refHeaders     = "input.attributes.request.http.headers"
-	refAuth        = "input.rampart.auth"
-	refClaims      = "input.rampart.auth.claims"
-	refMetadata    = "input.attributes.metadataContext.filterMetadata"
 	lib            = "data.rampart.lib."
 )
 
@@ -463,17 +460,17 @@ func (l *lowering) condition(c *security.Condition) []cond {
 		case key == "request.auth.principal":
 			expr = l.requestPrincipals(f, vals, neg)
 		case key == "request.auth.audiences":
-			expr = claimMatch(refClaims+".aud", l.values(f, vals, nil), false, neg)
+			expr = claimMatch([]string{"aud"}, l.values(f, vals, nil), false, neg)
 		case key == "request.auth.presenter":
-			expr = claimMatch(refClaims+".azp", l.values(f, vals, nil), false, neg)
+			expr = claimMatch([]string{"azp"}, l.values(f, vals, nil), false, neg)
 		case key == "connection.sni":
 			expr = neg2(strMatch(refSNI, l.values(f, vals, nil)), neg)
 		case base == "request.auth.claims":
 			split := len(args) == 1 && (args[0] == "scope" || args[0] == "permission")
-			expr = claimMatch(fmt.Sprintf("object.get(%s, %s, null)", refClaims, regoStringArray(args)), l.values(f, vals, nil), split, neg)
+			expr = claimMatch(args, l.values(f, vals, nil), split, neg)
 		case strings.HasPrefix(base, "experimental.envoy.filters."):
 			filter := strings.TrimPrefix(base, "experimental.envoy.filters.")
-			expr = claimMatch(fmt.Sprintf("object.get(%s, %s, null)", refMetadata, regoStringArray([]string{"envoy.filters." + filter, args[0]})), l.values(f, vals, nil), false, neg)
+			expr = metadataMatch("envoy.filters."+filter, args[0], l.values(f, vals, nil), neg)
 		}
 		if expr != "" {
 			out = append(out, cond{expr: expr, http: http})
@@ -550,21 +547,33 @@ func strMatch(ref string, vals []string) string {
 	return fmt.Sprintf("%smatch_any(%s, %s)", lib, ref, regoStringArray(vals))
 }
 
+// headerMatch matches a request header. A negated condition must hold when the
+// header is absent, and OPA's "not f(x)" fails when x is undefined, so negations
+// read the header through object.get with a null default.
 func headerMatch(name string, vals []string, negate bool) string {
 	if len(vals) == 0 {
 		return ""
 	}
 	ref := fmt.Sprintf("%s[%s]", refHeaders, quote(name))
+	safe := fmt.Sprintf("object.get(%s, %s, null)", refHeaders, quote(name))
 	for _, v := range vals {
 		if v == "*" {
 			// Envoy's present_match: the header exists, even with an empty value.
-			return neg2(ref, negate)
+			if negate {
+				return safe + " == null"
+			}
+			return ref
 		}
 	}
-	return neg2(strMatch(ref, vals), negate)
+	if negate {
+		return neg2(strMatch(safe, vals), true)
+	}
+	return strMatch(ref, vals)
 }
 
-func claimMatch(ref string, vals []string, split, negate bool) string {
+// claimMatch matches a JWT claim at path (under input.rampart.auth.claims). The
+// claim is read with object.get so that a negation holds when there is no token.
+func claimMatch(path []string, vals []string, split, negate bool) string {
 	if len(vals) == 0 {
 		return ""
 	}
@@ -572,7 +581,16 @@ func claimMatch(ref string, vals []string, split, negate bool) string {
 	if split {
 		fn = "claim_match_split"
 	}
+	ref := fmt.Sprintf("object.get(input.rampart, %s, null)", regoStringArray(append([]string{"auth", "claims"}, path...)))
 	return neg2(fmt.Sprintf("%s%s(%s, %s)", lib, fn, ref, regoStringArray(vals)), negate)
+}
+
+func metadataMatch(filter, key string, vals []string, negate bool) string {
+	if len(vals) == 0 {
+		return ""
+	}
+	ref := fmt.Sprintf("object.get(input, %s, null)", regoStringArray([]string{"attributes", "metadataContext", "filterMetadata", filter, key}))
+	return neg2(fmt.Sprintf("%sclaim_match(%s, %s)", lib, ref, regoStringArray(vals)), negate)
 }
 
 // expandTrustDomain rewrites a principal of the form <td>/ns/<ns>/sa/<sa> whose td
@@ -711,7 +729,9 @@ func (l *lowering) requestPrincipals(field string, vals []string, negate bool) s
 	if len(pairs) == 0 {
 		return neg2("false", negate)
 	}
-	return neg2(fmt.Sprintf("%srequest_principal_match(%s, [%s])", lib, refAuth, strings.Join(pairs, ", ")), negate)
+	// object.get: a negation must hold when there is no token (OPA's "not f(x)"
+	// fails when x is undefined).
+	return neg2(fmt.Sprintf("%srequest_principal_match(object.get(input.rampart, \"auth\", null), [%s])", lib, strings.Join(pairs, ", ")), negate)
 }
 
 func (l *lowering) ips(field, ref string, vals []string, negate bool) string {
