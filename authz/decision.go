@@ -1,9 +1,6 @@
 package authz
 
-import (
-	"encoding/json"
-	"fmt"
-)
+import "github.com/open-policy-agent/opa/v1/ast"
 
 // Match is one policy rule that matched.
 type Match struct {
@@ -11,6 +8,7 @@ type Match struct {
 	Rule     int    `json:"rule"`
 	DryRun   bool   `json:"dry_run"`
 	Provider string `json:"provider,omitempty"`
+	action   string // allow, deny, audit or custom
 }
 
 // DryRun is what the dry-run policies alone would have decided.
@@ -38,7 +36,7 @@ type Decision struct {
 	Body           string            `json:"body,omitempty"`
 	NormalizedPath string            `json:"normalized_path,omitempty"`
 	// Input is the document that was evaluated (for the decision log).
-	Input map[string]any `json:"-"`
+	Input ast.Value `json:"-"`
 }
 
 // DeniedBody is the body of a 403, as Envoy's RBAC filter sends it.
@@ -65,25 +63,13 @@ func (d Decision) deny(r *Request, status int, policy string, rule int, reason s
 	return d
 }
 
-// result is the value of data.rampart.authz.decision.
+// result is a combined verdict before CUSTOM providers run.
 type result struct {
-	Allowed bool    `json:"allowed"`
-	Policy  string  `json:"policy"`
-	Rule    int     `json:"rule"`
-	Reason  string  `json:"reason"`
-	Custom  []Match `json:"custom"`
-	Audit   []Match `json:"audit"`
-	DryRun  DryRun  `json:"dry_run"`
-}
-
-func parseResult(v any) (result, error) {
-	var r result
-	b, err := json.Marshal(v)
-	if err != nil {
-		return r, err
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		return r, fmt.Errorf("decision value: %w", err)
-	}
-	return r, nil
+	Allowed bool
+	Policy  string
+	Rule    int
+	Reason  string
+	Custom  []Match
+	Audit   []Match
+	DryRun  DryRun
 }

@@ -4,10 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync/atomic"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -40,9 +40,14 @@ type Engine struct {
 }
 
 type prepared struct {
-	bundle Bundle
-	query  rego.PreparedEvalQuery
+	bundle              Bundle
+	query               rego.PreparedEvalQuery
+	allowPolicies       int // enforced ALLOW policies on the workload
+	dryRunAllowPolicies int
 }
+
+// MatchesQuery is evaluated per request: the rules that matched, by action.
+const MatchesQuery = "data.rampart.policy.matches"
 
 // ErrNoBundle means no bundle has been loaded; every request is denied.
 var ErrNoBundle = errors.New("no authorization bundle loaded")
@@ -55,25 +60,46 @@ func New(cfg Config) *Engine {
 	return &Engine{log: cfg.Log.With("component", "authz")}
 }
 
-// Prepare compiles b (strictly) without installing it.
+// Prepare compiles b (with OPA's strict checks) without installing it.
 func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
-	if b.Query == "" {
-		return nil, errors.New("bundle has no query")
+	c, err := compileModules(b.Modules)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %q: %w", b.Revision, err)
 	}
-	names := make([]string, 0, len(b.Modules))
-	for n := range b.Modules {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	opts := []func(*rego.Rego){rego.Query(b.Query), rego.Strict(true)}
-	for _, n := range names {
-		opts = append(opts, rego.Module(n, b.Modules[n]))
-	}
-	pq, err := rego.New(opts...).PrepareForEval(ctx)
+	pq, err := rego.New(rego.Query(MatchesQuery), rego.Compiler(c)).PrepareForEval(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("prepare bundle %q: %w", b.Revision, err)
 	}
-	return &prepared{bundle: b, query: pq}, nil
+	p := &prepared{bundle: b, query: pq}
+	// The policy sets are constant for a bundle: count them once.
+	for _, q := range []struct {
+		q   string
+		dst *int
+	}{{"count(data.rampart.policy.allow_policies)", &p.allowPolicies}, {"count(data.rampart.policy.dry_run_allow_policies)", &p.dryRunAllowPolicies}} {
+		rs, err := rego.New(rego.Query(q.q), rego.Compiler(c)).Eval(ctx)
+		if err != nil || len(rs) != 1 {
+			return nil, fmt.Errorf("bundle %q: %s: %v", b.Revision, q.q, err)
+		}
+		n, _ := rs[0].Expressions[0].Value.(json.Number).Int64()
+		*q.dst = int(n)
+	}
+	return p, nil
+}
+
+func compileModules(modules map[string]string) (*ast.Compiler, error) {
+	parsed := make(map[string]*ast.Module, len(modules))
+	for n, src := range modules {
+		m, err := ast.ParseModuleWithOpts(n, src, ast.ParserOptions{RegoVersion: ast.RegoV1})
+		if err != nil {
+			return nil, err
+		}
+		parsed[n] = m
+	}
+	c := ast.NewCompiler().WithStrict(true).WithEnablePrintStatements(false)
+	if c.Compile(parsed); c.Failed() {
+		return nil, c.Errors
+	}
+	return c, nil
 }
 
 // Load compiles b and, if it compiles, makes it current. On error the previous
@@ -124,16 +150,12 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 	}
 	input := r.input(path, query)
 	d.Input = input
-	v, err := e.eval(ctx, p, input)
+	ms, err := e.eval(ctx, p, input)
 	if err != nil {
 		e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
 		return d.deny(r, 403, "", -1, "error: "+err.Error())
 	}
-	res, err := parseResult(v)
-	if err != nil {
-		e.log.Error("authorization result malformed; denying", "err", err, "request_id", r.ID)
-		return d.deny(r, 403, "", -1, "error: "+err.Error())
-	}
+	res := p.verdict(ms)
 	d.DryRun = res.DryRun
 	d.Audit = res.Audit
 	// CUSTOM first: a provider that says no denies, whatever DENY and ALLOW say.
@@ -164,15 +186,23 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 	return d
 }
 
-func (e *Engine) eval(ctx context.Context, p *prepared, input map[string]any) (any, error) {
-	rs, err := p.query.Eval(ctx, rego.EvalInput(input))
+func (e *Engine) eval(ctx context.Context, p *prepared, v ast.Value) (matchSets, error) {
+	// Keep the result as an AST value: converting it to Go maps and back costs more
+	// than the evaluation.
+	rs, err := p.query.Eval(ctx, rego.EvalParsedInput(v), rego.EvalGenerateJSON(func(t *ast.Term, _ *rego.EvalContext) (any, error) {
+		return t.Value, nil
+	}))
 	if err != nil {
-		return nil, err
+		return matchSets{}, err
 	}
 	if len(rs) != 1 || len(rs[0].Expressions) != 1 {
-		return nil, fmt.Errorf("decision is undefined")
+		return matchSets{}, fmt.Errorf("matches is undefined")
 	}
-	return rs[0].Expressions[0].Value, nil
+	val, ok := rs[0].Expressions[0].Value.(ast.Value)
+	if !ok {
+		return matchSets{}, fmt.Errorf("matches has type %T", rs[0].Expressions[0].Value)
+	}
+	return parseMatches(val)
 }
 
 func newID() string {
@@ -186,18 +216,6 @@ func newID() string {
 
 // CheckStrict compiles modules with OPA's strict checks and reports the errors.
 func CheckStrict(modules map[string]string) error {
-	parsed := map[string]*ast.Module{}
-	for n, src := range modules {
-		m, err := ast.ParseModuleWithOpts(n, src, ast.ParserOptions{RegoVersion: ast.RegoV1})
-		if err != nil {
-			return err
-		}
-		parsed[n] = m
-	}
-	c := ast.NewCompiler().WithStrict(true)
-	c.Compile(parsed)
-	if c.Failed() {
-		return c.Errors
-	}
-	return nil
+	_, err := compileModules(modules)
+	return err
 }

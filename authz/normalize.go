@@ -77,15 +77,27 @@ func replaceEncoded(s string, m map[string]string) string {
 
 // decodeUnreserved decodes %XX where XX is an unreserved character (ALPHA, DIGIT,
 // '-', '.', '_', '~') and upper-cases the hex of the others. %00 is refused.
+//
+// A '%' that does not start an escape is kept, but if a decoded character lands
+// within two places of it ("%%34%31" would become "%41") it is written as "%25",
+// as Chromium's URL canonicalizer (which Envoy uses) does: otherwise the policy
+// would see "%41" while a backend that decodes once sees "A", and the result
+// would change if normalized again.
 func decodeUnreserved(s string) (string, error) {
 	if !strings.Contains(s, "%") {
 		return s, nil
 	}
-	var b strings.Builder
+	out := make([]byte, 0, len(s)+4)
+	lastInvalid := -1 // index in out of the last '%' that did not start an escape
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if c != '%' || i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
-			b.WriteByte(c)
+		if c != '%' {
+			out = append(out, c)
+			continue
+		}
+		if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+			lastInvalid = len(out)
+			out = append(out, '%')
 			continue
 		}
 		v := unhex(s[i+1])<<4 | unhex(s[i+2])
@@ -93,14 +105,24 @@ func decodeUnreserved(s string) (string, error) {
 			return "", ErrBadPath
 		}
 		if isUnreserved(v) {
-			b.WriteByte(v)
+			out = append(out, v)
+			if lastInvalid >= 0 && lastInvalid >= len(out)-3 {
+				out = append(out[:lastInvalid+1], append([]byte("25"), out[lastInvalid+1:]...)...)
+				lastInvalid = -1
+			}
 		} else {
-			b.WriteByte('%')
-			b.WriteString(strings.ToUpper(s[i+1 : i+3]))
+			out = append(out, '%', upperHex(s[i+1]), upperHex(s[i+2]))
 		}
 		i += 2
 	}
-	return b.String(), nil
+	return string(out), nil
+}
+
+func upperHex(c byte) byte {
+	if 'a' <= c && c <= 'f' {
+		return c - 'a' + 'A'
+	}
+	return c
 }
 
 func isHex(c byte) bool {

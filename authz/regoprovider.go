@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
 	"github.com/open-policy-agent/opa/v1/rego"
 )
@@ -99,8 +100,8 @@ func loadBundle(path string, vc *bundle.VerificationConfig) (*bundle.Bundle, err
 func (p *RegoProvider) Revision() string { return p.revision }
 
 // Check implements Provider. An error or undefined decision denies.
-func (p *RegoProvider) Check(ctx context.Context, input map[string]any) ProviderResult {
-	rs, err := p.query.Eval(ctx, rego.EvalInput(input))
+func (p *RegoProvider) Check(ctx context.Context, input ast.Value) ProviderResult {
+	rs, err := p.query.Eval(ctx, rego.EvalParsedInput(input))
 	if err != nil {
 		return ProviderResult{Reason: "provider error: " + err.Error()}
 	}

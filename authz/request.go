@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/rampart-mesh/rampart/authn"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -49,80 +50,93 @@ type Request struct {
 	Workload Workload
 }
 
-// headerMap joins repeated headers with "," under lower-case names, as Envoy's
+// headerObject joins repeated headers with "," under lower-case names, as Envoy's
 // ext_authz request does.
-func headerMap(hs []Header) map[string]any {
-	m := make(map[string]any, len(hs))
+func headerObject(hs []Header) ast.Object {
+	names := make([]string, 0, len(hs))
+	vals := make(map[string]string, len(hs))
 	for _, h := range hs {
 		n := strings.ToLower(h.Name)
-		if prev, ok := m[n]; ok {
-			m[n] = prev.(string) + "," + h.Value
+		if prev, ok := vals[n]; ok {
+			vals[n] = prev + "," + h.Value
 		} else {
-			m[n] = h.Value
+			vals[n] = h.Value
+			names = append(names, n)
 		}
 	}
-	return m
+	items := make([][2]*ast.Term, len(names))
+	for i, n := range names {
+		items[i] = item(n, str(vals[n]))
+	}
+	return ast.NewObject(items...)
 }
 
-// input builds the document policies see: opa-envoy-plugin's (protojson of an
-// ext_authz CheckRequest plus parsed_path and parsed_query) and Rampart's own
-// "rampart" object, which compiled Istio policies read.
-func (r *Request) input(path, query string) map[string]any {
+func str(s string) *ast.Term { return ast.StringTerm(s) }
+
+func item(k string, v *ast.Term) [2]*ast.Term { return ast.Item(ast.StringTerm(k), v) }
+
+func obj(items ...[2]*ast.Term) *ast.Term { return ast.NewTerm(ast.NewObject(items...)) }
+
+// input builds the document policies see, directly as an OPA value: the
+// opa-envoy-plugin input (protojson of an ext_authz CheckRequest plus parsed_path
+// and parsed_query) and Rampart's own "rampart" object, which compiled Istio
+// policies read.
+func (r *Request) input(path, query string) ast.Value {
 	l7 := r.Protocol != ProtocolTCP
 	remote := r.RemoteIP
 	if remote == "" {
 		remote = r.SourceIP
 	}
-	src := map[string]any{"principal": r.SourcePrincipal, "namespace": "", "identity": "", "trust_domain": "", "ip": r.SourceIP}
+	ns, identity, td := "", "", ""
 	if id, err := spiffeid.FromString(r.SourcePrincipal); err == nil {
-		src["trust_domain"] = id.TrustDomain().Name()
+		td = id.TrustDomain().Name()
 		parts := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
 		for i := 0; i+1 < len(parts); i += 2 {
 			if parts[i] == "ns" {
-				src["namespace"] = parts[i+1]
+				ns = parts[i+1]
 			}
 		}
 		if len(parts) == 4 && parts[0] == "ns" && parts[2] == "sa" {
-			src["identity"] = parts[1] + "/" + parts[3]
+			identity = parts[1] + "/" + parts[3]
 		}
 	}
-	labels := make(map[string]any, len(r.Workload.Labels))
+	labels := make([][2]*ast.Term, 0, len(r.Workload.Labels))
 	for k, v := range r.Workload.Labels {
-		labels[k] = v
+		labels = append(labels, item(k, str(v)))
 	}
-	rampart := map[string]any{
-		"protocol":    r.Protocol,
-		"l7":          l7,
-		"mtls":        r.SourcePrincipal != "",
-		"source":      src,
-		"remote_ip":   remote,
-		"destination": map[string]any{"ip": r.DestinationIP, "port": r.DestinationPort},
-		"sni":         r.SNI,
-		"workload":    map[string]any{"namespace": r.Workload.Namespace, "name": r.Workload.Name, "labels": labels},
+	rampart := []([2]*ast.Term){
+		item("protocol", str(r.Protocol)),
+		item("l7", ast.BooleanTerm(l7)),
+		item("mtls", ast.BooleanTerm(r.SourcePrincipal != "")),
+		item("source", obj(item("principal", str(r.SourcePrincipal)), item("namespace", str(ns)), item("identity", str(identity)),
+			item("trust_domain", str(td)), item("ip", str(r.SourceIP)))),
+		item("remote_ip", str(remote)),
+		item("destination", obj(item("ip", str(r.DestinationIP)), item("port", ast.IntNumberTerm(r.DestinationPort)))),
+		item("sni", str(r.SNI)),
+		item("workload", obj(item("namespace", str(r.Workload.Namespace)), item("name", str(r.Workload.Name)), item("labels", obj(labels...)))),
 	}
-	attrs := map[string]any{
-		"source":      map[string]any{"address": socketAddress(r.SourceIP, r.SourcePort), "principal": r.SourcePrincipal},
-		"destination": map[string]any{"address": socketAddress(r.DestinationIP, r.DestinationPort)},
+	attrs := []([2]*ast.Term){
+		item("source", obj(item("address", socketAddress(r.SourceIP, r.SourcePort)), item("principal", str(r.SourcePrincipal)))),
+		item("destination", obj(item("address", socketAddress(r.DestinationIP, r.DestinationPort)))),
 	}
 	if r.SNI != "" {
-		attrs["tlsSession"] = map[string]any{"sni": r.SNI}
+		attrs = append(attrs, item("tlsSession", obj(item("sni", str(r.SNI)))))
 	}
-	in := map[string]any{
-		"attributes": attrs,
-		"version":    map[string]any{"encoding": "protojson", "ext_authz": "v3"},
-		"rampart":    rampart,
+	top := []([2]*ast.Term){
+		item("version", obj(item("encoding", str("protojson")), item("ext_authz", str("v3")))),
 	}
 	if l7 {
-		headers := headerMap(r.Headers)
+		headers := headerObject(r.Headers)
 		host := r.Host
 		if host == "" {
-			if h, ok := headers[":authority"].(string); ok {
-				host = h
-			} else if h, ok := headers["host"].(string); ok {
-				host = h
+			for _, k := range []string{":authority", "host"} {
+				if t := headers.Get(ast.StringTerm(k)); t != nil {
+					host = string(t.Value.(ast.String))
+					break
+				}
 			}
 		}
-		rampart["request"] = map[string]any{"method": r.Method, "host": strings.ToLower(host), "path": path}
+		rampart = append(rampart, item("request", obj(item("method", str(r.Method)), item("host", str(strings.ToLower(host))), item("path", str(path)))))
 		scheme := r.Scheme
 		if scheme == "" {
 			scheme = "http"
@@ -131,67 +145,69 @@ func (r *Request) input(path, query string) map[string]any {
 		if r.Protocol == ProtocolGRPC {
 			protocol = "HTTP/2"
 		}
-		attrs["request"] = map[string]any{"http": map[string]any{
-			"id": r.ID, "method": r.Method, "host": host, "path": r.Path, "scheme": scheme,
-			"protocol": protocol, "headers": headers,
-		}}
-		in["parsed_path"] = parsedPath(path)
-		in["parsed_query"] = parsedQuery(query)
-		in["truncated_body"] = false
+		attrs = append(attrs, item("request", obj(item("http", obj(
+			item("id", str(r.ID)), item("method", str(r.Method)), item("host", str(host)), item("path", str(r.Path)),
+			item("scheme", str(scheme)), item("protocol", str(protocol)), item("headers", ast.NewTerm(headers)),
+		)))))
+		top = append(top, item("parsed_path", parsedPath(path)), item("parsed_query", parsedQuery(query)), item("truncated_body", ast.BooleanTerm(false)))
 	}
 	if a := r.Auth; a != nil {
-		auds := make([]any, len(a.Audiences))
+		auds := make([]*ast.Term, len(a.Audiences))
 		for i, x := range a.Audiences {
-			auds[i] = x
+			auds[i] = str(x)
 		}
-		claims := a.Claims
-		if claims == nil {
-			claims = map[string]any{}
+		claims := ast.NewTerm(ast.NewObject())
+		if a.Claims != nil {
+			if v, err := ast.InterfaceToValue(a.Claims); err == nil {
+				claims = ast.NewTerm(v)
+			}
 		}
-		rampart["auth"] = map[string]any{
-			"principal": a.Principal, "issuer": a.Issuer, "subject": a.Subject,
-			"audiences": auds, "presenter": a.Presenter, "claims": claims,
-		}
+		rampart = append(rampart, item("auth", obj(item("principal", str(a.Principal)), item("issuer", str(a.Issuer)), item("subject", str(a.Subject)),
+			item("audiences", ast.ArrayTerm(auds...)), item("presenter", str(a.Presenter)), item("claims", claims))))
 	}
-	return in
+	top = append(top, item("attributes", obj(attrs...)), item("rampart", obj(rampart...)))
+	return ast.NewObject(top...)
 }
 
-func socketAddress(ip string, port int) map[string]any {
-	return map[string]any{"socketAddress": map[string]any{"address": ip, "portValue": port}}
+func socketAddress(ip string, port int) *ast.Term {
+	return obj(item("socketAddress", obj(item("address", str(ip)), item("portValue", ast.IntNumberTerm(port)))))
 }
 
 // parsedPath is opa-envoy-plugin's parsed_path: the path's segments, decoded.
-func parsedPath(p string) []any {
+func parsedPath(p string) *ast.Term {
 	p = strings.TrimPrefix(p, "/")
 	if p == "" {
-		return []any{""}
+		return ast.ArrayTerm(str(""))
 	}
 	segs := strings.Split(p, "/")
-	out := make([]any, len(segs))
+	out := make([]*ast.Term, len(segs))
 	for i, s := range segs {
 		if d, err := url.PathUnescape(s); err == nil {
 			s = d
 		}
-		out[i] = s
+		out[i] = str(s)
 	}
-	return out
+	return ast.ArrayTerm(out...)
 }
 
 // parsedQuery is opa-envoy-plugin's parsed_query: each parameter's values.
-func parsedQuery(q string) map[string]any {
-	out := map[string]any{}
+func parsedQuery(q string) *ast.Term {
+	if q == "" {
+		return obj()
+	}
 	vals, err := url.ParseQuery(q)
 	if err != nil {
-		return out
+		return obj()
 	}
+	items := make([][2]*ast.Term, 0, len(vals))
 	for k, vs := range vals {
-		arr := make([]any, len(vs))
+		arr := make([]*ast.Term, len(vs))
 		for i, v := range vs {
-			arr[i] = v
+			arr[i] = str(v)
 		}
-		out[k] = arr
+		items = append(items, item(k, ast.ArrayTerm(arr...)))
 	}
-	return out
+	return obj(items...)
 }
 
 // validMethod: Envoy refuses a method that is not an upper-case token.

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	meshconfig "istio.io/api/mesh/v1alpha1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -76,47 +78,75 @@ const (
 // Normalization modes (MeshConfig.pathNormalization.normalization).
 var normalizations = []string{"NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES", "DEFAULT"}
 
-// ParseMesh decodes a MeshConfig YAML strictly and fills defaults.
+// ParseMesh decodes a MeshConfig YAML with Istio's own MeshConfig type, strictly
+// (an unknown field is an error, as istiod would report), and fills defaults.
+// Rampart's rampartRego provider kind is taken out before Istio's decoder sees it.
 func ParseMesh(data []byte) (Mesh, error) {
 	var m Mesh
 	js, err := yaml.YAMLToJSON(data)
 	if err != nil {
-		return m, err
+		return m, fmt.Errorf("mesh config: %w", err)
 	}
-	if len(bytes.TrimSpace(js)) > 0 && string(bytes.TrimSpace(js)) != "null" {
-		// Providers other than authorization kinds are accepted without decoding.
-		dec := json.NewDecoder(bytes.NewReader(stripOtherProviders(js)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&m); err != nil {
-			return m, fmt.Errorf("mesh config: %s", strings.TrimPrefix(err.Error(), "json: "))
-		}
+	trimmed := bytes.TrimSpace(js)
+	if len(trimmed) == 0 || string(trimmed) == "null" {
+		return m.WithDefaults()
 	}
-	return m.WithDefaults()
-}
-
-// stripOtherProviders removes provider kinds Rampart does not interpret, so strict
-// decoding still catches typos elsewhere.
-func stripOtherProviders(js []byte) []byte {
 	var doc map[string]json.RawMessage
 	if err := json.Unmarshal(js, &doc); err != nil {
-		return js
+		return m, fmt.Errorf("mesh config: want a mapping: %w", err)
 	}
-	var provs []map[string]json.RawMessage
-	if err := json.Unmarshal(doc["extensionProviders"], &provs); err != nil {
-		return js
+	rego := map[string]*RegoProvider{}
+	if raw, ok := doc["extensionProviders"]; ok {
+		var provs []map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &provs); err != nil {
+			return m, fmt.Errorf("mesh config: extensionProviders: %w", err)
+		}
+		for i, p := range provs {
+			r, ok := p["rampartRego"]
+			if !ok {
+				continue
+			}
+			var name string
+			_ = json.Unmarshal(p["name"], &name)
+			rp := &RegoProvider{}
+			dec := json.NewDecoder(bytes.NewReader(r))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(rp); err != nil {
+				return m, fmt.Errorf("mesh config: extensionProviders[%d].rampartRego: %s", i, strings.TrimPrefix(err.Error(), "json: "))
+			}
+			rego[name] = rp
+			delete(p, "rampartRego")
+		}
+		doc["extensionProviders"], _ = json.Marshal(provs)
+		js, _ = json.Marshal(doc)
 	}
-	for _, p := range provs {
-		for k := range p {
-			switch k {
-			case "name", "envoyExtAuthzGrpc", "envoyExtAuthzHttp", "rampartRego":
-			default:
-				delete(p, k)
+	var mc meshconfig.MeshConfig
+	if err := protojson.Unmarshal(js, &mc); err != nil {
+		return m, fmt.Errorf("mesh config: %v", err)
+	}
+	m.RootNamespace = mc.GetRootNamespace()
+	m.TrustDomain = mc.GetTrustDomain()
+	m.TrustDomainAliases = mc.GetTrustDomainAliases()
+	if pn := mc.GetPathNormalization(); pn != nil {
+		m.PathNormalization = &PathNormalization{Normalization: pn.GetNormalization().String()}
+	}
+	for _, p := range mc.GetExtensionProviders() {
+		ep := ExtensionProvider{Name: p.GetName(), RampartRego: rego[p.GetName()]}
+		if g := p.GetEnvoyExtAuthzGrpc(); g != nil {
+			ep.EnvoyExtAuthzGrpc = &ExtAuthzGRPC{Service: g.GetService(), Port: int(g.GetPort()), FailOpen: g.GetFailOpen(), StatusOnError: g.GetStatusOnError()}
+			if g.GetTimeout() != nil {
+				ep.EnvoyExtAuthzGrpc.Timeout = g.GetTimeout().AsDuration().String()
 			}
 		}
+		if h := p.GetEnvoyExtAuthzHttp(); h != nil {
+			ep.EnvoyExtAuthzHTTP = &ExtAuthzHTTP{Service: h.GetService(), Port: int(h.GetPort()), FailOpen: h.GetFailOpen(), StatusOnError: h.GetStatusOnError(), PathPrefix: h.GetPathPrefix()}
+			if h.GetTimeout() != nil {
+				ep.EnvoyExtAuthzHTTP.Timeout = h.GetTimeout().AsDuration().String()
+			}
+		}
+		m.ExtensionProviders = append(m.ExtensionProviders, ep)
 	}
-	doc["extensionProviders"], _ = json.Marshal(provs)
-	out, _ := json.Marshal(doc)
-	return out
+	return m.WithDefaults()
 }
 
 // WithDefaults fills unset fields and validates the values compilation uses.

@@ -1,0 +1,143 @@
+package authz
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+)
+
+// matchSets is the value of data.rampart.policy.matches for one request.
+type matchSets struct {
+	allow, deny, audit, custom []Match
+}
+
+// verdict combines matches the way policies/rego/decision.rego does (a test holds
+// the two equal): DENY first; no enforced ALLOW policy means allowed; ALLOW
+// policies present and none matching means denied. Dry-run matches are reported,
+// never enforced; CUSTOM matches go to their providers.
+func (p *prepared) verdict(ms matchSets) result {
+	var r result
+	enforced := func(in []Match) []Match {
+		var out []Match
+		for _, m := range in {
+			if m.DryRun {
+				r.DryRun.Matches = append(r.DryRun.Matches, m)
+			} else {
+				out = append(out, m)
+			}
+		}
+		return out
+	}
+	deny, allow := enforced(ms.deny), enforced(ms.allow)
+	r.Audit, r.Custom = enforced(ms.audit), enforced(ms.custom)
+	sortMatches(r.DryRun.Matches)
+	r.Rule = -1
+	switch {
+	case len(deny) > 0:
+		sortMatches(deny)
+		r.Policy, r.Rule = deny[0].Policy, deny[0].Rule
+		r.Reason = fmt.Sprintf("denied by DENY policy %s rules[%d]", r.Policy, r.Rule)
+	case p.allowPolicies == 0:
+		r.Allowed = true
+		r.Reason = "no ALLOW policy applies to the workload"
+	case len(allow) > 0:
+		sortMatches(allow)
+		r.Allowed, r.Policy, r.Rule = true, allow[0].Policy, allow[0].Rule
+		r.Reason = fmt.Sprintf("allowed by ALLOW policy %s rules[%d]", r.Policy, r.Rule)
+	default:
+		r.Reason = "no ALLOW policy matched"
+	}
+	// The dry-run policies alone.
+	r.DryRun.Allowed = true
+	dryAllowHit := false
+	for _, m := range r.DryRun.Matches {
+		if m.Provider == "" && m.action == "deny" {
+			r.DryRun.Allowed = false
+		}
+		if m.action == "allow" {
+			dryAllowHit = true
+		}
+	}
+	if p.dryRunAllowPolicies > 0 && !dryAllowHit {
+		r.DryRun.Allowed = false
+	}
+	if r.DryRun.Matches == nil {
+		r.DryRun.Matches = []Match{}
+	}
+	return r
+}
+
+// sortMatches orders matches as Rego's sort does for these objects: by dry_run,
+// then policy, then provider, then rule.
+func sortMatches(ms []Match) {
+	sort.Slice(ms, func(i, j int) bool {
+		a, b := ms[i], ms[j]
+		if a.Policy != b.Policy {
+			return a.Policy < b.Policy
+		}
+		return a.Rule < b.Rule
+	})
+}
+
+// parseMatches reads the matches object without going through JSON.
+func parseMatches(v ast.Value) (matchSets, error) {
+	obj, ok := v.(ast.Object)
+	if !ok {
+		return matchSets{}, fmt.Errorf("matches is %T, want an object", v)
+	}
+	var ms matchSets
+	for _, f := range []struct {
+		key string
+		dst *[]Match
+	}{{"allow", &ms.allow}, {"deny", &ms.deny}, {"audit", &ms.audit}, {"custom", &ms.custom}} {
+		t := obj.Get(ast.InternedTerm(f.key))
+		if t == nil {
+			return ms, fmt.Errorf("matches has no %q", f.key)
+		}
+		set, ok := t.Value.(ast.Set)
+		if !ok {
+			return ms, fmt.Errorf("matches.%s is %T, want a set", f.key, t.Value)
+		}
+		var err error
+		set.Foreach(func(e *ast.Term) {
+			m, perr := parseMatch(e.Value)
+			if perr != nil {
+				err = perr
+				return
+			}
+			m.action = f.key
+			*f.dst = append(*f.dst, m)
+		})
+		if err != nil {
+			return ms, err
+		}
+	}
+	return ms, nil
+}
+
+func parseMatch(v ast.Value) (Match, error) {
+	o, ok := v.(ast.Object)
+	if !ok {
+		return Match{}, fmt.Errorf("match is %T, want an object", v)
+	}
+	var m Match
+	if s, ok := o.Get(ast.InternedTerm("policy")).Value.(ast.String); ok {
+		m.Policy = string(s)
+	} else {
+		return m, fmt.Errorf("match without a policy")
+	}
+	if n, ok := o.Get(ast.InternedTerm("rule")).Value.(ast.Number); ok {
+		i, _ := n.Int()
+		m.Rule = i
+	}
+	if b, ok := o.Get(ast.InternedTerm("dry_run")).Value.(ast.Boolean); ok {
+		m.DryRun = bool(b)
+	}
+	if t := o.Get(ast.InternedTerm("provider")); t != nil {
+		if s, ok := t.Value.(ast.String); ok {
+			m.Provider = string(s)
+		}
+	}
+	return m, nil
+}

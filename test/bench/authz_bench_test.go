@@ -1,0 +1,113 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/policies/compile"
+	"github.com/rampart-mesh/rampart/policies/offline"
+	"github.com/rampart-mesh/rampart/policies/source"
+	"github.com/rampart-mesh/rampart/test/internal/procs"
+	"os"
+)
+
+// policySet writes n AuthorizationPolicies for workload foo/httpbin: each ALLOWs
+// one caller on its own path prefix and methods, and every tenth is a DENY on an
+// admin path, the shape of a large multi-tenant service.
+func policySet(n int) []source.Object {
+	var objs []source.Object
+	for i := range n {
+		y := fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: tenant-%d, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/tenant-%d/sa/client"]}}]
+    to: [{operation: {methods: ["GET", "POST"], paths: ["/api/tenant-%d/*"]}}]
+`, i, i, i)
+		if i%10 == 9 {
+			y = fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-%d, namespace: foo}
+spec:
+  action: DENY
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - from: [{source: {notNamespaces: ["tenant-%d"]}}]
+    to: [{operation: {paths: ["/admin/tenant-%d/*"]}}]
+`, i, i, i)
+		}
+		o, err := source.Parse("bench.yaml", []byte(y))
+		if err != nil {
+			panic(err)
+		}
+		objs = append(objs, o...)
+	}
+	return objs
+}
+
+func benchEngine(b *testing.B, n int) *authz.Engine {
+	b.Helper()
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	out, findings := offline.Compile(policySet(n), mesh, compile.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{"app": "httpbin"}})
+	for _, f := range findings {
+		if f.Severity == compile.SeverityError {
+			b.Fatalf("benchmark policies are invalid: %s", f)
+		}
+	}
+	eng := authz.New(authz.Config{})
+	if err := eng.Load(context.Background(), offline.Bundle(out, mesh, nil)); err != nil {
+		b.Fatal(err)
+	}
+	return eng
+}
+
+// BenchmarkAuthzDecision measures one authorization decision in the sidecar's
+// engine with n policies on the workload, and reports p50/p99 and RSS.
+func BenchmarkAuthzDecision(b *testing.B) {
+	for _, n := range []int{10, 100, 1000, 10000} {
+		b.Run(fmt.Sprintf("policies=%d", n), func(b *testing.B) {
+			eng := benchEngine(b, n)
+			k := n / 2
+			if k%10 == 9 {
+				k--
+			}
+			req := &authz.Request{
+				Protocol: authz.ProtocolHTTP, SourcePrincipal: fmt.Sprintf("spiffe://cluster.local/ns/tenant-%d/sa/client", k),
+				SourceIP: "10.0.0.9", DestinationIP: "10.0.0.5", DestinationPort: 8000,
+				Method: "GET", Host: "httpbin.foo:8000", Path: fmt.Sprintf("/api/tenant-%d/items?page=2", k),
+				Headers:  []authz.Header{{Name: "user-agent", Value: "bench"}, {Name: "x-request-id", Value: "abc"}},
+				Workload: authz.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{"app": "httpbin"}},
+			}
+			ctx := context.Background()
+			if d := eng.Decide(ctx, req); !d.Allowed || d.Policy != fmt.Sprintf("foo/tenant-%d", k) {
+				b.Fatalf("decision = %+v; the benchmark request must be allowed by foo/tenant-%d", d, k)
+			}
+			runtime.GC()
+			lat := make([]time.Duration, 0, b.N)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				t0 := time.Now()
+				d := eng.Decide(ctx, req)
+				lat = append(lat, time.Since(t0))
+				if !d.Allowed {
+					b.Fatal("denied")
+				}
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+			if rss, err := procs.RSS(os.Getpid()); err == nil {
+				b.ReportMetric(float64(rss)/(1<<20), "MB-rss")
+			}
+		})
+	}
+}
