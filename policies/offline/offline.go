@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/rampart-mesh/rampart/authn"
 	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/policies/compile"
@@ -78,6 +80,10 @@ type Result struct {
 	NormalizedPath string            `json:"normalized_path,omitempty"`
 	ResponseDetail string            `json:"response_code_details,omitempty"`
 	Findings       []compile.Finding `json:"findings"`
+
+	// Input and Bundle are what was evaluated, for tests that re-check the decision.
+	Input  ast.Value    `json:"-"`
+	Bundle authz.Bundle `json:"-"`
 }
 
 // Workload returns the workload a request is for, with defaults.
@@ -126,7 +132,8 @@ func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir
 		return Result{}, err
 	}
 	eng := authz.New(authz.Config{})
-	if err := eng.Load(ctx, Bundle(out, mesh, providers)); err != nil {
+	bundle := Bundle(out, mesh, providers)
+	if err := eng.Load(ctx, bundle); err != nil {
 		return Result{}, fmt.Errorf("compiled policy does not load (a bug in the compiler): %w", err)
 	}
 	ar, err := req.authzRequest()
@@ -141,6 +148,7 @@ func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir
 		Allowed: d.Allowed, Status: d.Status, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason,
 		DecisionID: d.DecisionID, DryRun: d.DryRun, Audit: d.Audit, NormalizedPath: d.NormalizedPath,
 		ResponseDetail: d.ResponseCodeDetail(), Findings: findings,
+		Input: d.Input, Bundle: bundle,
 	}, nil
 }
 
@@ -274,4 +282,32 @@ func (r *RequestSpec) authzRequest() (*authz.Request, error) {
 		ar.Auth = ra
 	}
 	return ar, nil
+}
+
+// ReferenceDecision evaluates the Rego reference decision
+// (data.rampart.authz.decision in policies/rego) for an input, so tests can hold
+// the engine's Go combination to it.
+func ReferenceDecision(ctx context.Context, b authz.Bundle, input ast.Value) (allowed bool, policy string, rule int, err error) {
+	opts := []func(*rego.Rego){rego.Query("data.rampart.authz.decision"), rego.ParsedInput(input)}
+	for n, src := range b.Modules {
+		opts = append(opts, rego.Module(n, src))
+	}
+	rs, err := rego.New(opts...).Eval(ctx)
+	if err != nil {
+		return false, "", 0, err
+	}
+	if len(rs) != 1 {
+		return false, "", 0, fmt.Errorf("decision undefined")
+	}
+	d, ok := rs[0].Expressions[0].Value.(map[string]any)
+	if !ok {
+		return false, "", 0, fmt.Errorf("decision is %T", rs[0].Expressions[0].Value)
+	}
+	allowed, _ = d["allowed"].(bool)
+	policy, _ = d["policy"].(string)
+	if n, ok := d["rule"].(json.Number); ok {
+		r, _ := n.Int64()
+		rule = int(r)
+	}
+	return allowed, policy, rule, nil
 }

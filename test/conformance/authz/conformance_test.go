@@ -38,6 +38,18 @@ func TestConformance(t *testing.T) {
 				if !r.Passed && r.Result != nil {
 					t.Logf("reason: %s; findings: %v", r.Result.Reason, r.Result.Findings)
 				}
+				// The engine combines matches in Go; the Rego reference decision must agree
+				// wherever no CUSTOM provider or request check (400) had a say.
+				if res := r.Result; res != nil && res.Input != nil && res.Status != 400 && !strings.Contains(res.Reason, "CUSTOM") {
+					allowed, policy, rule, err := offline.ReferenceDecision(context.Background(), res.Bundle, res.Input)
+					if err != nil {
+						t.Fatalf("reference decision: %v", err)
+					}
+					if allowed != res.Allowed || policy != res.Policy || rule != res.Rule {
+						t.Errorf("engine decided allowed=%t %s rules[%d]; the Rego reference decided allowed=%t %s rules[%d]",
+							res.Allowed, res.Policy, res.Rule, allowed, policy, rule)
+					}
+				}
 			})
 		}
 	}
