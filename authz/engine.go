@@ -164,7 +164,7 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		if !ok {
 			return d.deny(r, 403, m.Policy, m.Rule, fmt.Sprintf("denied: CUSTOM policy %s names provider %q, which is not configured", m.Policy, m.Provider))
 		}
-		out := prov.Check(ctx, input)
+		out := prov.Check(ctx, r, input)
 		if !out.Allowed {
 			status := out.Status
 			if status == 0 {

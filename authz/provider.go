@@ -18,7 +18,7 @@ type ProviderResult struct {
 // Provider is a CUSTOM authorization provider: an in-process Rego bundle or an
 // external ext_authz server. It must fail closed unless configured otherwise.
 type Provider interface {
-	Check(ctx context.Context, input ast.Value) ProviderResult
+	Check(ctx context.Context, req *Request, input ast.Value) ProviderResult
 }
 
 // StaticProvider always gives the same answer. rampartctl authz check uses it for
@@ -26,7 +26,7 @@ type Provider interface {
 type StaticProvider struct{ Allow bool }
 
 // Check implements Provider.
-func (s StaticProvider) Check(context.Context, ast.Value) ProviderResult {
+func (s StaticProvider) Check(context.Context, *Request, ast.Value) ProviderResult {
 	if s.Allow {
 		return ProviderResult{Allowed: true, Reason: "allowed (offline answer)"}
 	}

@@ -100,7 +100,7 @@ func loadBundle(path string, vc *bundle.VerificationConfig) (*bundle.Bundle, err
 func (p *RegoProvider) Revision() string { return p.revision }
 
 // Check implements Provider. An error or undefined decision denies.
-func (p *RegoProvider) Check(ctx context.Context, input ast.Value) ProviderResult {
+func (p *RegoProvider) Check(ctx context.Context, req *Request, input ast.Value) ProviderResult {
 	rs, err := p.query.Eval(ctx, rego.EvalParsedInput(input))
 	if err != nil {
 		return ProviderResult{Reason: "provider error: " + err.Error()}

@@ -1,0 +1,134 @@
+package authz
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+)
+
+// ExtAuthzConfig configures an external Envoy ext_authz gRPC CUSTOM provider
+// (Istio's envoyExtAuthzGrpc).
+type ExtAuthzConfig struct {
+	// Conn is the connection to the authorization server.
+	Conn grpc.ClientConnInterface
+	// Timeout of one check; default 600 ms (Istio's).
+	Timeout time.Duration
+	// FailOpen allows requests when the server cannot be reached or errs.
+	FailOpen bool
+	// StatusOnError is the HTTP status of a request denied because the server
+	// failed; default 403.
+	StatusOnError int
+}
+
+// ExtAuthzProvider asks an Envoy ext_authz v3 gRPC server.
+type ExtAuthzProvider struct {
+	cfg    ExtAuthzConfig
+	client authv3.AuthorizationClient
+}
+
+// NewExtAuthzProvider validates cfg.
+func NewExtAuthzProvider(cfg ExtAuthzConfig) (*ExtAuthzProvider, error) {
+	if cfg.Conn == nil {
+		return nil, fmt.Errorf("ext_authz provider: Conn is required")
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 600 * time.Millisecond
+	}
+	if cfg.StatusOnError == 0 {
+		cfg.StatusOnError = 403
+	}
+	return &ExtAuthzProvider{cfg: cfg, client: authv3.NewAuthorizationClient(cfg.Conn)}, nil
+}
+
+// ParseStatusOnError reads Istio's statusOnError string ("" means 403).
+func ParseStatusOnError(s string) (int, error) {
+	if s == "" {
+		return 403, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 100 || n > 599 {
+		return 0, fmt.Errorf("statusOnError %q is not an HTTP status", s)
+	}
+	return n, nil
+}
+
+// CheckRequest is the ext_authz request for r, the same attributes opa-envoy-plugin
+// receives from Envoy.
+func (r *Request) CheckRequest() *authv3.CheckRequest {
+	addr := func(ip string, port int) *corev3.Address {
+		return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+		}}}
+	}
+	attrs := &authv3.AttributeContext{
+		Source:      &authv3.AttributeContext_Peer{Address: addr(r.SourceIP, r.SourcePort), Principal: r.SourcePrincipal},
+		Destination: &authv3.AttributeContext_Peer{Address: addr(r.DestinationIP, r.DestinationPort)},
+	}
+	if r.SNI != "" {
+		attrs.TlsSession = &authv3.AttributeContext_TLSSession{Sni: r.SNI}
+	}
+	if r.Protocol != ProtocolTCP {
+		headers := map[string]string{}
+		for _, h := range r.Headers {
+			n := lower(h.Name)
+			if prev, ok := headers[n]; ok {
+				headers[n] = prev + "," + h.Value
+			} else {
+				headers[n] = h.Value
+			}
+		}
+		attrs.Request = &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Id: r.ID, Method: r.Method, Headers: headers, Path: r.Path, Host: r.Host, Scheme: r.Scheme, Protocol: "HTTP/1.1",
+		}}
+	}
+	return &authv3.CheckRequest{Attributes: attrs}
+}
+
+func lower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 32
+		}
+	}
+	return string(b)
+}
+
+// Check implements Provider. Errors and timeouts deny with StatusOnError unless
+// FailOpen.
+func (p *ExtAuthzProvider) Check(ctx context.Context, req *Request, _ ast.Value) ProviderResult {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	resp, err := p.client.Check(ctx, req.CheckRequest())
+	if err != nil {
+		if p.cfg.FailOpen {
+			return ProviderResult{Allowed: true, Reason: "ext_authz failed, fail-open: " + err.Error()}
+		}
+		return ProviderResult{Status: p.cfg.StatusOnError, Reason: "ext_authz failed: " + err.Error()}
+	}
+	if codes.Code(resp.GetStatus().GetCode()) == codes.OK {
+		res := ProviderResult{Allowed: true, Reason: "allowed by ext_authz", Headers: map[string]string{}}
+		for _, h := range resp.GetOkResponse().GetHeaders() {
+			res.Headers[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+		}
+		return res
+	}
+	res := ProviderResult{Status: 403, Reason: "denied by ext_authz: " + resp.GetStatus().GetMessage(), Headers: map[string]string{}}
+	if d := resp.GetDeniedResponse(); d != nil {
+		if c := int(d.GetStatus().GetCode()); c != 0 {
+			res.Status = c
+		}
+		res.Body = d.GetBody()
+		for _, h := range d.GetHeaders() {
+			res.Headers[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+		}
+	}
+	return res
+}
