@@ -22,7 +22,7 @@ type Decision struct {
 	Allowed bool `json:"allowed"`
 	// Status is the HTTP status the client gets: 200, 400 or 403 (a CUSTOM
 	// provider may choose another); 0 for TCP.
-	Status     int     `json:"status"`
+	Status     int     `json:"http_status"`
 	Policy     string  `json:"policy"`
 	Rule       int     `json:"rule"`
 	Reason     string  `json:"reason"`

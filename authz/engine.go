@@ -126,7 +126,7 @@ func (e *Engine) Revision() string {
 // normalization (400 on failure), the compiled policy, and the CUSTOM providers
 // its matches select. Any evaluation failure denies.
 func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
-	d := Decision{DecisionID: newID(), Rule: -1}
+	d := Decision{DecisionID: newID(), Rule: -1, DryRun: DryRun{Allowed: true, Matches: []Match{}}}
 	p := e.cur.Load()
 	if p == nil {
 		return d.deny(r, 403, "", -1, "error: "+ErrNoBundle.Error())

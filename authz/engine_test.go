@@ -1,0 +1,182 @@
+package authz
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// A hand-written policy module in the compiled shape, so these tests exercise the
+// engine without the compiler.
+func testBundle(rev, allowPath string) Bundle {
+	policy := `package rampart.policy
+
+import rego.v1
+
+allow contains {"policy": "foo/allow", "rule": 0, "dry_run": false} if input.rampart.request.path == "` + allowPath + `"
+
+deny contains {"policy": "foo/deny", "rule": 0, "dry_run": false} if input.rampart.request.path == "/admin"
+
+deny contains {"policy": "foo/dry", "rule": 1, "dry_run": true} if input.rampart.request.method == "DELETE"
+
+audit contains {"policy": "foo/audit", "rule": 0, "dry_run": false} if input.rampart.request.method == "PUT"
+
+custom := set()
+
+matches := {"allow": allow, "deny": deny, "audit": audit, "custom": custom}
+
+allow_policies := {"foo/allow"}
+
+dry_run_allow_policies := set()
+`
+	return Bundle{Revision: rev, Modules: map[string]string{"policy.rego": policy}}
+}
+
+func httpReq(method, path string) *Request {
+	return &Request{Protocol: ProtocolHTTP, Method: method, Path: path, SourceIP: "10.0.0.1", DestinationIP: "10.0.0.2", DestinationPort: 80}
+}
+
+func TestEngineDecisions(t *testing.T) {
+	ctx := context.Background()
+	e := New(Config{})
+	if d := e.Decide(ctx, httpReq("GET", "/ok")); d.Allowed || d.Status != 403 || !strings.Contains(d.Reason, "no authorization bundle") {
+		t.Fatalf("before any bundle: %+v; want a denial", d)
+	}
+	if err := e.Load(ctx, testBundle("r1", "/ok")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name          string
+		req           *Request
+		allowed       bool
+		status        int
+		policy        string
+		dryRunAllowed bool
+		audit         int
+	}{
+		{"allowed", httpReq("GET", "/ok"), true, 200, "foo/allow", true, 0},
+		{"no ALLOW rule matches", httpReq("GET", "/other"), false, 403, "", true, 0},
+		{"DENY wins", httpReq("GET", "/admin"), false, 403, "foo/deny", true, 0},
+		{"dry-run DENY recorded, not enforced", httpReq("DELETE", "/ok"), true, 200, "foo/allow", false, 0},
+		{"AUDIT recorded, no effect", httpReq("PUT", "/ok"), true, 200, "foo/allow", true, 1},
+		{"query string is not part of the path", httpReq("GET", "/ok?x=/admin"), true, 200, "foo/allow", true, 0},
+		{"dot segments normalized before matching", httpReq("GET", "/public/../admin"), false, 403, "foo/deny", true, 0},
+		{"lower-case method is a bad request", httpReq("get", "/ok"), false, 400, "", true, 0},
+		{"NUL in the path is a bad request", httpReq("GET", "/ok%00"), false, 400, "", true, 0},
+		{"TCP denial has no HTTP status", &Request{Protocol: ProtocolTCP, DestinationPort: 5432}, false, 0, "", true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := e.Decide(ctx, tc.req)
+			if d.Allowed != tc.allowed || d.Status != tc.status || d.Policy != tc.policy {
+				t.Fatalf("got allowed=%t status=%d policy=%q (%s); want %t %d %q", d.Allowed, d.Status, d.Policy, d.Reason, tc.allowed, tc.status, tc.policy)
+			}
+			if d.DryRun.Allowed != tc.dryRunAllowed || len(d.Audit) != tc.audit {
+				t.Fatalf("dry-run %+v audit %v", d.DryRun, d.Audit)
+			}
+			if len(d.DecisionID) != 36 || d.Revision != "r1" {
+				t.Fatalf("decision id %q revision %q", d.DecisionID, d.Revision)
+			}
+			if !d.Allowed && d.Status == 403 {
+				want := "rbac_access_denied_matched_policy[none]"
+				if d.Policy != "" {
+					want = "rbac_access_denied_matched_policy[" + d.Policy + "]"
+				}
+				if d.ResponseCodeDetail() != want {
+					t.Fatalf("detail %q, want %q", d.ResponseCodeDetail(), want)
+				}
+			}
+		})
+	}
+}
+
+// A bundle that does not compile is refused and the previous one stays in force.
+func TestEngineKeepsLastGoodBundle(t *testing.T) {
+	ctx := context.Background()
+	e := New(Config{})
+	if err := e.Load(ctx, testBundle("good", "/ok")); err != nil {
+		t.Fatal(err)
+	}
+	bad := Bundle{Revision: "bad", Modules: map[string]string{"p.rego": "package rampart.policy\n\nmatches := {"}}
+	if err := e.Load(ctx, bad); err == nil {
+		t.Fatal("a bundle that does not parse was loaded")
+	}
+	unused := Bundle{Revision: "bad2", Modules: map[string]string{"p.rego": "package rampart.policy\n\nimport rego.v1\n\nmatches := 1 if { y := 1 }\n"}}
+	if err := e.Load(ctx, unused); err == nil {
+		t.Fatal("a bundle that fails the strict compile (unused variable) was loaded")
+	}
+	if d := e.Decide(ctx, httpReq("GET", "/ok")); !d.Allowed || d.Revision != "good" {
+		t.Fatalf("after refused loads: %+v", d)
+	}
+}
+
+// An evaluation error or an undefined or malformed result denies.
+func TestEngineFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	const head = "package rampart.policy\n\nimport rego.v1\n\nallow_policies := set()\n\ndry_run_allow_policies := set()\n\n"
+	for _, tc := range []struct{ name, module string }{
+		{"undefined matches", head + "matches := {\"allow\": set()} if input.nothing\n"},
+		{"malformed matches", head + "matches := {\"allow\": 1, \"deny\": 2, \"audit\": 3, \"custom\": 4}\n"},
+		{"conflicting values at runtime", head + "x := 1 if input.rampart.l7\n\nx := 2 if input.rampart.l7\n\nmatches := {\"allow\": {x}, \"deny\": set(), \"audit\": set(), \"custom\": set()}\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := New(Config{})
+			if err := e.Load(ctx, Bundle{Revision: "x", Modules: map[string]string{"p.rego": tc.module}}); err != nil {
+				t.Fatal(err)
+			}
+			d := e.Decide(ctx, httpReq("GET", "/"))
+			if d.Allowed || d.Status != 403 || !strings.HasPrefix(d.Reason, "error") {
+				t.Fatalf("got %+v; want a denial with an error reason", d)
+			}
+		})
+	}
+}
+
+// Requests racing a bundle swap see the old bundle or the new one, never a mix.
+func TestEngineAtomicSwap(t *testing.T) {
+	ctx := context.Background()
+	e := New(Config{})
+	if err := e.Load(ctx, testBundle("a", "/a")); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var bad, total atomic.Int64
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := e.Decide(ctx, httpReq("GET", "/a"))
+				total.Add(1)
+				// Bundle a allows /a; bundle b allows only /b.
+				if (d.Revision == "a") != d.Allowed {
+					bad.Add(1)
+				}
+			}
+		}()
+	}
+	for i := range 20 {
+		rev, path := "a", "/a"
+		if i%2 == 0 {
+			rev, path = "b", "/b"
+		}
+		if err := e.Load(ctx, testBundle(rev, path)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if n := bad.Load(); n > 0 {
+		t.Fatalf("%d of %d decisions mixed one bundle's revision with another's rules", n, total.Load())
+	}
+	if total.Load() == 0 {
+		t.Fatal("no decisions raced the swaps")
+	}
+}
