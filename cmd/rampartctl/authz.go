@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/rampart-mesh/rampart/authz/decisionlog"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/offline"
 	"github.com/rampart-mesh/rampart/policies/source"
@@ -121,7 +122,8 @@ func parseLabels(s string) (map[string]string, error) {
 
 func newAuthzCheckCmd() *cobra.Command {
 	var pf policyFlags
-	var reqFile, output string
+	var reqFile, output, decisionLog string
+	var logAllows bool
 	c := &cobra.Command{
 		Use:   "check -f PATH... --request REQ.yaml [--mesh-config MESH.yaml] [-o json]",
 		Short: "Decide one request offline, exactly as the workload's sidecar would",
@@ -165,11 +167,18 @@ decision; it is 1 only if the check could not run.`,
 			if err != nil {
 				return err
 			}
+			if decisionLog != "" {
+				if err := logDecision(cmd.Context(), decisionLog, logAllows, res); err != nil {
+					return err
+				}
+			}
 			return printCheck(cmd.OutOrStdout(), res, output)
 		},
 	}
 	pf.add(c)
 	c.Flags().StringVar(&reqFile, "request", "", "the request, REQ.yaml")
+	c.Flags().StringVar(&decisionLog, "decision-log", "", "append the decision to this tamper-evident decision log (denials and dry-run hits; see --log-allows)")
+	c.Flags().BoolVar(&logAllows, "log-allows", false, "with --decision-log, log allowed requests too")
 	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	return c
 }
@@ -278,4 +287,24 @@ exit code is 1 if any case fails.`,
 	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	c.Flags().StringVar(&run, "run", "", "only cases whose name contains this")
 	return c
+}
+
+// logDecision appends one decision to a decision log, as a sidecar does.
+func logDecision(ctx context.Context, path string, allows bool, res offline.Result) error {
+	l, err := decisionlog.New(decisionlog.Config{Path: path, Lossless: true, LogAllows: &allows})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	if l.ShouldLog(res.Decision) {
+		if err := l.Log(ctx, decisionlog.FromDecision(res.Decision, decisionlog.RequestMeta(res.Request))); err != nil {
+			cancel()
+			<-done
+			return err
+		}
+	}
+	cancel()
+	return <-done
 }

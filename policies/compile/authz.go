@@ -120,6 +120,41 @@ var unsupportedKeys = map[string]bool{
 	"destination.labels": true, "destination.namespace": true, "destination.name": true, "destination.user": true,
 }
 
+// keyKnown reports whether Istio's translator knows a when.key: the simple keys
+// exactly, and request.headers, request.auth.claims and experimental.envoy.filters.
+// by prefix. Its model.New drops the whole rule for any other key (for every
+// action), while a malformed argument of a known prefix is a bad value.
+func keyKnown(key string) bool {
+	if simpleKeys[key] {
+		return true
+	}
+	for _, prefix := range []string{"request.headers", "request.auth.claims", "experimental.envoy.filters."} {
+		if strings.HasPrefix(key, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// keyMalformed reports whether a known key's bracketed arguments are wrong:
+// request.headers[name] and experimental.envoy.filters.<f>[key] take exactly one
+// non-empty argument, request.auth.claims[c1][c2]... one or more.
+func keyMalformed(key string) bool {
+	if simpleKeys[key] {
+		return false
+	}
+	base, args, ok := parseKey(key)
+	switch {
+	case !ok || slicesContains(args, ""):
+		return true
+	case base == "request.headers" || strings.HasPrefix(base, "experimental.envoy.filters."):
+		return len(args) != 1
+	case base == "request.auth.claims":
+		return len(args) == 0
+	}
+	return true
+}
+
 // httpOnlyKeys are the condition keys that exist only for HTTP.
 func httpOnlyKey(base string) bool {
 	return base == "request.headers" || strings.HasPrefix(base, "request.auth.")
@@ -186,23 +221,31 @@ func ValidateAuthorizationPolicy(p *AuthzPolicy, m Mesh) []Finding {
 					}
 				}
 			}
-			sas := append(append([]string{}, src.GetServiceAccounts()...), src.GetNotServiceAccounts()...)
-			if len(sas) > 0 {
-				if len(src.GetPrincipals())+len(src.GetNotPrincipals())+len(src.GetNamespaces())+len(src.GetNotNamespaces()) > 0 {
-					add(SeverityError, CodeServiceAccounts, fp+".serviceAccounts", "serviceAccounts cannot be combined with principals or namespaces in one source")
+			if len(src.GetServiceAccounts())+len(src.GetNotServiceAccounts()) > 0 &&
+				len(src.GetPrincipals())+len(src.GetNotPrincipals())+len(src.GetNamespaces())+len(src.GetNotNamespaces()) > 0 {
+				add(SeverityError, CodeServiceAccounts, fp+".serviceAccounts", "serviceAccounts cannot be combined with principals or namespaces in one source")
+			}
+			for _, field := range []struct {
+				name string
+				vals []string
+			}{{"serviceAccounts", src.GetServiceAccounts()}, {"notServiceAccounts", src.GetNotServiceAccounts()}} {
+				if len(field.vals) > 16 {
+					add(SeverityError, CodeServiceAccounts, fp+"."+field.name, "at most 16 service accounts")
 				}
-				if len(src.GetServiceAccounts()) > 16 || len(src.GetNotServiceAccounts()) > 16 {
-					add(SeverityError, CodeServiceAccounts, fp+".serviceAccounts", "at most 16 service accounts")
-				}
-				for k, v := range sas {
+				for k, v := range field.vals {
 					if v == "" || strings.Contains(v, "*") || strings.Count(v, "/") > 1 {
-						add(SeverityError, CodeServiceAccounts, fmt.Sprintf("%s.serviceAccounts[%d]", fp, k), "%q must be 'namespace/name' or 'name', without wildcards", v)
+						add(SeverityError, CodeServiceAccounts, fmt.Sprintf("%s.%s[%d]", fp, field.name, k), "%q must be 'namespace/name' or 'name', without wildcards", v)
 					}
 				}
 			}
-			for k, v := range append(append([]string{}, src.GetTrustDomains()...), src.GetNotTrustDomains()...) {
-				if v == "" || strings.Count(v, "*") > 1 || strings.Contains(v, "/") || (strings.Contains(v, "*") && !strings.HasPrefix(v, "*") && !strings.HasSuffix(v, "*")) {
-					add(SeverityError, CodeTrustDomains, fmt.Sprintf("%s.trustDomains[%d]", fp, k), "%q: a trust domain has no '/', and at most one leading or trailing '*'", v)
+			for _, field := range []struct {
+				name string
+				vals []string
+			}{{"trustDomains", src.GetTrustDomains()}, {"notTrustDomains", src.GetNotTrustDomains()}} {
+				for k, v := range field.vals {
+					if v == "" || strings.Count(v, "*") > 1 || strings.Contains(v, "/") || (strings.Contains(v, "*") && !strings.HasPrefix(v, "*") && !strings.HasSuffix(v, "*")) {
+						add(SeverityError, CodeTrustDomains, fmt.Sprintf("%s.%s[%d]", fp, field.name, k), "%q: a trust domain has no '/', and at most one leading or trailing '*'", v)
+					}
 				}
 			}
 		}
@@ -247,24 +290,19 @@ func ValidateAuthorizationPolicy(p *AuthzPolicy, m Mesh) []Finding {
 		for j, c := range r.GetWhen() {
 			cp := fmt.Sprintf("%s.when[%d]", rp, j)
 			key := c.GetKey()
-			base, args, ok := parseKey(key)
+			base, _, ok := parseKey(key)
 			switch {
 			case key == "":
 				add(SeverityError, CodeUnknownKey, cp+".key", "key is required")
 				continue
-			case unsupportedKeys[base]:
+			case ok && unsupportedKeys[base]:
 				add(SeverityError, CodeUnsupportedKey, cp+".key", "%q is not supported in AuthorizationPolicy; the rule is ignored", key)
 				continue
-			case !ok:
-				add(SeverityError, CodeBadKeyFormat, cp+".key", "%q must have the form name[value]", key)
-			case base == "request.headers" || base == "request.auth.claims" || strings.HasPrefix(base, "experimental.envoy.filters."):
-				if len(args) == 0 || (base != "request.auth.claims" && len(args) != 1) || slicesContains(args, "") {
-					add(SeverityError, CodeBadKeyFormat, cp+".key", "%q must have the form %s[name]", key, base)
-				}
-			case simpleKeys[key]:
-			default:
+			case !keyKnown(key):
 				add(SeverityError, CodeUnknownKey, cp+".key", "unknown condition key %q; the whole rule is ignored, for every action", key)
 				continue
+			case keyMalformed(key):
+				add(SeverityError, CodeBadKeyFormat, cp+".key", "%q must have the form request.headers[name], request.auth.claims[name]... or experimental.envoy.filters.<filter>[key]", key)
 			}
 			if httpOnlyKey(base) {
 				hasHTTP = true

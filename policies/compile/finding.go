@@ -43,27 +43,28 @@ func newFinding(o source.Object, severity, code, path, format string, args ...an
 
 // Finding codes for AuthorizationPolicy.
 const (
-	CodeSchema           = "AP-SCHEMA"              // the spec does not decode (unknown field, wrong type)
-	CodeUnknownKey       = "AP-UNKNOWN-KEY"         // unknown when.key
-	CodeUnsupportedKey   = "AP-UNSUPPORTED-KEY"     // destination.labels / namespace / name / user
-	CodeEmptyCondition   = "AP-EMPTY-CONDITION"     // neither values nor notValues
-	CodeEmptyValue       = "AP-EMPTY-VALUE"         // an empty string value
-	CodeBadIP            = "AP-BAD-IP"              // not an IP or CIDR
-	CodeBadPort          = "AP-BAD-PORT"            // not a port number
-	CodeBadKeyFormat     = "AP-BAD-KEY-FORMAT"      // request.headers / claims / experimental key not of the form a[b]
-	CodeEmptySource      = "AP-EMPTY-SOURCE"        // from[].source empty or missing
-	CodeEmptyOperation   = "AP-EMPTY-OPERATION"     // to[].operation empty or missing
-	CodeMissingRules     = "AP-MISSING-RULES"       // DENY or CUSTOM without rules
-	CodeProviderAction   = "AP-PROVIDER-NOT-CUSTOM" // provider on a non-CUSTOM policy
-	CodeMissingProvider  = "AP-MISSING-PROVIDER"    // CUSTOM without provider.name
-	CodeUnknownProvider  = "AP-UNKNOWN-PROVIDER"    // provider not in the mesh config
-	CodeCustomIdentity   = "AP-CUSTOM-IDENTITY"     // CUSTOM using identity or JWT fields
-	CodeServiceAccounts  = "AP-SERVICE-ACCOUNTS"    // invalid serviceAccounts
-	CodeTrustDomains     = "AP-TRUST-DOMAINS"       // invalid trustDomains
-	CodeBadPathTemplate  = "AP-BAD-PATH-TEMPLATE"   // invalid {*} / {**} template
-	CodeSelectorAndRef   = "AP-SELECTOR-AND-TARGETREF"
-	CodeDryRunValue      = "AP-DRY-RUN-VALUE"     // istio.io/dry-run not a bool
-	CodeInfixWildcard    = "AP-INFIX-WILDCARD"    // warning: '*' inside a value is a literal
-	CodeDenyHTTPOnlyTCP  = "AP-DENY-HTTP-ONLY"    // warning: DENY with only HTTP fields denies all TCP traffic
-	CodeTargetRefSidecar = "AP-TARGETREF-IGNORED" // warning: targetRef policies do not apply to sidecars
+	CodeSchema            = "AP-SCHEMA"              // the spec does not decode (unknown field, wrong type)
+	CodeUnknownKey        = "AP-UNKNOWN-KEY"         // unknown when.key
+	CodeUnsupportedKey    = "AP-UNSUPPORTED-KEY"     // destination.labels / namespace / name / user
+	CodeEmptyCondition    = "AP-EMPTY-CONDITION"     // neither values nor notValues
+	CodeEmptyValue        = "AP-EMPTY-VALUE"         // an empty string value
+	CodeBadIP             = "AP-BAD-IP"              // not an IP or CIDR
+	CodeBadPort           = "AP-BAD-PORT"            // not a port number
+	CodeBadKeyFormat      = "AP-BAD-KEY-FORMAT"      // request.headers / claims / experimental key not of the form a[b]
+	CodeEmptySource       = "AP-EMPTY-SOURCE"        // from[].source empty or missing
+	CodeEmptyOperation    = "AP-EMPTY-OPERATION"     // to[].operation empty or missing
+	CodeMissingRules      = "AP-MISSING-RULES"       // DENY or CUSTOM without rules
+	CodeProviderAction    = "AP-PROVIDER-NOT-CUSTOM" // provider on a non-CUSTOM policy
+	CodeMissingProvider   = "AP-MISSING-PROVIDER"    // CUSTOM without provider.name
+	CodeUnknownProvider   = "AP-UNKNOWN-PROVIDER"    // provider not in the mesh config
+	CodeCustomIdentity    = "AP-CUSTOM-IDENTITY"     // CUSTOM using identity or JWT fields
+	CodeServiceAccounts   = "AP-SERVICE-ACCOUNTS"    // invalid serviceAccounts
+	CodeTrustDomains      = "AP-TRUST-DOMAINS"       // invalid trustDomains
+	CodeBadPathTemplate   = "AP-BAD-PATH-TEMPLATE"   // invalid {*} / {**} template
+	CodeSelectorAndRef    = "AP-SELECTOR-AND-TARGETREF"
+	CodeDryRunValue       = "AP-DRY-RUN-VALUE"      // istio.io/dry-run not a bool
+	CodeInfixWildcard     = "AP-INFIX-WILDCARD"     // warning: '*' inside a value is a literal
+	CodeDenyHTTPOnlyTCP   = "AP-DENY-HTTP-ONLY"     // warning: DENY with only HTTP fields denies all TCP traffic
+	CodeTargetRefSidecar  = "AP-TARGETREF-IGNORED"  // warning: targetRef policies do not apply to sidecars
+	CodeMultipleProviders = "AP-MULTIPLE-PROVIDERS" // a workload's CUSTOM policies name several providers
 )

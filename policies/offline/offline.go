@@ -82,8 +82,10 @@ type Result struct {
 	Findings       []compile.Finding `json:"findings"`
 
 	// Input and Bundle are what was evaluated, for tests that re-check the decision.
-	Input  ast.Value    `json:"-"`
-	Bundle authz.Bundle `json:"-"`
+	Input    ast.Value      `json:"-"`
+	Bundle   authz.Bundle   `json:"-"`
+	Decision authz.Decision `json:"-"`
+	Request  *authz.Request `json:"-"`
 }
 
 // Workload returns the workload a request is for, with defaults.
@@ -148,7 +150,7 @@ func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir
 		Allowed: d.Allowed, Status: d.Status, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason,
 		DecisionID: d.DecisionID, DryRun: d.DryRun, Audit: d.Audit, NormalizedPath: d.NormalizedPath,
 		ResponseDetail: d.ResponseCodeDetail(), Findings: findings,
-		Input: d.Input, Bundle: bundle,
+		Input: d.Input, Bundle: bundle, Decision: d, Request: ar,
 	}, nil
 }
 

@@ -84,6 +84,22 @@ claim_match_split(v, patterns) if {
 	claim_match(v, patterns)
 }
 
+# metadata_match: an Envoy dynamic-metadata value (experimental.envoy.filters.*
+# conditions) is a string matching one of string_patterns, or a list with a
+# string element matching one of list_patterns (values written "[v]" in the
+# policy).
+metadata_match(v, string_patterns, _) if {
+	is_string(v)
+	match_any(v, string_patterns)
+}
+
+metadata_match(v, _, list_patterns) if {
+	is_array(v)
+	some e in v
+	is_string(e)
+	match_any(e, list_patterns)
+}
+
 # request_principal_match: the JWT's iss and sub each match the halves of one
 # <iss>/<sub> pattern (split at its last "/"). A token without sub never matches.
 request_principal_match(auth, pairs) if {
