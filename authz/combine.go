@@ -7,7 +7,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 )
 
-// matchSets is the value of data.rampart.policy.matches for one request.
+// matchSets is the value of data.rampart.policy.hits for one request, by action.
 type matchSets struct {
 	allow, deny, audit, custom []Match
 }
@@ -80,40 +80,38 @@ func sortMatches(ms []Match) {
 	})
 }
 
-// parseMatches reads the matches object without going through JSON.
+// parseMatches reads the hits set (every matching rule, tagged with its action)
+// without going through JSON.
 func parseMatches(v ast.Value) (matchSets, error) {
-	obj, ok := v.(ast.Object)
+	set, ok := v.(ast.Set)
 	if !ok {
-		return matchSets{}, fmt.Errorf("matches is %T, want an object", v)
+		return matchSets{}, fmt.Errorf("hits is %T, want a set", v)
 	}
 	var ms matchSets
-	for _, f := range []struct {
-		key string
-		dst *[]Match
-	}{{"allow", &ms.allow}, {"deny", &ms.deny}, {"audit", &ms.audit}, {"custom", &ms.custom}} {
-		t := obj.Get(ast.InternedTerm(f.key))
-		if t == nil {
-			return ms, fmt.Errorf("matches has no %q", f.key)
-		}
-		set, ok := t.Value.(ast.Set)
-		if !ok {
-			return ms, fmt.Errorf("matches.%s is %T, want a set", f.key, t.Value)
-		}
-		var err error
-		set.Foreach(func(e *ast.Term) {
-			m, perr := parseMatch(e.Value)
-			if perr != nil {
-				err = perr
-				return
-			}
-			m.action = f.key
-			*f.dst = append(*f.dst, m)
-		})
+	var err error
+	set.Foreach(func(e *ast.Term) {
 		if err != nil {
-			return ms, err
+			return
 		}
-	}
-	return ms, nil
+		m, perr := parseMatch(e.Value)
+		if perr != nil {
+			err = perr
+			return
+		}
+		switch m.action {
+		case "allow":
+			ms.allow = append(ms.allow, m)
+		case "deny":
+			ms.deny = append(ms.deny, m)
+		case "audit":
+			ms.audit = append(ms.audit, m)
+		case "custom":
+			ms.custom = append(ms.custom, m)
+		default:
+			err = fmt.Errorf("hit with unknown action %q", m.action)
+		}
+	})
+	return ms, err
 }
 
 func parseMatch(v ast.Value) (Match, error) {
@@ -122,17 +120,27 @@ func parseMatch(v ast.Value) (Match, error) {
 		return Match{}, fmt.Errorf("match is %T, want an object", v)
 	}
 	var m Match
-	if s, ok := o.Get(ast.InternedTerm("policy")).Value.(ast.String); ok {
+	if t := o.Get(ast.InternedTerm("action")); t != nil {
+		if s, ok := t.Value.(ast.String); ok {
+			m.action = string(s)
+		}
+	}
+	if t := o.Get(ast.InternedTerm("policy")); t == nil {
+		return m, fmt.Errorf("match without a policy")
+	} else if s, ok := t.Value.(ast.String); ok {
 		m.Policy = string(s)
 	} else {
 		return m, fmt.Errorf("match without a policy")
 	}
-	if n, ok := o.Get(ast.InternedTerm("rule")).Value.(ast.Number); ok {
-		i, _ := n.Int()
-		m.Rule = i
+	if t := o.Get(ast.InternedTerm("rule")); t != nil {
+		if n, ok := t.Value.(ast.Number); ok {
+			m.Rule, _ = n.Int()
+		}
 	}
-	if b, ok := o.Get(ast.InternedTerm("dry_run")).Value.(ast.Boolean); ok {
-		m.DryRun = bool(b)
+	if t := o.Get(ast.InternedTerm("dry_run")); t != nil {
+		if b, ok := t.Value.(ast.Boolean); ok {
+			m.DryRun = bool(b)
+		}
 	}
 	if t := o.Get(ast.InternedTerm("provider")); t != nil {
 		if s, ok := t.Value.(ast.String); ok {

@@ -35,8 +35,12 @@ type Decision struct {
 	Headers        map[string]string `json:"headers,omitempty"`
 	Body           string            `json:"body,omitempty"`
 	NormalizedPath string            `json:"normalized_path,omitempty"`
-	// Input is the document that was evaluated (for the decision log).
+	// Input, when set, is the full input document; otherwise Document builds it
+	// from the request on demand.
 	Input ast.Value `json:"-"`
+	// req and query rebuild the full input document on demand (Document).
+	req   *Request
+	query string
 }
 
 // DeniedBody is the body of a 403, as Envoy's RBAC filter sends it.
@@ -72,4 +76,17 @@ type result struct {
 	Custom  []Match
 	Audit   []Match
 	DryRun  DryRun
+}
+
+// Document returns the full input document of the decision (opa-envoy-plugin's
+// input plus Rampart's fields), for CUSTOM providers and the decision log. It is
+// built on demand: the per-request evaluation reads a smaller one.
+func (d Decision) Document() ast.Value {
+	if d.Input != nil {
+		return d.Input
+	}
+	if d.req == nil {
+		return nil
+	}
+	return d.req.input(d.NormalizedPath, d.query, true)
 }

@@ -46,8 +46,9 @@ type prepared struct {
 	dryRunAllowPolicies int
 }
 
-// MatchesQuery is evaluated per request: the rules that matched, by action.
-const MatchesQuery = "data.rampart.policy.matches"
+// MatchesQuery is evaluated per request: every rule that matched, tagged with
+// its action.
+const MatchesQuery = "data.rampart.policy.hits"
 
 // ErrNoBundle means no bundle has been loaded; every request is denied.
 var ErrNoBundle = errors.New("no authorization bundle loaded")
@@ -148,9 +149,8 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		}
 		d.NormalizedPath = path
 	}
-	input := r.input(path, query)
-	d.Input = input
-	ms, err := e.eval(ctx, p, input)
+	d.req, d.query = r, query
+	ms, err := e.eval(ctx, p, r.input(path, query, false))
 	if err != nil {
 		e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
 		return d.deny(r, 403, "", -1, "error: "+err.Error())
@@ -159,12 +159,16 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 	d.DryRun = res.DryRun
 	d.Audit = res.Audit
 	// CUSTOM first: a provider that says no denies, whatever DENY and ALLOW say.
+	var full ast.Value
 	for _, m := range res.Custom {
+		if full == nil {
+			full = d.Document()
+		}
 		prov, ok := p.bundle.Providers[m.Provider]
 		if !ok {
 			return d.deny(r, 403, m.Policy, m.Rule, fmt.Sprintf("denied: CUSTOM policy %s names provider %q, which is not configured", m.Policy, m.Provider))
 		}
-		out := prov.Check(ctx, r, input)
+		out := prov.Check(ctx, r, full)
 		if !out.Allowed {
 			status := out.Status
 			if status == 0 {
@@ -196,11 +200,11 @@ func (e *Engine) eval(ctx context.Context, p *prepared, v ast.Value) (matchSets,
 		return matchSets{}, err
 	}
 	if len(rs) != 1 || len(rs[0].Expressions) != 1 {
-		return matchSets{}, fmt.Errorf("matches is undefined")
+		return matchSets{}, fmt.Errorf("hits is undefined")
 	}
 	val, ok := rs[0].Expressions[0].Value.(ast.Value)
 	if !ok {
-		return matchSets{}, fmt.Errorf("matches has type %T", rs[0].Expressions[0].Value)
+		return matchSets{}, fmt.Errorf("hits has type %T", rs[0].Expressions[0].Value)
 	}
 	return parseMatches(val)
 }

@@ -15,17 +15,13 @@ func testBundle(rev, allowPath string) Bundle {
 
 import rego.v1
 
-allow contains {"policy": "foo/allow", "rule": 0, "dry_run": false} if input.rampart.request.path == "` + allowPath + `"
+hits contains {"action": "allow", "policy": "foo/allow", "rule": 0, "dry_run": false} if input.rampart.request.path == "` + allowPath + `"
 
-deny contains {"policy": "foo/deny", "rule": 0, "dry_run": false} if input.rampart.request.path == "/admin"
+hits contains {"action": "deny", "policy": "foo/deny", "rule": 0, "dry_run": false} if input.rampart.request.path == "/admin"
 
-deny contains {"policy": "foo/dry", "rule": 1, "dry_run": true} if input.rampart.request.method == "DELETE"
+hits contains {"action": "deny", "policy": "foo/dry", "rule": 1, "dry_run": true} if input.rampart.request.method == "DELETE"
 
-audit contains {"policy": "foo/audit", "rule": 0, "dry_run": false} if input.rampart.request.method == "PUT"
-
-custom := set()
-
-matches := {"allow": allow, "deny": deny, "audit": audit, "custom": custom}
+hits contains {"action": "audit", "policy": "foo/audit", "rule": 0, "dry_run": false} if input.rampart.request.method == "PUT"
 
 allow_policies := {"foo/allow"}
 
@@ -98,11 +94,11 @@ func TestEngineKeepsLastGoodBundle(t *testing.T) {
 	if err := e.Load(ctx, testBundle("good", "/ok")); err != nil {
 		t.Fatal(err)
 	}
-	bad := Bundle{Revision: "bad", Modules: map[string]string{"p.rego": "package rampart.policy\n\nmatches := {"}}
+	bad := Bundle{Revision: "bad", Modules: map[string]string{"p.rego": "package rampart.policy\n\nhits := {"}}
 	if err := e.Load(ctx, bad); err == nil {
 		t.Fatal("a bundle that does not parse was loaded")
 	}
-	unused := Bundle{Revision: "bad2", Modules: map[string]string{"p.rego": "package rampart.policy\n\nimport rego.v1\n\nmatches := 1 if { y := 1 }\n"}}
+	unused := Bundle{Revision: "bad2", Modules: map[string]string{"p.rego": "package rampart.policy\n\nimport rego.v1\n\nhits := set() if { y := 1 }\n"}}
 	if err := e.Load(ctx, unused); err == nil {
 		t.Fatal("a bundle that fails the strict compile (unused variable) was loaded")
 	}
@@ -116,9 +112,10 @@ func TestEngineFailsClosed(t *testing.T) {
 	ctx := context.Background()
 	const head = "package rampart.policy\n\nimport rego.v1\n\nallow_policies := set()\n\ndry_run_allow_policies := set()\n\n"
 	for _, tc := range []struct{ name, module string }{
-		{"undefined matches", head + "matches := {\"allow\": set()} if input.nothing\n"},
-		{"malformed matches", head + "matches := {\"allow\": 1, \"deny\": 2, \"audit\": 3, \"custom\": 4}\n"},
-		{"conflicting values at runtime", head + "x := 1 if input.rampart.l7\n\nx := 2 if input.rampart.l7\n\nmatches := {\"allow\": {x}, \"deny\": set(), \"audit\": set(), \"custom\": set()}\n"},
+		{"undefined hits", head + "hits := {1} if input.nothing\n"},
+		{"malformed hits", head + "hits := {1, 2}\n"},
+		{"unknown action", head + "hits := {{\"action\": \"maybe\", \"policy\": \"a/b\", \"rule\": 0, \"dry_run\": false}}\n"},
+		{"conflicting values at runtime", head + "x := 1 if input.rampart.l7\n\nx := 2 if input.rampart.l7\n\nhits := {{\"action\": \"allow\", \"policy\": \"a/b\", \"rule\": x, \"dry_run\": false}}\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := New(Config{})

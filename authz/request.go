@@ -77,11 +77,16 @@ func item(k string, v *ast.Term) [2]*ast.Term { return ast.Item(ast.StringTerm(k
 
 func obj(items ...[2]*ast.Term) *ast.Term { return ast.NewTerm(ast.NewObject(items...)) }
 
+// versionTerm is the same for every request; OPA never modifies input values.
+var versionTerm = obj(item("encoding", str("protojson")), item("ext_authz", str("v3")))
+
 // input builds the document policies see, directly as an OPA value: the
 // opa-envoy-plugin input (protojson of an ext_authz CheckRequest plus parsed_path
 // and parsed_query) and Rampart's own "rampart" object, which compiled Istio
-// policies read.
-func (r *Request) input(path, query string) ast.Value {
+// policies read. With full false it builds only what compiled policies read
+// (input.rampart and the request headers): the per-request fast path. CUSTOM
+// Rego providers and the decision log get the full document.
+func (r *Request) input(path, query string, full bool) ast.Value {
 	l7 := r.Protocol != ProtocolTCP
 	remote := r.RemoteIP
 	if remote == "" {
@@ -122,20 +127,19 @@ func (r *Request) input(path, query string) ast.Value {
 	if r.SNI != "" {
 		attrs = append(attrs, item("tlsSession", obj(item("sni", str(r.SNI)))))
 	}
-	top := []([2]*ast.Term){
-		item("version", obj(item("encoding", str("protojson")), item("ext_authz", str("v3")))),
+	if !full {
+		if l7 {
+			headers := headerObject(r.Headers)
+			rampart = append(rampart, item("request", obj(item("method", str(r.Method)), item("host", str(strings.ToLower(r.hostFrom(headers)))), item("path", str(path)))))
+			rampart = r.appendAuth(rampart)
+			return ast.NewObject(item("attributes", obj(item("request", obj(item("http", obj(item("headers", ast.NewTerm(headers)))))))), item("rampart", obj(rampart...)))
+		}
+		return ast.NewObject(item("rampart", obj(r.appendAuth(rampart)...)))
 	}
+	top := []([2]*ast.Term){item("version", versionTerm)}
 	if l7 {
 		headers := headerObject(r.Headers)
-		host := r.Host
-		if host == "" {
-			for _, k := range []string{":authority", "host"} {
-				if t := headers.Get(ast.StringTerm(k)); t != nil {
-					host = string(t.Value.(ast.String))
-					break
-				}
-			}
-		}
+		host := r.hostFrom(headers)
 		rampart = append(rampart, item("request", obj(item("method", str(r.Method)), item("host", str(strings.ToLower(host))), item("path", str(path)))))
 		scheme := r.Scheme
 		if scheme == "" {
@@ -151,22 +155,41 @@ func (r *Request) input(path, query string) ast.Value {
 		)))))
 		top = append(top, item("parsed_path", parsedPath(path)), item("parsed_query", parsedQuery(query)), item("truncated_body", ast.BooleanTerm(false)))
 	}
-	if a := r.Auth; a != nil {
-		auds := make([]*ast.Term, len(a.Audiences))
-		for i, x := range a.Audiences {
-			auds[i] = str(x)
-		}
-		claims := ast.NewTerm(ast.NewObject())
-		if a.Claims != nil {
-			if v, err := ast.InterfaceToValue(a.Claims); err == nil {
-				claims = ast.NewTerm(v)
-			}
-		}
-		rampart = append(rampart, item("auth", obj(item("principal", str(a.Principal)), item("issuer", str(a.Issuer)), item("subject", str(a.Subject)),
-			item("audiences", ast.ArrayTerm(auds...)), item("presenter", str(a.Presenter)), item("claims", claims))))
-	}
+	rampart = r.appendAuth(rampart)
 	top = append(top, item("attributes", obj(attrs...)), item("rampart", obj(rampart...)))
 	return ast.NewObject(top...)
+}
+
+func (r *Request) hostFrom(headers ast.Object) string {
+	if r.Host != "" {
+		return r.Host
+	}
+	for _, k := range []string{":authority", "host"} {
+		if t := headers.Get(ast.StringTerm(k)); t != nil {
+			return string(t.Value.(ast.String))
+		}
+	}
+	return ""
+}
+
+// appendAuth adds the validated JWT, if any, to the rampart object's items.
+func (r *Request) appendAuth(rampart [][2]*ast.Term) [][2]*ast.Term {
+	a := r.Auth
+	if a == nil {
+		return rampart
+	}
+	auds := make([]*ast.Term, len(a.Audiences))
+	for i, x := range a.Audiences {
+		auds[i] = str(x)
+	}
+	claims := ast.NewTerm(ast.NewObject())
+	if a.Claims != nil {
+		if v, err := ast.InterfaceToValue(a.Claims); err == nil {
+			claims = ast.NewTerm(v)
+		}
+	}
+	return append(rampart, item("auth", obj(item("principal", str(a.Principal)), item("issuer", str(a.Issuer)), item("subject", str(a.Subject)),
+		item("audiences", ast.ArrayTerm(auds...)), item("presenter", str(a.Presenter)), item("claims", claims))))
 }
 
 func socketAddress(ip string, port int) *ast.Term {

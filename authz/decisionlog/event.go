@@ -95,7 +95,7 @@ func RequestMeta(r *authz.Request) Meta {
 }
 
 // FromDecision builds the event for d. The result is d itself (its JSON form);
-// the input is d.Input, which the event shares until the Logger copies it.
+// the input is d.Document(), the full input document.
 func FromDecision(d authz.Decision, m Meta) Event {
 	e := Event{
 		DecisionID: d.DecisionID,
@@ -117,8 +117,8 @@ func FromDecision(d authz.Decision, m Meta) Event {
 			RequestID:            m.RequestID,
 		},
 	}
-	if d.Input != nil {
-		e.Input = d.Input
+	if in := d.Document(); in != nil {
+		e.Input = in
 	}
 	if e.Path == "" {
 		e.Path = DefaultPath

@@ -156,14 +156,9 @@ func CompileAuthz(m Mesh, wl Workload, policies []*AuthzPolicy) AuthzOutput {
 			}
 		}
 	}
-	b.WriteString("\n")
-	for _, set := range []string{"allow", "deny", "audit", "custom"} {
-		if !used[set] {
-			fmt.Fprintf(&b, "%s := set()\n", set)
-		}
+	if len(used) == 0 {
+		b.WriteString("\nhits := set()\n")
 	}
-	b.WriteString("\n# Every rule that matched, by action: what the engine evaluates per request.\n")
-	b.WriteString(`matches := {"allow": allow, "deny": deny, "audit": audit, "custom": custom}` + "\n")
 	fmt.Fprintf(&b, "\n# Enforced ALLOW policies: when there is one, a request no ALLOW rule matches is denied.\nallow_policies := %s\n", regoStringSet(allowPolicies))
 	fmt.Fprintf(&b, "\n# Dry-run ALLOW policies, for the dry-run result.\ndry_run_allow_policies := %s\n", regoStringSet(dryAllowPolicies))
 	out.Module = b.String()
@@ -193,7 +188,8 @@ func writeRule(b *strings.Builder, p *AuthzPolicy, set, provider string, idx int
 		return false
 	}
 	b.WriteString("\n")
-	head := fmt.Sprintf(`%s contains {"policy": %s, "rule": %d, "dry_run": %t`, set, quote(p.Name()), idx, p.DryRun)
+	// One set for every action, so a request is one indexed lookup over all rules.
+	head := fmt.Sprintf(`hits contains {"action": %s, "policy": %s, "rule": %d, "dry_run": %t`, quote(set), quote(p.Name()), idx, p.DryRun)
 	if set == "custom" {
 		head += `, "provider": ` + quote(provider)
 	}

@@ -42,21 +42,28 @@ func checkStructure(module string, policies []*AuthzPolicy, m Mesh, wl Workload)
 	for _, r := range mod.Rules {
 		name := r.Head.Ref().String()
 		switch {
-		case name == "allow" || name == "deny" || name == "audit" || name == "custom":
+		case name == "hits":
 			if r.Head.Key == nil {
 				if s, ok := r.Head.Value.Value.(ast.Set); !ok || s.Len() != 0 {
 					return fmt.Errorf("%v: %s is neither a contains rule nor set()", r.Location, name)
 				}
 				continue
 			}
-			if err := checkMatch(name, r.Head.Key, applied); err != nil {
-				return fmt.Errorf("%v: %s rule: %w", r.Location, name, err)
+			obj, ok := r.Head.Key.Value.(ast.Object)
+			if !ok {
+				return fmt.Errorf("%v: hits key %v is not an object", r.Location, r.Head.Key)
+			}
+			action, ok := obj.Get(ast.StringTerm("action")).Value.(ast.String)
+			if !ok {
+				return fmt.Errorf("%v: hits key %v has no action", r.Location, r.Head.Key)
+			}
+			if err := checkMatch(string(action), r.Head.Key, applied); err != nil {
+				return fmt.Errorf("%v: %s rule: %w", r.Location, action, err)
 			}
 		case strings.HasPrefix(name, "r_"):
 			if r.Head.Key != nil || len(r.Head.Args) != 0 {
 				return fmt.Errorf("%v: helper %s is not a plain boolean rule", r.Location, name)
 			}
-		case name == "matches":
 		case name == "allow_policies":
 			if err := checkNameSet(r.Head.Value, enforcedAllow); err != nil {
 				return fmt.Errorf("%v: %s: %w", r.Location, name, err)
@@ -123,9 +130,9 @@ func checkMatchOf(set string, obj ast.Object, p *AuthzPolicy) error {
 	if dr := obj.Get(ast.StringTerm("dry_run")); dr == nil || !dr.Equal(ast.BooleanTerm(p.DryRun)) {
 		return fmt.Errorf("policy %q: dry_run %v, want %t", p.Name(), dr, p.DryRun)
 	}
-	fields := 3
+	fields := 4
 	if set == "custom" {
-		fields = 4
+		fields = 5
 		prov := obj.Get(ast.StringTerm("provider"))
 		if prov == nil || !prov.Equal(ast.StringTerm(p.Spec.GetProvider().GetName())) {
 			return fmt.Errorf("policy %q: provider %v, want %q", p.Name(), prov, p.Spec.GetProvider().GetName())

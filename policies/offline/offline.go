@@ -150,7 +150,7 @@ func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir
 		Allowed: d.Allowed, Status: d.Status, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason,
 		DecisionID: d.DecisionID, DryRun: d.DryRun, Audit: d.Audit, NormalizedPath: d.NormalizedPath,
 		ResponseDetail: d.ResponseCodeDetail(), Findings: findings,
-		Input: d.Input, Bundle: bundle, Decision: d, Request: ar,
+		Input: d.Document(), Bundle: bundle, Decision: d, Request: ar,
 	}, nil
 }
 

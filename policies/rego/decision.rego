@@ -10,22 +10,19 @@ import rego.v1
 
 import data.rampart.policy
 
-# The compiled module defines only the sets that have rules.
-default deny_set := set()
+# The compiled module puts every matching rule into one set, hits, each element
+# tagged with its action (one indexed lookup per request).
+default hits := set()
 
-deny_set := policy.deny
+hits := policy.hits
 
-default allow_set := set()
+deny_set := {m | some m in hits; m.action == "deny"}
 
-allow_set := policy.allow
+allow_set := {m | some m in hits; m.action == "allow"}
 
-default audit_set := set()
+audit_set := {m | some m in hits; m.action == "audit"}
 
-audit_set := policy.audit
-
-default custom_set := set()
-
-custom_set := policy.custom
+custom_set := {m | some m in hits; m.action == "custom"}
 
 default allow_policies := set()
 
@@ -35,9 +32,10 @@ default dry_run_allow_policies := set()
 
 dry_run_allow_policies := policy.dry_run_allow_policies
 
-enforced(set) := [m | some m in set; not m.dry_run]
+# The decision lists matches without their action tag.
+enforced(set) := [object.remove(m, ["action"]) | some m in set; not m.dry_run]
 
-shadow(set) := [m | some m in set; m.dry_run]
+shadow(set) := [object.remove(m, ["action"]) | some m in set; m.dry_run]
 
 deny_hits := sort(enforced(deny_set))
 
@@ -77,16 +75,6 @@ verdict := {
 	"reason": sprintf("allowed by ALLOW policy %s rules[%d]", [allow_hits[0].policy, allow_hits[0].rule]),
 } if {
 	count(allow_hits) > 0
-}
-
-# matches is what the engine evaluates per request: every rule that matched, by
-# action. The engine combines them exactly as `decision` does (a test checks the
-# two agree), which costs far less than building the decision in Rego.
-matches := {
-	"deny": deny_set,
-	"allow": allow_set,
-	"audit": audit_set,
-	"custom": custom_set,
 }
 
 # What the dry-run policies alone would have decided.
