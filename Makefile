@@ -7,6 +7,7 @@ BIN := bin
 TOOLS := $(CURDIR)/.cache/tools
 STATICCHECK_VERSION ?= 2025.1.1
 BENCHTIME ?= 2s
+AUTHZ_BENCHTIME ?= 20000x
 
 .PHONY: help build test test-unit test-e2e lint bench demo fuzz clean
 
@@ -32,8 +33,10 @@ lint: ## gofmt, go vet, staticcheck
 	@test -x $(TOOLS)/staticcheck || GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(TOOLS)/staticcheck ./...
 
-bench: build ## benchmarks: SVID signing rate, sidecar RSS
-	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./ca/ ./test/bench/...
+bench: build ## benchmarks: SVID signing, sidecar RSS, authz decisions at 10..10,000 policies
+	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'SignCSR' -benchmem -benchtime $(BENCHTIME) ./ca/
+	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'CreateCertificate|SidecarIdentityRSS' -benchtime $(BENCHTIME) ./test/bench/
+	$(GO) test -run '^$$' -bench 'AuthzDecision|OPAFloor' -benchmem -benchtime $(AUTHZ_BENCHTIME) ./test/bench/
 
 fuzz: ## run each fuzz target for a short while
 	$(GO) test -run '^$$' -fuzz FuzzSignCSR -fuzztime 30s ./ca/
