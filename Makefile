@@ -38,8 +38,14 @@ bench: build ## benchmarks: SVID signing, sidecar RSS, authz decisions at 10..10
 	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'CreateCertificate|SidecarIdentityRSS' -benchtime $(BENCHTIME) ./test/bench/
 	$(GO) test -run '^$$' -bench 'AuthzDecision|OPAFloor' -benchmem -benchtime $(AUTHZ_BENCHTIME) ./test/bench/
 
-fuzz: ## run each fuzz target for a short while
-	$(GO) test -run '^$$' -fuzz FuzzSignCSR -fuzztime 30s ./ca/
+FUZZTIME ?= 30s
+fuzz: ## run each fuzz target for FUZZTIME (default 30s)
+	$(GO) test -run '^$$' -fuzz '^FuzzSignCSR$$' -fuzztime $(FUZZTIME) ./ca/
+	$(GO) test -run '^$$' -fuzz '^FuzzNormalizePath$$' -fuzztime $(FUZZTIME) ./authz/
+	$(GO) test -run '^$$' -fuzz '^FuzzCompileAuthz$$' -fuzztime $(FUZZTIME) ./policies/compile/
+	$(GO) test -run '^$$' -fuzz '^FuzzCompileAuthzFields$$' -fuzztime $(FUZZTIME) ./policies/compile/
+	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./authz/decisionlog/
+	$(GO) test -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME) ./authz/decisionlog/
 
 demo: build ## the local identity demo: rampartd, two sidecars, two mTLS apps (Ctrl-C stops)
 	$(GO) build -o $(BIN)/ ./deploy/examples/spiffe-app
