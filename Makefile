@@ -12,7 +12,7 @@ AUTHZ_BENCHTIME ?= 20000x
 .PHONY: help build test test-unit test-e2e lint bench demo fuzz clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build bin/rampartd, bin/rampart-sidecar, bin/rampartctl
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/rampartd ./cmd/rampart-sidecar ./cmd/rampartctl

@@ -19,14 +19,9 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the want.rego and findings sections of testdata/*.txtar")
 
-// goldenCase is one testdata/<case>.txtar: input.yaml (AuthorizationPolicies),
+// A golden case is testdata/<case>.txtar: input.yaml (AuthorizationPolicies),
 // workload ("ns/name k=v,k=v"), optional mesh.yaml, and the expected want.rego
 // and findings ("CODE object path" per line, sorted).
-type goldenCase struct {
-	input    []byte
-	workload Workload
-	mesh     Mesh
-}
 
 func parseWorkload(s string) (Workload, error) {
 	fields := strings.Fields(s)
