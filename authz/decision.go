@@ -22,10 +22,13 @@ type Decision struct {
 	Allowed bool `json:"allowed"`
 	// Status is the HTTP status the client gets: 200, 400 or 403 (a CUSTOM
 	// provider may choose another); 0 for TCP.
-	Status     int     `json:"http_status"`
-	Policy     string  `json:"policy"`
-	Rule       int     `json:"rule"`
-	Reason     string  `json:"reason"`
+	Status int    `json:"http_status"`
+	Policy string `json:"policy"`
+	Rule   int    `json:"rule"`
+	Reason string `json:"reason"`
+	// Stage says what decided: "request" (a bad request, 400), "custom" (a CUSTOM
+	// provider), "policy" (DENY and ALLOW), or "error".
+	Stage      string  `json:"stage"`
 	DecisionID string  `json:"decision_id"`
 	Revision   string  `json:"revision,omitempty"`
 	DryRun     DryRun  `json:"dry_run"`

@@ -130,11 +130,13 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 	d := Decision{DecisionID: newID(), Rule: -1, DryRun: DryRun{Allowed: true, Matches: []Match{}}}
 	p := e.cur.Load()
 	if p == nil {
+		d.Stage = "error"
 		return d.deny(r, 403, "", -1, "error: "+ErrNoBundle.Error())
 	}
 	d.Revision = p.bundle.Revision
 	path, query := "", ""
 	if r.Protocol != ProtocolTCP {
+		d.Stage = "request"
 		if !validMethod(r.Method) {
 			return d.deny(r, 400, "", -1, fmt.Sprintf("bad request: method %q", r.Method))
 		}
@@ -150,12 +152,14 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		d.NormalizedPath = path
 	}
 	d.req, d.query = r, query
+	d.Stage = "error"
 	ms, err := e.eval(ctx, p, r.input(path, query, false))
 	if err != nil {
 		e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
 		return d.deny(r, 403, "", -1, "error: "+err.Error())
 	}
 	res := p.verdict(ms)
+	d.Stage = "custom"
 	d.DryRun = res.DryRun
 	d.Audit = res.Audit
 	// CUSTOM first: a provider that says no denies, whatever DENY and ALLOW say.
@@ -179,6 +183,7 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		}
 		d.Headers = out.Headers
 	}
+	d.Stage = "policy"
 	if !res.Allowed {
 		return d.deny(r, 403, res.Policy, res.Rule, res.Reason)
 	}

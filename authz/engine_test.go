@@ -68,6 +68,13 @@ func TestEngineDecisions(t *testing.T) {
 			if d.Allowed != tc.allowed || d.Status != tc.status || d.Policy != tc.policy {
 				t.Fatalf("got allowed=%t status=%d policy=%q (%s); want %t %d %q", d.Allowed, d.Status, d.Policy, d.Reason, tc.allowed, tc.status, tc.policy)
 			}
+			wantStage := "policy"
+			if tc.status == 400 {
+				wantStage = "request"
+			}
+			if d.Stage != wantStage {
+				t.Fatalf("stage %q, want %q", d.Stage, wantStage)
+			}
 			if d.DryRun.Allowed != tc.dryRunAllowed || len(d.Audit) != tc.audit {
 				t.Fatalf("dry-run %+v audit %v", d.DryRun, d.Audit)
 			}
