@@ -69,17 +69,21 @@ func DecodeStrict(data []byte, v any) error {
 
 // Result is `rampartctl authz check -o json`.
 type Result struct {
-	Allowed        bool              `json:"allowed"`
-	Status         int               `json:"status"`
-	Policy         string            `json:"policy"`
-	Rule           int               `json:"rule"`
-	Reason         string            `json:"reason"`
-	DecisionID     string            `json:"decision_id"`
-	DryRun         authz.DryRun      `json:"dry_run"`
-	Audit          []authz.Match     `json:"audit,omitempty"`
-	NormalizedPath string            `json:"normalized_path,omitempty"`
-	ResponseDetail string            `json:"response_code_details,omitempty"`
-	Findings       []compile.Finding `json:"findings"`
+	Allowed        bool          `json:"allowed"`
+	Status         int           `json:"status"`
+	Policy         string        `json:"policy"`
+	Rule           int           `json:"rule"`
+	Reason         string        `json:"reason"`
+	DecisionID     string        `json:"decision_id"`
+	DryRun         authz.DryRun  `json:"dry_run"`
+	Audit          []authz.Match `json:"audit,omitempty"`
+	NormalizedPath string        `json:"normalized_path,omitempty"`
+	ResponseDetail string        `json:"response_code_details,omitempty"`
+	// Stage is what decided: peer (PeerAuthentication), request, custom, policy, error.
+	Stage string `json:"stage"`
+	// PeerMode is the workload port's resolved mTLS mode.
+	PeerMode string            `json:"peerMode"`
+	Findings []compile.Finding `json:"findings"`
 
 	// Input and Bundle are what was evaluated, for tests that re-check the decision.
 	Input    ast.Value      `json:"-"`
@@ -142,11 +146,29 @@ func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir
 	if err != nil {
 		return Result{}, err
 	}
-	d := eng.Decide(ctx, ar)
+	// PeerAuthentication, at connection accept: STRICT resets plaintext; DISABLE
+	// does not terminate mTLS, so no peer identity reaches authorization.
+	pas, pf := compile.DecodePeerAuthentications(objs, wl.Namespace)
+	peer, rf := compile.ResolvePeerAuthentication(mesh, wl, ar.DestinationPort, pas)
+	findings = append(append(findings, pf...), rf...)
 	if findings == nil {
 		findings = []compile.Finding{}
 	}
+	plaintext := req.MTLS != nil && !*req.MTLS
+	switch {
+	case peer.Mode == compile.ModeStrict && plaintext:
+		return Result{
+			Allowed: false, Status: 0, Policy: peer.Policy, Rule: -1, Stage: "peer",
+			Reason:   fmt.Sprintf("connection reset: mTLS mode STRICT (%s) refuses plaintext", orDefault(peer.Policy)),
+			DryRun:   authz.DryRun{Allowed: true, Matches: []authz.Match{}},
+			PeerMode: peer.Mode, Findings: findings, Bundle: bundle,
+		}, nil
+	case peer.Mode == compile.ModeDisable:
+		ar.SourcePrincipal = ""
+	}
+	d := eng.Decide(ctx, ar)
 	return Result{
+		PeerMode: peer.Mode, Stage: d.Stage,
 		Allowed: d.Allowed, Status: d.Status, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason,
 		DecisionID: d.DecisionID, DryRun: d.DryRun, Audit: d.Audit, NormalizedPath: d.NormalizedPath,
 		ResponseDetail: d.ResponseCodeDetail(), Findings: findings,
@@ -312,4 +334,11 @@ func ReferenceDecision(ctx context.Context, b authz.Bundle, input ast.Value) (al
 		rule = int(r)
 	}
 	return allowed, policy, rule, nil
+}
+
+func orDefault(policy string) string {
+	if policy == "" {
+		return "mesh default"
+	}
+	return "PeerAuthentication " + policy
 }

@@ -162,7 +162,7 @@ func decodeObject(file string, node *yaml.Node) ([]Object, error) {
 	if err := node.Decode(&v); err != nil {
 		return nil, fmt.Errorf("%s:%d: %w", file, node.Line, err)
 	}
-	js, err := json.Marshal(v)
+	js, err := json.Marshal(stringKeys(v))
 	if err != nil {
 		return nil, fmt.Errorf("%s:%d: %w", file, node.Line, err)
 	}
@@ -206,4 +206,28 @@ func decodeObject(file string, node *yaml.Node) ([]Object, error) {
 		o.CreationTimestamp = *raw.Metadata.CreationTimestamp
 	}
 	return []Object{o}, nil
+}
+
+// stringKeys turns mappings with non-string keys (YAML allows `8080: ...`, which
+// PeerAuthentication's portLevelMtls uses) into string-keyed maps, as JSON needs.
+func stringKeys(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, e := range t {
+			t[k] = stringKeys(e)
+		}
+		return t
+	case map[any]any:
+		out := make(map[string]any, len(t))
+		for k, e := range t {
+			out[fmt.Sprint(k)] = stringKeys(e)
+		}
+		return out
+	case []any:
+		for i, e := range t {
+			t[i] = stringKeys(e)
+		}
+		return t
+	}
+	return v
 }

@@ -1,0 +1,80 @@
+package source
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in      string
+		names   []string
+		lines   []int
+		wantErr string
+	}{
+		{name: "two documents and an empty one", in: "kind: A\napiVersion: v1\nmetadata: {name: a}\n---\n---\nkind: B\napiVersion: x/v1\nmetadata: {name: b, namespace: n}\n", names: []string{"a", "n/b"}, lines: []int{1, 6}},
+		{name: "a List is expanded", in: "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: A, metadata: {name: x}}\n- {apiVersion: v1, kind: A, metadata: {name: y}}\n", names: []string{"x", "y"}, lines: []int{1, 1}},
+		{name: "integer mapping keys", in: "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {portLevelMtls: {8080: {mode: STRICT}}}\n", names: []string{"p"}, lines: []int{1}},
+		{name: "bad YAML names the file", in: "kind: [\n", wantErr: "f.yaml"},
+		{name: "a scalar document", in: "just a string\n", wantErr: "f.yaml:1: a document must be a mapping"},
+		{name: "no kind", in: "apiVersion: v1\nmetadata: {name: a}\n", wantErr: "f.yaml:1: object without apiVersion and kind"},
+		{name: "no name", in: "apiVersion: v1\nkind: A\n---\napiVersion: v1\nkind: B\nmetadata: {}\n", wantErr: "f.yaml:1: A without metadata.name"},
+		{name: "metadata of the wrong type", in: "apiVersion: v1\nkind: A\nmetadata: [1]\n", wantErr: "f.yaml:1:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, err := Parse("f.yaml", []byte(tc.in))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(objs) != len(tc.names) {
+				t.Fatalf("%d objects, want %d", len(objs), len(tc.names))
+			}
+			for i, o := range objs {
+				name := o.Name
+				if o.Namespace != "" {
+					name = o.Namespace + "/" + o.Name
+				}
+				if name != tc.names[i] || o.Line != tc.lines[i] || o.File != "f.yaml" {
+					t.Errorf("object %d = %s at line %d, want %s at %d", i, name, o.Line, tc.names[i], tc.lines[i])
+				}
+			}
+		})
+	}
+}
+
+func TestReadPaths(t *testing.T) {
+	dir := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(dir, "sub"), 0o755))
+	must(os.MkdirAll(filepath.Join(dir, ".hidden"), 0o755))
+	must(os.WriteFile(filepath.Join(dir, "b.yaml"), []byte("apiVersion: v1\nkind: A\nmetadata: {name: b}\n"), 0o644))
+	must(os.WriteFile(filepath.Join(dir, "sub", "a.yml"), []byte("apiVersion: v1\nkind: A\nmetadata: {name: a}\n"), 0o644))
+	must(os.WriteFile(filepath.Join(dir, ".hidden", "x.yaml"), []byte("apiVersion: v1\nkind: A\nmetadata: {name: hidden}\n"), 0o644))
+	must(os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not config"), 0o644))
+	objs, err := ReadPaths([]string{dir})
+	must(err)
+	var got []string
+	for _, o := range objs {
+		got = append(got, o.Name)
+	}
+	if strings.Join(got, ",") != "b,a" {
+		t.Fatalf("objects %v; want b (b.yaml) then a (sub/a.yml), hidden dirs and other files skipped", got)
+	}
+	if _, err := ReadPaths([]string{filepath.Join(dir, "missing.yaml")}); err == nil {
+		t.Fatal("a missing file was not an error")
+	}
+}
