@@ -46,6 +46,7 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test -run '^$$' -fuzz '^FuzzCompileAuthzFields$$' -fuzztime $(FUZZTIME) ./policies/compile/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./authz/decisionlog/
 	$(GO) test -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME) ./authz/decisionlog/
+	$(GO) test -run '^$$' -fuzz '^FuzzSniff$$' -fuzztime $(FUZZTIME) ./proxy/listener/
 
 demo: build ## the local identity demo: rampartd, two sidecars, two mTLS apps (Ctrl-C stops)
 	$(GO) build -o $(BIN)/ ./deploy/examples/spiffe-app
