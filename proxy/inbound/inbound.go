@@ -1,0 +1,406 @@
+package inbound
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rampart-mesh/rampart/authn"
+	"github.com/rampart-mesh/rampart/authn/peer"
+	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/proxy/listener"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// mTLS modes (PeerAuthentication).
+const (
+	ModeDisable    = "DISABLE"
+	ModePermissive = "PERMISSIVE"
+	ModeStrict     = "STRICT"
+)
+
+// Authenticator validates a request's JWT (authn/jwt implements it).
+type Authenticator interface {
+	Authenticate(ctx context.Context, r *http.Request) AuthnResult
+}
+
+// AuthnResult is what request authentication decided.
+type AuthnResult struct {
+	Status          int // 0 pass; 401 or 403
+	Reason          string
+	WWWAuthenticate string
+	Auth            *authn.RequestAuth
+	RemoveHeaders   []string
+	SetHeaders      [][2]string
+}
+
+// DecisionHook receives every decision (for the decision log).
+type DecisionHook func(ctx context.Context, r *authz.Request, d authz.Decision)
+
+// Config configures an inbound listener.
+type Config struct {
+	// Listener accepts inbound connections (the sidecar's 15006, or a test's).
+	Listener net.Listener
+	// App is the workload's own address, where allowed requests go.
+	App string
+	// Mode is the port's mTLS mode. Default PERMISSIVE.
+	Mode string
+	// SVID and Bundle are the sidecar's identity sources (ca/agent).
+	SVID        x509svid.Source
+	Bundle      x509bundle.Source
+	TrustDomain spiffeid.TrustDomain
+	Engine      *authz.Engine
+	// Authn, if set, validates JWTs (RequestAuthentication).
+	Authn    Authenticator
+	Workload authz.Workload
+	OnDecide DecisionHook
+	// SniffTimeout bounds how long a client may take to send its first bytes.
+	SniffTimeout time.Duration
+	Log          *slog.Logger
+	Metrics      prometheus.Registerer
+}
+
+// Server is the inbound path.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	tlsCfg   *tls.Config
+	proxy    *httputil.ReverseProxy
+	requests *prometheus.CounterVec
+	resets   prometheus.Counter
+}
+
+// New validates cfg. It does no I/O.
+func New(cfg Config) (*Server, error) {
+	if cfg.Listener == nil || cfg.App == "" || cfg.Engine == nil {
+		return nil, errors.New("inbound: Listener, App and Engine are required")
+	}
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = ModePermissive
+	case ModeDisable, ModePermissive, ModeStrict:
+	default:
+		return nil, fmt.Errorf("inbound: unknown mTLS mode %q", cfg.Mode)
+	}
+	if cfg.Mode != ModeDisable && (cfg.SVID == nil || cfg.Bundle == nil) {
+		return nil, errors.New("inbound: SVID and Bundle are required unless the mode is DISABLE")
+	}
+	if cfg.SniffTimeout == 0 {
+		cfg.SniffTimeout = 10 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, log: cfg.Log.With("component", "inbound")}
+	if cfg.Mode != ModeDisable {
+		s.tlsCfg = peer.ServerConfig(cfg.SVID, cfg.Bundle, cfg.TrustDomain, "http/1.1")
+	}
+	app := &url.URL{Scheme: "http", Host: cfg.App}
+	s.proxy = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(app)
+			pr.Out.Host = pr.In.Host
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			s.log.Warn("app unreachable", "app", cfg.App, "err", err)
+			http.Error(w, "upstream connect error", http.StatusServiceUnavailable)
+		},
+	}
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "istio_requests_total",
+		Help: "Inbound requests, labelled as Istio labels them.",
+	}, []string{"reporter", "destination_workload", "destination_workload_namespace", "source_principal", "response_code", "connection_security_policy"})
+	s.resets = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rampart_inbound_plaintext_resets_total",
+		Help: "Plaintext connections reset because the port is STRICT.",
+	})
+	for _, c := range []prometheus.Collector{s.requests, s.resets} {
+		if err := cfg.Metrics.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	conns := &chanListener{addr: s.cfg.Listener.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
+	hs := &http.Server{
+		Handler:           http.HandlerFunc(s.serveHTTP),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- hs.Serve(conns) }()
+	go func() { errc <- s.accept(ctx, conns) }()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) && ctx.Err() == nil {
+			s.cfg.Listener.Close()
+			return err
+		}
+	}
+	s.cfg.Listener.Close()
+	conns.Close()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(sctx)
+	return nil
+}
+
+type connKey struct{}
+
+// accept classifies each connection by the port's mode and hands the ones that
+// may proceed to the HTTP server.
+func (s *Server) accept(ctx context.Context, out *chanListener) error {
+	for {
+		c, err := s.cfg.Listener.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		go func() {
+			sc, kind, err := listener.Sniff(c, s.cfg.SniffTimeout)
+			if err != nil {
+				c.Close()
+				return
+			}
+			var conn net.Conn = sc
+			switch {
+			case kind == listener.KindTLS && s.cfg.Mode != ModeDisable:
+				tc := tls.Server(sc, s.tlsCfg)
+				hctx, cancel := context.WithTimeout(ctx, s.cfg.SniffTimeout)
+				err := tc.HandshakeContext(hctx)
+				cancel()
+				if err != nil {
+					s.log.Debug("inbound TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
+					c.Close()
+					return
+				}
+				conn = tc
+			case kind == listener.KindTLS: // DISABLE: no mTLS termination
+			case s.cfg.Mode == ModeStrict:
+				s.resets.Inc()
+				s.log.Info("plaintext connection reset: the port is STRICT", "peer", c.RemoteAddr().String())
+				reset(c)
+				return
+			}
+			if !out.push(conn) {
+				conn.Close()
+			}
+		}()
+	}
+}
+
+// reset closes c with a TCP RST rather than a FIN, as Envoy does for STRICT.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	security := "none"
+	principal := ""
+	if r.TLS != nil {
+		security = "mutual_tls"
+		if id, err := peer.ID(*r.TLS); err == nil {
+			principal = id.String()
+		}
+	}
+	reqID := r.Header.Get("x-request-id")
+	if reqID == "" {
+		reqID = newID()
+		r.Header.Set("x-request-id", reqID)
+	}
+	code := s.handle(ctx, w, r, principal, reqID)
+	s.requests.WithLabelValues("destination", s.cfg.Workload.Name, s.cfg.Workload.Namespace, principalLabel(principal), strconv.Itoa(code), security).Inc()
+}
+
+func principalLabel(p string) string {
+	if p == "" {
+		return "unknown"
+	}
+	return p
+}
+
+func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Request, principal, reqID string) int {
+	ar := &authz.Request{
+		ID: reqID, Protocol: authz.ProtocolHTTP, SourcePrincipal: principal,
+		Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Scheme: "http",
+		Workload: s.cfg.Workload,
+	}
+	if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("content-type"), "application/grpc") {
+		ar.Protocol = authz.ProtocolGRPC
+	}
+	if host, port, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		ar.SourceIP = host
+		ar.SourcePort, _ = strconv.Atoi(port)
+	}
+	if c, ok := ctx.Value(connKey{}).(net.Conn); ok {
+		if host, port, err := net.SplitHostPort(c.LocalAddr().String()); err == nil {
+			ar.DestinationIP = host
+			ar.DestinationPort, _ = strconv.Atoi(port)
+		}
+	}
+	if r.TLS != nil {
+		ar.SNI = r.TLS.ServerName
+	}
+	for name, vals := range r.Header {
+		for _, v := range vals {
+			ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: v})
+		}
+	}
+	// Request authentication. CUSTOM runs before it (Istio's filter order), so a
+	// CUSTOM denial wins over a JWT failure.
+	var an AuthnResult
+	if s.cfg.Authn != nil {
+		an = s.cfg.Authn.Authenticate(ctx, r)
+		ar.Auth = an.Auth
+	}
+	d := s.cfg.Engine.Decide(ctx, ar)
+	if s.cfg.OnDecide != nil {
+		s.cfg.OnDecide(ctx, ar, d)
+	}
+	w.Header().Set("x-rampart-decision-id", d.DecisionID)
+	if an.Status != 0 && !(d.Stage == "custom" && !d.Allowed) {
+		if an.WWWAuthenticate != "" {
+			w.Header().Set("WWW-Authenticate", an.WWWAuthenticate)
+		}
+		msg := "Jwt verification fails"
+		if an.Status == http.StatusForbidden {
+			msg = "Audiences in Jwt are not allowed"
+		}
+		http.Error(w, msg, an.Status)
+		return an.Status
+	}
+	if !d.Allowed {
+		for k, v := range d.Headers {
+			w.Header().Set(k, v)
+		}
+		body := authz.DeniedBody
+		if d.Body != "" {
+			body = d.Body
+		}
+		if d.Status == 400 {
+			body = "Bad Request"
+		}
+		w.Header().Set("content-type", "text/plain")
+		w.WriteHeader(d.Status)
+		_, _ = w.Write([]byte(body))
+		s.log.Info("request denied", "request_id", reqID, "status", d.Status, "detail", d.ResponseCodeDetail(), "reason", d.Reason)
+		return d.Status
+	}
+	// Allowed: what the app sees. A client's X-Forwarded-Client-Cert is never trusted.
+	r.Header.Del("x-forwarded-client-cert")
+	if principal != "" {
+		r.Header.Set("x-forwarded-client-cert", "By="+spiffeIDOf(s.cfg.SVID)+";URI="+principal)
+	}
+	for _, h := range an.RemoveHeaders {
+		r.Header.Del(h)
+	}
+	for _, h := range an.SetHeaders {
+		r.Header.Set(h[0], h[1])
+	}
+	for k, v := range d.Headers {
+		r.Header.Set(k, v)
+	}
+	rec := &statusRecorder{ResponseWriter: w, code: 200}
+	s.proxy.ServeHTTP(rec, r)
+	return rec.code
+}
+
+func spiffeIDOf(src x509svid.Source) string {
+	if src == nil {
+		return ""
+	}
+	if s, err := src.GetX509SVID(); err == nil {
+		return s.ID.String()
+	}
+	return ""
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// chanListener feeds classified connections to http.Server.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }

@@ -1,0 +1,295 @@
+package inbound
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rampart-mesh/rampart/authn/peer"
+	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/ca"
+	"github.com/rampart-mesh/rampart/policies/compile"
+	"github.com/rampart-mesh/rampart/policies/offline"
+	"github.com/rampart-mesh/rampart/policies/source"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+type staticSVID struct{ s *x509svid.SVID }
+
+func (s staticSVID) GetX509SVID() (*x509svid.SVID, error) { return s.s, nil }
+
+func issue(t *testing.T, a *ca.Authority, ns, sa string) *x509svid.SVID {
+	t.Helper()
+	key, _ := ca.GenerateKey(ca.KeyECDSAP256)
+	ident := ca.Identity{Namespace: ns, ServiceAccount: sa}
+	id, _ := ident.ID(a.TrustDomain())
+	u, _ := url.Parse(id.String())
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := a.SignCSR(csr, ident, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain[:len(chain)-1], PrivateKey: key}
+}
+
+const policies = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sleep, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/bar/sa/sleep"]}}]
+  - to: [{operation: {paths: ["/public*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: opa, namespace: foo}
+spec:
+  action: CUSTOM
+  provider: {name: opa}
+  rules:
+  - to: [{operation: {paths: ["/opa/*"]}}]
+`
+
+// An opa-envoy-plugin policy, unchanged: the request shape its docs show.
+const opaEnvoy = `package envoy.authz
+
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.attributes.request.http.method == "GET"
+	input.parsed_path == ["opa", "ok"]
+	input.attributes.request.http.headers["x-team"] == "blue"
+}
+`
+
+type env struct {
+	addr   string
+	client *tls.Config // a mesh client: bar/sleep
+	other  *tls.Config // a mesh client the ALLOW policy does not name: baz/x
+	reg    *prometheus.Registry
+	seen   chan http.Header
+}
+
+func start(t *testing.T, mode string) *env {
+	t.Helper()
+	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Load(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	td := a.TrustDomain()
+
+	bundleDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bundleDir, ".manifest"), []byte(`{"revision": "opa-1", "roots": ["envoy"]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bundleDir, "policy.rego"), []byte(opaEnvoy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mesh, err := compile.ParseMesh([]byte("extensionProviders:\n- name: opa\n  rampartRego: {bundle: " + bundleDir + "}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := source.Parse("policies.yaml", []byte(policies))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := compile.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{"app": "httpbin"}}
+	out, _ := offline.Compile(objs, mesh, wl)
+	provs, err := offline.Providers(context.Background(), mesh, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := authz.New(authz.Config{})
+	if err := eng.Load(context.Background(), offline.Bundle(out, mesh, provs)); err != nil {
+		t.Fatal(err)
+	}
+
+	seen := make(chan http.Header, 16)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case seen <- r.Header.Clone():
+		default:
+		}
+		fmt.Fprint(w, "app says hi")
+	}))
+	t.Cleanup(app.Close)
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := New(Config{
+		Listener: lis, App: strings.TrimPrefix(app.URL, "http://"), Mode: mode,
+		SVID: staticSVID{issue(t, a, "foo", "httpbin")}, Bundle: a.Bundle(), TrustDomain: td,
+		Engine: eng, Workload: authz.Workload{Namespace: "foo", Name: "httpbin", Labels: wl.Labels}, Metrics: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &env{
+		addr:   lis.Addr().String(),
+		client: peer.ClientConfig(staticSVID{issue(t, a, "bar", "sleep")}, a.Bundle(), td, "http/1.1"),
+		other:  peer.ClientConfig(staticSVID{issue(t, a, "baz", "x")}, a.Bundle(), td, "http/1.1"),
+		reg:    reg, seen: seen,
+	}
+}
+
+func (e *env) get(t *testing.T, tlsCfg *tls.Config, path string, hdr map[string]string) (*http.Response, string, error) {
+	t.Helper()
+	tr := &http.Transport{TLSClientConfig: tlsCfg, DisableKeepAlives: true}
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	req, _ := http.NewRequest("GET", scheme+"://"+e.addr+path, nil)
+	req.Host = "httpbin.foo"
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, string(body), nil
+}
+
+func TestInboundPermissive(t *testing.T) {
+	e := start(t, ModePermissive)
+	for _, tc := range []struct {
+		name   string
+		tls    *tls.Config
+		path   string
+		hdr    map[string]string
+		status int
+		body   string
+	}{
+		{"mTLS caller the policy allows", e.client, "/get", nil, 200, "app says hi"},
+		{"mTLS caller the policy does not name", e.other, "/get", nil, 403, authz.DeniedBody},
+		{"plaintext caller has no identity", nil, "/get", nil, 403, authz.DeniedBody},
+		{"plaintext caller on a public path", nil, "/public/x", nil, 200, "app says hi"},
+		{"DENY on /admin wins over ALLOW", e.client, "/admin", nil, 403, authz.DeniedBody},
+		{"encoded traversal to /admin is normalized and denied", e.client, "/public/%2e%2e/admin", nil, 403, authz.DeniedBody},
+		{"opa-envoy bundle allows through CUSTOM", e.client, "/opa/ok", map[string]string{"x-team": "blue"}, 200, "app says hi"},
+		{"opa-envoy bundle denies through CUSTOM", e.client, "/opa/ok", map[string]string{"x-team": "red"}, 403, authz.DeniedBody},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body, err := e.get(t, tc.tls, tc.path, tc.hdr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.status || body != tc.body {
+				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, body, tc.status, tc.body)
+			}
+			if resp.Header.Get("x-rampart-decision-id") == "" {
+				t.Fatal("no decision id header")
+			}
+		})
+	}
+	// Metrics say which requests came over mTLS.
+	mtls := requestsWith(t, e.reg, "mutual_tls", "200")
+	plain := requestsWith(t, e.reg, "none", "403")
+	if mtls < 2 || plain != 1 {
+		t.Fatalf("istio_requests_total: mutual_tls/200 = %v (want ≥ 2), none/403 = %v (want 1)", mtls, plain)
+	}
+}
+
+// requestsWith sums istio_requests_total over the series with these labels.
+func requestsWith(t *testing.T, reg *prometheus.Registry, security, code string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "istio_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["connection_security_policy"] == security && labels["response_code"] == code {
+				total += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return total
+}
+
+// The app sees the sidecar's X-Forwarded-Client-Cert, never the client's.
+func TestInboundXFCC(t *testing.T) {
+	e := start(t, ModePermissive)
+	resp, _, err := e.get(t, e.client, "/get", map[string]string{"x-forwarded-client-cert": "URI=spiffe://cluster.local/ns/admin/sa/root"})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	h := <-e.seen
+	if got := h.Get("x-forwarded-client-cert"); !strings.Contains(got, "URI=spiffe://cluster.local/ns/bar/sa/sleep") || strings.Contains(got, "admin") {
+		t.Fatalf("the app saw x-forwarded-client-cert %q", got)
+	}
+	if h.Get("x-request-id") == "" {
+		t.Fatal("no x-request-id generated")
+	}
+}
+
+// STRICT: a plaintext client is reset, an mTLS client is served.
+func TestInboundStrict(t *testing.T) {
+	e := start(t, ModeStrict)
+	if resp, _, err := e.get(t, e.client, "/get", nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("mTLS client on a STRICT port: %v %v", resp, err)
+	}
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, "GET /get HTTP/1.1\r\nHost: httpbin.foo\r\n\r\n")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = bufio.NewReader(c).ReadString('\n')
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("plaintext client on a STRICT port: read err = %v, want connection reset", err)
+	}
+}
