@@ -1,6 +1,6 @@
 // Package proxy assembles rampart-sidecar: the identity agent, the SPIFFE Workload
-// API for the app today; listeners, routing and policy as
-// they land. New builds every part from typed Config; Run runs them under one
+// API for the app, and the inbound path (mTLS, authorization, decision log);
+// outbound routing as it lands. New builds every part from typed Config; Run runs them under one
 // errgroup, so the first failure stops the rest.
 //
 // It is data plane: it must not import policies/... or ca/server.
@@ -8,12 +8,19 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/authz/decisionlog"
 	"github.com/rampart-mesh/rampart/ca/agent"
 	"github.com/rampart-mesh/rampart/ca/workloadapi"
+	"github.com/rampart-mesh/rampart/proxy/inbound"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -22,17 +29,36 @@ type Config struct {
 	Agent agent.Config
 	// WorkloadAPISocket is where the app fetches its SVID; empty disables the API.
 	WorkloadAPISocket string
+	// Inbound, if set, runs the inbound path in front of the app.
+	Inbound *InboundConfig
 	// Registry receives every metric; the caller serves it.
 	Registry *prometheus.Registry
 	Log      *slog.Logger
 }
 
+// InboundConfig configures the inbound path until xDS delivers it.
+type InboundConfig struct {
+	Listen string // e.g. 127.0.0.1:15006
+	App    string // the app's address
+	Mode   string // PeerAuthentication mode: DISABLE, PERMISSIVE, STRICT
+	// BundleDir holds the compiled authorization bundle (rampartctl authz compile
+	// --out); it is re-read when its .revision changes.
+	BundleDir string
+	Workload  authz.Workload
+	// DecisionLog, if set, is the decision log file (denials and dry-run hits).
+	DecisionLog string
+	// LogAllows adds allowed requests to the decision log.
+	LogAllows bool
+}
+
 // Proxy is a sidecar.
 type Proxy struct {
-	cfg   Config
-	log   *slog.Logger
-	agent *agent.Agent
-	wl    *workloadapi.Server
+	cfg    Config
+	log    *slog.Logger
+	agent  *agent.Agent
+	wl     *workloadapi.Server
+	engine *authz.Engine
+	dlog   *decisionlog.Logger
 }
 
 // New builds the sidecar's parts. It does no I/O.
@@ -55,7 +81,83 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 	}
+	if in := cfg.Inbound; in != nil {
+		if in.Listen == "" || in.App == "" || in.BundleDir == "" {
+			return nil, errors.New("inbound: listen address, app address and bundle directory are required")
+		}
+		p.engine = authz.New(authz.Config{Log: cfg.Log})
+		if in.DecisionLog != "" {
+			allows := in.LogAllows
+			if p.dlog, err = decisionlog.New(decisionlog.Config{Path: in.DecisionLog, LogAllows: &allows, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return p, nil
+}
+
+// runInbound loads the bundle, then serves the inbound path and reloads the
+// bundle when its revision changes.
+func (p *Proxy) runInbound(ctx context.Context) error {
+	in := p.cfg.Inbound
+	b, err := authz.LoadBundleDir(in.BundleDir)
+	if err != nil {
+		return err
+	}
+	if err := p.engine.Load(ctx, b); err != nil {
+		return fmt.Errorf("authz bundle %s: %w", in.BundleDir, err)
+	}
+	select {
+	case <-p.agent.Ready():
+	case <-ctx.Done():
+		return nil
+	}
+	lis, err := net.Listen("tcp", in.Listen)
+	if err != nil {
+		return fmt.Errorf("inbound: listen on %s: %w", in.Listen, err)
+	}
+	var hook inbound.DecisionHook
+	if p.dlog != nil {
+		hook = func(ctx context.Context, r *authz.Request, d authz.Decision) {
+			if p.dlog.ShouldLog(d) {
+				_ = p.dlog.Log(ctx, decisionlog.FromDecision(d, decisionlog.RequestMeta(r)))
+			}
+		}
+	}
+	srv, err := inbound.New(inbound.Config{
+		Listener: lis, App: in.App, Mode: in.Mode, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
+		Engine: p.engine, Workload: in.Workload, OnDecide: hook, Log: p.cfg.Log, Metrics: p.cfg.Registry,
+	})
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	p.log.Info("inbound serving", "listen", lis.Addr().String(), "app", in.App, "mtls_mode", in.Mode, "bundle_revision", b.Revision)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Run(ctx) })
+	g.Go(func() error {
+		rev := b.Revision
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+			nb, err := authz.LoadBundleDir(in.BundleDir)
+			if err != nil || nb.Revision == rev {
+				continue
+			}
+			if err := p.engine.Load(ctx, nb); err != nil {
+				p.log.Error("new authz bundle refused; keeping the last good one", "revision", nb.Revision, "err", err)
+				rev = nb.Revision
+				continue
+			}
+			rev = nb.Revision
+		}
+	})
+	return g.Wait()
 }
 
 // Agent returns the identity agent.
@@ -87,6 +189,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 			return p.wl.Run(ctx)
 		})
+	}
+	if p.cfg.Inbound != nil {
+		g.Go(func() error { return p.runInbound(ctx) })
+		if p.dlog != nil {
+			g.Go(func() error { return p.dlog.Run(ctx) })
+		}
 	}
 	return g.Wait()
 }

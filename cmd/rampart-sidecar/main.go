@@ -9,9 +9,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/agent"
 	"github.com/rampart-mesh/rampart/cmd/internal/cli"
@@ -34,6 +36,14 @@ type config struct {
 	KeyType           string       `json:"keyType"`
 	SVIDTTL           cli.Duration `json:"svidTTL"`
 	MetricsListen     string       `json:"metricsListen"`
+	InboundListen     string       `json:"inboundListen"`
+	App               string       `json:"app"`
+	MTLSMode          string       `json:"mtlsMode"`
+	AuthzBundle       string       `json:"authzBundle"`
+	Workload          string       `json:"workload"`
+	Labels            string       `json:"labels"`
+	DecisionLog       string       `json:"decisionLog"`
+	LogAllows         bool         `json:"logAllows"`
 	LogLevel          string       `json:"logLevel"`
 	LogFormat         string       `json:"logFormat"`
 }
@@ -51,6 +61,7 @@ func newCommand() *cobra.Command {
 		RootNamespace: ca.DefaultRootNamespace,
 		KeyType:       string(ca.KeyECDSAP256),
 		MetricsListen: "127.0.0.1:0",
+		MTLSMode:      "PERMISSIVE",
 		LogLevel:      "info",
 		LogFormat:     "text",
 	}
@@ -98,6 +109,14 @@ Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 	f.StringVar(&c.RootNamespace, "root-namespace", c.RootNamespace, "mesh root namespace, where rampartd's identity lives")
 	f.StringVar(&c.KeyType, "key-type", c.KeyType, "workload key type: ecdsa-p256, rsa-2048 or rsa-3072")
 	f.Var(&c.SVIDTTL, "svid-ttl", "SVID lifetime to request (default: the CA's)")
+	f.StringVar(&c.InboundListen, "inbound-listen", "", "serve the inbound path (mTLS, authorization) on this address, e.g. 127.0.0.1:15006; empty disables it")
+	f.StringVar(&c.App, "app", "", "with --inbound-listen: the app's address, where allowed requests go")
+	f.StringVar(&c.MTLSMode, "mtls-mode", c.MTLSMode, "with --inbound-listen: PeerAuthentication mode of the port: DISABLE, PERMISSIVE or STRICT")
+	f.StringVar(&c.AuthzBundle, "authz-bundle", "", "with --inbound-listen: directory with the compiled authorization bundle ('rampartctl authz compile --out DIR'); reloaded when it changes")
+	f.StringVar(&c.Workload, "workload", "", "with --inbound-listen: this workload, NAMESPACE/NAME (default: from the SVID)")
+	f.StringVar(&c.Labels, "labels", "", "with --inbound-listen: the workload's labels, k=v,k2=v2")
+	f.StringVar(&c.DecisionLog, "decision-log", "", "with --inbound-listen: append denials and dry-run hits to this tamper-evident decision log")
+	f.BoolVar(&c.LogAllows, "log-allows", false, "with --decision-log: log allowed requests too")
 	f.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "address serving /metrics and /healthz/ready (port 0 picks one and logs it); \"\" disables it")
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	f.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
@@ -152,6 +171,41 @@ func run(ctx context.Context, c config) error {
 	} else if ident.Namespace == "" {
 		return errors.New("--token-file is required (make one with 'rampartctl token create')")
 	}
+	var in *proxy.InboundConfig
+	if c.InboundListen != "" {
+		in = &proxy.InboundConfig{Listen: c.InboundListen, App: c.App, Mode: strings.ToUpper(c.MTLSMode), BundleDir: c.AuthzBundle,
+			DecisionLog: c.DecisionLog, LogAllows: c.LogAllows}
+		if c.App == "" || c.AuthzBundle == "" {
+			return errors.New("--inbound-listen needs --app and --authz-bundle")
+		}
+		ns, name, _ := strings.Cut(c.Workload, "/")
+		if c.Workload != "" && (ns == "" || name == "") {
+			return fmt.Errorf("--workload %q: want NAMESPACE/NAME", c.Workload)
+		}
+		if ns == "" {
+			ns, name = ident.Namespace, ident.ServiceAccount
+		}
+		if ns == "" && token != nil {
+			if tok, err := token(); err == nil {
+				if id, err := agent.IdentityFromToken(strings.TrimSpace(tok)); err == nil {
+					ns, name = id.Namespace, id.ServiceAccount
+				}
+			}
+		}
+		if ns == "" {
+			return errors.New("--inbound-listen needs --workload NAMESPACE/NAME (it could not be read from the token)")
+		}
+		in.Workload = authz.Workload{Namespace: ns, Name: name, Labels: map[string]string{}}
+		if c.Labels != "" {
+			for _, kv := range strings.Split(c.Labels, ",") {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("--labels: %q is not key=value", kv)
+				}
+				in.Workload.Labels[k] = v
+			}
+		}
+	}
 	reg := cli.NewRegistry()
 	p, err := proxy.New(proxy.Config{
 		Agent: agent.Config{
@@ -165,6 +219,7 @@ func run(ctx context.Context, c config) error {
 			TTL:           time.Duration(c.SVIDTTL),
 		},
 		WorkloadAPISocket: c.WorkloadAPISocket,
+		Inbound:           in,
 		Registry:          reg,
 		Log:               log,
 	})

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/rampart-mesh/rampart/authz/decisionlog"
+	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/offline"
 	"github.com/rampart-mesh/rampart/policies/source"
@@ -68,14 +71,17 @@ func (p *policyFlags) load() ([]source.Object, compile.Mesh, string, error) {
 
 func newAuthzCompileCmd() *cobra.Command {
 	var pf policyFlags
-	var workload, labels string
+	var workload, labels, outDir string
 	c := &cobra.Command{
-		Use:   "compile -f PATH... --workload NS/NAME [--labels k=v,...]",
+		Use:   "compile -f PATH... --workload NS/NAME [--labels k=v,...] [--out DIR]",
 		Short: "Print the Rego compiled for one workload",
 		Long: `Print the Rego module a workload's sidecar evaluates: one rule per policy rule,
 named in comments, from every AuthorizationPolicy that applies to the workload
 (root namespace, its namespace, selectors matching --labels). Validation findings
-go to stderr.`,
+go to stderr.
+
+With --out DIR it writes the whole bundle a sidecar loads instead (policy.rego,
+the Rego library and a .revision), for rampart-sidecar --authz-bundle DIR.`,
 		Example: `  rampartctl authz compile -f policies/ --workload foo/httpbin --labels app=httpbin,version=v1`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -95,6 +101,9 @@ go to stderr.`,
 			for _, f := range findings {
 				fmt.Fprintln(cmd.ErrOrStderr(), f.String())
 			}
+			if outDir != "" {
+				return writeBundle(outDir, offline.Bundle(out, mesh, nil).Modules)
+			}
 			_, err = io.WriteString(cmd.OutOrStdout(), out.Module)
 			return err
 		},
@@ -102,7 +111,31 @@ go to stderr.`,
 	pf.add(c)
 	c.Flags().StringVar(&workload, "workload", "", "the workload, NAMESPACE/NAME")
 	c.Flags().StringVar(&labels, "labels", "", "the workload's labels, k=v,k2=v2")
+	c.Flags().StringVar(&outDir, "out", "", "write the sidecar bundle (policy and library) to this directory")
 	return c
+}
+
+// writeBundle writes modules under dir with a content-hash revision, replacing
+// what was there, each file atomically.
+func writeBundle(dir string, modules map[string]string) error {
+	names := make([]string, 0, len(modules))
+	for n := range modules {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		path := filepath.Join(dir, filepath.FromSlash(n))
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := ca.WriteFileAtomic(path, []byte(modules[n]), 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s\x00%s\x00", n, modules[n])
+	}
+	rev := hex.EncodeToString(h.Sum(nil))[:16]
+	return ca.WriteFileAtomic(filepath.Join(dir, ".revision"), []byte(rev+"\n"), 0o644)
 }
 
 func parseLabels(s string) (map[string]string, error) {

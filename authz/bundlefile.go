@@ -1,0 +1,42 @@
+package authz
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// LoadBundleDir reads every .rego file under dir into a Bundle (what `rampartctl
+// authz compile --out DIR` writes: the workload's compiled policy and the Rego
+// library). The revision is the directory's .revision file, if any.
+func LoadBundleDir(dir string) (Bundle, error) {
+	b := Bundle{Modules: map[string]string{}}
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".rego") || strings.HasSuffix(path, "_test.rego") {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		b.Modules[filepath.ToSlash(rel)] = string(data)
+		return nil
+	})
+	if err != nil {
+		return b, fmt.Errorf("authz bundle %s: %w", dir, err)
+	}
+	if len(b.Modules) == 0 {
+		return b, fmt.Errorf("authz bundle %s: no .rego files", dir)
+	}
+	if rev, err := os.ReadFile(filepath.Join(dir, ".revision")); err == nil {
+		b.Revision = strings.TrimSpace(string(rev))
+	} else {
+		b.Revision = "dir:" + dir
+	}
+	return b, nil
+}
