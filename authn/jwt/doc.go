@@ -5,8 +5,26 @@
 // change. It owns JWKS fetching, OpenID discovery, key caching and refresh, and a
 // cache of verified tokens.
 //
-// Signature checks, JWKS key decoding and discovery are go-oidc's and go-jose's;
-// this package adds Istio's location, issuer, audience, clock-skew and header
+// Signature checks, JWK decoding and discovery are go-oidc's and go-jose's; this
+// package adds Istio's location, issuer, audience, clock-skew and header
 // semantics around them. It produces authn.RequestAuth and must not import the
 // proxy, authz or any control-plane package.
+//
+// Where Istio's documentation and Envoy disagree, Envoy wins:
+//   - a fromHeaders prefix missing from the header value means no token there
+//     (Envoy skips the header; the API text says invalid); the prefix is
+//     searched anywhere in the value and "Bearer " is case-sensitive;
+//   - empty audiences means aud is not checked at all.
+//
+// Deliberate differences from Envoy, all stricter or equal for access:
+//   - two tokens in one header location (two Authorization headers) are 401;
+//   - every token in the request must be valid, across all locations (Envoy
+//     checks this per provider);
+//   - the signature is checked before the audience, so a forged token is 401
+//     whatever its aud (Envoy checks aud first and answers 403);
+//   - a key rotation that changes the key set re-verifies cached tokens;
+//   - output headers are stripped from every request, CORS preflights too.
+//
+// Claims keep JSON numbers as json.Number. Tokens without exp are accepted, as
+// in Envoy; exp and nbf are checked in whole seconds with ClockSkew.
 package jwt
