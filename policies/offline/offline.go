@@ -12,11 +12,13 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/rampart-mesh/rampart/authn"
+	"github.com/rampart-mesh/rampart/authn/jwt"
 	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	regolib "github.com/rampart-mesh/rampart/policies/rego"
@@ -81,6 +83,11 @@ type Result struct {
 	ResponseDetail string        `json:"response_code_details,omitempty"`
 	// Stage is what decided: peer (PeerAuthentication), request, custom, policy, error.
 	Stage string `json:"stage"`
+	// WWWAuthenticate comes with a 401 from request authentication.
+	WWWAuthenticate string `json:"wwwAuthenticate,omitempty"`
+	// UpstreamHeaders are the request headers the app receives that
+	// authentication added, changed or removed.
+	UpstreamHeaders UpstreamHeaders `json:"upstreamHeaders"`
 	// PeerMode is the workload port's resolved mTLS mode.
 	PeerMode string            `json:"peerMode"`
 	Findings []compile.Finding `json:"findings"`
@@ -166,9 +173,38 @@ func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir
 	case peer.Mode == compile.ModeDisable:
 		ar.SourcePrincipal = ""
 	}
+	// RequestAuthentication: a JWT in the request is validated unless the request
+	// gives an already-validated identity (auth:).
+	up := UpstreamHeaders{Added: map[string]string{}, Changed: map[string]string{}, Removed: []string{}}
+	var jwtFail *jwt.Result
+	rules, raf := requestAuthRules(objs, mesh, wl)
+	findings = append(findings, raf...)
+	if len(rules) > 0 && req.Auth == nil && ar.Protocol != authz.ProtocolTCP {
+		res, err := authenticate(ctx, rules, ar)
+		if err != nil {
+			return Result{}, err
+		}
+		if res.Status != 0 {
+			jwtFail = &res
+		} else {
+			ar.Auth = res.Auth
+			up = upstream(ar.Headers, res)
+		}
+	}
 	d := eng.Decide(ctx, ar)
+	// CUSTOM runs before JWT validation in Istio's filter chain, so its denial
+	// wins; otherwise a failed token is 401 (or 403 for its audience).
+	if jwtFail != nil && !(d.Stage == "custom" && !d.Allowed) {
+		return Result{
+			Allowed: false, Status: jwtFail.Status, Rule: -1, Stage: "authn", Reason: jwtFail.Reason,
+			WWWAuthenticate: jwtFail.WWWAuthenticate, DecisionID: d.DecisionID,
+			DryRun: authz.DryRun{Allowed: true, Matches: []authz.Match{}}, PeerMode: peer.Mode,
+			Findings: findings, Bundle: bundle, Decision: d, Request: ar,
+		}, nil
+	}
 	return Result{
-		PeerMode: peer.Mode, Stage: d.Stage,
+		UpstreamHeaders: up,
+		PeerMode:        peer.Mode, Stage: d.Stage,
 		Allowed: d.Allowed, Status: d.Status, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason,
 		DecisionID: d.DecisionID, DryRun: d.DryRun, Audit: d.Audit, NormalizedPath: d.NormalizedPath,
 		ResponseDetail: d.ResponseCodeDetail(), Findings: findings,
@@ -341,4 +377,62 @@ func orDefault(policy string) string {
 		return "mesh default"
 	}
 	return "PeerAuthentication " + policy
+}
+
+// UpstreamHeaders describes how authentication changed the request's headers.
+type UpstreamHeaders struct {
+	Added   map[string]string `json:"added"`
+	Changed map[string]string `json:"changed"`
+	Removed []string          `json:"removed"`
+}
+
+func requestAuthRules(objs []source.Object, mesh compile.Mesh, wl compile.Workload) ([]jwt.Rule, []compile.Finding) {
+	ras, fs := compile.DecodeRequestAuthentications(objs, wl.Namespace)
+	rules, rf := compile.JWTRules(mesh, wl, ras)
+	return rules, append(fs, rf...)
+}
+
+// authenticate validates the request's JWTs with the same authenticator a
+// sidecar runs (keys from inline JWKS, jwksUri or discovery, fetched now).
+func authenticate(ctx context.Context, rules []jwt.Rule, ar *authz.Request) (jwt.Result, error) {
+	a, err := jwt.New(jwt.Config{Rules: rules})
+	if err != nil {
+		return jwt.Result{}, fmt.Errorf("request authentication: %w", err)
+	}
+	jr := jwt.Request{Method: ar.Method, Path: ar.Path}
+	for _, h := range ar.Headers {
+		jr.Headers = append(jr.Headers, jwt.Header{Name: h.Name, Value: h.Value})
+	}
+	return a.Authenticate(ctx, jr), nil
+}
+
+// upstream applies the authentication result's header changes to hs and reports
+// them.
+func upstream(hs []authz.Header, res jwt.Result) UpstreamHeaders {
+	u := UpstreamHeaders{Added: map[string]string{}, Changed: map[string]string{}, Removed: []string{}}
+	had := map[string]bool{}
+	for _, h := range hs {
+		had[strings.ToLower(h.Name)] = true
+	}
+	removed := map[string]bool{}
+	for _, n := range res.RemoveHeaders {
+		n = strings.ToLower(n)
+		if had[n] {
+			removed[n] = true
+		}
+	}
+	for _, h := range res.SetHeaders {
+		n := strings.ToLower(h.Name)
+		if had[n] {
+			u.Changed[n] = h.Value
+			delete(removed, n)
+		} else {
+			u.Added[n] = h.Value
+		}
+	}
+	for n := range removed {
+		u.Removed = append(u.Removed, n)
+	}
+	sort.Strings(u.Removed)
+	return u
 }
