@@ -11,6 +11,20 @@ import (
 // authz compile --out DIR` writes: the workload's compiled policy and the Rego
 // library). The revision is the directory's .revision file, if any.
 func LoadBundleDir(dir string) (Bundle, error) {
+	// A writer replaces the files first and .revision last: read the revision
+	// before and after the modules, and again if it moved meanwhile.
+	for range 5 {
+		before, _ := os.ReadFile(filepath.Join(dir, ".revision"))
+		b, err := loadBundleDir(dir)
+		after, _ := os.ReadFile(filepath.Join(dir, ".revision"))
+		if err != nil || string(before) == string(after) {
+			return b, err
+		}
+	}
+	return Bundle{}, fmt.Errorf("authz bundle %s keeps changing while being read", dir)
+}
+
+func loadBundleDir(dir string) (Bundle, error) {
 	b := Bundle{Modules: map[string]string{}}
 	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
 		if err != nil {

@@ -107,6 +107,14 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 	if err := p.engine.Load(ctx, b); err != nil {
 		return fmt.Errorf("authz bundle %s: %w", in.BundleDir, err)
 	}
+	authn := &jwtAuthn{log: p.log}
+	if err := authn.load(ctx, in.BundleDir); err != nil {
+		return err
+	}
+	if err := p.cfg.Registry.Register(authn); err != nil {
+		return err
+	}
+	defer authn.stop()
 	select {
 	case <-p.agent.Ready():
 	case <-ctx.Done():
@@ -126,7 +134,7 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 	}
 	srv, err := inbound.New(inbound.Config{
 		Listener: lis, App: in.App, Mode: in.Mode, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
-		Engine: p.engine, Workload: in.Workload, OnDecide: hook, Log: p.cfg.Log, Metrics: p.cfg.Registry,
+		Engine: p.engine, Authn: authn, Workload: in.Workload, OnDecide: hook, Log: p.cfg.Log, Metrics: p.cfg.Registry,
 	})
 	if err != nil {
 		lis.Close()
@@ -153,6 +161,9 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 				p.log.Error("new authz bundle refused; keeping the last good one", "revision", nb.Revision, "err", err)
 				rev = nb.Revision
 				continue
+			}
+			if err := authn.load(ctx, in.BundleDir); err != nil {
+				p.log.Error("new RequestAuthentication rules refused; keeping the last good ones", "revision", nb.Revision, "err", err)
 			}
 			rev = nb.Revision
 		}

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/rampart-mesh/rampart/authn/jwt"
 	"github.com/rampart-mesh/rampart/authz/decisionlog"
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/policies/compile"
@@ -102,7 +103,20 @@ the Rego library and a .revision), for rampart-sidecar --authz-bundle DIR.`,
 				fmt.Fprintln(cmd.ErrOrStderr(), f.String())
 			}
 			if outDir != "" {
-				return writeBundle(outDir, offline.Bundle(out, mesh, nil).Modules)
+				rules, rf := offline.RequestAuthRules(objs, mesh, compile.Workload{Namespace: ns, Name: name, Labels: lbls})
+				for _, f := range rf {
+					fmt.Fprintln(cmd.ErrOrStderr(), f.String())
+				}
+				if rules == nil {
+					rules = []jwt.Rule{}
+				}
+				authn, err := json.MarshalIndent(rules, "", "  ")
+				if err != nil {
+					return err
+				}
+				files := offline.Bundle(out, mesh, nil).Modules
+				files["authn.json"] = string(authn) + "\n"
+				return writeBundle(outDir, files)
 			}
 			_, err = io.WriteString(cmd.OutOrStdout(), out.Module)
 			return err
@@ -115,8 +129,9 @@ the Rego library and a .revision), for rampart-sidecar --authz-bundle DIR.`,
 	return c
 }
 
-// writeBundle writes modules under dir with a content-hash revision, replacing
-// what was there, each file atomically.
+// writeBundle writes the bundle's files (Rego modules and authn.json, the
+// workload's RequestAuthentication rules) under dir with a content-hash revision,
+// each file atomically.
 func writeBundle(dir string, modules map[string]string) error {
 	names := make([]string, 0, len(modules))
 	for n := range modules {

@@ -177,7 +177,7 @@ func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir
 	// gives an already-validated identity (auth:).
 	up := UpstreamHeaders{Added: map[string]string{}, Changed: map[string]string{}, Removed: []string{}}
 	var jwtFail *jwt.Result
-	rules, raf := requestAuthRules(objs, mesh, wl)
+	rules, raf := RequestAuthRules(objs, mesh, wl)
 	findings = append(findings, raf...)
 	if len(rules) > 0 && req.Auth == nil && ar.Protocol != authz.ProtocolTCP {
 		res, err := authenticate(ctx, rules, ar)
@@ -386,7 +386,9 @@ type UpstreamHeaders struct {
 	Removed []string          `json:"removed"`
 }
 
-func requestAuthRules(objs []source.Object, mesh compile.Mesh, wl compile.Workload) ([]jwt.Rule, []compile.Finding) {
+// RequestAuthRules returns the merged JWT rules of the RequestAuthentications
+// that apply to wl.
+func RequestAuthRules(objs []source.Object, mesh compile.Mesh, wl compile.Workload) ([]jwt.Rule, []compile.Finding) {
 	ras, fs := compile.DecodeRequestAuthentications(objs, wl.Namespace)
 	rules, rf := compile.JWTRules(mesh, wl, ras)
 	return rules, append(fs, rf...)

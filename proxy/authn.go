@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rampart-mesh/rampart/authn/jwt"
+	"github.com/rampart-mesh/rampart/proxy/inbound"
+)
+
+// jwtAuthn runs request authentication for the inbound path from the bundle's
+// authn.json (the workload's merged RequestAuthentication rules) and swaps the
+// authenticator when the rules change. With no rules, tokens are ignored.
+type jwtAuthn struct {
+	log *slog.Logger
+
+	mu      sync.RWMutex
+	cur     *jwt.Authenticator
+	cancel  context.CancelFunc
+	done    chan struct{}
+	metricR *prometheus.Registry
+}
+
+var _ inbound.Authenticator = (*jwtAuthn)(nil)
+
+func (j *jwtAuthn) load(ctx context.Context, dir string) error {
+	data, err := os.ReadFile(filepath.Join(dir, "authn.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		data = []byte("[]")
+	} else if err != nil {
+		return err
+	}
+	var rules []jwt.Rule
+	if err := json.Unmarshal(data, &rules); err != nil {
+		return fmt.Errorf("%s/authn.json: %w", dir, err)
+	}
+	var a *jwt.Authenticator
+	var runCtx context.Context
+	var cancel context.CancelFunc
+	done := make(chan struct{})
+	if len(rules) > 0 {
+		// Each authenticator gets its own registry: metrics cannot be registered twice.
+		reg := prometheus.NewRegistry()
+		if a, err = jwt.New(jwt.Config{Rules: rules, Log: j.log, Metrics: reg}); err != nil {
+			return err
+		}
+		runCtx, cancel = context.WithCancel(context.WithoutCancel(ctx))
+		go func() {
+			defer close(done)
+			if err := a.Run(runCtx); err != nil {
+				j.log.Error("JWKS refresh stopped", "err", err)
+			}
+		}()
+		j.mu.Lock()
+		j.metricR = reg
+		j.mu.Unlock()
+	} else {
+		close(done)
+	}
+	j.mu.Lock()
+	oldCancel, oldDone := j.cancel, j.done
+	j.cur, j.cancel, j.done = a, cancel, done
+	j.mu.Unlock()
+	if oldCancel != nil {
+		oldCancel()
+		<-oldDone
+	}
+	j.log.Info("request authentication rules loaded", "rules", len(rules))
+	return nil
+}
+
+// Describe implements prometheus.Collector. It describes nothing: the metrics
+// come from whichever authenticator is current (an unchecked collector).
+func (j *jwtAuthn) Describe(chan<- *prometheus.Desc) {}
+
+// Collect implements prometheus.Collector with the current authenticator's metrics.
+func (j *jwtAuthn) Collect(ch chan<- prometheus.Metric) {
+	j.mu.RLock()
+	r := j.metricR
+	j.mu.RUnlock()
+	if r != nil {
+		r.Collect(ch)
+	}
+}
+
+func (j *jwtAuthn) stop() {
+	j.mu.Lock()
+	cancel, done := j.cancel, j.done
+	j.cancel = nil
+	j.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// Authenticate implements inbound.Authenticator.
+func (j *jwtAuthn) Authenticate(ctx context.Context, r *http.Request) inbound.AuthnResult {
+	j.mu.RLock()
+	a := j.cur
+	j.mu.RUnlock()
+	if a == nil {
+		return inbound.AuthnResult{}
+	}
+	req := jwt.Request{Method: r.Method, Path: r.URL.RequestURI()}
+	for name, vals := range r.Header {
+		for _, v := range vals {
+			req.Headers = append(req.Headers, jwt.Header{Name: name, Value: v})
+		}
+	}
+	res := a.Authenticate(ctx, req)
+	out := inbound.AuthnResult{Status: res.Status, Reason: res.Reason, WWWAuthenticate: res.WWWAuthenticate, Auth: res.Auth, RemoveHeaders: res.RemoveHeaders}
+	for _, h := range res.SetHeaders {
+		out.SetHeaders = append(out.SetHeaders, [2]string{h.Name, h.Value})
+	}
+	return out
+}
