@@ -8,11 +8,16 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,7 +45,9 @@ type Config struct {
 type InboundConfig struct {
 	Listen string // e.g. 127.0.0.1:15006
 	App    string // the app's address
-	Mode   string // PeerAuthentication mode: DISABLE, PERMISSIVE, STRICT
+	// Mode forces the mTLS mode (DISABLE, PERMISSIVE, STRICT); empty follows the
+	// bundle's peer.json (PeerAuthentication) for the app's port.
+	Mode string
 	// BundleDir holds the compiled authorization bundle (rampartctl authz compile
 	// --out); it is re-read when its .revision changes.
 	BundleDir string
@@ -132,15 +139,28 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 			}
 		}
 	}
+	peerMode := &peerModes{}
+	if err := peerMode.load(in.BundleDir, in.App); err != nil {
+		lis.Close()
+		return err
+	}
+	var modeFunc func() string
+	if in.Mode == "" {
+		modeFunc = peerMode.get
+	}
 	srv, err := inbound.New(inbound.Config{
-		Listener: lis, App: in.App, Mode: in.Mode, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
+		Listener: lis, App: in.App, Mode: in.Mode, ModeFunc: modeFunc, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
 		Engine: p.engine, Authn: authn, Workload: in.Workload, OnDecide: hook, Log: p.cfg.Log, Metrics: p.cfg.Registry,
 	})
 	if err != nil {
 		lis.Close()
 		return err
 	}
-	p.log.Info("inbound serving", "listen", lis.Addr().String(), "app", in.App, "mtls_mode", in.Mode, "bundle_revision", b.Revision)
+	mode := in.Mode
+	if mode == "" {
+		mode = peerMode.get() + " (PeerAuthentication)"
+	}
+	p.log.Info("inbound serving", "listen", lis.Addr().String(), "app", in.App, "mtls_mode", mode, "bundle_revision", b.Revision)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(ctx) })
 	g.Go(func() error {
@@ -161,6 +181,9 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 				p.log.Error("new authz bundle refused; keeping the last good one", "revision", nb.Revision, "err", err)
 				rev = nb.Revision
 				continue
+			}
+			if err := peerMode.load(in.BundleDir, in.App); err != nil {
+				p.log.Error("new PeerAuthentication mode refused; keeping the last good one", "revision", nb.Revision, "err", err)
 			}
 			if err := authn.load(ctx, in.BundleDir); err != nil {
 				p.log.Error("new RequestAuthentication rules refused; keeping the last good ones", "revision", nb.Revision, "err", err)
@@ -208,4 +231,45 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}
 	}
 	return g.Wait()
+}
+
+// peerModes holds the mTLS mode for the app's port from the bundle's peer.json.
+type peerModes struct{ mode atomic.Value }
+
+func (p *peerModes) get() string {
+	if m, ok := p.mode.Load().(string); ok {
+		return m
+	}
+	return inbound.ModePermissive
+}
+
+func (p *peerModes) load(dir, app string) error {
+	data, err := os.ReadFile(filepath.Join(dir, "peer.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		p.mode.Store(inbound.ModePermissive)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var pol struct {
+		Mode  string            `json:"mode"`
+		Ports map[string]string `json:"ports"`
+	}
+	if err := json.Unmarshal(data, &pol); err != nil {
+		return fmt.Errorf("%s/peer.json: %w", dir, err)
+	}
+	mode := pol.Mode
+	if _, port, err := net.SplitHostPort(app); err == nil {
+		if m, ok := pol.Ports[port]; ok {
+			mode = m
+		}
+	}
+	switch mode {
+	case inbound.ModeDisable, inbound.ModePermissive, inbound.ModeStrict:
+	default:
+		return fmt.Errorf("%s/peer.json: unknown mode %q", dir, mode)
+	}
+	p.mode.Store(mode)
+	return nil
 }

@@ -61,7 +61,6 @@ func newCommand() *cobra.Command {
 		RootNamespace: ca.DefaultRootNamespace,
 		KeyType:       string(ca.KeyECDSAP256),
 		MetricsListen: "127.0.0.1:0",
-		MTLSMode:      "PERMISSIVE",
 		LogLevel:      "info",
 		LogFormat:     "text",
 	}
@@ -111,7 +110,7 @@ Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 	f.Var(&c.SVIDTTL, "svid-ttl", "SVID lifetime to request (default: the CA's)")
 	f.StringVar(&c.InboundListen, "inbound-listen", "", "serve the inbound path (mTLS, authorization) on this address, e.g. 127.0.0.1:15006; empty disables it")
 	f.StringVar(&c.App, "app", "", "with --inbound-listen: the app's address, where allowed requests go")
-	f.StringVar(&c.MTLSMode, "mtls-mode", c.MTLSMode, "with --inbound-listen: PeerAuthentication mode of the port: DISABLE, PERMISSIVE or STRICT")
+	f.StringVar(&c.MTLSMode, "mtls-mode", c.MTLSMode, "with --inbound-listen: force the port's mTLS mode (DISABLE, PERMISSIVE or STRICT); by default the bundle's PeerAuthentication decides")
 	f.StringVar(&c.AuthzBundle, "authz-bundle", "", "with --inbound-listen: directory with the compiled authorization bundle ('rampartctl authz compile --out DIR'); reloaded when it changes")
 	f.StringVar(&c.Workload, "workload", "", "with --inbound-listen: this workload, NAMESPACE/NAME (default: from the SVID)")
 	f.StringVar(&c.Labels, "labels", "", "with --inbound-listen: the workload's labels, k=v,k2=v2")

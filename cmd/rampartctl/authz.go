@@ -81,8 +81,10 @@ named in comments, from every AuthorizationPolicy that applies to the workload
 (root namespace, its namespace, selectors matching --labels). Validation findings
 go to stderr.
 
-With --out DIR it writes the whole bundle a sidecar loads instead (policy.rego,
-the Rego library and a .revision), for rampart-sidecar --authz-bundle DIR.`,
+With --out DIR it writes the whole bundle a sidecar loads instead: policy.rego,
+the Rego library, authn.json (the RequestAuthentication rules), peer.json (the
+PeerAuthentication mode, per port) and a .revision, for rampart-sidecar
+--authz-bundle DIR.`,
 		Example: `  rampartctl authz compile -f policies/ --workload foo/httpbin --labels app=httpbin,version=v1`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -114,8 +116,18 @@ the Rego library and a .revision), for rampart-sidecar --authz-bundle DIR.`,
 				if err != nil {
 					return err
 				}
+				pas, pf := compile.DecodePeerAuthentications(objs, ns)
+				peerPol, rf2 := compile.ResolvePeerPolicy(mesh, compile.Workload{Namespace: ns, Name: name, Labels: lbls}, pas)
+				for _, f := range append(pf, rf2...) {
+					fmt.Fprintln(cmd.ErrOrStderr(), f.String())
+				}
+				peerJSON, err := json.MarshalIndent(peerPol, "", "  ")
+				if err != nil {
+					return err
+				}
 				files := offline.Bundle(out, mesh, nil).Modules
 				files["authn.json"] = string(authn) + "\n"
+				files["peer.json"] = string(peerJSON) + "\n"
 				return writeBundle(outDir, files)
 			}
 			_, err = io.WriteString(cmd.OutOrStdout(), out.Module)

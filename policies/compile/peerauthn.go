@@ -119,3 +119,30 @@ func modeName(m security.PeerAuthentication_MutualTLS_Mode) string {
 	}
 	return "" // UNSET: inherit
 }
+
+// PeerPolicy is the resolved mTLS mode of a workload: its default and the ports
+// whose mode differs. It is what the sidecar's inbound path applies.
+type PeerPolicy struct {
+	Mode   string            `json:"mode"`
+	Policy string            `json:"policy,omitempty"`
+	Ports  map[string]string `json:"ports,omitempty"`
+}
+
+// ResolvePeerPolicy resolves the workload's default mode and every port a
+// portLevelMtls of its policies names.
+func ResolvePeerPolicy(m Mesh, wl Workload, pas []*PeerAuthn) (PeerPolicy, []Finding) {
+	def, fs := ResolvePeerAuthentication(m, wl, 0, pas)
+	out := PeerPolicy{Mode: def.Mode, Policy: def.Policy}
+	for _, pa := range pas {
+		for port := range pa.Spec.GetPortLevelMtls() {
+			pm, _ := ResolvePeerAuthentication(m, wl, int(port), pas)
+			if pm.Mode != def.Mode {
+				if out.Ports == nil {
+					out.Ports = map[string]string{}
+				}
+				out.Ports[strconv.Itoa(int(port))] = pm.Mode
+			}
+		}
+	}
+	return out, fs
+}

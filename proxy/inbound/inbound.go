@@ -60,6 +60,9 @@ type Config struct {
 	App string
 	// Mode is the port's mTLS mode. Default PERMISSIVE.
 	Mode string
+	// ModeFunc, if set, is asked for the mode of each new connection instead,
+	// so a policy change applies without restarting the listener.
+	ModeFunc func() string
 	// SVID and Bundle are the sidecar's identity sources (ca/agent).
 	SVID        x509svid.Source
 	Bundle      x509bundle.Source
@@ -97,7 +100,7 @@ func New(cfg Config) (*Server, error) {
 	default:
 		return nil, fmt.Errorf("inbound: unknown mTLS mode %q", cfg.Mode)
 	}
-	if cfg.Mode != ModeDisable && (cfg.SVID == nil || cfg.Bundle == nil) {
+	if (cfg.Mode != ModeDisable || cfg.ModeFunc != nil) && (cfg.SVID == nil || cfg.Bundle == nil) {
 		return nil, errors.New("inbound: SVID and Bundle are required unless the mode is DISABLE")
 	}
 	if cfg.SniffTimeout == 0 {
@@ -110,7 +113,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Metrics = prometheus.NewRegistry()
 	}
 	s := &Server{cfg: cfg, log: cfg.Log.With("component", "inbound")}
-	if cfg.Mode != ModeDisable {
+	if cfg.SVID != nil && cfg.Bundle != nil {
 		s.tlsCfg = peer.ServerConfig(cfg.SVID, cfg.Bundle, cfg.TrustDomain, "http/1.1")
 	}
 	app := &url.URL{Scheme: "http", Host: cfg.App}
@@ -187,6 +190,12 @@ func (s *Server) accept(ctx context.Context, out *chanListener) error {
 			}
 			return err
 		}
+		mode := s.cfg.Mode
+		if s.cfg.ModeFunc != nil {
+			if m := s.cfg.ModeFunc(); m == ModeDisable || m == ModePermissive || m == ModeStrict {
+				mode = m
+			}
+		}
 		go func() {
 			sc, kind, err := listener.Sniff(c, s.cfg.SniffTimeout)
 			if err != nil {
@@ -195,7 +204,7 @@ func (s *Server) accept(ctx context.Context, out *chanListener) error {
 			}
 			var conn net.Conn = sc
 			switch {
-			case kind == listener.KindTLS && s.cfg.Mode != ModeDisable:
+			case kind == listener.KindTLS && mode != ModeDisable:
 				tc := tls.Server(sc, s.tlsCfg)
 				hctx, cancel := context.WithTimeout(ctx, s.cfg.SniffTimeout)
 				err := tc.HandshakeContext(hctx)
@@ -207,7 +216,7 @@ func (s *Server) accept(ctx context.Context, out *chanListener) error {
 				}
 				conn = tc
 			case kind == listener.KindTLS: // DISABLE: no mTLS termination
-			case s.cfg.Mode == ModeStrict:
+			case mode == ModeStrict:
 				s.resets.Inc()
 				s.log.Info("plaintext connection reset: the port is STRICT", "peer", c.RemoteAddr().String())
 				reset(c)
