@@ -80,13 +80,20 @@ type Config struct {
 
 // Server is the inbound path.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	tlsCfg   *tls.Config
-	proxy    *httputil.ReverseProxy
-	requests *prometheus.CounterVec
-	resets   prometheus.Counter
+	cfg       Config
+	log       *slog.Logger
+	tlsCfg    *tls.Config
+	proxy     *httputil.ReverseProxy
+	requests  *prometheus.CounterVec
+	resets    prometheus.Counter
+	plaintext *prometheus.CounterVec
+
+	mu       sync.Mutex
+	plainIPs map[string]bool // bounds the plaintext metric's cardinality
 }
+
+// maxPlaintextSources bounds the distinct source_ip values of the plaintext metric.
+const maxPlaintextSources = 1000
 
 // New validates cfg. It does no I/O.
 func New(cfg Config) (*Server, error) {
@@ -135,7 +142,12 @@ func New(cfg Config) (*Server, error) {
 		Name: "rampart_inbound_plaintext_resets_total",
 		Help: "Plaintext connections reset because the port is STRICT.",
 	})
-	for _, c := range []prometheus.Collector{s.requests, s.resets} {
+	s.plaintext = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rampart_inbound_plaintext_requests_total",
+		Help: "Requests that reached the workload without mTLS, by client IP ('other' past 1000 clients): who still needs mTLS before STRICT.",
+	}, []string{"source_ip"})
+	s.plainIPs = map[string]bool{}
+	for _, c := range []prometheus.Collector{s.requests, s.resets, s.plaintext} {
 		if err := cfg.Metrics.Register(c); err != nil {
 			return nil, err
 		}
@@ -253,6 +265,17 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Header.Set("x-request-id", reqID)
 	}
 	code := s.handle(ctx, w, r, principal, reqID)
+	if security == "none" {
+		ip, _, _ := net.SplitHostPort(r.RemoteAddr)
+		s.mu.Lock()
+		if !s.plainIPs[ip] && len(s.plainIPs) >= maxPlaintextSources {
+			ip = "other"
+		} else {
+			s.plainIPs[ip] = true
+		}
+		s.mu.Unlock()
+		s.plaintext.WithLabelValues(ip).Inc()
+	}
 	s.requests.WithLabelValues("destination", s.cfg.Workload.Name, s.cfg.Workload.Namespace, principalLabel(principal), strconv.Itoa(code), security).Inc()
 }
 

@@ -117,4 +117,9 @@ spec:
 			t.Errorf("sidecar metrics lack %s", want)
 		}
 	}
+	// Plaintext callers are still there, so STRICT is not safe yet, and the report says who.
+	out, err := procs.RunErr(t, "rampartctl", "mtls", "readiness", "--metrics", metricsURL)
+	if err == nil || !strings.Contains(out, "foo/httpbin") || !strings.Contains(out, "127.0.0.1") || !strings.Contains(out, "not yet") {
+		t.Fatalf("mtls readiness: err %v\n%s", err, out)
+	}
 }
