@@ -1,155 +1,27 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
-	"os"
-	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/agent"
-	"github.com/rampart-mesh/rampart/ca/jointoken"
-	"github.com/rampart-mesh/rampart/ca/server"
+	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 )
-
-// waitFor bounds every wait on another goroutine. It is a deadline, never an
-// assertion about speed.
-const waitFor = 10 * time.Second
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if err := checkGoroutines(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// checkGoroutines fails if goroutines other than the test binary's own outlive
-// the tests, waiting a little for ones that are already on their way out.
-func checkGoroutines() error {
-	deadline := time.Now().Add(waitFor)
-	for {
-		leaked := leakedGoroutines()
-		if len(leaked) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("leaked %d goroutines:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func leakedGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	var leaked []string
-	for i, g := range strings.Split(string(buf), "\n\n") {
-		if i == 0 { // this goroutine
-			continue
-		}
-		if strings.Contains(g, "testing.(*M).") || strings.Contains(g, "os/signal.signal_recv") {
-			continue
-		}
-		leaked = append(leaked, g)
-	}
-	return leaked
-}
-
-// controlPlane is a real CA: an Authority with its state in a temporary
-// directory, a join-token store and a CA server on loopback.
-type controlPlane struct {
-	Authority *ca.Authority
-	Tokens    *jointoken.Store
-	Clock     clock.WithTicker
-	// Addr is where the server listens; Roots are what an agent trusts at first.
-	Addr  string
-	Roots []*x509.Certificate
-
-	stopServer func()
-}
 
 type cpOptions struct {
 	clock         clock.WithTicker
 	svidTTL       time.Duration
 	rootNamespace string
 	runAuthority  bool // drive root rotation (Authority.Run) on the clock
-}
-
-func startControlPlane(t *testing.T, o cpOptions) *controlPlane {
-	t.Helper()
-	if o.clock == nil {
-		o.clock = clock.RealClock{}
-	}
-	dir := t.TempDir()
-	a, err := ca.New(ca.Config{StateDir: dir, Clock: o.clock, SVIDTTL: o.svidTTL, RootNamespace: o.rootNamespace})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	cp := &controlPlane{Authority: a, Tokens: jointoken.New(dir, o.clock), Clock: o.clock, Roots: a.Roots()}
-	if o.runAuthority {
-		goRun(t, "authority", a.Run)
-	}
-	cp.StartServer(t, "127.0.0.1:0")
-	return cp
-}
-
-// StartServer starts a CA server for the Authority on addr and records its
-// address; StopServer ends it.
-func (cp *controlPlane) StartServer(t *testing.T, addr string) {
-	t.Helper()
-	srv, err := server.New(server.Config{Authority: cp.Authority, Authenticator: cp.Tokens, Listen: addr, Clock: cp.Clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp.stopServer = goRun(t, "ca server", srv.Run)
-	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
-	defer cancel()
-	a, err := srv.Addr(ctx)
-	if err != nil {
-		t.Fatalf("ca server did not start listening: %v", err)
-	}
-	cp.Addr = a.String()
-}
-
-// StopServer stops the CA server and waits until it has returned.
-func (cp *controlPlane) StopServer() { cp.stopServer() }
-
-// Token mints a single-use join token for ns/sa.
-func (cp *controlPlane) Token(t *testing.T, ns, sa string) string {
-	t.Helper()
-	tok, err := cp.Tokens.Create(ca.Identity{Namespace: ns, ServiceAccount: sa}, time.Hour, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
 }
 
 // oneToken returns a Token func that hands out tok once and fails afterwards, and
@@ -202,31 +74,6 @@ func startAgent(t *testing.T, a *agent.Agent) (stop func()) {
 	case <-time.After(waitFor):
 		t.Fatal("agent not ready")
 	}
-	return stop
-}
-
-// goRun runs fn in a goroutine until the returned stop is called or the test
-// ends, and fails the test if fn returns an error or does not return.
-func goRun(t *testing.T, name string, fn func(context.Context) error) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- fn(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("%s: Run returned %v, want nil on cancel", name, err)
-				}
-			case <-time.After(waitFor):
-				t.Errorf("%s: Run did not return after cancel", name)
-			}
-		})
-	}
-	t.Cleanup(stop)
 	return stop
 }
 
@@ -311,28 +158,30 @@ func renewals(t *testing.T, reg prometheus.Gatherer, result string) float64 {
 	return v
 }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func bufferLogger(b *syncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 
 // newFakeClock starts at the current whole second: certificates carry whole
 // seconds, so SVID lifetimes come out exact.
 func newFakeClock() *clocktesting.FakeClock {
 	return clocktesting.NewFakeClock(time.Now().Truncate(time.Second))
+}
+
+// The shared CA fixture.
+const waitFor = catest.WaitFor
+
+type (
+	controlPlane = catest.ControlPlane
+	syncBuffer   = catest.SyncBuffer
+)
+
+func TestMain(m *testing.M) { catest.MainWithLeakCheck(m) }
+
+func goRun(t *testing.T, name string, fn func(context.Context) error) (stop func()) {
+	t.Helper()
+	return catest.GoRun(t, name, fn)
+}
+
+func startControlPlane(t *testing.T, o cpOptions) *controlPlane {
+	t.Helper()
+	return catest.Start(t, catest.Options{Clock: o.clock, SVIDTTL: o.svidTTL, RootNamespace: o.rootNamespace, RunAuthority: o.runAuthority})
 }

@@ -1,23 +1,18 @@
 package workloadapi_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/agent"
-	"github.com/rampart-mesh/rampart/ca/jointoken"
-	"github.com/rampart-mesh/rampart/ca/server"
+	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/ca/workloadapi"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -30,101 +25,6 @@ var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 
 // The agent is the Source the server is built for.
 var _ workloadapi.Source = (*agent.Agent)(nil)
-
-// waitFor bounds every wait on another goroutine. It is a deadline, never an
-// assertion about speed.
-const waitFor = 10 * time.Second
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if err := checkGoroutines(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// checkGoroutines fails if goroutines other than the test binary's own outlive
-// the tests, waiting a little for ones that are already on their way out.
-func checkGoroutines() error {
-	deadline := time.Now().Add(waitFor)
-	for {
-		leaked := leakedGoroutines()
-		if len(leaked) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("leaked %d goroutines:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func leakedGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	var leaked []string
-	for i, g := range strings.Split(string(buf), "\n\n") {
-		if i == 0 { // this goroutine
-			continue
-		}
-		if strings.Contains(g, "testing.(*M).") || strings.Contains(g, "os/signal.signal_recv") {
-			continue
-		}
-		leaked = append(leaked, g)
-	}
-	return leaked
-}
-
-// controlPlane is a real CA: an Authority with its state in a temporary
-// directory, a join-token store and a CA server on loopback.
-type controlPlane struct {
-	Authority *ca.Authority
-	Tokens    *jointoken.Store
-	Clock     clock.WithTicker
-	Addr      string
-	Roots     []*x509.Certificate
-}
-
-// startControlPlane starts a CA on clk (nil: the real clock) issuing SVIDs for
-// svidTTL (0: the default hour).
-func startControlPlane(t *testing.T, clk clock.WithTicker, svidTTL time.Duration) *controlPlane {
-	t.Helper()
-	if clk == nil {
-		clk = clock.RealClock{}
-	}
-	dir := t.TempDir()
-	a, err := ca.New(ca.Config{StateDir: dir, Clock: clk, SVIDTTL: svidTTL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	tokens := jointoken.New(dir, clk)
-	srv, err := server.New(server.Config{Authority: a, Authenticator: tokens, Listen: "127.0.0.1:0", Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	goRun(t, "ca server", srv.Run)
-	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
-	defer cancel()
-	addr, err := srv.Addr(ctx)
-	if err != nil {
-		t.Fatalf("ca server did not start listening: %v", err)
-	}
-	return &controlPlane{Authority: a, Tokens: tokens, Clock: clk, Addr: addr.String(), Roots: a.Roots()}
-}
 
 // workload is one workload's identity agent and its Workload API socket.
 type workload struct {
@@ -216,31 +116,6 @@ func newClient(t *testing.T, w *workload) *spiffewl.Client {
 	return c
 }
 
-// goRun runs fn in a goroutine until the returned stop is called or the test
-// ends, and fails the test if fn returns an error or does not return.
-func goRun(t *testing.T, name string, fn func(context.Context) error) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- fn(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("%s: Run returned %v, want nil on cancel", name, err)
-				}
-			case <-time.After(waitFor):
-				t.Errorf("%s: Run did not return after cancel", name)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
-}
-
 // waitUntil polls cond until it holds, failing the test at the deadline.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -262,22 +137,26 @@ func settle(t *testing.T, clk *clocktesting.FakeClock, n int) {
 
 func serial(s *x509svid.SVID) string { return s.Certificates[0].SerialNumber.Text(16) }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func bufferLogger(b *syncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+
+// The shared CA fixture.
+const waitFor = catest.WaitFor
+
+type (
+	controlPlane = catest.ControlPlane
+	syncBuffer   = catest.SyncBuffer
+)
+
+func TestMain(m *testing.M) { catest.MainWithLeakCheck(m) }
+
+func goRun(t *testing.T, name string, fn func(context.Context) error) (stop func()) {
+	t.Helper()
+	return catest.GoRun(t, name, fn)
+}
+
+// startControlPlane starts a CA on clk (nil: the real clock) issuing SVIDs for
+// svidTTL (0: the default hour).
+func startControlPlane(t *testing.T, clk clock.WithTicker, svidTTL time.Duration) *controlPlane {
+	t.Helper()
+	return catest.Start(t, catest.Options{Clock: clk, SVIDTTL: svidTTL})
+}
