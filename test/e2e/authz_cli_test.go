@@ -107,6 +107,24 @@ func TestAuthzCLI(t *testing.T) {
 	if _, err := procs.RunErr(t, "rampartctl", "audit", "verify", logPath); err == nil || !strings.Contains(err.Error(), "modified") {
 		t.Fatalf("audit verify after tampering: err = %v, want a 'modified' break", err)
 	}
+	// analyze: the unknown key is an error with its code and path; an unreachable
+	// JWKS is a warning when asked to check.
+	write("ra.yaml", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules: [{issuer: https://issuer.invalid, jwksUri: \"http://127.0.0.1:1/jwks\"}]\n")
+	out, err := procs.RunErr(t, "rampartctl", "analyze", "-f", pol, "-f", filepath.Join(dir, "ra.yaml"), "--check-jwks", "-o", "json")
+	if err == nil {
+		t.Fatal("analyze exited 0 with an error-level finding")
+	}
+	var findings []struct{ Code, Severity, Path, File string }
+	if err := json.Unmarshal([]byte(out), &findings); err != nil {
+		t.Fatalf("analyze -o json: %v\n%s", err, out)
+	}
+	codes := map[string]string{}
+	for _, f := range findings {
+		codes[f.Code] = f.Severity + " " + f.Path
+	}
+	if codes["AP-UNKNOWN-KEY"] != "error spec.rules[0].when[0].key" || codes["RA-JWKS-UNREACHABLE"] != "warning spec.jwtRules[0]" {
+		t.Fatalf("analyze findings %v", codes)
+	}
 	// The conformance corpus runs through authz test.
 	cases, _ := filepath.Glob("../conformance/authz/cases/actions.yaml")
 	if len(cases) == 1 {
