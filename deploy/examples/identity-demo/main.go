@@ -75,7 +75,14 @@ func run() error {
 	}
 	defer os.RemoveAll(runDir)
 
-	cpPort, appPort := freePort(), freePort()
+	cpPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	appPort, err := freePort()
+	if err != nil {
+		return err
+	}
 	cp := fmt.Sprintf("127.0.0.1:%d", cpPort)
 	d.start("rampartd", "rampartd", "--state-dir", d.stateDir, "--listen", cp, "--monitoring-listen", "127.0.0.1:0",
 		"--svid-ttl", svidTTL.String(), "--jwt-svid-ttl", "10s", "--bundle-refresh-hint", "3s",
@@ -227,13 +234,13 @@ func (d *demo) stopAll() {
 	}
 }
 
-func freePort() int {
+func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		panic(err)
+		return 0, fmt.Errorf("find a free loopback port: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func waitFor(ctx context.Context, limit time.Duration, ok func() bool) error {
