@@ -74,8 +74,14 @@ type Config struct {
 	OnDecide DecisionHook
 	// SniffTimeout bounds how long a client may take to send its first bytes.
 	SniffTimeout time.Duration
-	Log          *slog.Logger
-	Metrics      prometheus.Registerer
+	// HeaderTimeout bounds how long a client may take to send a request's
+	// headers (slow clients are cut off). Default 10 s.
+	HeaderTimeout time.Duration
+	// MaxConnections bounds concurrent inbound connections; more are closed at
+	// once. Default 10,000.
+	MaxConnections int
+	Log            *slog.Logger
+	Metrics        prometheus.Registerer
 }
 
 // Server is the inbound path.
@@ -87,6 +93,8 @@ type Server struct {
 	requests  *prometheus.CounterVec
 	resets    prometheus.Counter
 	plaintext *prometheus.CounterVec
+	refused   prometheus.Counter
+	slots     chan struct{} // one per open connection
 
 	mu       sync.Mutex
 	plainIPs map[string]bool // bounds the plaintext metric's cardinality
@@ -113,13 +121,19 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SniffTimeout == 0 {
 		cfg.SniffTimeout = 10 * time.Second
 	}
+	if cfg.HeaderTimeout == 0 {
+		cfg.HeaderTimeout = 10 * time.Second
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = 10000
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = prometheus.NewRegistry()
 	}
-	s := &Server{cfg: cfg, log: cfg.Log.With("component", "inbound")}
+	s := &Server{cfg: cfg, log: cfg.Log.With("component", "inbound"), slots: make(chan struct{}, cfg.MaxConnections)}
 	if cfg.SVID != nil && cfg.Bundle != nil {
 		s.tlsCfg = peer.ServerConfig(cfg.SVID, cfg.Bundle, cfg.TrustDomain, "http/1.1")
 	}
@@ -147,7 +161,11 @@ func New(cfg Config) (*Server, error) {
 		Help: "Requests that reached the workload without mTLS, by client IP ('other' past 1000 clients): who still needs mTLS before STRICT.",
 	}, []string{"source_ip"})
 	s.plainIPs = map[string]bool{}
-	for _, c := range []prometheus.Collector{s.requests, s.resets, s.plaintext} {
+	s.refused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rampart_inbound_connections_refused_total",
+		Help: "Connections closed on accept because MaxConnections were open.",
+	})
+	for _, c := range []prometheus.Collector{s.requests, s.resets, s.plaintext, s.refused} {
 		if err := cfg.Metrics.Register(c); err != nil {
 			return nil, err
 		}
@@ -160,7 +178,8 @@ func (s *Server) Run(ctx context.Context) error {
 	conns := &chanListener{addr: s.cfg.Listener.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
 	hs := &http.Server{
 		Handler:           http.HandlerFunc(s.serveHTTP),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.cfg.HeaderTimeout,
+		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c)
@@ -208,6 +227,14 @@ func (s *Server) accept(ctx context.Context, out *chanListener) error {
 				mode = m
 			}
 		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			s.refused.Inc()
+			c.Close()
+			continue
+		}
+		c = &slotConn{Conn: c, release: func() { <-s.slots }}
 		go func() {
 			sc, kind, err := listener.Sniff(c, s.cfg.SniffTimeout)
 			if err != nil {
@@ -243,7 +270,11 @@ func (s *Server) accept(ctx context.Context, out *chanListener) error {
 
 // reset closes c with a TCP RST rather than a FIN, as Envoy does for STRICT.
 func reset(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
+	inner := c
+	if sc, ok := c.(*slotConn); ok {
+		inner = sc.Conn
+	}
+	if tc, ok := inner.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
 	c.Close()
@@ -436,3 +467,16 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// slotConn gives back its connection slot once, when closed.
+type slotConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *slotConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}

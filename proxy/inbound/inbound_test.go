@@ -98,9 +98,23 @@ type env struct {
 	other  *tls.Config // a mesh client the ALLOW policy does not name: baz/x
 	reg    *prometheus.Registry
 	seen   chan http.Header
+	paths  chan string // the raw path of every request the app received
 }
 
-func start(t *testing.T, mode string) *env {
+// drainPaths returns the paths the app received since the last call.
+func (e *env) drainPaths() []string {
+	var out []string
+	for {
+		select {
+		case p := <-e.paths:
+			out = append(out, p)
+		default:
+			return out
+		}
+	}
+}
+
+func start(t *testing.T, mode string, tweak ...func(*Config)) *env {
 	t.Helper()
 	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
 	if err != nil {
@@ -139,9 +153,14 @@ func start(t *testing.T, mode string) *env {
 	}
 
 	seen := make(chan http.Header, 16)
+	paths := make(chan string, 64)
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case seen <- r.Header.Clone():
+		default:
+		}
+		select {
+		case paths <- r.URL.EscapedPath():
 		default:
 		}
 		fmt.Fprint(w, "app says hi")
@@ -153,11 +172,15 @@ func start(t *testing.T, mode string) *env {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := New(Config{
+	cfg := Config{
 		Listener: lis, App: strings.TrimPrefix(app.URL, "http://"), Mode: mode,
 		SVID: staticSVID{issue(t, a, "foo", "httpbin")}, Bundle: a.Bundle(), TrustDomain: td,
 		Engine: eng, Workload: authz.Workload{Namespace: "foo", Name: "httpbin", Labels: wl.Labels}, Metrics: reg,
-	})
+	}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +192,7 @@ func start(t *testing.T, mode string) *env {
 		addr:   lis.Addr().String(),
 		client: peer.ClientConfig(staticSVID{issue(t, a, "bar", "sleep")}, a.Bundle(), td, "http/1.1"),
 		other:  peer.ClientConfig(staticSVID{issue(t, a, "baz", "x")}, a.Bundle(), td, "http/1.1"),
-		reg:    reg, seen: seen,
+		reg:    reg, seen: seen, paths: paths,
 	}
 }
 
