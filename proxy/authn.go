@@ -39,10 +39,22 @@ func (j *jwtAuthn) load(ctx context.Context, dir string) error {
 	} else if err != nil {
 		return err
 	}
-	var rules []jwt.Rule
-	if err := json.Unmarshal(data, &rules); err != nil {
+	if err := j.loadJSON(ctx, data); err != nil {
 		return fmt.Errorf("%s/authn.json: %w", dir, err)
 	}
+	return nil
+}
+
+// loadJSON installs the rules in data (a JSON list of jwt.Rule).
+func (j *jwtAuthn) loadJSON(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		data = []byte("[]")
+	}
+	var rules []jwt.Rule
+	if err := json.Unmarshal(data, &rules); err != nil {
+		return err
+	}
+	var err error
 	var a *jwt.Authenticator
 	var runCtx context.Context
 	var cancel context.CancelFunc

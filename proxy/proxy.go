@@ -20,13 +20,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/authz/decisionlog"
 	"github.com/rampart-mesh/rampart/ca/agent"
 	"github.com/rampart-mesh/rampart/ca/workloadapi"
 	"github.com/rampart-mesh/rampart/proxy/inbound"
+	"github.com/rampart-mesh/rampart/proxy/xds"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // Config configures a sidecar.
@@ -48,8 +51,9 @@ type InboundConfig struct {
 	// Mode forces the mTLS mode (DISABLE, PERMISSIVE, STRICT); empty follows the
 	// bundle's peer.json (PeerAuthentication) for the app's port.
 	Mode string
-	// BundleDir holds the compiled authorization bundle (rampartctl authz compile
-	// --out); it is re-read when its .revision changes.
+	// BundleDir, if set, holds the compiled bundle (rampartctl authz compile
+	// --out), re-read when its .revision changes; otherwise the bundle comes from
+	// rampartd over xDS.
 	BundleDir string
 	Workload  authz.Workload
 	// DecisionLog, if set, is the decision log file (denials and dry-run hits).
@@ -89,8 +93,8 @@ func New(cfg Config) (*Proxy, error) {
 		}
 	}
 	if in := cfg.Inbound; in != nil {
-		if in.Listen == "" || in.App == "" || in.BundleDir == "" {
-			return nil, errors.New("inbound: listen address, app address and bundle directory are required")
+		if in.Listen == "" || in.App == "" {
+			return nil, errors.New("inbound: listen address and app address are required")
 		}
 		p.engine = authz.New(authz.Config{Log: cfg.Log})
 		if in.DecisionLog != "" {
@@ -103,29 +107,49 @@ func New(cfg Config) (*Proxy, error) {
 	return p, nil
 }
 
-// runInbound loads the bundle, then serves the inbound path and reloads the
-// bundle when its revision changes.
+// runInbound serves the inbound path. Its policy comes from rampartd over xDS
+// (ECDS), or from a bundle directory when one is configured; either way a new
+// bundle is swapped in atomically and a bad one is refused (NACKed) with the
+// last good one kept. Until the first bundle arrives every request is denied.
 func (p *Proxy) runInbound(ctx context.Context) error {
 	in := p.cfg.Inbound
-	b, err := authz.LoadBundleDir(in.BundleDir)
-	if err != nil {
-		return err
-	}
-	if err := p.engine.Load(ctx, b); err != nil {
-		return fmt.Errorf("authz bundle %s: %w", in.BundleDir, err)
-	}
 	authn := &jwtAuthn{log: p.log}
-	if err := authn.load(ctx, in.BundleDir); err != nil {
-		return err
-	}
 	if err := p.cfg.Registry.Register(authn); err != nil {
 		return err
 	}
 	defer authn.stop()
+	peerMode := &peerModes{}
+	peerMode.mode.Store(inbound.ModePermissive)
+
+	var source func(context.Context) error
+	if in.BundleDir != "" {
+		b, err := authz.LoadBundleDir(in.BundleDir)
+		if err != nil {
+			return err
+		}
+		if err := p.engine.Load(ctx, b); err != nil {
+			return fmt.Errorf("authz bundle %s: %w", in.BundleDir, err)
+		}
+		if err := authn.load(ctx, in.BundleDir); err != nil {
+			return err
+		}
+		if err := peerMode.load(in.BundleDir, in.App); err != nil {
+			return err
+		}
+		source = func(ctx context.Context) error { return p.pollBundleDir(ctx, b.Revision, authn, peerMode) }
+	}
+
 	select {
 	case <-p.agent.Ready():
 	case <-ctx.Done():
 		return nil
+	}
+	if source == nil {
+		client, err := p.xdsClient(authn, peerMode)
+		if err != nil {
+			return err
+		}
+		source = client.Run
 	}
 	lis, err := net.Listen("tcp", in.Listen)
 	if err != nil {
@@ -139,11 +163,6 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 			}
 		}
 	}
-	peerMode := &peerModes{}
-	if err := peerMode.load(in.BundleDir, in.App); err != nil {
-		lis.Close()
-		return err
-	}
 	var modeFunc func() string
 	if in.Mode == "" {
 		modeFunc = peerMode.get
@@ -156,42 +175,82 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 		lis.Close()
 		return err
 	}
-	mode := in.Mode
-	if mode == "" {
-		mode = peerMode.get() + " (PeerAuthentication)"
+	from := "xDS"
+	if in.BundleDir != "" {
+		from = in.BundleDir
 	}
-	p.log.Info("inbound serving", "listen", lis.Addr().String(), "app", in.App, "mtls_mode", mode, "bundle_revision", b.Revision)
+	p.log.Info("inbound serving", "listen", lis.Addr().String(), "app", in.App, "policy_from", from, "forced_mtls_mode", in.Mode)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(ctx) })
-	g.Go(func() error {
-		rev := b.Revision
-		t := time.NewTicker(2 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-t.C:
-			}
-			nb, err := authz.LoadBundleDir(in.BundleDir)
-			if err != nil || nb.Revision == rev {
-				continue
-			}
-			if err := p.engine.Load(ctx, nb); err != nil {
-				p.log.Error("new authz bundle refused; keeping the last good one", "revision", nb.Revision, "err", err)
-				rev = nb.Revision
-				continue
-			}
-			if err := peerMode.load(in.BundleDir, in.App); err != nil {
-				p.log.Error("new PeerAuthentication mode refused; keeping the last good one", "revision", nb.Revision, "err", err)
-			}
-			if err := authn.load(ctx, in.BundleDir); err != nil {
-				p.log.Error("new RequestAuthentication rules refused; keeping the last good ones", "revision", nb.Revision, "err", err)
-			}
-			rev = nb.Revision
-		}
-	})
+	g.Go(func() error { return source(ctx) })
 	return g.Wait()
+}
+
+// apply installs a bundle: the Rego first (refused if it does not compile), then
+// the PeerAuthentication modes and RequestAuthentication rules.
+func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn, peerMode *peerModes) error {
+	if err := p.engine.Load(ctx, wb.Bundle()); err != nil {
+		return err
+	}
+	if err := peerMode.loadJSON(wb.Peer, p.cfg.Inbound.App); err != nil {
+		return fmt.Errorf("peer modes: %w", err)
+	}
+	if err := authn.loadJSON(ctx, wb.JWTRules); err != nil {
+		return fmt.Errorf("request authentication rules: %w", err)
+	}
+	return nil
+}
+
+func (p *Proxy) xdsClient(authn *jwtAuthn, peerMode *peerModes) (*xds.Client, error) {
+	svid, err := p.agent.GetX509SVID()
+	if err != nil {
+		return nil, err
+	}
+	labels := map[string]any{}
+	for k, v := range p.cfg.Inbound.Workload.Labels {
+		labels[k] = v
+	}
+	md, err := structpb.NewStruct(map[string]any{"NAME": p.cfg.Inbound.Workload.Name, "LABELS": labels})
+	if err != nil {
+		return nil, err
+	}
+	return xds.New(xds.Config{
+		Dial: p.agent.DialControlPlane,
+		Node: &corev3.Node{Id: svid.ID.String(), Metadata: md},
+		Apply: func(ctx context.Context, wb authz.WireBundle) error {
+			return p.apply(ctx, wb, authn, peerMode)
+		},
+		Log: p.cfg.Log,
+	})
+}
+
+// pollBundleDir reloads the bundle directory when its revision changes.
+func (p *Proxy) pollBundleDir(ctx context.Context, rev string, authn *jwtAuthn, peerMode *peerModes) error {
+	in := p.cfg.Inbound
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		nb, err := authz.LoadBundleDir(in.BundleDir)
+		if err != nil || nb.Revision == rev {
+			continue
+		}
+		rev = nb.Revision
+		if err := p.engine.Load(ctx, nb); err != nil {
+			p.log.Error("new authz bundle refused; keeping the last good one", "revision", nb.Revision, "err", err)
+			continue
+		}
+		if err := peerMode.load(in.BundleDir, in.App); err != nil {
+			p.log.Error("new PeerAuthentication mode refused; keeping the last good one", "revision", nb.Revision, "err", err)
+		}
+		if err := authn.load(ctx, in.BundleDir); err != nil {
+			p.log.Error("new RequestAuthentication rules refused; keeping the last good ones", "revision", nb.Revision, "err", err)
+		}
+	}
 }
 
 // Agent returns the identity agent.
@@ -252,12 +311,24 @@ func (p *peerModes) load(dir, app string) error {
 	if err != nil {
 		return err
 	}
+	if err := p.loadJSON(data, app); err != nil {
+		return fmt.Errorf("%s/peer.json: %w", dir, err)
+	}
+	return nil
+}
+
+// loadJSON installs the modes in data (compile.PeerPolicy as JSON) for app's port.
+func (p *peerModes) loadJSON(data []byte, app string) error {
+	if len(data) == 0 {
+		p.mode.Store(inbound.ModePermissive)
+		return nil
+	}
 	var pol struct {
 		Mode  string            `json:"mode"`
 		Ports map[string]string `json:"ports"`
 	}
 	if err := json.Unmarshal(data, &pol); err != nil {
-		return fmt.Errorf("%s/peer.json: %w", dir, err)
+		return err
 	}
 	mode := pol.Mode
 	if _, port, err := net.SplitHostPort(app); err == nil {
@@ -268,7 +339,7 @@ func (p *peerModes) load(dir, app string) error {
 	switch mode {
 	case inbound.ModeDisable, inbound.ModePermissive, inbound.ModeStrict:
 	default:
-		return fmt.Errorf("%s/peer.json: unknown mode %q", dir, mode)
+		return fmt.Errorf("unknown mode %q", mode)
 	}
 	p.mode.Store(mode)
 	return nil

@@ -590,8 +590,13 @@ func (a *Agent) dial(useSVID bool) (*grpc.ClientConn, error) {
 		},
 	}
 	if useSVID {
-		svid := a.cur.Load().svid
+		// The current SVID at each handshake, so a long-lived connection's
+		// reconnects present the rotated one.
 		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			svid := a.cur.Load().svid
+			if svid == nil {
+				return &tls.Certificate{}, nil
+			}
 			c := &tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
 			for _, x := range svid.Certificates {
 				c.Certificate = append(c.Certificate, x.Raw)
@@ -604,6 +609,15 @@ func (a *Agent) dial(useSVID bool) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("dial %s: %w", a.cfg.ControlPlane, err)
 	}
 	return conn, nil
+}
+
+// DialControlPlane opens a connection to rampartd authenticated with the agent's
+// current SVID (for xDS). It needs the first SVID.
+func (a *Agent) DialControlPlane() (*grpc.ClientConn, error) {
+	if !a.svidUsable() {
+		return nil, ErrNoSVID
+	}
+	return a.dial(true)
 }
 
 // trustForControlPlane is the configured roots plus the fetched bundle.

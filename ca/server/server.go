@@ -48,6 +48,9 @@ type Config struct {
 	// DNSNames and IPs go into the serving certificate besides the SPIFFE ID.
 	DNSNames []string
 	IPs      []net.IP
+	// Register, if set, adds more services to the same gRPC server and TLS port
+	// (rampartd's xDS).
+	Register func(ctx context.Context, gs *grpc.Server)
 	// MaxRequestBytes bounds a request message. Default 64 KiB.
 	MaxRequestBytes int
 	// Clock decides certificate validity for client SVIDs. Default real time.
@@ -133,6 +136,9 @@ func (s *Server) Run(ctx context.Context) error {
 	)
 	istioca.RegisterIstioCertificateServiceServer(gs, s)
 	gs.RegisterService(&identityServiceDesc, s)
+	if s.cfg.Register != nil {
+		s.cfg.Register(ctx, gs)
+	}
 	s.addr <- lis.Addr()
 	s.log.Info("CA serving", "addr", lis.Addr().String(), "trust_domain", s.cfg.Authority.TrustDomain().Name())
 

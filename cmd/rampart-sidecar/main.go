@@ -111,7 +111,7 @@ Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 	f.StringVar(&c.InboundListen, "inbound-listen", "", "serve the inbound path (mTLS, authorization) on this address, e.g. 127.0.0.1:15006; empty disables it")
 	f.StringVar(&c.App, "app", "", "with --inbound-listen: the app's address, where allowed requests go")
 	f.StringVar(&c.MTLSMode, "mtls-mode", c.MTLSMode, "with --inbound-listen: force the port's mTLS mode (DISABLE, PERMISSIVE or STRICT); by default the bundle's PeerAuthentication decides")
-	f.StringVar(&c.AuthzBundle, "authz-bundle", "", "with --inbound-listen: directory with the compiled authorization bundle ('rampartctl authz compile --out DIR'); reloaded when it changes")
+	f.StringVar(&c.AuthzBundle, "authz-bundle", "", "with --inbound-listen: take the compiled policy from this directory ('rampartctl authz compile --out DIR', reloaded when it changes) instead of from rampartd over xDS")
 	f.StringVar(&c.Workload, "workload", "", "with --inbound-listen: this workload, NAMESPACE/NAME (default: from the SVID)")
 	f.StringVar(&c.Labels, "labels", "", "with --inbound-listen: the workload's labels, k=v,k2=v2")
 	f.StringVar(&c.DecisionLog, "decision-log", "", "with --inbound-listen: append denials and dry-run hits to this tamper-evident decision log")
@@ -174,8 +174,8 @@ func run(ctx context.Context, c config) error {
 	if c.InboundListen != "" {
 		in = &proxy.InboundConfig{Listen: c.InboundListen, App: c.App, Mode: strings.ToUpper(c.MTLSMode), BundleDir: c.AuthzBundle,
 			DecisionLog: c.DecisionLog, LogAllows: c.LogAllows}
-		if c.App == "" || c.AuthzBundle == "" {
-			return errors.New("--inbound-listen needs --app and --authz-bundle")
+		if c.App == "" {
+			return errors.New("--inbound-listen needs --app")
 		}
 		ns, name, _ := strings.Cut(c.Workload, "/")
 		if c.Workload != "" && (ns == "" || name == "") {

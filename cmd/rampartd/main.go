@@ -15,6 +15,7 @@ import (
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/cmd/internal/cli"
 	"github.com/rampart-mesh/rampart/cmd/internal/version"
+	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/controlplane"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -38,6 +39,8 @@ type config struct {
 	CACert               string       `json:"caCert"`
 	CAKey                string       `json:"caKey"`
 	CAChain              string       `json:"caChain"`
+	ConfigDir            []string     `json:"configDir"`
+	MeshConfig           string       `json:"meshConfig"`
 	LogLevel             string       `json:"logLevel"`
 	LogFormat            string       `json:"logFormat"`
 }
@@ -113,6 +116,8 @@ Files in the state directory:
 	f.StringVar(&c.CACert, "ca-cert", "", "bring your own CA: PEM signing certificate (root or intermediate, optionally followed by its chain)")
 	f.StringVar(&c.CAKey, "ca-key", "", "bring your own CA: PEM private key of --ca-cert")
 	f.StringVar(&c.CAChain, "ca-chain", "", "bring your own CA: PEM chain from --ca-cert's issuer up to the root")
+	f.StringArrayVar(&c.ConfigDir, "config-dir", nil, "configuration file or directory (Istio and Rampart YAML), watched; each sidecar gets its compiled policy over xDS (repeatable)")
+	f.StringVar(&c.MeshConfig, "mesh-config", "", "Istio MeshConfig YAML (rootNamespace, trustDomain, pathNormalization, extensionProviders)")
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	f.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	return cmd
@@ -145,8 +150,23 @@ func run(ctx context.Context, c config) error {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return fmt.Errorf("--state-dir: %w", err)
 	}
+	mesh, err := compile.Mesh{TrustDomain: td.Name(), RootNamespace: c.RootNamespace}.WithDefaults()
+	if err != nil {
+		return err
+	}
+	if c.MeshConfig != "" {
+		data, err := os.ReadFile(c.MeshConfig)
+		if err != nil {
+			return fmt.Errorf("--mesh-config: %w", err)
+		}
+		if mesh, err = compile.ParseMesh(data); err != nil {
+			return fmt.Errorf("--mesh-config %s: %w", c.MeshConfig, err)
+		}
+	}
 	reg := cli.NewRegistry()
 	srv, err := controlplane.New(controlplane.Config{
+		ConfigPaths: c.ConfigDir,
+		Mesh:        mesh,
 		CA: ca.Config{
 			StateDir:         stateDir,
 			TrustDomain:      td,

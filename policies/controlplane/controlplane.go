@@ -21,7 +21,12 @@ import (
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/jointoken"
 	"github.com/rampart-mesh/rampart/ca/server"
+	"github.com/rampart-mesh/rampart/policies/compile"
+	"github.com/rampart-mesh/rampart/policies/xds"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 )
 
 // Config configures rampartd.
@@ -30,6 +35,11 @@ type Config struct {
 	CA ca.Config
 	// Listen is the identity (and later xDS) endpoint, host:port.
 	Listen string
+	// ConfigPaths are configuration files and directories (Istio and Rampart
+	// YAML); with them rampartd serves each proxy its compiled policy over xDS.
+	ConfigPaths []string
+	// Mesh is the mesh config.
+	Mesh compile.Mesh
 	// Registry receives every metric; the caller serves it.
 	Registry *prometheus.Registry
 	Log      *slog.Logger
@@ -41,6 +51,7 @@ type Server struct {
 	log       *slog.Logger
 	authority *ca.Authority
 	caServer  *server.Server
+	xds       *xds.Server
 }
 
 // Info is written to <state-dir>/rampartd.json while rampartd runs, so tools find it.
@@ -83,7 +94,16 @@ func New(cfg Config) (*Server, error) {
 	} else if ip == nil && host != "" && host != "localhost" {
 		dns = append(dns, host)
 	}
+	var xdsServer *xds.Server
+	var register func(context.Context, *grpc.Server)
+	if len(cfg.ConfigPaths) > 0 {
+		if xdsServer, err = xds.New(xds.Config{Paths: cfg.ConfigPaths, Mesh: cfg.Mesh, Trust: bundleSource{authority}, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
+			return nil, err
+		}
+		register = xdsServer.Register
+	}
 	caServer, err := server.New(server.Config{
+		Register:      register,
 		Authority:     authority,
 		Authenticator: jointoken.New(cfg.CA.StateDir, cfg.CA.Clock),
 		Listen:        cfg.Listen,
@@ -95,7 +115,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: cfg.Log.With("component", "rampartd"), authority: authority, caServer: caServer}, nil
+	return &Server{cfg: cfg, log: cfg.Log.With("component", "rampartd"), authority: authority, caServer: caServer, xds: xdsServer}, nil
 }
 
 // Authority returns the CA (for tests and benchmarks).
@@ -123,6 +143,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.authority.Run(ctx) })
 	g.Go(func() error { return s.caServer.Run(ctx) })
+	if s.xds != nil {
+		g.Go(func() error { return s.xds.Run(ctx) })
+	}
 	admin := &http.Server{Handler: server.AdminHandler(s.authority), ReadHeaderTimeout: 5 * time.Second}
 	g.Go(func() error { return serveHTTP(ctx, admin, adminLis) })
 	info := Info{PID: os.Getpid(), AdminSocket: sock, TrustDomain: s.authority.TrustDomain().Name(), StartedAt: time.Now().UTC().Format(time.RFC3339)}
@@ -159,4 +182,11 @@ func serveHTTP(ctx context.Context, srv *http.Server, lis net.Listener) error {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return nil
+}
+
+// bundleSource gives the xDS server the CA's current trust bundle.
+type bundleSource struct{ a *ca.Authority }
+
+func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	return b.a.Bundle().GetX509BundleForTrustDomain(td)
 }

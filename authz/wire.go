@@ -1,0 +1,90 @@
+package authz
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	xdstype "github.com/cncf/xds/go/xds/type/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// The wire contract for a workload's compiled policy: an xDS ECDS resource (a
+// TypedExtensionConfig) named ExtensionName whose typed_config is an
+// xds.type.v3.TypedStruct with type URL BundleTypeURL.
+const (
+	ExtensionName = "rampart.authz"
+	BundleTypeURL = "type.rampart.dev/rampart.authz.v1.Bundle"
+)
+
+// WireBundle is what the control plane compiles for one workload: the Rego
+// modules (policy and library), the RequestAuthentication rules and the
+// PeerAuthentication modes.
+type WireBundle struct {
+	Revision string            `json:"revision"`
+	Modules  map[string]string `json:"modules"`
+	JWTRules json.RawMessage   `json:"jwtRules"`
+	Peer     json.RawMessage   `json:"peer"`
+}
+
+// Extension encodes b as the ECDS resource.
+func (b WireBundle) Extension() (*corev3.TypedExtensionConfig, error) {
+	js, err := json.Marshal(b)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(js, &m); err != nil {
+		return nil, err
+	}
+	st, err := structpb.NewStruct(m)
+	if err != nil {
+		return nil, err
+	}
+	any, err := anypb.New(&xdstype.TypedStruct{TypeUrl: BundleTypeURL, Value: st})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TypedExtensionConfig{Name: ExtensionName, TypedConfig: any}, nil
+}
+
+// WireBundleFrom decodes an ECDS resource. Anything that is not exactly the
+// expected shape is an error, and nothing of it is used.
+func WireBundleFrom(res *anypb.Any) (WireBundle, error) {
+	var b WireBundle
+	var ext corev3.TypedExtensionConfig
+	if err := res.UnmarshalTo(&ext); err != nil {
+		return b, fmt.Errorf("resource is not a TypedExtensionConfig: %w", err)
+	}
+	if ext.GetName() != ExtensionName {
+		return b, fmt.Errorf("extension %q, want %q", ext.GetName(), ExtensionName)
+	}
+	var ts xdstype.TypedStruct
+	if ext.GetTypedConfig() == nil {
+		return b, errors.New("extension has no typed_config")
+	}
+	if err := ext.GetTypedConfig().UnmarshalTo(&ts); err != nil {
+		return b, fmt.Errorf("typed_config is not a TypedStruct: %w", err)
+	}
+	if ts.GetTypeUrl() != BundleTypeURL {
+		return b, fmt.Errorf("typed_config type %q, want %q", ts.GetTypeUrl(), BundleTypeURL)
+	}
+	js, err := ts.GetValue().MarshalJSON()
+	if err != nil {
+		return b, err
+	}
+	if err := json.Unmarshal(js, &b); err != nil {
+		return b, fmt.Errorf("bundle: %w", err)
+	}
+	if b.Revision == "" || len(b.Modules) == 0 {
+		return b, errors.New("bundle without revision or modules")
+	}
+	return b, nil
+}
+
+// Bundle is the engine bundle of a wire bundle.
+func (b WireBundle) Bundle() Bundle {
+	return Bundle{Revision: b.Revision, Modules: b.Modules}
+}

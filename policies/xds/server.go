@@ -1,0 +1,372 @@
+// Package xds is rampartd's xDS server: go-control-plane's SnapshotCache and ADS
+// server, with one snapshot per proxy holding what the proxy's workload needs.
+// Today that is the compiled policy bundle, as an ECDS resource (authz.WireBundle);
+// listeners, routes, clusters and endpoints join it with the routing work.
+//
+// A proxy is identified by its X.509-SVID: the node id it sends must be its
+// certificate's SPIFFE ID, so it can only fetch config for its own identity.
+//
+// It is control plane: it must not import proxy/..., ca/agent or ca/workloadapi.
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rampart-mesh/rampart/authn/jwt"
+	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/policies/compile"
+	"github.com/rampart-mesh/rampart/policies/offline"
+	"github.com/rampart-mesh/rampart/policies/source"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Paths are the configuration files and directories (multi-document YAML).
+	Paths []string
+	// Mesh is the mesh config.
+	Mesh compile.Mesh
+	// Trust verifies proxies' client certificates (the CA's bundle).
+	Trust x509bundle.Source
+	// PollInterval is how often the paths are checked for changes. Default 500 ms.
+	PollInterval time.Duration
+	Log          *slog.Logger
+	Metrics      prometheus.Registerer
+}
+
+// Server serves per-proxy snapshots over ADS.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	cache cachev3.SnapshotCache
+	ads   serverv3.Server
+
+	mu      sync.Mutex
+	objs    []source.Object // last good configuration
+	stamp   string          // what the files looked like when objs was read
+	nodes   map[string]*node
+	streams map[int64]string // stream id → the SPIFFE ID of its client certificate
+	version int
+
+	pushes   prometheus.Counter
+	rejects  *prometheus.CounterVec
+	proxies  prometheus.Gauge
+	nacks    prometheus.Counter
+	compiled prometheus.Histogram
+}
+
+type node struct {
+	id       spiffeid.ID
+	workload compile.Workload
+}
+
+// New validates cfg. It does no I/O.
+func New(cfg Config) (*Server, error) {
+	if len(cfg.Paths) == 0 {
+		return nil, errors.New("xds: at least one configuration path is required")
+	}
+	if cfg.Trust == nil {
+		return nil, errors.New("xds: Trust is required")
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 500 * time.Millisecond
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, log: cfg.Log.With("component", "xds"), nodes: map[string]*node{}, streams: map[int64]string{}}
+	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	s.pushes = prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_xds_pushes_total", Help: "Snapshots set for proxies."})
+	s.rejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rampart_xds_config_rejected_total", Help: "Configuration changes refused (the last good configuration stays), by reason."}, []string{"reason"})
+	s.proxies = prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_xds_connected_proxies", Help: "Proxies with an open ADS stream."})
+	s.nacks = prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_xds_nacks_total", Help: "Configuration a proxy refused."})
+	s.compiled = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rampart_xds_compile_seconds", Help: "Time to compile one proxy's bundle.", Buckets: prometheus.ExponentialBuckets(1e-4, 2, 16)})
+	for _, c := range []prometheus.Collector{s.pushes, s.rejects, s.proxies, s.nacks, s.compiled} {
+		if err := cfg.Metrics.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Register adds the ADS service to a gRPC server (rampartd's TLS endpoint); the
+// service stops with ctx.
+func (s *Server) Register(ctx context.Context, gs *grpc.Server) {
+	s.ads = serverv3.NewServer(ctx, s.cache, serverv3.CallbackFuncs{
+		StreamOpenFunc:    s.onOpen,
+		StreamClosedFunc:  s.onClosed,
+		StreamRequestFunc: s.onRequest,
+	})
+	discovery.RegisterAggregatedDiscoveryServiceServer(gs, s.ads)
+}
+
+// Run loads the configuration, then reloads it when the files change, until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.reload(true); err != nil {
+		return err
+	}
+	t := time.NewTicker(s.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := s.reload(false); err != nil {
+				s.log.Error("configuration change refused; the last good configuration stays in force", "err", err)
+			}
+		}
+	}
+}
+
+// stamp summarizes the files' names, sizes and modification times.
+func stampOf(paths []string) string {
+	h := sha256.New()
+	for _, p := range paths {
+		_ = filepath.Walk(p, func(path string, fi os.FileInfo, err error) error {
+			if err == nil && !fi.IsDir() {
+				fmt.Fprintf(h, "%s %d %d\n", path, fi.Size(), fi.ModTime().UnixNano())
+			}
+			return nil
+		})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// reload reads the configuration if it changed and, if it is valid, recompiles
+// every known proxy's snapshot. An invalid change is refused whole.
+func (s *Server) reload(first bool) error {
+	stamp := stampOf(s.cfg.Paths)
+	s.mu.Lock()
+	same := stamp == s.stamp
+	s.mu.Unlock()
+	if same && !first {
+		return nil
+	}
+	objs, err := source.ReadPaths(s.cfg.Paths)
+	if err != nil {
+		s.rejects.WithLabelValues("parse").Inc()
+		s.mu.Lock()
+		s.stamp = stamp // do not retry the same broken files every tick
+		s.mu.Unlock()
+		return err
+	}
+	// Refuse a change that would make any policy undecodable (an error finding
+	// on decode), as the API server would.
+	_, fs := compile.DecodeAuthorizationPolicies(objs, "default")
+	for _, f := range fs {
+		if f.Code == compile.CodeSchema {
+			s.rejects.WithLabelValues("invalid").Inc()
+			s.mu.Lock()
+			s.stamp = stamp
+			s.mu.Unlock()
+			return fmt.Errorf("%s", f.String())
+		}
+	}
+	s.mu.Lock()
+	s.objs, s.stamp = objs, stamp
+	s.version++
+	nodes := make([]string, 0, len(s.nodes))
+	for id := range s.nodes {
+		nodes = append(nodes, id)
+	}
+	s.mu.Unlock()
+	s.log.Info("configuration loaded", "objects", len(objs), "proxies", len(nodes))
+	for _, id := range nodes {
+		if err := s.push(id); err != nil {
+			s.log.Error("compile for proxy failed", "proxy", id, "err", err)
+		}
+	}
+	return nil
+}
+
+// push compiles and sets the snapshot of one proxy.
+func (s *Server) push(nodeID string) error {
+	s.mu.Lock()
+	n := s.nodes[nodeID]
+	objs := s.objs
+	s.mu.Unlock()
+	if n == nil {
+		return nil
+	}
+	start := time.Now()
+	wb, err := Compile(objs, s.cfg.Mesh, n.workload)
+	if err != nil {
+		return err
+	}
+	s.compiled.Observe(time.Since(start).Seconds())
+	// Never push what a proxy would have to refuse.
+	if err := authz.CheckStrict(wb.Modules); err != nil {
+		return fmt.Errorf("compiled bundle for %s does not compile: %w", nodeID, err)
+	}
+	ext, err := wb.Extension()
+	if err != nil {
+		return err
+	}
+	snap, err := cachev3.NewSnapshot(wb.Revision, map[resource.Type][]types.Resource{resource.ExtensionConfigType: {ext}})
+	if err != nil {
+		return err
+	}
+	if err := snap.Consistent(); err != nil {
+		return err
+	}
+	if err := s.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
+		return err
+	}
+	s.pushes.Inc()
+	return nil
+}
+
+// Compile builds one workload's wire bundle: its Rego (policy and library),
+// RequestAuthentication rules and PeerAuthentication modes.
+func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (authz.WireBundle, error) {
+	out, _ := offline.Compile(objs, mesh, wl)
+	mods := offline.Bundle(out, mesh, nil).Modules
+	rules, _ := offline.RequestAuthRules(objs, mesh, wl)
+	if rules == nil {
+		rules = []jwt.Rule{}
+	}
+	pas, _ := compile.DecodePeerAuthentications(objs, wl.Namespace)
+	pp, _ := compile.ResolvePeerPolicy(mesh, wl, pas)
+	rj, err := json.Marshal(rules)
+	if err != nil {
+		return authz.WireBundle{}, err
+	}
+	pj, err := json.Marshal(pp)
+	if err != nil {
+		return authz.WireBundle{}, err
+	}
+	h := sha256.New()
+	names := make([]string, 0, len(mods))
+	for n := range mods {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(h, "%s\x00%s\x00", n, mods[n])
+	}
+	h.Write(rj)
+	h.Write(pj)
+	return authz.WireBundle{Revision: hex.EncodeToString(h.Sum(nil))[:16], Modules: mods, JWTRules: rj, Peer: pj}, nil
+}
+
+func (s *Server) onOpen(ctx context.Context, streamID int64, _ string) error {
+	id, err := s.peerID(ctx)
+	if err != nil {
+		s.log.Warn("xDS stream refused", "reason", err.Error())
+		return err
+	}
+	s.mu.Lock()
+	s.streams[streamID] = id.String()
+	s.mu.Unlock()
+	s.proxies.Inc()
+	return nil
+}
+
+func (s *Server) onClosed(streamID int64, _ *corev3.Node) {
+	s.mu.Lock()
+	delete(s.streams, streamID)
+	s.mu.Unlock()
+	s.proxies.Dec()
+}
+
+// onRequest checks the node id against the stream's certificate, registers new
+// proxies, and records NACKs.
+func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) error {
+	s.mu.Lock()
+	certID := s.streams[streamID]
+	s.mu.Unlock()
+	nodeID := req.GetNode().GetId()
+	if nodeID != "" && nodeID != certID {
+		s.log.Warn("xDS request refused: node id is not the client certificate's identity", "node", nodeID, "certificate", certID)
+		return fmt.Errorf("node id %q is not your identity %q", nodeID, certID)
+	}
+	if req.GetErrorDetail() != nil {
+		s.nacks.Inc()
+		s.log.Warn("proxy refused configuration (NACK)", "proxy", certID, "version", req.GetVersionInfo(), "error", req.GetErrorDetail().GetMessage())
+	}
+	s.mu.Lock()
+	_, known := s.nodes[certID]
+	s.mu.Unlock()
+	if known || nodeID == "" {
+		return nil
+	}
+	id, err := spiffeid.FromString(certID)
+	if err != nil {
+		return err
+	}
+	wl, err := workloadOf(id, req.GetNode())
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.nodes[certID] = &node{id: id, workload: wl}
+	s.mu.Unlock()
+	s.log.Info("proxy connected", "proxy", certID, "workload", wl.Namespace+"/"+wl.Name)
+	return s.push(certID)
+}
+
+// workloadOf takes the namespace from the certificate (never from the proxy's
+// word) and the workload name and labels from the node metadata.
+func workloadOf(id spiffeid.ID, n *corev3.Node) (compile.Workload, error) {
+	parts := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" {
+		return compile.Workload{}, fmt.Errorf("identity %s is not /ns/<ns>/sa/<sa>", id)
+	}
+	ns, sa := parts[1], parts[3]
+	wl := compile.Workload{Namespace: ns, Name: sa, Labels: map[string]string{}}
+	md := n.GetMetadata().GetFields()
+	if v := md["NAME"].GetStringValue(); v != "" {
+		wl.Name = v
+	}
+	for k, v := range md["LABELS"].GetStructValue().GetFields() {
+		wl.Labels[k] = v.GetStringValue()
+	}
+	return wl, nil
+}
+
+func (s *Server) peerID(ctx context.Context) (spiffeid.ID, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, errors.New("no peer")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return spiffeid.ID{}, errors.New("xDS needs the proxy's X.509-SVID as client certificate")
+	}
+	certs := make([]*x509.Certificate, len(ti.State.PeerCertificates))
+	copy(certs, ti.State.PeerCertificates)
+	id, _, err := x509svid.Verify(certs, s.cfg.Trust)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("client certificate: %w", err)
+	}
+	return id, nil
+}

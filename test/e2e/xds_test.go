@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rampart-mesh/rampart/test/internal/procs"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+)
+
+// rampartd compiles each sidecar's policy from a watched directory and serves it
+// over xDS: an edit takes effect live, a broken edit is refused with the old
+// behaviour kept, and the sidecar keeps enforcing while rampartd is down.
+func TestPolicyOverXDS(t *testing.T) {
+	cfgDir := procs.ShortTempDir(t)
+	policy := filepath.Join(cfgDir, "policies.yaml")
+	write := func(path string) {
+		t.Helper()
+		if err := os.WriteFile(policy, []byte(fmt.Sprintf(inboundPolicies, path)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("/get*")
+	m := startMesh(t, "--config-dir", cfgDir)
+
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "app: %s", r.URL.Path) }))
+	defer app.Close()
+	inboundAddr := procs.FreeAddr(t)
+	side := procs.Start(t, m.dir, "sidecar-httpbin", "rampart-sidecar", "--control-plane", m.cp, "--root-cert", m.root,
+		"--token-file", m.token(t, "foo", "httpbin"), "--inbound-listen", inboundAddr, "--app", strings.TrimPrefix(app.URL, "http://"),
+		"--labels", "app=httpbin")
+	procs.WaitTCP(t, inboundAddr, 20*time.Second)
+
+	sock, _ := m.sidecar(t, "bar", "sleep")
+	src := source(t, sock)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeMemberOf(td)), DisableKeepAlives: true}}
+	status := func(path string) int {
+		resp, err := client.Get("https://" + inboundAddr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+	procs.Eventually(t, 10*time.Second, "the xDS bundle allows /get", func() bool { return status("/get") == 200 })
+	if got := status("/admin"); got != 403 {
+		t.Fatalf("/admin: %d, want 403", got)
+	}
+	m.rampartd.WaitLog(t, "proxy connected", 5*time.Second)
+
+	// A live edit: only /status is allowed now.
+	edited := time.Now()
+	write("/status*")
+	procs.Eventually(t, 10*time.Second, "the edit denies /get", func() bool { return status("/get") == 403 })
+	t.Logf("edit → enforced in %s", time.Since(edited).Round(10*time.Millisecond))
+	if got := status("/status/200"); got != 200 {
+		t.Fatalf("/status/200 after the edit: %d", got)
+	}
+
+	// A broken edit is refused; the last good policy stays.
+	if err := os.WriteFile(policy, []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: foo}\nspec: {rules: [{to: [{operation: {pathz: [\"/\"]}}]}]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.rampartd.WaitLog(t, "configuration change refused", 10*time.Second)
+	if got := status("/status/200"); got != 200 {
+		t.Fatalf("after a refused edit: %d, want the old policy (200)", got)
+	}
+
+	// rampartd goes away: the sidecar keeps its last good policy.
+	m.rampartd.Stop(t)
+	time.Sleep(time.Second)
+	if got, got2 := status("/status/200"), status("/get"); got != 200 || got2 != 403 {
+		t.Fatalf("with rampartd down: /status/200 %d, /get %d; want 200 and 403", got, got2)
+	}
+	side.WaitLog(t, "xDS stream ended; keeping the last good configuration", 10*time.Second)
+}
