@@ -1,0 +1,156 @@
+package xds
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/ca"
+	"github.com/rampart-mesh/rampart/ca/catest"
+	"github.com/rampart-mesh/rampart/ca/server"
+	"github.com/rampart-mesh/rampart/policies/compile"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+func svidCert(t *testing.T, a *ca.Authority, ns, sa string) tls.Certificate {
+	t.Helper()
+	key, _ := ca.GenerateKey(ca.KeyECDSAP256)
+	ident := ca.Identity{Namespace: ns, ServiceAccount: sa}
+	id, _ := ident.ID(a.TrustDomain())
+	u, _ := url.Parse(id.String())
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := a.SignCSR(csr, ident, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, x := range chain[:len(chain)-1] {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	return c
+}
+
+// A proxy gets the bundle compiled for its own workload, and only for the
+// identity in its certificate.
+func TestServerServesOwnIdentityOnly(t *testing.T) {
+	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Load(); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-httpbin, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules: [{from: [{source: {namespaces: [bar]}}]}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Authority: a, Authenticator: a2(), Listen: "127.0.0.1:0", Register: x.Register})
+	if err != nil {
+		t.Fatal(err)
+	}
+	catest.GoRun(t, "xds", x.Run)
+	catest.GoRun(t, "ca server", srv.Run)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	addr, err := srv.Addr(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(cert tls.Certificate) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+		t.Helper()
+		var certs []tls.Certificate
+		if cert.PrivateKey != nil {
+			certs = []tls.Certificate{cert}
+		}
+		cfg := &tls.Config{Certificates: certs, InsecureSkipVerify: true, VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			var certs []*x509.Certificate
+			for _, r := range raw {
+				c, _ := x509.ParseCertificate(r)
+				certs = append(certs, c)
+			}
+			_, _, err := x509svid.Verify(certs, a.Bundle())
+			return err
+		}}
+		conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	md, _ := structpb.NewStruct(map[string]any{"NAME": "httpbin", "LABELS": map[string]any{"app": "httpbin"}})
+	req := func(id string) *discovery.DiscoveryRequest {
+		return &discovery.DiscoveryRequest{Node: &corev3.Node{Id: id, Metadata: md}, TypeUrl: "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig", ResourceNames: []string{authz.ExtensionName}}
+	}
+
+	own := dial(svidCert(t, a, "foo", "httpbin"))
+	if err := own.Send(req("spiffe://cluster.local/ns/foo/sa/httpbin")); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := own.Recv()
+	if err != nil {
+		t.Fatalf("own identity: %v", err)
+	}
+	wb, err := authz.WireBundleFrom(resp.GetResources()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(wb.Modules["rampart/policy.rego"], "foo/only-httpbin") {
+		t.Fatalf("the bundle lacks the workload's policy:\n%s", wb.Modules["rampart/policy.rego"])
+	}
+
+	other := dial(svidCert(t, a, "foo", "httpbin"))
+	if err := other.Send(req("spiffe://cluster.local/ns/admin/sa/root")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Recv(); err == nil || !strings.Contains(err.Error(), "is not your identity") {
+		t.Fatalf("asking for another identity: err = %v, want a refusal", err)
+	}
+
+	anonymous := dial(tls.Certificate{})
+	_ = anonymous.Send(req("spiffe://cluster.local/ns/foo/sa/httpbin"))
+	if _, err := anonymous.Recv(); err == nil || !strings.Contains(err.Error(), "X.509-SVID") {
+		t.Fatalf("without a client certificate: err = %v, want a refusal", err)
+	}
+}
+
+// a2 is an authenticator that refuses every token: these tests use SVIDs only.
+func a2() server.Authenticator { return refuseAll{} }
+
+type refuseAll struct{}
+
+func (refuseAll) Authenticate(context.Context, string) (ca.Identity, error) {
+	return ca.Identity{}, os.ErrPermission
+}
