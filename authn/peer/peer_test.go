@@ -2,16 +2,14 @@ package peer
 
 import (
 	"bufio"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rampart-mesh/rampart/ca"
+	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -40,25 +38,7 @@ func newCA(t *testing.T, td string) *testCA {
 	return &testCA{t: t, a: a}
 }
 
-func (c *testCA) issue(ns, sa string) *x509svid.SVID {
-	c.t.Helper()
-	key, err := ca.GenerateKey(ca.KeyECDSAP256)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	ident := ca.Identity{Namespace: ns, ServiceAccount: sa}
-	id, _ := ident.ID(c.a.TrustDomain())
-	u, _ := url.Parse(id.String())
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	chain, err := c.a.SignCSR(csr, ident, 0)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return &x509svid.SVID{ID: id, Certificates: chain[:len(chain)-1], PrivateKey: key}
-}
+func (c *testCA) issue(ns, sa string) *x509svid.SVID { return catest.IssueSVID(c.t, c.a, ns, sa) }
 
 func (c *testCA) bundle() x509bundle.Source { return c.a.Bundle() }
 

@@ -7,7 +7,10 @@ package catest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/jointoken"
 	"github.com/rampart-mesh/rampart/ca/server"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/goleak"
 	"k8s.io/utils/clock"
 )
@@ -144,3 +148,36 @@ func (b *SyncBuffer) String() string {
 // MainWithLeakCheck runs the tests, then fails the binary if goroutines outlive
 // them. Call it from TestMain.
 func MainWithLeakCheck(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// IssueSVID has the Authority a sign an X.509-SVID for ns/sa with a fresh P-256 key, the way
+// an agent gets one (CSR, signature), without a server.
+func IssueSVID(t testing.TB, a *ca.Authority, ns, sa string) *x509svid.SVID {
+	t.Helper()
+	key, err := ca.GenerateKey(ca.KeyECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ident := ca.Identity{Namespace: ns, ServiceAccount: sa}
+	id, err := ident.ID(a.TrustDomain())
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := a.SignCSR(csr, ident, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain[:len(chain)-1], PrivateKey: key}
+}
+
+// TLSCertificate is svid as a tls.Certificate (chain without the root).
+func TLSCertificate(svid *x509svid.SVID) tls.Certificate {
+	c := tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, x := range svid.Certificates {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	return c
+}

@@ -2,10 +2,8 @@ package xds
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,27 +22,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/structpb"
 )
-
-func svidCert(t *testing.T, a *ca.Authority, ns, sa string) tls.Certificate {
-	t.Helper()
-	key, _ := ca.GenerateKey(ca.KeyECDSAP256)
-	ident := ca.Identity{Namespace: ns, ServiceAccount: sa}
-	id, _ := ident.ID(a.TrustDomain())
-	u, _ := url.Parse(id.String())
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := a.SignCSR(csr, ident, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
-	for _, x := range chain[:len(chain)-1] {
-		c.Certificate = append(c.Certificate, x.Raw)
-	}
-	return c
-}
 
 // A proxy gets the bundle compiled for its own workload, and only for the
 // identity in its certificate.
@@ -115,7 +92,7 @@ spec:
 		return &discovery.DiscoveryRequest{Node: &corev3.Node{Id: id, Metadata: md}, TypeUrl: "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig", ResourceNames: []string{authz.ExtensionName}}
 	}
 
-	own := dial(svidCert(t, a, "foo", "httpbin"))
+	own := dial(catest.TLSCertificate(catest.IssueSVID(t, a, "foo", "httpbin")))
 	if err := own.Send(req("spiffe://cluster.local/ns/foo/sa/httpbin")); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +108,7 @@ spec:
 		t.Fatalf("the bundle lacks the workload's policy:\n%s", wb.Modules["rampart/policy.rego"])
 	}
 
-	other := dial(svidCert(t, a, "foo", "httpbin"))
+	other := dial(catest.TLSCertificate(catest.IssueSVID(t, a, "foo", "httpbin")))
 	if err := other.Send(req("spiffe://cluster.local/ns/admin/sa/root")); err != nil {
 		t.Fatal(err)
 	}

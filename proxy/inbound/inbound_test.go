@@ -3,16 +3,13 @@ package inbound
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +21,7 @@ import (
 	"github.com/rampart-mesh/rampart/authn/peer"
 	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/ca"
+	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/offline"
 	"github.com/rampart-mesh/rampart/policies/source"
@@ -33,23 +31,6 @@ import (
 type staticSVID struct{ s *x509svid.SVID }
 
 func (s staticSVID) GetX509SVID() (*x509svid.SVID, error) { return s.s, nil }
-
-func issue(t *testing.T, a *ca.Authority, ns, sa string) *x509svid.SVID {
-	t.Helper()
-	key, _ := ca.GenerateKey(ca.KeyECDSAP256)
-	ident := ca.Identity{Namespace: ns, ServiceAccount: sa}
-	id, _ := ident.ID(a.TrustDomain())
-	u, _ := url.Parse(id.String())
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := a.SignCSR(csr, ident, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &x509svid.SVID{ID: id, Certificates: chain[:len(chain)-1], PrivateKey: key}
-}
 
 const policies = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -174,7 +155,7 @@ func start(t *testing.T, mode string, tweak ...func(*Config)) *env {
 	reg := prometheus.NewRegistry()
 	cfg := Config{
 		Listener: lis, App: strings.TrimPrefix(app.URL, "http://"), Mode: mode,
-		SVID: staticSVID{issue(t, a, "foo", "httpbin")}, Bundle: a.Bundle(), TrustDomain: td,
+		SVID: staticSVID{catest.IssueSVID(t, a, "foo", "httpbin")}, Bundle: a.Bundle(), TrustDomain: td,
 		Engine: eng, Workload: authz.Workload{Namespace: "foo", Name: "httpbin", Labels: wl.Labels}, Metrics: reg,
 	}
 	for _, f := range tweak {
@@ -190,8 +171,8 @@ func start(t *testing.T, mode string, tweak ...func(*Config)) *env {
 	t.Cleanup(func() { cancel(); <-done })
 	return &env{
 		addr:   lis.Addr().String(),
-		client: peer.ClientConfig(staticSVID{issue(t, a, "bar", "sleep")}, a.Bundle(), td, "http/1.1"),
-		other:  peer.ClientConfig(staticSVID{issue(t, a, "baz", "x")}, a.Bundle(), td, "http/1.1"),
+		client: peer.ClientConfig(staticSVID{catest.IssueSVID(t, a, "bar", "sleep")}, a.Bundle(), td, "http/1.1"),
+		other:  peer.ClientConfig(staticSVID{catest.IssueSVID(t, a, "baz", "x")}, a.Bundle(), td, "http/1.1"),
 		reg:    reg, seen: seen, paths: paths,
 	}
 }
