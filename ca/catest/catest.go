@@ -149,8 +149,8 @@ func (b *SyncBuffer) String() string {
 // them. Call it from TestMain.
 func MainWithLeakCheck(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// IssueSVID has the Authority a sign an X.509-SVID for ns/sa with a fresh P-256 key, the way
-// an agent gets one (CSR, signature), without a server.
+// IssueSVID signs an X.509-SVID for ns/sa with the Authority a and a fresh
+// P-256 key, the way an agent gets one (key, CSR, signature) but without a server.
 func IssueSVID(t testing.TB, a *ca.Authority, ns, sa string) *x509svid.SVID {
 	t.Helper()
 	key, err := ca.GenerateKey(ca.KeyECDSAP256)
