@@ -49,7 +49,7 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME) ./authz/decisionlog/
 	$(GO) test -run '^$$' -fuzz '^FuzzSniff$$' -fuzztime $(FUZZTIME) ./proxy/listener/
 
-demo: build ## the local identity demo: rampartd, two sidecars, two mTLS apps (Ctrl-C stops)
+demo: build ## the local demo: rampartd, three sidecars, mTLS apps, a policy that denies an intruder (Ctrl-C stops)
 	$(GO) build -o $(BIN)/ ./deploy/examples/spiffe-app
 	$(GO) run ./deploy/examples/identity-demo --bin $(BIN) --state-dir .rampart $(DEMO_ARGS)
 

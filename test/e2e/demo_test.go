@@ -13,9 +13,8 @@ import (
 	"github.com/rampart-mesh/rampart/test/internal/procs"
 )
 
-// make demo, shortened: the identity demo runs its apps through SVID rotations and
-// a root rotation with every request succeeding, then stops every process it
-// started.
+// make demo, shortened: the frontend's calls succeed through SVID rotations and a
+// root rotation, the intruder is denied and logged, and every process stops.
 func TestIdentityDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs for about 40 s")
@@ -37,15 +36,18 @@ func TestIdentityDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "identity-demo"), "--bin", bin, "--state-dir", state,
-		"--duration", "40s", "--rotate-after", "4s", "--svid-ttl", "6s")
+		"--duration", "40s", "--rotate-after", "4s", "--svid-ttl", "6s",
+		"--policies", filepath.Join(repo, "deploy", "examples", "identity-demo", "policies"))
 	out, err := cmd.CombinedOutput()
 	text := string(out)
 	if err != nil {
 		t.Fatalf("identity-demo: %v\n%s", err, text)
 	}
 	for _, want := range []string{
-		"Rampart identity demo is running",
-		"200 OK",
+		"Rampart demo is running",
+		"200 OK (my svid",
+		"this is backend behind its sidecar",
+		"app/intruder   request 1: 403 Forbidden",
 		"root rotation started",
 		"root rotation: new root now signing",
 		"root rotation complete: old root removed from the bundle",
@@ -57,6 +59,13 @@ func TestIdentityDemo(t *testing.T) {
 	}
 	if strings.Contains(text, "FAILED") {
 		t.Errorf("a request failed during the demo")
+	}
+	if strings.Contains(text, "app/frontend   request") && strings.Contains(text, "app/frontend   request 1: 403") {
+		t.Errorf("the frontend was denied")
+	}
+	// The intruder's denials are in the decision log, whose chain verifies.
+	if out := procs.Run(t, "rampartctl", "audit", "verify", filepath.Join(state, "decisions.log")); !strings.Contains(out, "chain:   intact") {
+		t.Errorf("audit verify:\n%s", out)
 	}
 	if n := strings.Count(text, "200 OK"); n < 10 {
 		t.Errorf("only %d successful requests", n)

@@ -1,8 +1,12 @@
-// Command identity-demo runs Rampart's identity plane on loopback, the way a user
-// would by hand: rampartd, two sidecars with fresh join tokens, and two
-// SPIFFE-aware apps (spiffe-app) that talk mTLS with the identities their sidecars
-// hand them. SVIDs are short-lived so rotations show within seconds; a root
-// rotation starts by itself after --rotate-after. Ctrl-C stops everything.
+// Command identity-demo runs Rampart on loopback, the way a user would by hand:
+// rampartd (watching a policy directory), and three workloads with sidecars and
+// fresh join tokens. The frontend app is SPIFFE-aware (go-spiffe) and calls the
+// backend over mTLS with the identity its sidecar hands it; the backend is a plain
+// HTTP app behind its sidecar, which enforces the policies (STRICT mTLS, only the
+// frontend may call); an intruder with a valid identity is denied, and its denials
+// land in the tamper-evident decision log. SVIDs are short-lived so rotations show
+// within seconds; a root rotation starts by itself after --rotate-after.
+// Ctrl-C stops everything.
 //
 //	make demo
 //	go run ./deploy/examples/identity-demo --bin ./bin --state-dir .rampart
@@ -49,6 +53,7 @@ func run() error {
 	duration := flag.Duration("duration", 0, "stop after this long (0: run until Ctrl-C)")
 	rotateAfter := flag.Duration("rotate-after", 20*time.Second, "start a root rotation after this long (0: never)")
 	svidTTL := flag.Duration("svid-ttl", 20*time.Second, "SVID lifetime, short so rotations show")
+	policies := flag.String("policies", "deploy/examples/identity-demo/policies", "policy directory rampartd watches (edit it while the demo runs)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -75,18 +80,25 @@ func run() error {
 	}
 	defer os.RemoveAll(runDir)
 
-	cpPort, err := freePort()
+	var ports [3]int
+	for i := range ports {
+		if ports[i], err = freePort(); err != nil {
+			return err
+		}
+	}
+	cpPort, appPort, inboundPort := ports[0], ports[1], ports[2]
+	policyDir, err := filepath.Abs(*policies)
 	if err != nil {
 		return err
 	}
-	appPort, err := freePort()
-	if err != nil {
-		return err
+	if _, err := os.Stat(policyDir); err != nil {
+		return fmt.Errorf("--policies: %w", err)
 	}
+	decisionLog := filepath.Join(d.stateDir, "decisions.log")
 	cp := fmt.Sprintf("127.0.0.1:%d", cpPort)
 	d.start("rampartd", "rampartd", "--state-dir", d.stateDir, "--listen", cp, "--monitoring-listen", "127.0.0.1:0",
 		"--svid-ttl", svidTTL.String(), "--jwt-svid-ttl", "10s", "--bundle-refresh-hint", "3s",
-		"--rotation-propagation", "8s", "--rotation-retire-margin", "5s")
+		"--rotation-propagation", "8s", "--rotation-retire-margin", "5s", "--config-dir", policyDir)
 	if err := waitFor(ctx, 20*time.Second, func() bool {
 		c, err := net.Dial("tcp", cp)
 		if err == nil {
@@ -101,37 +113,46 @@ func run() error {
 		return err
 	}
 	socks := map[string]string{}
-	for _, w := range []string{"backend", "frontend"} {
+	for _, w := range []string{"backend", "frontend", "intruder"} {
 		tok := filepath.Join(runDir, w+".token")
 		if err := d.ctl(tok, "token", "create", "--state-dir", d.stateDir, "--namespace", "default", "--service-account", w, "--ttl", "5m"); err != nil {
 			return err
 		}
 		socks[w] = filepath.Join(runDir, w+".sock")
-		d.start("sidecar/"+w, "rampart-sidecar", "--control-plane", cp, "--root-cert", root, "--token-file", tok, "--workload-api-socket", socks[w], "--metrics-listen", "")
+		args := []string{"--control-plane", cp, "--root-cert", root, "--token-file", tok, "--workload-api-socket", socks[w], "--metrics-listen", ""}
+		if w == "backend" {
+			args = append(args, "--inbound-listen", fmt.Sprintf("127.0.0.1:%d", inboundPort), "--app", fmt.Sprintf("127.0.0.1:%d", appPort),
+				"--labels", "app=backend", "--decision-log", decisionLog)
+		}
+		d.start("sidecar/"+w, "rampart-sidecar", args...)
 	}
 	for w, s := range socks {
 		if err := waitFor(ctx, 20*time.Second, func() bool { _, err := os.Stat(s); return err == nil }); err != nil {
 			return fmt.Errorf("sidecar %s did not open its Workload API socket: %w", w, err)
 		}
 	}
-	url := fmt.Sprintf("https://127.0.0.1:%d/", appPort)
-	d.start("app/backend", "spiffe-app", "serve", "--socket", socks["backend"], "--listen", fmt.Sprintf("127.0.0.1:%d", appPort))
+	url := fmt.Sprintf("https://127.0.0.1:%d/", inboundPort)
+	d.start("app/backend", "spiffe-app", "serve-plain", "--listen", fmt.Sprintf("127.0.0.1:%d", appPort), "--name", "backend")
 	time.Sleep(300 * time.Millisecond)
 	d.start("app/frontend", "spiffe-app", "call", "--socket", socks["frontend"], "--url", url, "--interval", "2s",
 		"--server-id", "spiffe://cluster.local/ns/default/sa/backend")
+	d.start("app/intruder", "spiffe-app", "call", "--socket", socks["intruder"], "--url", url, "--interval", "5s",
+		"--server-id", "spiffe://cluster.local/ns/default/sa/backend")
 
 	fmt.Fprintf(d.out, `
-Rampart identity demo is running.
-  control plane  %s   (state in %s)
-  backend app    %s   as spiffe://cluster.local/ns/default/sa/backend
-  frontend app   calls it every 2 s as spiffe://cluster.local/ns/default/sa/frontend
+Rampart demo is running.
+  control plane  %s   (state in %s, policies from %s)
+  backend        %s   behind its sidecar: STRICT mTLS, only the frontend may call
+  frontend       calls it every 2 s as spiffe://cluster.local/ns/default/sa/frontend  → 200
+  intruder       calls it every 5 s as spiffe://cluster.local/ns/default/sa/intruder  → 403
 SVIDs live %s and renew at about half that; watch the serials change.
 Try in another terminal:
   %s/rampartctl ca status --state-dir %s
-  %s/rampartctl ca rotate --state-dir %s
+  %s/rampartctl audit verify %s      (the intruder's denials, hash-chained)
+  edit %s/policies.yaml (add the intruder's principal) and watch its 403s turn into 200s
 Ctrl-C stops everything.
 
-`, cp, d.stateDir, url, svidTTL, d.bin, d.stateDir, d.bin, d.stateDir)
+`, cp, d.stateDir, policyDir, url, svidTTL, d.bin, d.stateDir, d.bin, decisionLog, policyDir)
 
 	var rotate <-chan time.Time
 	if *rotateAfter > 0 {

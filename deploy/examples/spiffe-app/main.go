@@ -4,6 +4,7 @@
 //
 //	spiffe-app serve --socket /tmp/a.sock --listen 127.0.0.1:9443
 //	spiffe-app call  --socket /tmp/b.sock --url https://127.0.0.1:9443/ --interval 500ms
+//	spiffe-app serve-plain --listen 127.0.0.1:9080 --name backend   (behind a sidecar)
 package main
 
 import (
@@ -16,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,8 +40,10 @@ func main() {
 		err = serve(ctx, os.Args[2:])
 	case "call":
 		err = call(ctx, os.Args[2:])
+	case "serve-plain":
+		err = servePlain(ctx, os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown command %q (serve or call)", os.Args[1])
+		err = fmt.Errorf("unknown command %q (serve, serve-plain or call)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "spiffe-app:", err)
@@ -91,6 +95,34 @@ func serve(ctx context.Context, args []string) error {
 	return nil
 }
 
+// servePlain is an app that leaves mTLS to its sidecar: plain HTTP on loopback,
+// the caller's identity from the X-Forwarded-Client-Cert the sidecar sets.
+func servePlain(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve-plain", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:9080", "address to serve plain HTTP on")
+	name := fs.String("name", "app", "name to answer with")
+	_ = fs.Parse(args)
+	srv := &http.Server{
+		Addr:              *listen,
+		ReadHeaderTimeout: 5 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			caller := "unknown"
+			for _, part := range strings.Split(r.Header.Get("X-Forwarded-Client-Cert"), ";") {
+				if v, ok := strings.CutPrefix(part, "URI="); ok {
+					caller = v
+				}
+			}
+			fmt.Fprintf(w, "hello %s, this is %s behind its sidecar\n", caller, *name)
+		}),
+	}
+	fmt.Printf("serving plain HTTP on %s (the sidecar terminates mTLS)\n", *listen)
+	go func() { <-ctx.Done(); _ = srv.Close() }()
+	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
 func call(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("call", flag.ExitOnError)
 	socket := fs.String("socket", "", "Workload API socket")
@@ -127,7 +159,7 @@ loop:
 		} else {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			fmt.Printf("request %d: %s (my svid %s): %s", i, resp.Status, serial(src), body)
+			fmt.Printf("request %d: %s (my svid %s): %s\n", i, resp.Status, serial(src), strings.TrimSpace(string(body)))
 		}
 		select {
 		case <-ctx.Done():
