@@ -146,7 +146,17 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.xds != nil {
 		g.Go(func() error { return s.xds.Run(ctx) })
 	}
-	admin := &http.Server{Handler: server.AdminHandler(s.authority), ReadHeaderTimeout: 5 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("/ca/", server.AdminHandler(s.authority))
+	mux.HandleFunc("GET /proxies", func(w http.ResponseWriter, _ *http.Request) {
+		status := []xds.ProxyStatus{}
+		if s.xds != nil {
+			status = s.xds.Status()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(status)
+	})
+	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	g.Go(func() error { return serveHTTP(ctx, admin, adminLis) })
 	info := Info{PID: os.Getpid(), AdminSocket: sock, TrustDomain: s.authority.TrustDomain().Name(), StartedAt: time.Now().UTC().Format(time.RFC3339)}
 	g.Go(func() error {

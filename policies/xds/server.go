@@ -70,7 +70,7 @@ type Server struct {
 	objs    []source.Object // last good configuration
 	stamp   string          // what the files looked like when objs was read
 	nodes   map[string]*node
-	streams map[int64]string // stream id → the SPIFFE ID of its client certificate
+	streams map[int64]*stream // by stream id
 	version int
 
 	pushes   prometheus.Counter
@@ -80,9 +80,57 @@ type Server struct {
 	compiled prometheus.Histogram
 }
 
+// stream is one ADS stream: its client certificate's identity, and whether it
+// has been counted against its proxy.
+type stream struct {
+	certID  string
+	counted bool
+}
+
 type node struct {
 	id       spiffeid.ID
 	workload compile.Workload
+
+	sent     string    // version of the last snapshot set
+	acked    string    // version the proxy last ACKed
+	nack     string    // the proxy's reason, when its last answer was a NACK
+	streams  int       // open ADS streams
+	since    time.Time // when its current stream opened
+	lastSeen time.Time
+}
+
+// ProxyStatus is what `rampartctl proxy-status` shows for one proxy.
+type ProxyStatus struct {
+	Proxy     string    `json:"proxy"`
+	Workload  string    `json:"workload"`
+	Status    string    `json:"status"` // SYNCED, STALE, NACKED or DISCONNECTED
+	Sent      string    `json:"sent"`
+	Acked     string    `json:"acked"`
+	NACK      string    `json:"nack,omitempty"`
+	Connected time.Time `json:"connectedSince,omitzero"`
+}
+
+// Status reports every proxy the server has seen, sorted by name.
+func (s *Server) Status() []ProxyStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ProxyStatus, 0, len(s.nodes))
+	for id, n := range s.nodes {
+		st := ProxyStatus{Proxy: id, Workload: n.workload.Namespace + "/" + n.workload.Name, Sent: n.sent, Acked: n.acked, NACK: n.nack, Connected: n.since}
+		switch {
+		case n.streams == 0:
+			st.Status = "DISCONNECTED"
+		case n.nack != "":
+			st.Status = "NACKED"
+		case n.acked == n.sent:
+			st.Status = "SYNCED"
+		default:
+			st.Status = "STALE"
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Proxy < out[j].Proxy })
+	return out
 }
 
 // New validates cfg. It does no I/O.
@@ -102,7 +150,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = prometheus.NewRegistry()
 	}
-	s := &Server{cfg: cfg, log: cfg.Log.With("component", "xds"), nodes: map[string]*node{}, streams: map[int64]string{}}
+	s := &Server{cfg: cfg, log: cfg.Log.With("component", "xds"), nodes: map[string]*node{}, streams: map[int64]*stream{}}
 	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
 	s.pushes = prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_xds_pushes_total", Help: "Snapshots set for proxies."})
 	s.rejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rampart_xds_config_rejected_total", Help: "Configuration changes refused (the last good configuration stays), by reason."}, []string{"reason"})
@@ -238,6 +286,9 @@ func (s *Server) push(nodeID string) error {
 	if err := snap.Consistent(); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	n.sent = wb.Revision
+	s.mu.Unlock()
 	if err := s.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
 		return err
 	}
@@ -285,7 +336,7 @@ func (s *Server) onOpen(ctx context.Context, streamID int64, _ string) error {
 		return err
 	}
 	s.mu.Lock()
-	s.streams[streamID] = id.String()
+	s.streams[streamID] = &stream{certID: id.String()}
 	s.mu.Unlock()
 	s.proxies.Inc()
 	return nil
@@ -293,6 +344,11 @@ func (s *Server) onOpen(ctx context.Context, streamID int64, _ string) error {
 
 func (s *Server) onClosed(streamID int64, _ *corev3.Node) {
 	s.mu.Lock()
+	if st := s.streams[streamID]; st != nil && st.counted {
+		if n := s.nodes[st.certID]; n != nil {
+			n.streams--
+		}
+	}
 	delete(s.streams, streamID)
 	s.mu.Unlock()
 	s.proxies.Dec()
@@ -302,8 +358,12 @@ func (s *Server) onClosed(streamID int64, _ *corev3.Node) {
 // proxies, and records NACKs.
 func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) error {
 	s.mu.Lock()
-	certID := s.streams[streamID]
+	st := s.streams[streamID]
 	s.mu.Unlock()
+	if st == nil {
+		return errors.New("unknown stream")
+	}
+	certID := st.certID
 	nodeID := req.GetNode().GetId()
 	if nodeID != "" && nodeID != certID {
 		s.log.Warn("xDS request refused: node id is not the client certificate's identity", "node", nodeID, "certificate", certID)
@@ -314,7 +374,22 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 		s.log.Warn("proxy refused configuration (NACK)", "proxy", certID, "version", req.GetVersionInfo(), "error", req.GetErrorDetail().GetMessage())
 	}
 	s.mu.Lock()
-	_, known := s.nodes[certID]
+	n, known := s.nodes[certID]
+	if known {
+		n.lastSeen = time.Now()
+		if !st.counted {
+			st.counted = true
+			n.streams++
+			n.since = n.lastSeen
+		}
+		if req.GetResponseNonce() != "" {
+			if d := req.GetErrorDetail(); d != nil {
+				n.nack = d.GetMessage()
+			} else {
+				n.acked, n.nack = req.GetVersionInfo(), ""
+			}
+		}
+	}
 	s.mu.Unlock()
 	if known || nodeID == "" {
 		return nil
@@ -328,7 +403,9 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 		return err
 	}
 	s.mu.Lock()
-	s.nodes[certID] = &node{id: id, workload: wl}
+	now := time.Now()
+	s.nodes[certID] = &node{id: id, workload: wl, streams: 1, since: now, lastSeen: now}
+	st.counted = true
 	s.mu.Unlock()
 	s.log.Info("proxy connected", "proxy", certID, "workload", wl.Namespace+"/"+wl.Name)
 	return s.push(certID)

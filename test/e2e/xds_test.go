@@ -56,6 +56,17 @@ func TestPolicyOverXDS(t *testing.T) {
 		t.Fatalf("/admin: %d, want 403", got)
 	}
 	m.rampartd.WaitLog(t, "proxy connected", 5*time.Second)
+	synced := func() string {
+		out := procs.Run(t, "rampartctl", "proxy-status", "--state-dir", m.state)
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "spiffe://cluster.local/ns/foo/sa/httpbin") && strings.Contains(line, " SYNCED ") {
+				return strings.Fields(line)[3] // the version sent and ACKed
+			}
+		}
+		return ""
+	}
+	var v1 string
+	procs.Eventually(t, 5*time.Second, "proxy-status shows the sidecar SYNCED", func() bool { v1 = synced(); return v1 != "" })
 
 	// A live edit: only /status is allowed now.
 	edited := time.Now()
@@ -65,6 +76,10 @@ func TestPolicyOverXDS(t *testing.T) {
 	if got := status("/status/200"); got != 200 {
 		t.Fatalf("/status/200 after the edit: %d", got)
 	}
+	procs.Eventually(t, 5*time.Second, "proxy-status shows the sidecar SYNCED at a new version", func() bool {
+		v := synced()
+		return v != "" && v != v1
+	})
 
 	// A broken edit is refused; the last good policy stays.
 	if err := os.WriteFile(policy, []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: foo}\nspec: {rules: [{to: [{operation: {pathz: [\"/\"]}}]}]}\n"), 0o644); err != nil {
