@@ -97,4 +97,14 @@ func TestPolicyOverXDS(t *testing.T) {
 		t.Fatalf("with rampartd down: /status/200 %d, /get %d; want 200 and 403", got, got2)
 	}
 	side.WaitLog(t, "xDS stream ended; keeping the last good configuration", 10*time.Second)
+
+	// rampartd comes back and the sidecar reconnects and converges on its own.
+	// (rampartd refuses to start on configuration that does not load, rather than
+	// serve none, so the file is fixed first.)
+	write("/status*")
+	m.startCP(t)
+	procs.Eventually(t, 20*time.Second, "the sidecar reconnects and is SYNCED again", func() bool { return synced() != "" })
+	if got := status("/status/200"); got != 200 {
+		t.Fatalf("after rampartd came back: %d", got)
+	}
 }
