@@ -3,9 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/url"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/policies/xds"
 	"github.com/spf13/cobra"
 )
@@ -62,4 +65,60 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func newProxyConfigCmd() *cobra.Command {
+	var stateDir string
+	c := &cobra.Command{
+		Use:   "proxy-config PROXY policy|authn|peer",
+		Short: "Show the configuration rampartd sent to one proxy",
+		Long: `Show what rampartd last sent to a proxy (give its SPIFFE ID, or ns/sa):
+
+  policy   the compiled Rego it evaluates (package rampart.policy)
+  authn    its RequestAuthentication rules
+  peer     its PeerAuthentication mTLS modes
+
+Whether the proxy ACKed it is printed first. Listeners, routes, clusters and
+endpoints come with the routing work.`,
+		Example: `  rampartctl proxy-config default/backend policy`,
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			proxy := args[0]
+			if !strings.HasPrefix(proxy, "spiffe://") {
+				ns, sa, ok := strings.Cut(proxy, "/")
+				if !ok {
+					return fmt.Errorf("proxy %q: give a SPIFFE ID or namespace/service-account", proxy)
+				}
+				proxy = "spiffe://cluster.local/ns/" + ns + "/sa/" + sa
+			}
+			data, err := adminGet(cmd.Context(), stateDir, "/proxies/config?proxy="+url.QueryEscape(proxy))
+			if err != nil {
+				return err
+			}
+			var resp struct {
+				Acked  bool             `json:"acked"`
+				Bundle authz.WireBundle `json:"bundle"`
+			}
+			if err := json.Unmarshal(data, &resp); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "# proxy %s, revision %s, acked %t\n", proxy, resp.Bundle.Revision, resp.Acked)
+			switch args[1] {
+			case "policy":
+				_, err = fmt.Fprint(out, resp.Bundle.Modules["rampart/policy.rego"])
+			case "authn":
+				_, err = fmt.Fprintln(out, string(resp.Bundle.JWTRules))
+			case "peer":
+				_, err = fmt.Fprintln(out, string(resp.Bundle.Peer))
+			case "listeners", "routes", "clusters", "endpoints":
+				return fmt.Errorf("%s: not served yet (rampartd serves policy only, until the routing work)", args[1])
+			default:
+				return fmt.Errorf("unknown section %q: want policy, authn or peer", args[1])
+			}
+			return err
+		},
+	}
+	c.Flags().StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory")
+	return c
 }

@@ -156,6 +156,19 @@ func (s *Server) Run(ctx context.Context) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(status)
 	})
+	mux.HandleFunc("GET /proxies/config", func(w http.ResponseWriter, r *http.Request) {
+		if s.xds == nil {
+			http.Error(w, "rampartd serves no configuration (start it with --config-dir)", http.StatusNotFound)
+			return
+		}
+		b, acked, ok := s.xds.Config(r.URL.Query().Get("proxy"))
+		if !ok {
+			http.Error(w, "no such proxy", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"acked": acked, "bundle": b})
+	})
 	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	g.Go(func() error { return serveHTTP(ctx, admin, adminLis) })
 	info := Info{PID: os.Getpid(), AdminSocket: sock, TrustDomain: s.authority.TrustDomain().Name(), StartedAt: time.Now().UTC().Format(time.RFC3339)}

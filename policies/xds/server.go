@@ -91,11 +91,12 @@ type node struct {
 	id       spiffeid.ID
 	workload compile.Workload
 
-	sent     string    // version of the last snapshot set
-	acked    string    // version the proxy last ACKed
-	nack     string    // the proxy's reason, when its last answer was a NACK
-	streams  int       // open ADS streams
-	since    time.Time // when its current stream opened
+	sent     string           // version of the last snapshot set
+	bundle   authz.WireBundle // what was sent
+	acked    string           // version the proxy last ACKed
+	nack     string           // the proxy's reason, when its last answer was a NACK
+	streams  int              // open ADS streams
+	since    time.Time        // when its current stream opened
 	lastSeen time.Time
 }
 
@@ -108,6 +109,18 @@ type ProxyStatus struct {
 	Acked     string    `json:"acked"`
 	NACK      string    `json:"nack,omitempty"`
 	Connected time.Time `json:"connectedSince,omitzero"`
+}
+
+// Config returns the bundle last sent to a proxy (by SPIFFE ID) and whether the
+// proxy has ACKed it.
+func (s *Server) Config(proxy string) (authz.WireBundle, bool, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[proxy]
+	if !ok {
+		return authz.WireBundle{}, false, false
+	}
+	return n.bundle, n.acked == n.sent, true
 }
 
 // Status reports every proxy the server has seen, sorted by name.
@@ -287,7 +300,7 @@ func (s *Server) push(nodeID string) error {
 		return err
 	}
 	s.mu.Lock()
-	n.sent = wb.Revision
+	n.sent, n.bundle = wb.Revision, wb
 	s.mu.Unlock()
 	if err := s.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
 		return err

@@ -67,6 +67,9 @@ func TestPolicyOverXDS(t *testing.T) {
 	}
 	var v1 string
 	procs.Eventually(t, 5*time.Second, "proxy-status shows the sidecar SYNCED", func() bool { v1 = synced(); return v1 != "" })
+	if out := procs.Run(t, "rampartctl", "proxy-config", "foo/httpbin", "policy", "--state-dir", m.state); !strings.Contains(out, "acked true") || !strings.Contains(out, "# AuthorizationPolicy foo/allow-sleep (ALLOW)") {
+		t.Fatalf("proxy-config policy:\n%s", out)
+	}
 
 	// A live edit: only /status is allowed now.
 	edited := time.Now()
