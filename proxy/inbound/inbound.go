@@ -142,6 +142,9 @@ func New(cfg Config) (*Server, error) {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(app)
 			pr.Out.Host = pr.In.Host
+			// X-Forwarded-For/-Host/-Proto from what the sidecar saw; Rewrite has
+			// already dropped whatever the client sent in them.
+			pr.SetXForwarded()
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			s.log.Warn("app unreachable", "app", cfg.App, "err", err)

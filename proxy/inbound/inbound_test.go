@@ -266,7 +266,7 @@ func requestsWith(t *testing.T, reg *prometheus.Registry, security, code string)
 // The app sees the sidecar's X-Forwarded-Client-Cert, never the client's.
 func TestInboundXFCC(t *testing.T) {
 	e := start(t, ModePermissive)
-	resp, _, err := e.get(t, e.client, "/get", map[string]string{"x-forwarded-client-cert": "URI=spiffe://cluster.local/ns/admin/sa/root"})
+	resp, _, err := e.get(t, e.client, "/get", map[string]string{"x-forwarded-client-cert": "URI=spiffe://cluster.local/ns/admin/sa/root", "x-forwarded-for": "6.6.6.6"})
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("%v %v", resp, err)
 	}
@@ -276,6 +276,12 @@ func TestInboundXFCC(t *testing.T) {
 	}
 	if h.Get("x-request-id") == "" {
 		t.Fatal("no x-request-id generated")
+	}
+	if got := h.Get("x-forwarded-for"); got != "127.0.0.1" {
+		t.Fatalf("x-forwarded-for %q, want the peer address only", got)
+	}
+	if got := h.Get("x-forwarded-proto"); got != "https" {
+		t.Fatalf("x-forwarded-proto %q, want https (the caller used mTLS)", got)
 	}
 }
 
