@@ -73,11 +73,12 @@ type Server struct {
 	streams map[int64]*stream // by stream id
 	version int
 
-	pushes   prometheus.Counter
-	rejects  *prometheus.CounterVec
-	proxies  prometheus.Gauge
-	nacks    prometheus.Counter
-	compiled prometheus.Histogram
+	pushes      prometheus.Counter
+	rejects     *prometheus.CounterVec
+	proxies     prometheus.Gauge
+	nacks       prometheus.Counter
+	compiled    prometheus.Histogram
+	convergence prometheus.Histogram
 }
 
 // stream is one ADS stream: its client certificate's identity, and whether it
@@ -93,6 +94,7 @@ type node struct {
 
 	sent     string           // version of the last snapshot set
 	bundle   authz.WireBundle // what was sent
+	changed  time.Time        // when the change behind the unACKed version was seen
 	acked    string           // version the proxy last ACKed
 	nack     string           // the proxy's reason, when its last answer was a NACK
 	streams  int              // open ADS streams
@@ -170,7 +172,12 @@ func New(cfg Config) (*Server, error) {
 	s.proxies = prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_xds_connected_proxies", Help: "Proxies with an open ADS stream."})
 	s.nacks = prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_xds_nacks_total", Help: "Configuration a proxy refused."})
 	s.compiled = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rampart_xds_compile_seconds", Help: "Time to compile one proxy's bundle.", Buckets: prometheus.ExponentialBuckets(1e-4, 2, 16)})
-	for _, c := range []prometheus.Collector{s.pushes, s.rejects, s.proxies, s.nacks, s.compiled} {
+	s.convergence = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "rampart_xds_convergence_seconds",
+		Help:    "From a configuration change being seen to a proxy ACKing the configuration it produced.",
+		Buckets: prometheus.ExponentialBuckets(1e-3, 2, 16),
+	})
+	for _, c := range []prometheus.Collector{s.pushes, s.rejects, s.proxies, s.nacks, s.compiled, s.convergence} {
 		if err := cfg.Metrics.Register(c); err != nil {
 			return nil, err
 		}
@@ -261,16 +268,18 @@ func (s *Server) reload(first bool) error {
 	}
 	s.mu.Unlock()
 	s.log.Info("configuration loaded", "objects", len(objs), "proxies", len(nodes))
+	seen := time.Now()
 	for _, id := range nodes {
-		if err := s.push(id); err != nil {
+		if err := s.push(id, seen); err != nil {
 			s.log.Error("compile for proxy failed", "proxy", id, "err", err)
 		}
 	}
 	return nil
 }
 
-// push compiles and sets the snapshot of one proxy.
-func (s *Server) push(nodeID string) error {
+// push compiles and sets the snapshot of one proxy; changed is when the change
+// that led to it was seen.
+func (s *Server) push(nodeID string, changed time.Time) error {
 	s.mu.Lock()
 	n := s.nodes[nodeID]
 	objs := s.objs
@@ -300,6 +309,9 @@ func (s *Server) push(nodeID string) error {
 		return err
 	}
 	s.mu.Lock()
+	if n.sent != wb.Revision {
+		n.changed = changed
+	}
 	n.sent, n.bundle = wb.Revision, wb
 	s.mu.Unlock()
 	if err := s.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
@@ -400,6 +412,10 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 				n.nack = d.GetMessage()
 			} else {
 				n.acked, n.nack = req.GetVersionInfo(), ""
+				if n.acked == n.sent && !n.changed.IsZero() {
+					s.convergence.Observe(time.Since(n.changed).Seconds())
+					n.changed = time.Time{}
+				}
 			}
 		}
 	}
@@ -421,7 +437,7 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 	st.counted = true
 	s.mu.Unlock()
 	s.log.Info("proxy connected", "proxy", certID, "workload", wl.Namespace+"/"+wl.Name)
-	return s.push(certID)
+	return s.push(certID, now)
 }
 
 // workloadOf takes the namespace from the certificate (never from the proxy's

@@ -12,6 +12,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/catest"
@@ -45,7 +47,8 @@ spec:
 		t.Fatal(err)
 	}
 	mesh, _ := compile.Mesh{}.WithDefaults()
-	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle()})
+	reg := prometheus.NewRegistry()
+	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle(), Metrics: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +109,32 @@ spec:
 	}
 	if !strings.Contains(wb.Modules["rampart/policy.rego"], "foo/only-httpbin") {
 		t.Fatalf("the bundle lacks the workload's policy:\n%s", wb.Modules["rampart/policy.rego"])
+	}
+	// The ACK makes the proxy SYNCED and records how long the change took to converge.
+	ack := req("")
+	ack.Node, ack.VersionInfo, ack.ResponseNonce = nil, resp.GetVersionInfo(), resp.GetNonce()
+	if err := own.Send(ack); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := x.Status()
+		if len(st) == 1 && st[0].Status == "SYNCED" && st[0].Acked == resp.GetVersionInfo() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status %+v; want the proxy SYNCED", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := testutil.CollectAndCount(reg, "rampart_xds_convergence_seconds"); n != 1 {
+		t.Fatalf("convergence histogram series = %d", n)
+	}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "rampart_xds_convergence_seconds" && mf.GetMetric()[0].GetHistogram().GetSampleCount() != 1 {
+			t.Fatalf("convergence samples = %d, want 1", mf.GetMetric()[0].GetHistogram().GetSampleCount())
+		}
 	}
 
 	other := dial(catest.TLSCertificate(catest.IssueSVID(t, a, "foo", "httpbin")))
