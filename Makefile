@@ -33,11 +33,12 @@ lint: ## gofmt, go vet, staticcheck
 	@test -x $(TOOLS)/staticcheck || GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(TOOLS)/staticcheck ./...
 
-bench: build ## benchmarks: SVID signing, sidecar RSS, authz decisions at 10..10,000 policies, JWT verification
+bench: build ## benchmarks: SVID signing, sidecar RSS, authz decisions at 10..10,000 policies, JWT verification, xDS convergence
 	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'SignCSR' -benchmem -benchtime $(BENCHTIME) ./ca/
 	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'CreateCertificate|SidecarIdentityRSS' -benchtime $(BENCHTIME) ./test/bench/
 	$(GO) test -run '^$$' -bench 'AuthzDecision|OPAFloor' -benchmem -benchtime $(AUTHZ_BENCHTIME) ./test/bench/
 	$(GO) test -run '^$$' -bench 'Authenticate' -benchmem -benchtime $(BENCHTIME) ./authn/jwt/
+	$(GO) test -run '^$$' -bench 'XDSConvergence' -benchtime 3x ./test/bench/
 
 FUZZTIME ?= 30s
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)

@@ -53,7 +53,7 @@ type Config struct {
 	Mesh compile.Mesh
 	// Trust verifies proxies' client certificates (the CA's bundle).
 	Trust x509bundle.Source
-	// PollInterval is how often the paths are checked for changes. Default 500 ms.
+	// PollInterval is how often the paths are checked for changes. Default 100 ms.
 	PollInterval time.Duration
 	Log          *slog.Logger
 	Metrics      prometheus.Registerer
@@ -72,6 +72,9 @@ type Server struct {
 	nodes   map[string]*node
 	streams map[int64]*stream // by stream id
 	version int
+	// built caches compiled output by workload (namespace, name, labels) for the
+	// current configuration version: proxies of one workload share one bundle.
+	built map[string]*built
 
 	pushes      prometheus.Counter
 	rejects     *prometheus.CounterVec
@@ -86,6 +89,27 @@ type Server struct {
 type stream struct {
 	certID  string
 	counted bool
+}
+
+type built struct {
+	once sync.Once
+	ext  *corev3.TypedExtensionConfig
+	wb   authz.WireBundle
+	err  error
+}
+
+func workloadKey(wl compile.Workload) string {
+	keys := make([]string, 0, len(wl.Labels))
+	for k := range wl.Labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString(wl.Namespace + "/" + wl.Name)
+	for _, k := range keys {
+		b.WriteString("\x00" + k + "=" + wl.Labels[k])
+	}
+	return b.String()
 }
 
 type node struct {
@@ -157,7 +181,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("xds: Trust is required")
 	}
 	if cfg.PollInterval == 0 {
-		cfg.PollInterval = 500 * time.Millisecond
+		cfg.PollInterval = 100 * time.Millisecond
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -262,6 +286,7 @@ func (s *Server) reload(first bool) error {
 	s.mu.Lock()
 	s.objs, s.stamp = objs, stamp
 	s.version++
+	s.built = map[string]*built{}
 	nodes := make([]string, 0, len(s.nodes))
 	for id := range s.nodes {
 		nodes = append(nodes, id)
@@ -280,27 +305,43 @@ func (s *Server) reload(first bool) error {
 // push compiles and sets the snapshot of one proxy; changed is when the change
 // that led to it was seen.
 func (s *Server) push(nodeID string, changed time.Time) error {
+	// The configuration and its cache are read together, so a bundle built from
+	// one version is never filed under another.
 	s.mu.Lock()
 	n := s.nodes[nodeID]
-	objs := s.objs
-	s.mu.Unlock()
 	if n == nil {
+		s.mu.Unlock()
 		return nil
 	}
-	start := time.Now()
-	wb, err := Compile(objs, s.cfg.Mesh, n.workload)
-	if err != nil {
-		return err
+	objs := s.objs
+	if s.built == nil {
+		s.built = map[string]*built{}
 	}
-	s.compiled.Observe(time.Since(start).Seconds())
-	// Never push what a proxy would have to refuse.
-	if err := authz.CheckStrict(wb.Modules); err != nil {
-		return fmt.Errorf("compiled bundle for %s does not compile: %w", nodeID, err)
+	key := workloadKey(n.workload)
+	b, ok := s.built[key]
+	if !ok {
+		b = &built{}
+		s.built[key] = b
 	}
-	ext, err := wb.Extension()
-	if err != nil {
-		return err
+	s.mu.Unlock()
+	b.once.Do(func() {
+		start := time.Now()
+		b.wb, b.err = Compile(objs, s.cfg.Mesh, n.workload)
+		if b.err != nil {
+			return
+		}
+		s.compiled.Observe(time.Since(start).Seconds())
+		// Never push what a proxy would have to refuse.
+		if err := authz.CheckStrict(b.wb.Modules); err != nil {
+			b.err = fmt.Errorf("compiled bundle for %s does not compile: %w", nodeID, err)
+			return
+		}
+		b.ext, b.err = b.wb.Extension()
+	})
+	if b.err != nil {
+		return b.err
 	}
+	wb, ext := b.wb, b.ext
 	snap, err := cachev3.NewSnapshot(wb.Revision, map[resource.Type][]types.Resource{resource.ExtensionConfigType: {ext}})
 	if err != nil {
 		return err
