@@ -28,6 +28,9 @@ type Workload struct {
 	Namespace string
 	Name      string
 	Labels    map[string]string
+	// SpaceDelimitedClaims are the claims, besides scope and permission, that the
+	// workload's RequestAuthentications split on whitespace for authorization.
+	SpaceDelimitedClaims []string
 }
 
 // IsAuthorizationPolicy reports whether o is a security.istio.io AuthorizationPolicy.

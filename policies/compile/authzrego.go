@@ -149,7 +149,7 @@ func CompileAuthz(m Mesh, wl Workload, policies []*AuthzPolicy) AuthzOutput {
 			continue
 		}
 		for i, r := range p.Spec.GetRules() {
-			ir := lowerRule(m, p, r)
+			ir := lowerRule(m, wl, p, r)
 			ir.name = fmt.Sprintf("r_%s_%d", id, i)
 			if writeRule(&b, p, set, provider, i, ir, l7only) {
 				used[set] = true
@@ -352,6 +352,7 @@ func regoStringArray(vals []string) string {
 // lowering is the per-rule state while building conditions.
 type lowering struct {
 	m      Mesh
+	wl     Workload
 	p      *AuthzPolicy
 	allow  bool // ALLOW: any bad value drops the rule; otherwise bad values are dropped
 	bad    []string
@@ -379,8 +380,8 @@ func (l *lowering) values(field string, vals []string, check func(string) error)
 	return good
 }
 
-func lowerRule(m Mesh, p *AuthzPolicy, r *security.Rule) ruleIR {
-	l := &lowering{m: m, p: p, allow: p.Spec.GetAction() == security.AuthorizationPolicy_ALLOW}
+func lowerRule(m Mesh, wl Workload, p *AuthzPolicy, r *security.Rule) ruleIR {
+	l := &lowering{m: m, wl: wl, p: p, allow: p.Spec.GetAction() == security.AuthorizationPolicy_ALLOW}
 	var ir ruleIR
 	if len(r.GetFrom()) > 0 {
 		ir.from = [][]cond{}
@@ -515,7 +516,7 @@ func (l *lowering) condition(c *security.Condition) []cond {
 		case key == "connection.sni":
 			expr = neg2(strMatch(refSNI, l.values(f, vals, nil)), neg)
 		case base == "request.auth.claims":
-			split := len(args) == 1 && (args[0] == "scope" || args[0] == "permission")
+			split := len(args) == 1 && (args[0] == "scope" || args[0] == "permission" || slicesContains(l.wl.SpaceDelimitedClaims, args[0]))
 			expr = claimMatch(args, l.values(f, vals, nil), split, neg)
 		case strings.HasPrefix(base, "experimental.envoy.filters."):
 			filter := strings.TrimPrefix(base, "experimental.envoy.filters.")

@@ -117,3 +117,49 @@ spec:
 		})
 	}
 }
+
+// A claim a RequestAuthentication lists in spaceDelimitedClaims is split on
+// whitespace before authorization matches it; one it does not list is not.
+func TestSpaceDelimitedClaims(t *testing.T) {
+	s, jwks := signer(t)
+	jwksJSON, _ := json.Marshal(jwks)
+	policy := func(split string) []byte {
+		return []byte(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  jwtRules:
+  - issuer: https://issuer.example.com
+    jwks: ` + string(jwksJSON) + `
+    spaceDelimitedClaims: [` + split + `]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: admins, namespace: foo}
+spec:
+  rules:
+  - when: [{key: "request.auth.claims[roles]", values: [admin]}]
+`)
+	}
+	tok := token(t, s, "x", time.Hour, map[string]any{"roles": "admin editor"})
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	for _, tc := range []struct {
+		split  string
+		status int
+	}{{"roles", 200}, {"other", 403}} {
+		objs, err := source.Parse("ra.yaml", policy(tc.split))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var req RequestSpec
+		req.Workload.Namespace = "foo"
+		req.Headers = map[string]any{"authorization": "Bearer " + tok}
+		res, err := Check(context.Background(), objs, mesh, "", req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Status != tc.status {
+			t.Fatalf("spaceDelimitedClaims [%s]: status %d (%s), want %d", tc.split, res.Status, res.Reason, tc.status)
+		}
+	}
+}

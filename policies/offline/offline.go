@@ -115,7 +115,13 @@ func (r *RequestSpec) workload() compile.Workload {
 }
 
 // Compile validates and compiles the AuthorizationPolicies in objs for wl.
+// Claims the workload's RequestAuthentications mark as space-delimited are split
+// for authorization, as Istio does.
 func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (compile.AuthzOutput, []compile.Finding) {
+	rules, _ := RequestAuthRules(objs, mesh, wl)
+	for _, r := range rules {
+		wl.SpaceDelimitedClaims = append(wl.SpaceDelimitedClaims, r.SpaceDelimitedClaims...)
+	}
 	policies, findings := compile.DecodeAuthorizationPolicies(objs, wl.Namespace)
 	out := compile.CompileAuthz(mesh, wl, policies)
 	return out, append(findings, out.Findings...)
