@@ -87,14 +87,7 @@ Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if configFile != "" {
-				if err := cli.LoadConfig(configFile, cmd.Flags(), &c); err != nil {
-					return err
-				}
-			}
-			return run(cmd.Context(), c)
-		},
+		RunE:          cli.RunE(&configFile, &c, func(ctx context.Context) error { return run(ctx, c) }),
 	}
 	f := cmd.Flags()
 	f.StringVar(&configFile, "config", "", "YAML config file; keys are the flag names in camelCase (controlPlane, rootCert, …); flags win; unknown keys are errors")

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 )
@@ -137,4 +138,17 @@ func Serve(ctx context.Context, srv *http.Server, lis net.Listener) error {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return nil
+}
+
+// RunE is a cobra RunE for a daemon: it loads the --config file (if one was
+// given) into cfg, with explicitly set flags winning, then runs.
+func RunE(configFile *string, cfg any, run func(context.Context) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if *configFile != "" {
+			if err := LoadConfig(*configFile, cmd.Flags(), cfg); err != nil {
+				return err
+			}
+		}
+		return run(cmd.Context())
+	}
 }
