@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"sort"
@@ -15,7 +14,7 @@ import (
 
 func newAnalyzeCmd() *cobra.Command {
 	var pf policyFlags
-	var output string
+	var output outputFormat
 	var checkJWKS bool
 	c := &cobra.Command{
 		Use:   "analyze -f PATH... [--mesh-config MESH.yaml] [-o json]",
@@ -52,23 +51,18 @@ Exit code: 0 no errors (warnings allowed), 1 at least one error.`,
 					errs++
 				}
 			}
-			switch output {
-			case "json":
+			if output == outputJSON {
 				if findings == nil {
 					findings = []compile.Finding{}
 				}
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(findings); err != nil {
+				if err := writeJSON(cmd.OutOrStdout(), findings); err != nil {
 					return err
 				}
-			case "text":
+			} else {
 				for _, f := range findings {
 					fmt.Fprintln(cmd.OutOrStdout(), f.String())
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%d objects, %d findings (%d errors)\n", len(objs), len(findings), errs)
-			default:
-				return fmt.Errorf("--output %q: want text or json", output)
 			}
 			if errs > 0 {
 				return fmt.Errorf("%d errors", errs)
@@ -77,7 +71,7 @@ Exit code: 0 no errors (warnings allowed), 1 at least one error.`,
 		},
 	}
 	pf.add(c)
-	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	addOutputFlag(c, &output)
 	c.Flags().BoolVar(&checkJWKS, "check-jwks", false, "fetch every RequestAuthentication's JWKS now and report unreachable issuers")
 	return c
 }

@@ -182,7 +182,8 @@ func parseLabels(s string) (map[string]string, error) {
 
 func newAuthzCheckCmd() *cobra.Command {
 	var pf policyFlags
-	var reqFile, output, decisionLog string
+	var reqFile, decisionLog string
+	var output outputFormat
 	var logAllows bool
 	c := &cobra.Command{
 		Use:   "check -f PATH... --request REQ.yaml [--mesh-config MESH.yaml] [-o json]",
@@ -239,19 +240,13 @@ decision; it is 1 only if the check could not run.`,
 	c.Flags().StringVar(&reqFile, "request", "", "the request, REQ.yaml")
 	c.Flags().StringVar(&decisionLog, "decision-log", "", "append the decision to this tamper-evident decision log (denials and dry-run hits; see --log-allows)")
 	c.Flags().BoolVar(&logAllows, "log-allows", false, "with --decision-log, log allowed requests too")
-	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	addOutputFlag(c, &output)
 	return c
 }
 
-func printCheck(w io.Writer, res offline.Result, output string) error {
-	switch output {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
-	case "text":
-	default:
-		return fmt.Errorf("--output %q: want text or json", output)
+func printCheck(w io.Writer, res offline.Result, output outputFormat) error {
+	if output == outputJSON {
+		return writeJSON(w, res)
 	}
 	verdict := "DENIED"
 	if res.Allowed {
@@ -281,7 +276,8 @@ func printCheck(w io.Writer, res offline.Result, output string) error {
 }
 
 func newAuthzTestCmd() *cobra.Command {
-	var output, run string
+	var run string
+	var output outputFormat
 	c := &cobra.Command{
 		Use:   "test CASES.yaml...",
 		Short: "Run policy test cases and report pass/fail per case",
@@ -318,10 +314,8 @@ exit code is 1 if any case fails.`,
 				}
 			}
 			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(results); err != nil {
+			case outputJSON:
+				if err := writeJSON(cmd.OutOrStdout(), results); err != nil {
 					return err
 				}
 			default:
@@ -344,7 +338,7 @@ exit code is 1 if any case fails.`,
 			return nil
 		},
 	}
-	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	addOutputFlag(c, &output)
 	c.Flags().StringVar(&run, "run", "", "only cases whose name contains this")
 	return c
 }

@@ -21,7 +21,8 @@ func newCACmd() *cobra.Command {
 		Use:   "ca",
 		Short: "Inspect the mesh CA and rotate its root",
 	}
-	var stateDir, output string
+	var stateDir string
+	var output outputFormat
 	addStateDir := func(c *cobra.Command) {
 		c.Flags().StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory")
 	}
@@ -58,9 +59,7 @@ roots ("use": "x509-svid", with "x5c") and the JWT-SVID signing keys ("use":
 			if err := json.Unmarshal(data, &pretty); err != nil {
 				return err
 			}
-			enc := json.NewEncoder(cmd.OutOrStdout())
-			enc.SetIndent("", "  ")
-			return enc.Encode(pretty)
+			return writeJSON(cmd.OutOrStdout(), pretty)
 		},
 	}
 	status := &cobra.Command{
@@ -85,7 +84,7 @@ roots ("use": "x509-svid", with "x5c") and the JWT-SVID signing keys ("use":
 			return printStatus(cmd.OutOrStdout(), st, output)
 		},
 	}
-	status.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	addOutputFlag(status, &output)
 	rotate := &cobra.Command{
 		Use:   "rotate",
 		Short: "Start a root rotation on the running rampartd",
@@ -114,7 +113,7 @@ so no handshake fails on the way. Follow it with 'rampartctl ca status'.`,
 			return printStatus(cmd.OutOrStdout(), st, output)
 		},
 	}
-	rotate.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	addOutputFlag(rotate, &output)
 	for _, c := range []*cobra.Command{root, bundle, status, rotate} {
 		addStateDir(c)
 		cmd.AddCommand(c)
@@ -122,15 +121,9 @@ so no handshake fails on the way. Follow it with 'rampartctl ca status'.`,
 	return cmd
 }
 
-func printStatus(w io.Writer, st ca.Status, output string) error {
-	switch output {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
-	case "text":
-	default:
-		return fmt.Errorf("--output %q: want text or json", output)
+func printStatus(w io.Writer, st ca.Status, output outputFormat) error {
+	if output == outputJSON {
+		return writeJSON(w, st)
 	}
 	fmt.Fprintf(w, "trust domain:    %s\nphase:           %s\nbundle sequence: %d\n", st.TrustDomain, st.Phase, st.Sequence)
 	if st.External {

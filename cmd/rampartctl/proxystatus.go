@@ -14,7 +14,8 @@ import (
 )
 
 func newProxyStatusCmd() *cobra.Command {
-	var stateDir, output string
+	var stateDir string
+	var output outputFormat
 	c := &cobra.Command{
 		Use:   "proxy-status",
 		Short: "Show whether every proxy has applied the latest configuration",
@@ -34,14 +35,8 @@ func newProxyStatusCmd() *cobra.Command {
 			if err := json.Unmarshal(data, &st); err != nil {
 				return err
 			}
-			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
-			case "text":
-			default:
-				return fmt.Errorf("--output %q: want text or json", output)
+			if output == outputJSON {
+				return writeJSON(cmd.OutOrStdout(), st)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "PROXY\tWORKLOAD\tSTATUS\tSENT\tACKED\tCONNECTED\tNACK")
@@ -56,7 +51,7 @@ func newProxyStatusCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory")
-	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	addOutputFlag(c, &output)
 	return c
 }
 

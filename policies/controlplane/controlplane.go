@@ -21,6 +21,7 @@ import (
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/jointoken"
 	"github.com/rampart-mesh/rampart/ca/server"
+	"github.com/rampart-mesh/rampart/internal/serve"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/xds"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -170,7 +171,7 @@ func (s *Server) Run(ctx context.Context) error {
 		_ = json.NewEncoder(w).Encode(map[string]any{"acked": acked, "bundle": b})
 	})
 	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	g.Go(func() error { return serveHTTP(ctx, admin, adminLis) })
+	g.Go(func() error { return serve.HTTP(ctx, admin, adminLis) })
 	info := Info{PID: os.Getpid(), AdminSocket: sock, TrustDomain: s.authority.TrustDomain().Name(), StartedAt: time.Now().UTC().Format(time.RFC3339)}
 	g.Go(func() error {
 		addr, err := s.caServer.Addr(ctx)
@@ -191,20 +192,6 @@ func (s *Server) Run(ctx context.Context) error {
 	err = g.Wait()
 	_ = os.Remove(sock)
 	return err
-}
-
-func serveHTTP(ctx context.Context, srv *http.Server, lis net.Listener) error {
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
-	return nil
 }
 
 // bundleSource gives the xDS server the CA's current trust bundle.

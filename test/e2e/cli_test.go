@@ -48,4 +48,11 @@ func TestBinariesHelpVersionAndBadInput(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not a valid DNS-1123 label") {
 		t.Errorf("token for an invalid namespace: err = %v", err)
 	}
+	// -o is checked as the flags are parsed, before the command does any work.
+	for _, args := range [][]string{{"analyze"}, {"authz", "check"}, {"authz", "test"}, {"ca", "status"}, {"ca", "rotate"}, {"proxy-status"}} {
+		_, err = procs.RunErr(t, "rampartctl", append(args, "-o", "yaml")...)
+		if err == nil || !strings.Contains(err.Error(), `invalid argument "yaml" for "-o, --output" flag: want text or json`) {
+			t.Errorf("rampartctl %s -o yaml: err = %v", strings.Join(args, " "), err)
+		}
+	}
 }

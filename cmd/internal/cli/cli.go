@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rampart-mesh/rampart/internal/serve"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
@@ -122,22 +123,7 @@ func MetricsServer(ctx context.Context, addr string, reg *prometheus.Registry, l
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	log.Info("metrics serving", "addr", "http://"+lis.Addr().String()+"/metrics")
-	return Serve(ctx, srv, lis)
-}
-
-// Serve runs srv on lis until ctx ends, then shuts it down gracefully.
-func Serve(ctx context.Context, srv *http.Server, lis net.Listener) error {
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
-	return nil
+	return serve.HTTP(ctx, srv, lis)
 }
 
 // RunE is a cobra RunE for a daemon: it loads the --config file (if one was
