@@ -36,6 +36,7 @@ import (
 	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/offline"
+	"github.com/rampart-mesh/rampart/policies/registry"
 	"github.com/rampart-mesh/rampart/policies/source"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -43,6 +44,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
 )
 
 // Config configures a Server.
@@ -68,7 +70,8 @@ type Server struct {
 
 	mu      sync.Mutex
 	objs    []source.Object // last good configuration
-	stamp   string          // what the files looked like when objs was read
+	net     *compile.Networking
+	stamp   string // what the files looked like when objs was read
 	nodes   map[string]*node
 	streams map[int64]*stream // by stream id
 	version int
@@ -92,10 +95,12 @@ type stream struct {
 }
 
 type built struct {
-	once sync.Once
-	ext  *corev3.TypedExtensionConfig
-	wb   authz.WireBundle
-	err  error
+	once    sync.Once
+	ext     *corev3.TypedExtensionConfig
+	wb      authz.WireBundle
+	out     *compile.Outbound
+	version string // of the whole snapshot: bundle and outbound resources
+	err     error
 }
 
 func workloadKey(wl compile.Workload) string {
@@ -116,13 +121,14 @@ type node struct {
 	id       spiffeid.ID
 	workload compile.Workload
 
-	sent     string           // version of the last snapshot set
-	bundle   authz.WireBundle // what was sent
-	changed  time.Time        // when the change behind the unACKed version was seen
-	acked    string           // version the proxy last ACKed
-	nack     string           // the proxy's reason, when its last answer was a NACK
-	streams  int              // open ADS streams
-	since    time.Time        // when its current stream opened
+	sent     string            // version of the last snapshot set
+	bundle   authz.WireBundle  // what was sent
+	outbound *compile.Outbound // what was sent
+	changed  time.Time         // when the change behind the unACKed version was seen
+	acked    map[string]string // by type URL: the version the proxy last ACKed
+	nack     string            // the proxy's reason, when its last answer was a NACK
+	streams  int               // open ADS streams
+	since    time.Time         // when its current stream opened
 	lastSeen time.Time
 }
 
@@ -146,7 +152,45 @@ func (s *Server) Config(proxy string) (authz.WireBundle, bool, bool) {
 	if !ok {
 		return authz.WireBundle{}, false, false
 	}
-	return n.bundle, n.acked == n.sent, true
+	return n.bundle, n.synced(), true
+}
+
+// Outbound returns the listeners, routes, clusters and endpoints last sent to
+// a proxy, and whether the proxy has ACKed them.
+func (s *Server) Outbound(proxy string) (*compile.Outbound, bool, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[proxy]
+	if !ok || n.outbound == nil {
+		return nil, false, ok
+	}
+	return n.outbound, n.synced(), true
+}
+
+// synced reports whether the proxy has ACKed the last version sent for every
+// type it subscribes to.
+func (n *node) synced() bool {
+	if len(n.acked) == 0 {
+		return false
+	}
+	for _, v := range n.acked {
+		if v != n.sent {
+			return false
+		}
+	}
+	return true
+}
+
+// ackedAll is the version every subscribed type has ACKed, or the oldest
+// differing one.
+func (n *node) ackedAll() string {
+	out := ""
+	for _, v := range n.acked {
+		if v != n.sent || out == "" {
+			out = v
+		}
+	}
+	return out
 }
 
 // Status reports every proxy the server has seen, sorted by name.
@@ -155,13 +199,13 @@ func (s *Server) Status() []ProxyStatus {
 	defer s.mu.Unlock()
 	out := make([]ProxyStatus, 0, len(s.nodes))
 	for id, n := range s.nodes {
-		st := ProxyStatus{Proxy: id, Workload: n.workload.Namespace + "/" + n.workload.Name, Sent: n.sent, Acked: n.acked, NACK: n.nack, Connected: n.since}
+		st := ProxyStatus{Proxy: id, Workload: n.workload.Namespace + "/" + n.workload.Name, Sent: n.sent, Acked: n.ackedAll(), NACK: n.nack, Connected: n.since}
 		switch {
 		case n.streams == 0:
 			st.Status = "DISCONNECTED"
 		case n.nack != "":
 			st.Status = "NACKED"
-		case n.acked == n.sent:
+		case n.synced():
 			st.Status = "SYNCED"
 		default:
 			st.Status = "STALE"
@@ -283,8 +327,21 @@ func (s *Server) reload(first bool) error {
 			return fmt.Errorf("%s", f.String())
 		}
 	}
+	nw, nfs := compile.DecodeNetworking(objs, s.cfg.Mesh, "default")
+	for _, f := range nfs {
+		if f.Severity == compile.SeverityError {
+			s.rejects.WithLabelValues("invalid").Inc()
+			s.mu.Lock()
+			s.stamp = stamp
+			s.mu.Unlock()
+			return fmt.Errorf("%s", f.String())
+		}
+	}
+	for _, f := range nfs {
+		s.log.Warn("configuration finding", "finding", f.String())
+	}
 	s.mu.Lock()
-	s.objs, s.stamp = objs, stamp
+	s.objs, s.net, s.stamp = objs, nw, stamp
 	s.version++
 	s.built = map[string]*built{}
 	nodes := make([]string, 0, len(s.nodes))
@@ -313,7 +370,7 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 		s.mu.Unlock()
 		return nil
 	}
-	objs := s.objs
+	objs, nw := s.objs, s.net
 	if s.built == nil {
 		s.built = map[string]*built{}
 	}
@@ -336,13 +393,22 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 			b.err = fmt.Errorf("compiled bundle for %s does not compile: %w", nodeID, err)
 			return
 		}
-		b.ext, b.err = b.wb.Extension()
+		if b.ext, b.err = b.wb.Extension(); b.err != nil {
+			return
+		}
+		if nw == nil {
+			nw = &compile.Networking{Registry: &registry.Registry{}}
+		}
+		if b.out, b.err = compile.CompileOutbound(nw, s.cfg.Mesh, n.workload); b.err != nil {
+			return
+		}
+		b.version, b.err = snapshotVersion(b.wb.Revision, b.out)
 	})
 	if b.err != nil {
 		return b.err
 	}
-	wb, ext := b.wb, b.ext
-	snap, err := cachev3.NewSnapshot(wb.Revision, map[resource.Type][]types.Resource{resource.ExtensionConfigType: {ext}})
+	wb, ext, out := b.wb, b.ext, b.out
+	snap, err := cachev3.NewSnapshot(b.version, outboundResources(ext, out))
 	if err != nil {
 		return err
 	}
@@ -350,10 +416,10 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 		return err
 	}
 	s.mu.Lock()
-	if n.sent != wb.Revision {
+	if n.sent != b.version {
 		n.changed = changed
 	}
-	n.sent, n.bundle = wb.Revision, wb
+	n.sent, n.bundle, n.outbound = b.version, wb, out
 	s.mu.Unlock()
 	if err := s.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
 		return err
@@ -448,12 +514,15 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 			n.streams++
 			n.since = n.lastSeen
 		}
+		if _, ok := n.acked[req.GetTypeUrl()]; !ok {
+			n.acked[req.GetTypeUrl()] = "" // subscribed
+		}
 		if req.GetResponseNonce() != "" {
 			if d := req.GetErrorDetail(); d != nil {
 				n.nack = d.GetMessage()
 			} else {
-				n.acked, n.nack = req.GetVersionInfo(), ""
-				if n.acked == n.sent && !n.changed.IsZero() {
+				n.acked[req.GetTypeUrl()], n.nack = req.GetVersionInfo(), ""
+				if n.synced() && !n.changed.IsZero() {
 					s.convergence.Observe(time.Since(n.changed).Seconds())
 					n.changed = time.Time{}
 				}
@@ -474,7 +543,7 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 	}
 	s.mu.Lock()
 	now := time.Now()
-	s.nodes[certID] = &node{id: id, workload: wl, streams: 1, since: now, lastSeen: now}
+	s.nodes[certID] = &node{id: id, workload: wl, streams: 1, since: now, lastSeen: now, acked: map[string]string{req.GetTypeUrl(): ""}}
 	st.counted = true
 	s.mu.Unlock()
 	s.log.Info("proxy connected", "proxy", certID, "workload", wl.Namespace+"/"+wl.Name)
@@ -516,4 +585,63 @@ func (s *Server) peerID(ctx context.Context) (spiffeid.ID, error) {
 		return spiffeid.ID{}, fmt.Errorf("client certificate: %w", err)
 	}
 	return id, nil
+}
+
+// outboundResources is a proxy's snapshot: its policy bundle (ECDS) and its
+// listeners, routes, clusters and endpoints.
+func outboundResources(ext *corev3.TypedExtensionConfig, out *compile.Outbound) map[resource.Type][]types.Resource {
+	// Every type is present, even empty, so a proxy's wildcard requests are answered.
+	res := map[resource.Type][]types.Resource{resource.ExtensionConfigType: {ext},
+		resource.ListenerType: {}, resource.RouteType: {}, resource.ClusterType: {}, resource.EndpointType: {}}
+	for _, l := range out.Listeners {
+		res[resource.ListenerType] = append(res[resource.ListenerType], l)
+	}
+	for _, r := range out.Routes {
+		res[resource.RouteType] = append(res[resource.RouteType], r)
+	}
+	for _, c := range out.Clusters {
+		res[resource.ClusterType] = append(res[resource.ClusterType], c)
+	}
+	for _, e := range out.Endpoints {
+		res[resource.EndpointType] = append(res[resource.EndpointType], e)
+	}
+	return res
+}
+
+// snapshotVersion hashes everything a proxy is sent, so an unchanged
+// configuration keeps its version and nothing is pushed for it.
+func snapshotVersion(revision string, out *compile.Outbound) (string, error) {
+	h := sha256.New()
+	h.Write([]byte(revision))
+	opts := proto.MarshalOptions{Deterministic: true}
+	add := func(m proto.Message) error {
+		b, err := opts.Marshal(m)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "\x00%d\x00", len(b))
+		h.Write(b)
+		return nil
+	}
+	for _, l := range out.Listeners {
+		if err := add(l); err != nil {
+			return "", err
+		}
+	}
+	for _, r := range out.Routes {
+		if err := add(r); err != nil {
+			return "", err
+		}
+	}
+	for _, c := range out.Clusters {
+		if err := add(c); err != nil {
+			return "", err
+		}
+	}
+	for _, e := range out.Endpoints {
+		if err := add(e); err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -33,6 +34,9 @@ type Config struct {
 	Node *corev3.Node
 	// Apply installs a bundle; an error NACKs it and the last good one stays.
 	Apply func(context.Context, authz.WireBundle) error
+	// ApplyOutbound, if set, subscribes to listeners, routes, clusters and
+	// endpoints, and installs each complete set; an error NACKs the update.
+	ApplyOutbound func(context.Context, *Resources) error
 	// MinBackoff and MaxBackoff bound reconnection delays. Defaults 200 ms, 10 s.
 	MinBackoff, MaxBackoff time.Duration
 	Log                    *slog.Logger
@@ -40,9 +44,11 @@ type Config struct {
 
 // Client keeps an ADS stream open and applies what arrives.
 type Client struct {
-	cfg     Config
-	log     *slog.Logger
-	applied string // version of the last bundle applied
+	cfg      Config
+	log      *slog.Logger
+	applied  string            // version of the last bundle applied
+	versions map[string]string // by type: version last ACKed
+	pending  *Resources        // the latest valid resources (applied once complete)
 
 	nacked  string // version last refused, and how often in a row
 	nackRun int
@@ -62,7 +68,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, log: cfg.Log.With("component", "xds-client")}, nil
+	return &Client{cfg: cfg, log: cfg.Log.With("component", "xds-client"), versions: map[string]string{}, pending: &Resources{}}, nil
 }
 
 // Run streams until ctx ends.
@@ -101,18 +107,31 @@ func (c *Client) stream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	req := &discovery.DiscoveryRequest{Node: c.cfg.Node, TypeUrl: ExtensionConfigType, ResourceNames: []string{authz.ExtensionName}, VersionInfo: c.applied}
-	if err := st.Send(req); err != nil {
-		return err
+	// What this stream has asked for, by type; EDS and RDS names follow CDS and LDS.
+	asked := map[string][]string{ExtensionConfigType: {authz.ExtensionName}}
+	types := []string{ExtensionConfigType}
+	if c.cfg.ApplyOutbound != nil {
+		asked[ClusterType], asked[ListenerType] = nil, nil
+		types = append(types, ClusterType, ListenerType)
+	}
+	for i, t := range types {
+		req := &discovery.DiscoveryRequest{TypeUrl: t, ResourceNames: asked[t], VersionInfo: c.versions[t]}
+		if i == 0 {
+			req.Node = c.cfg.Node
+		}
+		if err := st.Send(req); err != nil {
+			return err
+		}
 	}
 	for {
 		resp, err := st.Recv()
 		if err != nil {
 			return err
 		}
-		ack := &discovery.DiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResourceNames: []string{authz.ExtensionName}, ResponseNonce: resp.GetNonce()}
+		t := resp.GetTypeUrl()
+		ack := &discovery.DiscoveryRequest{TypeUrl: t, ResourceNames: asked[t], ResponseNonce: resp.GetNonce()}
 		if aerr := c.apply(ctx, resp); aerr != nil {
-			ack.VersionInfo = c.applied
+			ack.VersionInfo = c.versions[t]
 			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: aerr.Error()}
 			// A server that resends what was just refused would make a hot loop:
 			// refusing the same version again waits longer each time.
@@ -126,29 +145,68 @@ func (c *Client) stream(ctx context.Context) error {
 				}
 			} else {
 				c.nacked, c.nackRun = resp.GetVersionInfo(), 0
-				c.log.Error("configuration refused (NACK); the last good one stays", "version", resp.GetVersionInfo(), "err", aerr)
+				c.log.Error("configuration refused (NACK); the last good one stays", "type", t, "version", resp.GetVersionInfo(), "err", aerr)
 			}
 		} else {
-			c.applied = resp.GetVersionInfo()
+			c.versions[t] = resp.GetVersionInfo()
+			if t == ExtensionConfigType {
+				c.applied = resp.GetVersionInfo()
+			}
 			c.nacked, c.nackRun = "", 0
-			ack.VersionInfo = c.applied
+			ack.VersionInfo = resp.GetVersionInfo()
 		}
 		if err := st.Send(ack); err != nil {
 			return err
+		}
+		// New clusters and listeners may name new endpoints and routes.
+		for _, dep := range []struct{ from, to string }{{ClusterType, EndpointType}, {ListenerType, RouteType}} {
+			if t != dep.from {
+				continue
+			}
+			names := c.pending.dependencies(dep.to)
+			if _, ok := asked[dep.to]; ok && slices.Equal(names, asked[dep.to]) {
+				continue
+			}
+			asked[dep.to] = names
+			if err := st.Send(&discovery.DiscoveryRequest{TypeUrl: dep.to, ResourceNames: names, VersionInfo: c.versions[dep.to]}); err != nil {
+				return err
+			}
 		}
 	}
 }
 
 func (c *Client) apply(ctx context.Context, resp *discovery.DiscoveryResponse) error {
-	if resp.GetTypeUrl() != ExtensionConfigType {
-		return fmt.Errorf("unexpected type %q", resp.GetTypeUrl())
+	switch resp.GetTypeUrl() {
+	case ExtensionConfigType:
+		if len(resp.GetResources()) != 1 {
+			return fmt.Errorf("%d resources, want exactly %s", len(resp.GetResources()), authz.ExtensionName)
+		}
+		b, err := authz.WireBundleFrom(resp.GetResources()[0])
+		if err != nil {
+			return err
+		}
+		return c.cfg.Apply(ctx, b)
+	case ClusterType, EndpointType, ListenerType, RouteType:
+		if c.cfg.ApplyOutbound == nil {
+			return fmt.Errorf("unexpected type %q", resp.GetTypeUrl())
+		}
+		next, err := c.pending.with(resp)
+		if err != nil {
+			return err
+		}
+		// Apply only a complete set (every EDS cluster has its endpoints, every
+		// listener its routes), as Envoy warms clusters and listeners; what is
+		// incomplete is held until the rest arrives.
+		if missing := next.missing(); missing != "" {
+			c.pending = next
+			c.log.Debug("configuration held until it is complete", "missing", missing)
+			return nil
+		}
+		if err := c.cfg.ApplyOutbound(ctx, next); err != nil {
+			return err
+		}
+		c.pending = next
+		return nil
 	}
-	if len(resp.GetResources()) != 1 {
-		return fmt.Errorf("%d resources, want exactly %s", len(resp.GetResources()), authz.ExtensionName)
-	}
-	b, err := authz.WireBundleFrom(resp.GetResources()[0])
-	if err != nil {
-		return err
-	}
-	return c.cfg.Apply(ctx, b)
+	return fmt.Errorf("unexpected type %q", resp.GetTypeUrl())
 }

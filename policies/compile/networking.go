@@ -1,0 +1,326 @@
+package compile
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/rampart-mesh/rampart/policies/registry"
+	"github.com/rampart-mesh/rampart/policies/source"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
+)
+
+// Finding codes for VirtualService, DestinationRule and the registry.
+const (
+	CodeVSSchema        = "VS-SCHEMA"
+	CodeVSNoHosts       = "VS-NO-HOSTS"
+	CodeVSNoAction      = "VS-NO-ACTION"    // an http route with neither route, redirect nor directResponse
+	CodeVSBadRegex      = "VS-BAD-REGEX"    // a regex that RE2 does not accept
+	CodeVSWeights       = "VS-WEIGHTS"      // weights that do not add up to 100
+	CodeVSUnknownHost   = "VS-UNKNOWN-HOST" // warning: a destination host not in the registry
+	CodeVSUnsupported   = "VS-UNSUPPORTED"  // a field Rampart does not implement (delegate, ...)
+	CodeVSPercent       = "VS-BAD-PERCENT"  // a percentage outside 0..100
+	CodeDRSchema        = "DR-SCHEMA"
+	CodeDRSubset        = "DR-SUBSET"         // an unnamed or duplicate subset
+	CodeDRTLS           = "DR-TLS"            // SIMPLE/MUTUAL without what they need
+	CodeSESchema        = "SE-SCHEMA"         // ServiceEntry or WorkloadEntry problems
+	CodeVSMissingSubset = "VS-UNKNOWN-SUBSET" // warning: a subset no DestinationRule defines
+)
+
+// VirtualService is a decoded networking.istio.io VirtualService.
+type VirtualService struct {
+	Object source.Object
+	Spec   *networking.VirtualService
+}
+
+// DestinationRule is a decoded networking.istio.io DestinationRule.
+type DestinationRule struct {
+	Object source.Object
+	Spec   *networking.DestinationRule
+}
+
+// Networking is the decoded routing configuration: the registry plus every
+// VirtualService and DestinationRule, oldest first.
+type Networking struct {
+	Registry         *registry.Registry
+	VirtualServices  []VirtualService
+	DestinationRules []DestinationRule
+	Gateways         []Gateway
+}
+
+// Gateway is a decoded networking.istio.io Gateway.
+type Gateway struct {
+	Object source.Object
+	Spec   *networking.Gateway
+}
+
+func isNetworking(o source.Object, kind string) bool {
+	return o.Kind == kind && o.Group() == "networking.istio.io"
+}
+
+// DecodeNetworking decodes the registry, VirtualServices, DestinationRules and
+// Gateways in objs and validates them. Objects with error findings are left out.
+func DecodeNetworking(objs []source.Object, mesh Mesh, defaultNS string) (*Networking, []Finding) {
+	reg, issues := registry.Build(objs, defaultNS, mesh.domain())
+	n := &Networking{Registry: reg}
+	var fs []Finding
+	for _, is := range issues {
+		fs = append(fs, newFinding(is.Object, SeverityError, CodeSESchema, is.Field, "%s", is.Message))
+	}
+	for _, o := range objs {
+		if o.Namespace == "" {
+			o.Namespace = defaultNS
+		}
+		switch {
+		case isNetworking(o, "VirtualService"):
+			spec := &networking.VirtualService{}
+			if err := unmarshalSpec(o, spec); err != nil {
+				fs = append(fs, newFinding(o, SeverityError, CodeVSSchema, "spec", "%v", err))
+				continue
+			}
+			vfs := validateVirtualService(o, spec)
+			fs = append(fs, vfs...)
+			if !hasError(vfs) {
+				n.VirtualServices = append(n.VirtualServices, VirtualService{o, spec})
+			}
+		case isNetworking(o, "DestinationRule"):
+			spec := &networking.DestinationRule{}
+			if err := unmarshalSpec(o, spec); err != nil {
+				fs = append(fs, newFinding(o, SeverityError, CodeDRSchema, "spec", "%v", err))
+				continue
+			}
+			dfs := validateDestinationRule(o, spec)
+			fs = append(fs, dfs...)
+			if !hasError(dfs) {
+				n.DestinationRules = append(n.DestinationRules, DestinationRule{o, spec})
+			}
+		case isNetworking(o, "Gateway"):
+			spec := &networking.Gateway{}
+			if err := unmarshalSpec(o, spec); err != nil {
+				fs = append(fs, newFinding(o, SeverityError, CodeVSSchema, "spec", "%v", err))
+				continue
+			}
+			n.Gateways = append(n.Gateways, Gateway{o, spec})
+		}
+	}
+	older := func(a, b source.Object) bool {
+		if !a.CreationTimestamp.Equal(b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(b.CreationTimestamp)
+		}
+		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+	}
+	sort.SliceStable(n.VirtualServices, func(i, j int) bool { return older(n.VirtualServices[i].Object, n.VirtualServices[j].Object) })
+	sort.SliceStable(n.DestinationRules, func(i, j int) bool { return older(n.DestinationRules[i].Object, n.DestinationRules[j].Object) })
+	// Cross-object checks: destinations the registry does not know, subsets no rule defines.
+	for _, vs := range n.VirtualServices {
+		for i, h := range vs.Spec.GetHttp() {
+			for j, d := range h.GetRoute() {
+				fs = append(fs, n.checkDestination(vs.Object, fmt.Sprintf("spec.http[%d].route[%d].destination", i, j), d.GetDestination())...)
+			}
+		}
+		for i, t := range vs.Spec.GetTcp() {
+			for j, d := range t.GetRoute() {
+				fs = append(fs, n.checkDestination(vs.Object, fmt.Sprintf("spec.tcp[%d].route[%d].destination", i, j), d.GetDestination())...)
+			}
+		}
+	}
+	return n, fs
+}
+
+func (n *Networking) checkDestination(o source.Object, path string, d *networking.Destination) []Finding {
+	host := n.Registry.Resolve(d.GetHost(), o.Namespace)
+	svc := n.Registry.Service(host)
+	if svc == nil {
+		return []Finding{newFinding(o, SeverityWarning, CodeVSUnknownHost, path+".host",
+			"%q (%s) is not in the registry (no ServiceEntry has it); requests routed there get 503 (NR)", d.GetHost(), host)}
+	}
+	if d.GetSubset() != "" && n.subset(host, o.Namespace, d.GetSubset()) == nil {
+		return []Finding{newFinding(o, SeverityWarning, CodeVSMissingSubset, path+".subset",
+			"no DestinationRule for %s defines subset %q; requests routed there get 503 (UH)", host, d.GetSubset())}
+	}
+	return nil
+}
+
+func unmarshalSpec(o source.Object, m proto.Message) error {
+	if len(o.Spec) == 0 || string(o.Spec) == "null" {
+		return nil
+	}
+	return protojson.Unmarshal(o.Spec, m)
+}
+
+func hasError(fs []Finding) bool {
+	for _, f := range fs {
+		if f.Severity == SeverityError {
+			return true
+		}
+	}
+	return false
+}
+
+func validateVirtualService(o source.Object, vs *networking.VirtualService) []Finding {
+	var fs []Finding
+	if len(vs.GetHosts()) == 0 {
+		fs = append(fs, newFinding(o, SeverityError, CodeVSNoHosts, "spec.hosts", "at least one host is required"))
+	}
+	re := func(path, expr string) {
+		if _, err := regexp.Compile("^(?:" + expr + ")$"); err != nil {
+			fs = append(fs, newFinding(o, SeverityError, CodeVSBadRegex, path, "%q: %v", expr, err))
+		}
+	}
+	sm := func(path string, m *networking.StringMatch) {
+		if r := m.GetRegex(); r != "" {
+			re(path+".regex", r)
+		}
+	}
+	pct := func(path string, p *networking.Percent) {
+		if p != nil && (p.GetValue() < 0 || p.GetValue() > 100) {
+			fs = append(fs, newFinding(o, SeverityError, CodeVSPercent, path, "%v is not a percentage", p.GetValue()))
+		}
+	}
+	for i, h := range vs.GetHttp() {
+		base := fmt.Sprintf("spec.http[%d]", i)
+		if h.GetDelegate() != nil {
+			fs = append(fs, newFinding(o, SeverityError, CodeVSUnsupported, base+".delegate", "delegate is not supported"))
+		}
+		if len(h.GetRoute()) == 0 && h.GetRedirect() == nil && h.GetDirectResponse() == nil && h.GetDelegate() == nil {
+			fs = append(fs, newFinding(o, SeverityError, CodeVSNoAction, base, "one of route, redirect or directResponse is required"))
+		}
+		for j, m := range h.GetMatch() {
+			mb := fmt.Sprintf("%s.match[%d]", base, j)
+			sm(mb+".uri", m.GetUri())
+			sm(mb+".method", m.GetMethod())
+			sm(mb+".authority", m.GetAuthority())
+			sm(mb+".scheme", m.GetScheme())
+			for k, v := range m.GetHeaders() {
+				sm(fmt.Sprintf("%s.headers[%s]", mb, k), v)
+			}
+			for k, v := range m.GetQueryParams() {
+				sm(fmt.Sprintf("%s.queryParams[%s]", mb, k), v)
+			}
+			for k, v := range m.GetWithoutHeaders() {
+				sm(fmt.Sprintf("%s.withoutHeaders[%s]", mb, k), v)
+			}
+		}
+		if len(h.GetRoute()) > 1 {
+			sum := int32(0)
+			for _, d := range h.GetRoute() {
+				sum += d.GetWeight()
+			}
+			if sum != 100 && sum != 0 {
+				fs = append(fs, newFinding(o, SeverityError, CodeVSWeights, base+".route", "weights add up to %d, not 100", sum))
+			}
+		}
+		if rr := h.GetRewrite().GetUriRegexRewrite(); rr != nil {
+			re(base+".rewrite.uriRegexRewrite.match", rr.GetMatch())
+		}
+		if f := h.GetFault(); f != nil {
+			pct(base+".fault.delay.percentage", f.GetDelay().GetPercentage())
+			pct(base+".fault.abort.percentage", f.GetAbort().GetPercentage())
+			if f.GetDelay() != nil && f.GetDelay().GetFixedDelay() == nil {
+				fs = append(fs, newFinding(o, SeverityError, CodeVSUnsupported, base+".fault.delay", "only fixedDelay is supported"))
+			}
+			if f.GetAbort() != nil && f.GetAbort().GetHttpStatus() == 0 {
+				fs = append(fs, newFinding(o, SeverityError, CodeVSUnsupported, base+".fault.abort", "only httpStatus aborts are supported"))
+			}
+		}
+		pct(base+".mirrorPercentage", h.GetMirrorPercentage())
+		for j, m := range h.GetMirrors() {
+			pct(fmt.Sprintf("%s.mirrors[%d].percentage", base, j), m.GetPercentage())
+		}
+		for j, c := range h.GetCorsPolicy().GetAllowOrigins() {
+			sm(fmt.Sprintf("%s.corsPolicy.allowOrigins[%d]", base, j), c)
+		}
+	}
+	if len(vs.GetTls()) > 0 {
+		fs = append(fs, newFinding(o, SeverityWarning, CodeVSUnsupported, "spec.tls", "tls routes are not applied yet"))
+	}
+	return fs
+}
+
+func validateDestinationRule(o source.Object, dr *networking.DestinationRule) []Finding {
+	var fs []Finding
+	if dr.GetHost() == "" {
+		fs = append(fs, newFinding(o, SeverityError, CodeDRSchema, "spec.host", "a host is required"))
+	}
+	seen := map[string]bool{}
+	for i, s := range dr.GetSubsets() {
+		p := fmt.Sprintf("spec.subsets[%d].name", i)
+		switch {
+		case s.GetName() == "":
+			fs = append(fs, newFinding(o, SeverityError, CodeDRSubset, p, "a subset needs a name"))
+		case seen[s.GetName()]:
+			fs = append(fs, newFinding(o, SeverityError, CodeDRSubset, p, "subset %q is defined twice", s.GetName()))
+		}
+		seen[s.GetName()] = true
+	}
+	check := func(path string, tp *networking.TrafficPolicy) {
+		t := tp.GetTls()
+		switch t.GetMode() {
+		case networking.ClientTLSSettings_MUTUAL:
+			if t.GetClientCertificate() == "" || t.GetPrivateKey() == "" {
+				fs = append(fs, newFinding(o, SeverityError, CodeDRTLS, path+".tls", "MUTUAL needs clientCertificate and privateKey"))
+			}
+		}
+	}
+	check("spec.trafficPolicy", dr.GetTrafficPolicy())
+	for i, s := range dr.GetSubsets() {
+		check(fmt.Sprintf("spec.subsets[%d].trafficPolicy", i), s.GetTrafficPolicy())
+	}
+	return fs
+}
+
+// destinationRule finds the DestinationRule that applies to host for a proxy in
+// namespace ns: one in the proxy's namespace first, then the service's, then the
+// root namespace; the oldest wins among equals (Istio's lookup order).
+func (n *Networking) destinationRule(host, ns, svcNS, root string, labels map[string]string) *DestinationRule {
+	for _, want := range []string{ns, svcNS, root} {
+		for i := range n.DestinationRules {
+			dr := &n.DestinationRules[i]
+			if dr.Object.Namespace != want || n.Registry.Resolve(dr.Spec.GetHost(), dr.Object.Namespace) != host {
+				continue
+			}
+			if !visible(dr.Spec.GetExportTo(), dr.Object.Namespace, ns) {
+				continue
+			}
+			if ws := dr.Spec.GetWorkloadSelector(); ws != nil && !registry.Matches(ws.GetMatchLabels(), labels) {
+				continue
+			}
+			return dr
+		}
+	}
+	return nil
+}
+
+func (n *Networking) subset(host, ns, name string) *networking.Subset {
+	for _, dr := range n.DestinationRules {
+		if n.Registry.Resolve(dr.Spec.GetHost(), dr.Object.Namespace) != host {
+			continue
+		}
+		for _, s := range dr.Spec.GetSubsets() {
+			if s.GetName() == name {
+				return s
+			}
+		}
+	}
+	return nil
+}
+
+func visible(exportTo []string, objNS, ns string) bool {
+	if len(exportTo) == 0 {
+		return true
+	}
+	for _, e := range exportTo {
+		if e == "*" || e == ns || (e == "." && objNS == ns) {
+			return true
+		}
+	}
+	return false
+}
+
+func (m Mesh) domain() string { return registry.DefaultDomain }
+
+// lowerHost trims a trailing dot and lowers a host.
+func lowerHost(h string) string { return strings.TrimSuffix(strings.ToLower(h), ".") }

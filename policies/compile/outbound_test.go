@@ -1,0 +1,324 @@
+package compile
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/rampart-mesh/rampart/policies/source"
+)
+
+const registryYAML = `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  workloadSelector: {labels: {app: ratings}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp-db}]
+  endpoints: [{address: 127.0.9.9}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1}
+spec: {address: 127.0.1.1, labels: {app: reviews, version: v1}, serviceAccount: bookinfo-reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2}
+spec: {address: 127.0.1.2, labels: {app: reviews, version: v2}, serviceAccount: bookinfo-reviews, ports: {http: 19080}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-v1}
+spec: {address: 127.0.2.1, labels: {app: ratings, version: v1}, serviceAccount: bookinfo-ratings}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    connectionPool: {tcp: {maxConnections: 7}, http: {http1MaxPendingRequests: 3, maxRequestsPerConnection: 1}}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}
+`
+
+func outbound(t *testing.T, extra string, wl Workload) (*Outbound, []Finding) {
+	t.Helper()
+	objs, err := source.Parse("mesh.yaml", []byte(registryYAML+"---\n"+extra))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, fs := DecodeNetworking(objs, Mesh{}, "default")
+	out, err := CompileOutbound(n, Mesh{}, wl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, fs
+}
+
+func clusterByName(out *Outbound, name string) *clusterv3.Cluster {
+	for _, c := range out.Clusters {
+		if c.GetName() == name {
+			return c
+		}
+	}
+	return nil
+}
+
+func vhost(t *testing.T, out *Outbound, rc, host string) *routev3.VirtualHost {
+	t.Helper()
+	for _, r := range out.Routes {
+		if r.GetName() != rc {
+			continue
+		}
+		for _, vh := range r.GetVirtualHosts() {
+			if strings.HasPrefix(vh.GetName(), host+":") {
+				return vh
+			}
+		}
+	}
+	t.Fatalf("no virtual host %s in route configuration %s", host, rc)
+	return nil
+}
+
+var productpage = Workload{Namespace: "default", Name: "productpage", Labels: map[string]string{"app": "productpage", "version": "v1"}}
+
+func TestOutboundClustersAndEndpoints(t *testing.T) {
+	out, fs := outbound(t, "", productpage)
+	if len(fs) != 0 {
+		t.Fatalf("findings: %v", fs)
+	}
+	for _, name := range []string{"outbound|9080||reviews.default.svc.cluster.local", "outbound|9080|v1|reviews.default.svc.cluster.local",
+		"outbound|9080|v2|reviews.default.svc.cluster.local", "outbound|9080||ratings.default.svc.cluster.local", "outbound|5432||db.default.svc.cluster.local", BlackHole} {
+		if clusterByName(out, name) == nil {
+			t.Errorf("cluster %s missing", name)
+		}
+	}
+	eps := map[string][]string{}
+	for _, cla := range out.Endpoints {
+		for _, lle := range cla.GetEndpoints() {
+			for _, e := range lle.GetLbEndpoints() {
+				sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+				tls := e.GetMetadata().GetFilterMetadata()[SocketMatchKey].GetFields()["tlsMode"].GetStringValue()
+				eps[cla.GetClusterName()] = append(eps[cla.GetClusterName()], sa.GetAddress()+":"+strconv.Itoa(int(sa.GetPortValue()))+"/"+tls)
+			}
+		}
+	}
+	want := map[string]string{
+		"outbound|9080||reviews.default.svc.cluster.local":   "127.0.1.1:9080/istio 127.0.1.2:19080/istio",
+		"outbound|9080|v1|reviews.default.svc.cluster.local": "127.0.1.1:9080/istio",
+		"outbound|9080|v2|reviews.default.svc.cluster.local": "127.0.1.2:19080/istio",
+		"outbound|5432||db.default.svc.cluster.local":        "127.0.9.9:5432/",
+	}
+	for c, w := range want {
+		if got := strings.Join(eps[c], " "); got != w {
+			t.Errorf("%s endpoints = %q, want %q", c, got, w)
+		}
+	}
+	// DestinationRule settings.
+	c := clusterByName(out, "outbound|9080|v1|reviews.default.svc.cluster.local")
+	if c.GetLbPolicy() != clusterv3.Cluster_LEAST_REQUEST {
+		t.Errorf("v1 lb = %v", c.GetLbPolicy())
+	}
+	th := c.GetCircuitBreakers().GetThresholds()[0]
+	if th.GetMaxConnections().GetValue() != 7 || th.GetMaxPendingRequests().GetValue() != 3 {
+		t.Errorf("thresholds = %v", th)
+	}
+	if od := c.GetOutlierDetection(); od.GetConsecutive_5Xx().GetValue() != 2 || od.GetEnforcingConsecutive_5Xx().GetValue() != 100 ||
+		od.GetBaseEjectionTime().AsDuration() != 30*time.Second || od.GetMaxEjectionPercent().GetValue() != 50 {
+		t.Errorf("outlier detection = %v", od)
+	}
+	if v2 := clusterByName(out, "outbound|9080|v2|reviews.default.svc.cluster.local"); v2.GetLbPolicy() != clusterv3.Cluster_RING_HASH {
+		t.Errorf("v2 (consistent hash subset) lb = %v", v2.GetLbPolicy())
+	}
+	// Auto mTLS: the in-mesh match carries the endpoints' SPIFFE IDs.
+	m := c.GetTransportSocketMatches()
+	if len(m) != 2 || m[0].GetMatch().GetFields()["tlsMode"].GetStringValue() != "istio" {
+		t.Fatalf("transport socket matches = %v", m)
+	}
+	ctx := &tlsv3.UpstreamTlsContext{}
+	if err := m[0].GetTransportSocket().GetTypedConfig().UnmarshalTo(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sans := ctx.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchTypedSubjectAltNames()
+	if len(sans) != 1 || sans[0].GetMatcher().GetExact() != "spiffe://cluster.local/ns/default/sa/bookinfo-reviews" {
+		t.Errorf("SANs = %v", sans)
+	}
+	// A TCP port gets a tcp_proxy listener, HTTP ports a route configuration by port.
+	names := map[string]bool{}
+	for _, l := range out.Listeners {
+		names[l.GetName()] = true
+	}
+	if !names["0.0.0.0_9080"] || !names["db.default.svc.cluster.local_5432"] {
+		t.Errorf("listeners = %v", names)
+	}
+	vh := vhost(t, out, "9080", "reviews.default.svc.cluster.local")
+	doms := strings.Join(vh.GetDomains(), " ")
+	for _, d := range []string{"reviews", "reviews:9080", "reviews.default", "reviews.default.svc.cluster.local:9080"} {
+		if !strings.Contains(" "+doms+" ", " "+d+" ") {
+			t.Errorf("domains %q lack %q", doms, d)
+		}
+	}
+	if r := vh.GetRoutes()[0].GetRoute(); r.GetCluster() != "outbound|9080||reviews.default.svc.cluster.local" || r.GetRetryPolicy().GetNumRetries().GetValue() != 2 {
+		t.Errorf("default route = %v", r)
+	}
+}
+
+func TestOutboundVirtualService(t *testing.T) {
+	const vs = `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: from-ratings
+    match: [{sourceLabels: {app: ratings}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: canary
+    match: [{uri: {prefix: /reviews}, ignoreUriCase: true}]
+    fault: {abort: {httpStatus: 500, percentage: {value: 12.5}}, delay: {fixedDelay: 2s, percentage: {value: 100}}}
+    retries: {attempts: 3, perTryTimeout: 1s, retryOn: "5xx,409"}
+    timeout: 4s
+    headers: {request: {set: {x-a: b}, remove: [x-drop]}}
+    rewrite: {uri: /v2/reviews, authority: reviews.internal}
+    mirror: {host: ratings}
+    mirrorPercentage: {value: 50}
+    route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+  - route: [{destination: {host: nowhere}}]
+`
+	out, fs := outbound(t, vs, productpage)
+	if len(fs) != 1 || fs[0].Code != CodeVSUnknownHost {
+		t.Fatalf("findings = %v, want one %s", fs, CodeVSUnknownHost)
+	}
+	routes := vhost(t, out, "9080", "reviews.default.svc.cluster.local").GetRoutes()
+	var names []string
+	for _, r := range routes {
+		names = append(names, r.GetName())
+	}
+	// from-ratings does not apply to productpage (sourceLabels).
+	if got := strings.Join(names, ","); got != "jason,canary,reviews.default.3" {
+		t.Fatalf("routes = %s", got)
+	}
+	if h := routes[0].GetMatch().GetHeaders()[0]; h.GetName() != "end-user" || h.GetStringMatch().GetExact() != "jason" {
+		t.Errorf("jason match = %v", h)
+	}
+	c := routes[1]
+	if c.GetMatch().GetPrefix() != "/reviews" || c.GetMatch().GetCaseSensitive().GetValue() {
+		t.Errorf("canary match = %v", c.GetMatch())
+	}
+	ra := c.GetRoute()
+	wc := ra.GetWeightedClusters().GetClusters()
+	if len(wc) != 2 || wc[0].GetName() != "outbound|9080|v1|reviews.default.svc.cluster.local" || wc[0].GetWeight().GetValue() != 90 || wc[1].GetWeight().GetValue() != 10 {
+		t.Errorf("weighted = %v", wc)
+	}
+	if ra.GetTimeout().AsDuration() != 4*time.Second || ra.GetPrefixRewrite() != "/v2/reviews" || ra.GetHostRewriteLiteral() != "reviews.internal" {
+		t.Errorf("timeout/rewrite = %v", ra)
+	}
+	if rp := ra.GetRetryPolicy(); rp.GetNumRetries().GetValue() != 3 || rp.GetRetryOn() != "5xx,retriable-status-codes" || rp.GetRetriableStatusCodes()[0] != 409 || rp.GetPerTryTimeout().AsDuration() != time.Second {
+		t.Errorf("retry = %v", rp)
+	}
+	if m := ra.GetRequestMirrorPolicies(); len(m) != 1 || m[0].GetCluster() != "outbound|9080||ratings.default.svc.cluster.local" || m[0].GetRuntimeFraction().GetDefaultValue().GetNumerator() != 500000 {
+		t.Errorf("mirror = %v", m)
+	}
+	f := &faultv3.HTTPFault{}
+	if err := c.GetTypedPerFilterConfig()[FaultFilter].UnmarshalTo(f); err != nil {
+		t.Fatal(err)
+	}
+	if f.GetAbort().GetHttpStatus() != 500 || f.GetAbort().GetPercentage().GetNumerator() != 125000 || f.GetDelay().GetFixedDelay().AsDuration() != 2*time.Second {
+		t.Errorf("fault = %v", f)
+	}
+	if h := c.GetRequestHeadersToAdd(); len(h) != 1 || h[0].GetHeader().GetKey() != "x-a" || c.GetRequestHeadersToRemove()[0] != "x-drop" {
+		t.Errorf("headers = %v %v", h, c.GetRequestHeadersToRemove())
+	}
+	if routes[2].GetRoute().GetCluster() != BlackHole {
+		t.Errorf("unknown host routes to %q, want %s", routes[2].GetRoute().GetCluster(), BlackHole)
+	}
+	// The v2 subset's consistent hash shows on the route that targets it.
+	if hp := routes[0].GetRoute().GetHashPolicy(); len(hp) != 1 || hp[0].GetHeader().GetHeaderName() != "x-user" {
+		t.Errorf("hash policy = %v", hp)
+	}
+	// From ratings' point of view the sourceLabels rule applies.
+	out, _ = outbound(t, vs, Workload{Namespace: "default", Name: "ratings", Labels: map[string]string{"app": "ratings"}})
+	if got := vhost(t, out, "9080", "reviews.default.svc.cluster.local").GetRoutes()[1].GetName(); got != "from-ratings" {
+		t.Errorf("ratings' second route = %s", got)
+	}
+}
+
+func TestNetworkingValidation(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, code, path string }{
+		{"bad regex", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: x}
+spec: {hosts: [reviews], http: [{match: [{uri: {regex: "a("}}], route: [{destination: {host: reviews}}]}]}`, CodeVSBadRegex, "spec.http[0].match[0].uri.regex"},
+		{"weights", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: x}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}, weight: 50}, {destination: {host: reviews}, weight: 20}]}]}`, CodeVSWeights, "spec.http[0].route"},
+		{"no action", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: x}
+spec: {hosts: [reviews], http: [{name: empty}]}`, CodeVSNoAction, "spec.http[0]"},
+		{"unknown field", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: x}
+spec: {hosts: [reviews], htpp: []}`, CodeVSSchema, "spec"},
+		{"duplicate subset", `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: x}
+spec: {host: reviews, subsets: [{name: a}, {name: a}]}`, CodeDRSubset, "spec.subsets[1].name"},
+		{"workload entry without address", `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: x}
+spec: {labels: {app: x}}`, CodeSESchema, "spec.address"},
+		{"unknown subset", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: x}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v9}}]}]}`, CodeVSMissingSubset, "spec.http[0].route[0].destination.subset"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, fs := outbound(t, tc.yaml, productpage)
+			for _, f := range fs {
+				if f.Code == tc.code && f.Path == tc.path && f.File == "mesh.yaml" && f.Line > 0 {
+					return
+				}
+			}
+			t.Errorf("findings %v lack %s at %s", fs, tc.code, tc.path)
+		})
+	}
+}
