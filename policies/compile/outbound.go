@@ -140,6 +140,9 @@ func (b *outboundBuilder) build() (*Outbound, error) {
 		}
 		b.out.Listeners = append(b.out.Listeners, l)
 	}
+	if err := b.gateways(); err != nil {
+		return nil, err
+	}
 	names := make([]string, 0, len(b.clusters))
 	for n := range b.clusters {
 		names = append(names, n)
@@ -653,7 +656,7 @@ func (b *outboundBuilder) virtualHost(s *registry.Service, port uint32) (*routev
 		return vh, nil
 	}
 	for i, h := range vs.Spec.GetHttp() {
-		rs, err := b.httpRoute(vs, i, h, port)
+		rs, err := b.httpRoute(vs, i, h, port, "")
 		if err != nil {
 			return nil, err
 		}
@@ -711,7 +714,7 @@ func headerMatcher(name string, m *networking.StringMatch, invert bool) *routev3
 // routeMatches translates a rule's matches into Envoy route matches; those that
 // cannot apply to this proxy or port (sourceLabels, sourceNamespace, port,
 // gateways) are dropped, and a rule left with none does not apply.
-func (b *outboundBuilder) routeMatches(ms []*networking.HTTPMatchRequest, port uint32) ([]*routev3.RouteMatch, bool) {
+func (b *outboundBuilder) routeMatches(ms []*networking.HTTPMatchRequest, port uint32, gw string) ([]*routev3.RouteMatch, bool) {
 	if len(ms) == 0 {
 		return []*routev3.RouteMatch{{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}}, true
 	}
@@ -723,7 +726,7 @@ func (b *outboundBuilder) routeMatches(ms []*networking.HTTPMatchRequest, port u
 		if !registry.Matches(m.GetSourceLabels(), b.wl.Labels) || (m.GetSourceNamespace() != "" && m.GetSourceNamespace() != b.wl.Namespace) {
 			continue
 		}
-		if len(m.GetGateways()) > 0 && !meshGateway(m.GetGateways()) {
+		if len(m.GetGateways()) > 0 && !slicesContains(m.GetGateways(), gwOrMesh(gw)) {
 			continue
 		}
 		rm := &routev3.RouteMatch{}
@@ -804,8 +807,8 @@ func headerOps(ops *networking.Headers_HeaderOperations) ([]*corev3.HeaderValueO
 	return add, ops.GetRemove()
 }
 
-func (b *outboundBuilder) httpRoute(vs *VirtualService, idx int, h *networking.HTTPRoute, port uint32) ([]*routev3.Route, error) {
-	matches, ok := b.routeMatches(h.GetMatch(), port)
+func (b *outboundBuilder) httpRoute(vs *VirtualService, idx int, h *networking.HTTPRoute, port uint32, gw string) ([]*routev3.Route, error) {
+	matches, ok := b.routeMatches(h.GetMatch(), port, gw)
 	if !ok {
 		return nil, nil
 	}
@@ -988,4 +991,106 @@ func retryOn(s string) (string, []uint32) {
 		on = append(on, "retriable-status-codes")
 	}
 	return strings.Join(on, ","), codes
+}
+
+func gwOrMesh(gw string) string {
+	if gw == "" {
+		return "mesh"
+	}
+	return gw
+}
+
+
+// GatewayRoutePrefix names a gateway's route configurations: "http.<port>", as Istio.
+const GatewayRoutePrefix = "http."
+
+// gateways adds, for a proxy that Istio Gateways select by its labels, a
+// listener per HTTP server port and the routes of the VirtualServices bound to
+// those gateways ("<namespace>/<name>", or "<name>" from the gateway's namespace).
+func (b *outboundBuilder) gateways() error {
+	ports := map[uint32][]*routev3.VirtualHost{}
+	for _, g := range b.n.Gateways {
+		if len(g.Spec.GetSelector()) == 0 || !registry.Matches(g.Spec.GetSelector(), b.wl.Labels) {
+			continue
+		}
+		full := g.Object.Namespace + "/" + g.Object.Name
+		for _, srv := range g.Spec.GetServers() {
+			proto := strings.ToUpper(srv.GetPort().GetProtocol())
+			if proto != "HTTP" && proto != "HTTP2" && proto != "GRPC" {
+				continue // TLS termination at the gateway is not served yet
+			}
+			port := srv.GetPort().GetNumber()
+			for i := range b.n.VirtualServices {
+				vs := &b.n.VirtualServices[i]
+				bound := ""
+				for _, name := range vs.Spec.GetGateways() {
+					if name == full || (name == g.Object.Name && vs.Object.Namespace == g.Object.Namespace) {
+						bound = name
+					}
+				}
+				if bound == "" {
+					continue
+				}
+				for _, h := range vs.Spec.GetHosts() {
+					if !gatewayHostAllowed(srv.GetHosts(), h, vs.Object.Namespace) {
+						continue
+					}
+					vh := &routev3.VirtualHost{Name: fmt.Sprintf("%s:%d", h, port), Domains: []string{h}}
+					if h != "*" {
+						vh.Domains = append(vh.Domains, fmt.Sprintf("%s:%d", h, port))
+					}
+					for j, hr := range vs.Spec.GetHttp() {
+						rs, err := b.httpRoute(vs, j, hr, port, bound)
+						if err != nil {
+							return err
+						}
+						vh.Routes = append(vh.Routes, rs...)
+					}
+					ports[port] = append(ports[port], vh)
+				}
+			}
+		}
+	}
+	keys := make([]uint32, 0, len(ports))
+	for p := range ports {
+		keys = append(keys, p)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	for _, p := range keys {
+		name := GatewayRoutePrefix + strconv.Itoa(int(p))
+		b.out.Routes = append(b.out.Routes, &routev3.RouteConfiguration{Name: name, VirtualHosts: ports[p], ValidateClusters: wrapperspb.Bool(false)})
+		l, err := httpListener(p)
+		if err != nil {
+			return err
+		}
+		l.Name = fmt.Sprintf("gateway_0.0.0.0_%d", p)
+		l.TrafficDirection = corev3.TrafficDirection_INBOUND
+		hcm := &hcmv3.HttpConnectionManager{}
+		if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+			return err
+		}
+		hcm.GetRds().RouteConfigName = name
+		hcm.StatPrefix = "gateway_" + strconv.Itoa(int(p))
+		l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: typed(hcm)}
+		b.out.Listeners = append(b.out.Listeners, l)
+	}
+	return nil
+}
+
+// gatewayHostAllowed reports whether a server's hosts ("ns/host" or "host",
+// wildcards allowed) admit a VirtualService host.
+func gatewayHostAllowed(serverHosts []string, host, vsNS string) bool {
+	for _, sh := range serverHosts {
+		ns, h, ok := strings.Cut(sh, "/")
+		if !ok {
+			ns, h = "*", sh
+		}
+		if ns != "*" && ns != "." && ns != vsNS {
+			continue
+		}
+		if h == "*" || hostMatches(h, host) || hostMatches(host, h) {
+			return true
+		}
+	}
+	return false
 }

@@ -322,3 +322,53 @@ spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v
 		})
 	}
 }
+
+func TestOutboundGateway(t *testing.T) {
+	const gw = `apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{uri: {exact: /reviews}}, {uri: {prefix: /api}, gateways: [mesh]}]
+    route: [{destination: {host: reviews, port: {number: 9080}}}]
+`
+	ingress := Workload{Namespace: "istio-system", Name: "istio-ingressgateway", Labels: map[string]string{"istio": "ingressgateway"}}
+	out, _ := outbound(t, gw, ingress)
+	var rc *routev3.RouteConfiguration
+	for _, r := range out.Routes {
+		if r.GetName() == "http.8080" {
+			rc = r
+		}
+	}
+	if rc == nil || len(rc.GetVirtualHosts()) != 1 {
+		t.Fatalf("gateway route configuration = %v", rc)
+	}
+	vh := rc.GetVirtualHosts()[0]
+	// The match limited to the mesh does not apply at the gateway.
+	if len(vh.GetRoutes()) != 1 || vh.GetRoutes()[0].GetMatch().GetPath() != "/reviews" || vh.GetRoutes()[0].GetRoute().GetCluster() != "outbound|9080||reviews.default.svc.cluster.local" {
+		t.Errorf("gateway routes = %v", vh.GetRoutes())
+	}
+	found := false
+	for _, l := range out.Listeners {
+		found = found || l.GetName() == "gateway_0.0.0.0_8080"
+	}
+	if !found {
+		t.Error("no gateway listener")
+	}
+	// A sidecar gets neither the gateway's listener nor the gateway-bound routes.
+	out, _ = outbound(t, gw, productpage)
+	for _, r := range out.Routes {
+		if r.GetName() == "http.8080" {
+			t.Error("a sidecar got the gateway's routes")
+		}
+	}
+}
