@@ -64,19 +64,24 @@ func orDash(s string) string {
 
 func newProxyConfigCmd() *cobra.Command {
 	var stateDir string
+	var output outputFormat
 	c := &cobra.Command{
-		Use:   "proxy-config PROXY policy|authn|peer",
+		Use:   "proxy-config PROXY policy|authn|peer|listeners|routes|clusters|endpoints",
 		Short: "Show the configuration rampartd sent to one proxy",
 		Long: `Show what rampartd last sent to a proxy (give its SPIFFE ID, or ns/sa):
 
   policy   the compiled Rego it evaluates (package rampart.policy)
   authn    its RequestAuthentication rules
   peer     its PeerAuthentication mTLS modes
+  listeners, routes, clusters, endpoints
+           its Envoy resources (LDS, RDS, CDS, EDS) as a table; -o json prints
+           them as Envoy's JSON
 
-Whether the proxy ACKed it is printed first. Listeners, routes, clusters and
-endpoints come with the routing work.`,
-		Example: `  rampartctl proxy-config default/backend policy`,
-		Args:    cobra.ExactArgs(2),
+Whether the proxy ACKed it is printed first.`,
+		Example: `  rampartctl proxy-config default/backend policy
+  rampartctl proxy-config default/productpage-v1 routes
+  rampartctl proxy-config default/productpage-v1 clusters -o json`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			proxy := args[0]
 			if !strings.HasPrefix(proxy, "spiffe://") {
@@ -85,6 +90,10 @@ endpoints come with the routing work.`,
 					return fmt.Errorf("proxy %q: give a SPIFFE ID or namespace/service-account", proxy)
 				}
 				proxy = "spiffe://cluster.local/ns/" + ns + "/sa/" + sa
+			}
+			switch args[1] {
+			case "listeners", "routes", "clusters", "endpoints":
+				return printResources(cmd, stateDir, proxy, args[1], output)
 			}
 			data, err := adminGet(cmd.Context(), stateDir, "/proxies/config?proxy="+url.QueryEscape(proxy))
 			if err != nil {
@@ -106,14 +115,13 @@ endpoints come with the routing work.`,
 				_, err = fmt.Fprintln(out, string(resp.Bundle.JWTRules))
 			case "peer":
 				_, err = fmt.Fprintln(out, string(resp.Bundle.Peer))
-			case "listeners", "routes", "clusters", "endpoints":
-				return fmt.Errorf("%s: not served yet (rampartd serves policy only, until the routing work)", args[1])
 			default:
-				return fmt.Errorf("unknown section %q: want policy, authn or peer", args[1])
+				return fmt.Errorf("unknown section %q: want policy, authn, peer, listeners, routes, clusters or endpoints", args[1])
 			}
 			return err
 		},
 	}
 	c.Flags().StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory")
+	addOutputFlag(c, &output)
 	return c
 }

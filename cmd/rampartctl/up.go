@@ -153,12 +153,14 @@ func planMesh(objs []source.Object) ([]workloadPlan, error) {
 		}
 		seen[p.Address] = p.Namespace + "/" + p.Name
 	}
-	sort.Slice(plans, func(i, j int) bool { return plans[i].Namespace+"/"+plans[i].Name < plans[j].Namespace+"/"+plans[j].Name })
+	sort.Slice(plans, func(i, j int) bool {
+		return plans[i].Namespace+"/"+plans[i].Name < plans[j].Namespace+"/"+plans[j].Name
+	})
 	return plans, nil
 }
 
 func newUpCmd() *cobra.Command {
-	var stateDir, bin, cpListen string
+	var stateDir, bin, cpListen, monitoring string
 	var readyTimeout, duration time.Duration
 	c := &cobra.Command{
 		Use:   "up DIR",
@@ -212,13 +214,14 @@ processes die with 'up' even if it is killed.`,
 				}
 				bin = filepath.Dir(exe)
 			}
-			return up(ctx, cmd.OutOrStdout(), args[0], stateDir, bin, cpListen, readyTimeout)
+			return up(ctx, cmd.OutOrStdout(), args[0], stateDir, bin, cpListen, readyTimeout, upOptions{monitoring: monitoring})
 		},
 	}
 	f := c.Flags()
 	f.StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory (CA, tokens, decision logs)")
 	f.StringVar(&bin, "bin", "", "directory holding rampartd, rampart-sidecar and the apps' binaries (default: rampartctl's own)")
 	f.StringVar(&cpListen, "control-plane", "127.0.0.1:15012", "where rampartd serves xDS and the CA")
+	f.StringVar(&monitoring, "monitoring-listen", "127.0.0.1:15014", "where rampartd serves /metrics")
 	f.DurationVar(&readyTimeout, "ready-timeout", 60*time.Second, "how long to wait for every sidecar to be SYNCED")
 	f.DurationVar(&duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
 	return c
@@ -235,7 +238,9 @@ type mesh struct {
 	exited chan string
 }
 
-func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string, readyTimeout time.Duration) error {
+type upOptions struct{ monitoring string }
+
+func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string, readyTimeout time.Duration, o upOptions) error {
 	objs, err := source.ReadPaths([]string{dir})
 	if err != nil {
 		return err
@@ -258,7 +263,7 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 		return err
 	}
 	fmt.Fprintf(out, "starting rampartd on %s (state in %s, config from %s)\n", cpListen, stateDir, absDir)
-	if err := m.start(ctx, "rampartd", []string{"rampartd", "--state-dir", stateDir, "--listen", cpListen, "--monitoring-listen", "127.0.0.1:15014", "--config-dir", absDir}, nil); err != nil {
+	if err := m.start(ctx, "rampartd", []string{"rampartd", "--state-dir", stateDir, "--listen", cpListen, "--monitoring-listen", o.monitoring, "--config-dir", absDir}, nil); err != nil {
 		return err
 	}
 	if err := waitUntil(ctx, 30*time.Second, m.exited, func() bool { return dialable(cpListen) }); err != nil {

@@ -1000,7 +1000,6 @@ func gwOrMesh(gw string) string {
 	return gw
 }
 
-
 // GatewayRoutePrefix names a gateway's route configurations: "http.<port>", as Istio.
 const GatewayRoutePrefix = "http."
 

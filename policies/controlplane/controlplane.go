@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"log/slog"
 	"net"
 	"net/http"
@@ -169,6 +171,50 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"acked": acked, "bundle": b})
+	})
+	mux.HandleFunc("GET /proxies/xds", func(w http.ResponseWriter, r *http.Request) {
+		if s.xds == nil {
+			http.Error(w, "rampartd serves no configuration (start it with --config-dir)", http.StatusNotFound)
+			return
+		}
+		out, acked, ok := s.xds.Outbound(r.URL.Query().Get("proxy"))
+		if !ok || out == nil {
+			http.Error(w, "no such proxy", http.StatusNotFound)
+			return
+		}
+		var msgs []proto.Message
+		switch r.URL.Query().Get("type") {
+		case "listeners":
+			for _, m := range out.Listeners {
+				msgs = append(msgs, m)
+			}
+		case "routes":
+			for _, m := range out.Routes {
+				msgs = append(msgs, m)
+			}
+		case "clusters":
+			for _, m := range out.Clusters {
+				msgs = append(msgs, m)
+			}
+		case "endpoints":
+			for _, m := range out.Endpoints {
+				msgs = append(msgs, m)
+			}
+		default:
+			http.Error(w, "type must be listeners, routes, clusters or endpoints", http.StatusBadRequest)
+			return
+		}
+		res := make([]json.RawMessage, 0, len(msgs))
+		for _, m := range msgs {
+			b, err := protojson.Marshal(m)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			res = append(res, b)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"acked": acked, "resources": res})
 	})
 	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	g.Go(func() error { return serve.HTTP(ctx, admin, adminLis) })
