@@ -96,7 +96,8 @@ func (c *Cluster) RoundTrip(req *http.Request, o Request) (*http.Response, Endpo
 	}
 	h.state.active.Add(1)
 	ps := &p.sockets[h.sock]
-	resp, err := ps.http.RoundTrip(c.outbound(req, h, ps.scheme))
+	a := new(attempt)
+	resp, err := ps.http.RoundTrip(c.outbound(a, req, h, ps.scheme))
 	if err != nil {
 		c.release(h)
 		flag, breaker := classify(ctx, err)
@@ -117,7 +118,8 @@ func (c *Cluster) RoundTrip(req *http.Request, o Request) (*http.Response, Endpo
 		p.outlier.response(h.state, resp.StatusCode)
 	}
 	p.met.request(flagNone)
-	resp.Body = &body{ReadCloser: resp.Body, c: c, h: h}
+	a.body = body{ReadCloser: resp.Body, c: c, h: h}
+	resp.Body = &a.body
 	return resp, h.ep, nil
 }
 
@@ -126,19 +128,24 @@ func (c *Cluster) tracked(h *host) bool {
 	return c.pool.outlier != nil && c.cfg.lb != lbOriginalDst
 }
 
-// outbound is the request as sent to h: a shallow copy (one allocation)
-// addressed to the endpoint.
-func (c *Cluster) outbound(req *http.Request, h *host, scheme string) *http.Request {
-	o := &struct {
-		r http.Request
-		u url.URL
-	}{r: *req}
+// attempt is what one RoundTrip allocates: the request as sent and the
+// response body's wrapper, in one allocation.
+type attempt struct {
+	req  http.Request
+	url  url.URL
+	body body
+}
+
+// outbound is the request as sent to h: a shallow copy of req addressed to
+// the endpoint.
+func (c *Cluster) outbound(a *attempt, req *http.Request, h *host, scheme string) *http.Request {
+	a.req = *req
 	if req.URL != nil {
-		o.u = *req.URL
+		a.url = *req.URL
 	}
-	o.u.Scheme, o.u.Host = scheme, h.ep.Address
-	out := &o.r
-	out.URL = &o.u
+	a.url.Scheme, a.url.Host = scheme, h.ep.Address
+	out := &a.req
+	out.URL = &a.url
 	if out.Host == "" && req.URL != nil {
 		out.Host = req.URL.Host
 	}
@@ -147,17 +154,23 @@ func (c *Cluster) outbound(req *http.Request, h *host, scheme string) *http.Requ
 	case n == 1 || c.pool.retired.Load():
 		out.Close = true
 	case n > 1:
-		// Count requests per connection; the one that reaches n asks for
-		// the connection to close after it (Connection: close on HTTP/1.1,
-		// no new streams on HTTP/2).
-		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-			if tc := connOf(info.Conn); tc != nil && tc.requests.Add(1) >= n {
-				out.Close = true
-			}
-		}}
-		out = out.WithContext(httptrace.WithClientTrace(out.Context(), trace))
+		return countRequests(out, n)
 	}
 	return out
+}
+
+// countRequests counts requests per connection; the one that reaches n asks
+// for its connection to close after it (Connection: close on HTTP/1.1, no new
+// streams on HTTP/2). GotConn runs before net/http reads Close.
+func countRequests(out *http.Request, n uint32) *http.Request {
+	var traced *http.Request
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if tc := connOf(info.Conn); tc != nil && tc.requests.Add(1) >= n {
+			traced.Close = true
+		}
+	}}
+	traced = out.WithContext(httptrace.WithClientTrace(out.Context(), trace))
+	return traced
 }
 
 // release ends a request's claim on the breakers and the host.
