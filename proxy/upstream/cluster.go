@@ -66,8 +66,11 @@ func (c *Cluster) HTTP2() bool { return c.cfg.protocol == protoHTTP2 }
 // detection. It does not retry.
 //
 // req is not modified; the request sent is a shallow copy addressed to the
-// endpoint, with req.Host (or req.URL.Host) as its Host header. The caller
-// must close the response body: the breakers count the request until then.
+// endpoint, with req.Host (or req.URL.Host) as its Host header, and req.Body
+// is consumed and closed whatever happens, as http.RoundTripper does (a retry
+// needs req.GetBody). Hop-by-hop headers are the caller's to remove. The
+// caller must close the response body: the breakers count the request until
+// then.
 // A failure is an *Error with Envoy's response flag; the Endpoint is the one
 // tried, if any.
 func (c *Cluster) RoundTrip(req *http.Request, o Request) (*http.Response, Endpoint, error) {
@@ -75,17 +78,20 @@ func (c *Cluster) RoundTrip(req *http.Request, o Request) (*http.Response, Endpo
 	ctx := req.Context()
 	if p.requests.Add(1) > c.cfg.breakers.maxRequests {
 		p.requests.Add(-1)
+		closeBody(req)
 		return nil, Endpoint{}, c.overflow(breakerRequests, "")
 	}
 	h, err := c.hostFor(req, &o)
 	if err != nil {
 		p.requests.Add(-1)
+		closeBody(req)
 		p.met.request(FlagNoHealthyUpstream)
 		return nil, Endpoint{}, err
 	}
 	if p.slots != nil {
 		if err := p.slots.acquire(ctx); err != nil {
 			p.requests.Add(-1)
+			closeBody(req)
 			if errors.Is(err, ErrOverflow) {
 				return nil, h.ep, c.overflow(breakerPending, h.ep.Address)
 			}
@@ -307,6 +313,12 @@ func (c *Cluster) TryRetry() (release func(), ok bool) {
 			p.retries.Add(-1)
 		}
 	}, true
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
 }
 
 // classify maps a RoundTrip or dial failure to its response flag.
