@@ -418,3 +418,45 @@ func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels ma
 	}
 	return 0
 }
+
+// TestConcurrentUpdatesAndRequests runs requests while updates change the
+// endpoints and, every other time, the configuration; under -race this checks
+// the publication and the shared pool state.
+func TestConcurrentUpdatesAndRequests(t *testing.T) {
+	e := newEnv(t)
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	build := func(i int) *clusterv3.Cluster {
+		eps := []*endpointv3.LbEndpoint{lbEndpoint(t, a.addr)}
+		if i%2 == 0 {
+			eps = append(eps, lbEndpoint(t, b.addr))
+		}
+		c := staticCluster("c", eps...)
+		c.LbPolicy = []clusterv3.Cluster_LbPolicy{clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_LEAST_REQUEST}[i/2%2]
+		c.OutlierDetection = &clusterv3.OutlierDetection{}
+		return c
+	}
+	e.update(t, build(0))
+	done := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for range 50 {
+				cl, _ := e.m.Cluster("c")
+				if _, _, body, err := get(t, cl, Request{}); err != nil || (body != "a" && body != "b") {
+					done <- errors.Join(err, errors.New("answer "+body))
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for i := range 20 {
+		if err := e.m.Update([]*clusterv3.Cluster{build(i)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
