@@ -26,8 +26,9 @@
 //
 // Deliberate differences from Envoy: an unknown retry_on token is an error
 // (Envoy drops it); header values may not use formatter commands such as
-// %REQ(x)% (only "%%", a literal "%"); regexes are Go's regexp (RE2 syntax),
-// without RE2's program-size limit.
+// %REQ(x)% (only "%%", a literal "%"); regexes are Go's regexp (RE2 syntax)
+// and, instead of Envoy's limit of 100 on the RE2 program size, are limited to
+// 1 KiB and 10,000 compiled instructions.
 //
 // Paths are matched as r.URL.EscapedPath(): the path as sent, percent-encoding
 // intact, without the query, as Envoy matches :path.

@@ -2,6 +2,7 @@ package route
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -143,4 +144,24 @@ virtual_hosts:
 			t.Errorf("New(nil) = %v, %v; want an empty table", tab, err)
 		}
 	})
+}
+
+func TestRegexLimits(t *testing.T) {
+	tests := []struct {
+		name, regex, want string
+	}{
+		{"too long", strings.Repeat("a", 1025), "regex of 1025 bytes is longer than the limit of 1024"},
+		{"too large a program", strings.Repeat("[a-z]{1000}", 11), "instructions, more than the limit of 10000"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New([]*routev3.RouteConfiguration{parseRC(t, vhostWith("match: {safe_regex: {regex: \""+tt.regex+"\"}}\nroute: {cluster: c}"))})
+			if err == nil || !strings.Contains(err.Error(), "match.safe_regex.regex: ") || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("New error = %v, want one about match.safe_regex.regex containing %q", err, tt.want)
+			}
+		})
+	}
+	// Typical route regexes are far below the limits.
+	oneVhost(t, `- match: {safe_regex: {regex: "/api/v[0-9]+/users/[a-z0-9-]+/(orders|items)/\\pL+"}}
+  route: {cluster: c}`)
 }

@@ -10,27 +10,51 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 )
 
-// compileFullRegex compiles an Envoy RegexMatcher for a full match, as RE2's
-// FullMatch: the pattern must match the whole input. The pattern is parsed on
-// its own first, so that it cannot escape the anchoring group (a pattern such
-// as "a)|(b" or one with an unterminated \Q is an error, as in RE2).
-func compileFullRegex(m *matcherv3.RegexMatcher) (*regexp.Regexp, error) {
-	pat := m.GetRegex()
+// Limits on regexes. Envoy refuses, by default, a regex whose RE2 program is
+// larger than 100 instructions; Go's compiler counts differently, so these
+// limits are looser, and only keep a configuration from making New slow.
+const (
+	maxRegexLen  = 1024
+	maxRegexProg = 10_000
+)
+
+// parseRegex parses an RE2 pattern within the limits.
+func parseRegex(pat string) (*syntax.Regexp, error) {
+	if len(pat) > maxRegexLen {
+		return nil, fmt.Errorf("regex of %d bytes is longer than the limit of %d", len(pat), maxRegexLen)
+	}
 	parsed, err := syntax.Parse(pat, syntax.Perl)
 	if err != nil {
 		return nil, fmt.Errorf("invalid regex %q: %w", pat, err)
+	}
+	prog, err := syntax.Compile(parsed.Simplify())
+	if err != nil {
+		return nil, fmt.Errorf("invalid regex %q: %w", pat, err)
+	}
+	if len(prog.Inst) > maxRegexProg {
+		return nil, fmt.Errorf("regex %q compiles to %d instructions, more than the limit of %d", pat, len(prog.Inst), maxRegexProg)
+	}
+	return parsed, nil
+}
+
+// compileFullRegex compiles an Envoy RegexMatcher for a full match, as RE2's
+// FullMatch: the pattern must match the whole input. The pattern is parsed on
+// its own first, so that it cannot escape the anchoring group: "a)|(b" is an
+// error, as in RE2, and an unterminated \Q quotes only to the pattern's end.
+func compileFullRegex(m *matcherv3.RegexMatcher) (*regexp.Regexp, error) {
+	parsed, err := parseRegex(m.GetRegex())
+	if err != nil {
+		return nil, err
 	}
 	return regexp.Compile(`^(?:` + parsed.String() + `)$`)
 }
 
 // compileRegex compiles an unanchored pattern (regex_rewrite searches).
 func compileRegex(m *matcherv3.RegexMatcher) (*regexp.Regexp, error) {
-	pat := m.GetRegex()
-	re, err := regexp.Compile(pat)
-	if err != nil {
-		return nil, fmt.Errorf("invalid regex %q: %w", pat, err)
+	if _, err := parseRegex(m.GetRegex()); err != nil {
+		return nil, err
 	}
-	return re, nil
+	return regexp.Compile(m.GetRegex())
 }
 
 // regexRewrite is a compiled RegexMatchAndSubstitute: every match of the
