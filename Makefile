@@ -9,13 +9,14 @@ STATICCHECK_VERSION ?= 2025.1.1
 BENCHTIME ?= 2s
 AUTHZ_BENCHTIME ?= 20000x
 
-.PHONY: help build test test-unit test-e2e lint bench demo fuzz clean
+.PHONY: help build test test-unit test-e2e lint bench demo demo-identity fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build bin/rampartd, bin/rampart-sidecar, bin/rampartctl
+build: ## build bin/rampartd, bin/rampart-sidecar, bin/rampartctl and the Bookinfo app (bin/bookinfo)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/rampartd ./cmd/rampart-sidecar ./cmd/rampartctl
+	$(GO) build -trimpath -o $(BIN)/bookinfo ./deploy/examples/bookinfo/app
 
 test: build ## unit, conformance and e2e tests (what CI runs)
 	$(GO) vet ./...
@@ -50,9 +51,12 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME) ./authz/decisionlog/
 	$(GO) test -run '^$$' -fuzz '^FuzzSniff$$' -fuzztime $(FUZZTIME) ./proxy/listener/
 
-demo: build ## the local demo: rampartd, three sidecars, mTLS apps, a policy that denies an intruder (Ctrl-C stops)
+demo: build ## the local mesh: rampartctl up deploy/examples/bookinfo (Bookinfo behind an ingress on 127.0.10.100:8080; Ctrl-C stops)
+	$(BIN)/rampartctl up deploy/examples/bookinfo --bin $(BIN) --state-dir .rampart $(DEMO_ARGS)
+
+demo-identity: build ## the identity demo: three sidecars, SPIFFE apps, root rotation, an intruder denied
 	$(GO) build -o $(BIN)/ ./deploy/examples/spiffe-app
-	$(GO) run ./deploy/examples/identity-demo --bin $(BIN) --state-dir .rampart $(DEMO_ARGS)
+	$(GO) run ./deploy/examples/identity-demo --bin $(BIN) --state-dir .rampart-identity $(DEMO_ARGS)
 
 clean: ## remove build output
 	rm -rf $(BIN) .rampart

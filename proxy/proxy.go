@@ -20,13 +20,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/authz/decisionlog"
 	"github.com/rampart-mesh/rampart/ca/agent"
 	"github.com/rampart-mesh/rampart/ca/workloadapi"
 	"github.com/rampart-mesh/rampart/proxy/inbound"
+	"github.com/rampart-mesh/rampart/proxy/outbound"
+	"github.com/rampart-mesh/rampart/proxy/upstream"
 	"github.com/rampart-mesh/rampart/proxy/xds"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -39,6 +43,12 @@ type Config struct {
 	WorkloadAPISocket string
 	// Inbound, if set, runs the inbound path in front of the app.
 	Inbound *InboundConfig
+	// Outbound, if set, runs the outbound path (and ingress gateway listeners)
+	// with listeners, routes, clusters and endpoints from rampartd over xDS.
+	Outbound *OutboundConfig
+	// Workload is this proxy's workload (namespace, name, labels), sent to
+	// rampartd with its xDS requests; Inbound.Workload is used when it is empty.
+	Workload authz.Workload
 	// Registry receives every metric; the caller serves it.
 	Registry *prometheus.Registry
 	Log      *slog.Logger
@@ -62,6 +72,16 @@ type InboundConfig struct {
 	LogAllows bool
 }
 
+// OutboundConfig configures the outbound path.
+type OutboundConfig struct {
+	// Listen is the explicit outbound listener (e.g. 127.0.0.1:15001): the app
+	// uses it as its HTTP proxy or sends to it with the service's Host. Empty: none.
+	Listen string
+	// GatewayListen are ingress gateway listeners: the port each is bound to
+	// selects the gateway's route configuration (Istio Gateway servers).
+	GatewayListen []string
+}
+
 // Proxy is a sidecar.
 type Proxy struct {
 	cfg    Config
@@ -70,6 +90,12 @@ type Proxy struct {
 	wl     *workloadapi.Server
 	engine *authz.Engine
 	dlog   *decisionlog.Logger
+
+	authn    *jwtAuthn
+	peerMode *peerModes
+	ups      *upstream.Manager
+	outs     []*outbound.Server
+	outLis   []string
 }
 
 // New builds the sidecar's parts. It does no I/O.
@@ -86,7 +112,23 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Log.With("component", "sidecar"), agent: a}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With("component", "sidecar"), agent: a, peerMode: &peerModes{}}
+	p.peerMode.mode.Store(inbound.ModePermissive)
+	p.authn = &jwtAuthn{log: p.log}
+	if err := cfg.Registry.Register(p.authn); err != nil {
+		return nil, err
+	}
+	if p.cfg.Workload.Namespace == "" && cfg.Inbound != nil {
+		p.cfg.Workload = cfg.Inbound.Workload
+	}
+	if o := cfg.Outbound; o != nil {
+		if o.Listen == "" && len(o.GatewayListen) == 0 {
+			return nil, errors.New("outbound: a listen address or a gateway listener is required")
+		}
+		if p.ups, err = upstream.NewManager(upstream.Config{SVID: a, Bundle: a, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.WorkloadAPISocket != "" {
 		if p.wl, err = workloadapi.New(workloadapi.Config{Source: a, SocketPath: cfg.WorkloadAPISocket, Log: cfg.Log}); err != nil {
 			return nil, err
@@ -113,13 +155,7 @@ func New(cfg Config) (*Proxy, error) {
 // last good one kept. Until the first bundle arrives every request is denied.
 func (p *Proxy) runInbound(ctx context.Context) error {
 	in := p.cfg.Inbound
-	authn := &jwtAuthn{log: p.log}
-	if err := p.cfg.Registry.Register(authn); err != nil {
-		return err
-	}
-	defer authn.stop()
-	peerMode := &peerModes{}
-	peerMode.mode.Store(inbound.ModePermissive)
+	authn, peerMode := p.authn, p.peerMode
 
 	var source func(context.Context) error
 	if in.BundleDir != "" {
@@ -145,11 +181,7 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 		return nil
 	}
 	if source == nil {
-		client, err := p.xdsClient(authn, peerMode)
-		if err != nil {
-			return err
-		}
-		source = client.Run
+		source = func(context.Context) error { return nil } // the xDS client runs beside
 	}
 	lis, err := net.Listen("tcp", in.Listen)
 	if err != nil {
@@ -189,6 +221,9 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 // apply installs a bundle: the Rego first (refused if it does not compile), then
 // the PeerAuthentication modes and RequestAuthentication rules.
 func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn, peerMode *peerModes) error {
+	if p.engine == nil {
+		return nil // no inbound path: nothing here evaluates policy
+	}
 	if err := p.engine.Load(ctx, wb.Bundle()); err != nil {
 		return err
 	}
@@ -207,21 +242,104 @@ func (p *Proxy) xdsClient(authn *jwtAuthn, peerMode *peerModes) (*xds.Client, er
 		return nil, err
 	}
 	labels := map[string]any{}
-	for k, v := range p.cfg.Inbound.Workload.Labels {
+	for k, v := range p.cfg.Workload.Labels {
 		labels[k] = v
 	}
-	md, err := structpb.NewStruct(map[string]any{"NAME": p.cfg.Inbound.Workload.Name, "LABELS": labels})
+	md, err := structpb.NewStruct(map[string]any{"NAME": p.cfg.Workload.Name, "LABELS": labels})
 	if err != nil {
 		return nil, err
 	}
-	return xds.New(xds.Config{
+	cfg := xds.Config{
 		Dial: p.agent.DialControlPlane,
-		Node: &corev3.Node{Id: svid.ID.String(), Metadata: md},
+		Node: &corev3.Node{Id: nodeID(svid.ID.String(), p.cfg.Workload.Name), Metadata: md},
 		Apply: func(ctx context.Context, wb authz.WireBundle) error {
 			return p.apply(ctx, wb, authn, peerMode)
 		},
 		Log: p.cfg.Log,
-	})
+	}
+	if p.cfg.Outbound != nil {
+		cfg.ApplyOutbound = p.applyOutbound
+	}
+	return xds.New(cfg)
+}
+
+// applyOutbound installs a complete set of listeners, routes, clusters and
+// endpoints: every listener's routes are validated first, then the clusters are
+// swapped, then the routes; an error before the swap changes nothing.
+func (p *Proxy) applyOutbound(_ context.Context, res *xds.Resources) error {
+	installs := make([]func(), 0, len(p.outs))
+	for _, o := range p.outs {
+		install, err := o.Prepare(res)
+		if err != nil {
+			return err
+		}
+		installs = append(installs, install)
+	}
+	clusters := make([]*clusterv3.Cluster, 0, len(res.Clusters))
+	for _, c := range res.Clusters {
+		clusters = append(clusters, c)
+	}
+	cla := make([]*endpointv3.ClusterLoadAssignment, 0, len(res.Endpoints))
+	for _, e := range res.Endpoints {
+		cla = append(cla, e)
+	}
+	if err := p.ups.Update(clusters, cla); err != nil {
+		return err
+	}
+	for _, install := range installs {
+		install()
+	}
+	return nil
+}
+
+// runOutbound serves the outbound listener and gateway listeners.
+func (p *Proxy) runOutbound(ctx context.Context) error {
+	defer p.ups.Close()
+	g, ctx := errgroup.WithContext(ctx)
+	for _, srv := range p.outs {
+		g.Go(func() error { return srv.Run(ctx) })
+	}
+	return g.Wait()
+}
+
+// listenOutbound opens the outbound listeners and builds their servers; it
+// runs before the xDS client so no configuration arrives without a server.
+func (p *Proxy) listenOutbound() error {
+	o := p.cfg.Outbound
+	principal := ""
+	if svid, err := p.agent.GetX509SVID(); err == nil {
+		principal = svid.ID.String()
+	}
+	add := func(addr string, gateway bool) error {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("outbound: listen on %s: %w", addr, err)
+		}
+		srv, err := outbound.New(outbound.Config{Listener: lis, Upstreams: p.ups, Gateway: gateway,
+			Workload: p.cfg.Workload.Name, Namespace: p.cfg.Workload.Namespace, Principal: principal, Log: p.cfg.Log, Metrics: p.cfg.Registry})
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		p.outs = append(p.outs, srv)
+		kind := "outbound"
+		if gateway {
+			kind = "gateway"
+		}
+		p.log.Info(kind+" serving", "listen", lis.Addr().String())
+		return nil
+	}
+	if o.Listen != "" {
+		if err := add(o.Listen, false); err != nil {
+			return err
+		}
+	}
+	for _, a := range o.GatewayListen {
+		if err := add(a, true); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // pollBundleDir reloads the bundle directory when its revision changes.
@@ -270,8 +388,29 @@ func (p *Proxy) ReadyHandler() http.Handler {
 
 // Run runs the sidecar until ctx ends.
 func (p *Proxy) Run(ctx context.Context) error {
+	defer p.authn.stop()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return p.agent.Run(ctx) })
+	if p.cfg.Outbound != nil || (p.cfg.Inbound != nil && p.cfg.Inbound.BundleDir == "") {
+		g.Go(func() error {
+			select {
+			case <-p.agent.Ready():
+			case <-ctx.Done():
+				return nil
+			}
+			if p.cfg.Outbound != nil {
+				if err := p.listenOutbound(); err != nil {
+					return err
+				}
+				g.Go(func() error { return p.runOutbound(ctx) })
+			}
+			client, err := p.xdsClient(p.authn, p.peerMode)
+			if err != nil {
+				return err
+			}
+			return client.Run(ctx)
+		})
+	}
 	if p.wl != nil {
 		g.Go(func() error {
 			// The Workload API opens only once there is an SVID to hand out.
@@ -343,4 +482,13 @@ func (p *peerModes) loadJSON(data []byte, app string) error {
 	}
 	p.mode.Store(mode)
 	return nil
+}
+
+// nodeID is the xDS node id: the SPIFFE ID, and the workload's name after "~"
+// when it has one, since workloads may share a service account.
+func nodeID(spiffeID, workload string) string {
+	if workload == "" {
+		return spiffeID
+	}
+	return spiffeID + "~" + workload
 }

@@ -44,6 +44,8 @@ type config struct {
 	Labels            string       `json:"labels"`
 	DecisionLog       string       `json:"decisionLog"`
 	LogAllows         bool         `json:"logAllows"`
+	OutboundListen    string       `json:"outboundListen"`
+	GatewayListen     []string     `json:"gatewayListen"`
 	LogLevel          string       `json:"logLevel"`
 	LogFormat         string       `json:"logFormat"`
 }
@@ -105,8 +107,10 @@ Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 	f.StringVar(&c.App, "app", "", "with --inbound-listen: the app's address, where allowed requests go")
 	f.StringVar(&c.MTLSMode, "mtls-mode", c.MTLSMode, "with --inbound-listen: force the port's mTLS mode (DISABLE, PERMISSIVE or STRICT); by default the bundle's PeerAuthentication decides")
 	f.StringVar(&c.AuthzBundle, "authz-bundle", "", "with --inbound-listen: take the compiled policy from this directory ('rampartctl authz compile --out DIR', reloaded when it changes) instead of from rampartd over xDS")
-	f.StringVar(&c.Workload, "workload", "", "with --inbound-listen: this workload, NAMESPACE/NAME (default: from the SVID)")
-	f.StringVar(&c.Labels, "labels", "", "with --inbound-listen: the workload's labels, k=v,k2=v2")
+	f.StringVar(&c.Workload, "workload", "", "this workload, NAMESPACE/NAME (default: the identity's namespace and service account); rampartd compiles its config for it")
+	f.StringVar(&c.Labels, "labels", "", "the workload's labels, k=v,k2=v2 (policy selectors, subsets and sourceLabels match them)")
+	f.StringVar(&c.OutboundListen, "outbound-listen", "", "serve the outbound path on this address, e.g. 127.0.0.1:15001: the app uses it as HTTP_PROXY (or sends with the service's Host) and rampartd's routes and clusters take it into the mesh; empty disables it")
+	f.StringArrayVar(&c.GatewayListen, "gateway-listen", nil, "serve as an ingress gateway on this address (repeatable); the port picks the Istio Gateway server whose routes apply")
 	f.StringVar(&c.DecisionLog, "decision-log", "", "with --inbound-listen: append denials and dry-run hits to this tamper-evident decision log")
 	f.BoolVar(&c.LogAllows, "log-allows", false, "with --decision-log: log allowed requests too")
 	f.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "address serving /metrics and /healthz/ready (port 0 picks one and logs it); \"\" disables it")
@@ -163,6 +167,14 @@ func run(ctx context.Context, c config) error {
 	} else if ident.Namespace == "" {
 		return errors.New("--token-file is required (make one with 'rampartctl token create')")
 	}
+	wl, err := workloadOf(c, ident, token)
+	if err != nil {
+		return err
+	}
+	var out *proxy.OutboundConfig
+	if c.OutboundListen != "" || len(c.GatewayListen) > 0 {
+		out = &proxy.OutboundConfig{Listen: c.OutboundListen, GatewayListen: c.GatewayListen}
+	}
 	var in *proxy.InboundConfig
 	if c.InboundListen != "" {
 		in = &proxy.InboundConfig{Listen: c.InboundListen, App: c.App, Mode: strings.ToUpper(c.MTLSMode), BundleDir: c.AuthzBundle,
@@ -170,33 +182,10 @@ func run(ctx context.Context, c config) error {
 		if c.App == "" {
 			return errors.New("--inbound-listen needs --app")
 		}
-		ns, name, _ := strings.Cut(c.Workload, "/")
-		if c.Workload != "" && (ns == "" || name == "") {
-			return fmt.Errorf("--workload %q: want NAMESPACE/NAME", c.Workload)
-		}
-		if ns == "" {
-			ns, name = ident.Namespace, ident.ServiceAccount
-		}
-		if ns == "" && token != nil {
-			if tok, err := token(); err == nil {
-				if id, err := agent.IdentityFromToken(strings.TrimSpace(tok)); err == nil {
-					ns, name = id.Namespace, id.ServiceAccount
-				}
-			}
-		}
-		if ns == "" {
+		if wl.Namespace == "" {
 			return errors.New("--inbound-listen needs --workload NAMESPACE/NAME (it could not be read from the token)")
 		}
-		in.Workload = authz.Workload{Namespace: ns, Name: name, Labels: map[string]string{}}
-		if c.Labels != "" {
-			for _, kv := range strings.Split(c.Labels, ",") {
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok || k == "" {
-					return fmt.Errorf("--labels: %q is not key=value", kv)
-				}
-				in.Workload.Labels[k] = v
-			}
-		}
+		in.Workload = wl
 	}
 	reg := cli.NewRegistry()
 	p, err := proxy.New(proxy.Config{
@@ -212,6 +201,8 @@ func run(ctx context.Context, c config) error {
 		},
 		WorkloadAPISocket: c.WorkloadAPISocket,
 		Inbound:           in,
+		Outbound:          out,
+		Workload:          wl,
 		Registry:          reg,
 		Log:               log,
 	})
@@ -228,4 +219,33 @@ func run(ctx context.Context, c config) error {
 	err = g.Wait()
 	log.Info("rampart-sidecar stopped")
 	return err
+}
+
+// workloadOf reads --workload and --labels, defaulting the name to the identity's.
+func workloadOf(c config, ident ca.Identity, token func() (string, error)) (authz.Workload, error) {
+	ns, name, _ := strings.Cut(c.Workload, "/")
+	if c.Workload != "" && (ns == "" || name == "") {
+		return authz.Workload{}, fmt.Errorf("--workload %q: want NAMESPACE/NAME", c.Workload)
+	}
+	if ns == "" {
+		ns, name = ident.Namespace, ident.ServiceAccount
+	}
+	if ns == "" && token != nil {
+		if tok, err := token(); err == nil {
+			if id, err := agent.IdentityFromToken(strings.TrimSpace(tok)); err == nil {
+				ns, name = id.Namespace, id.ServiceAccount
+			}
+		}
+	}
+	wl := authz.Workload{Namespace: ns, Name: name, Labels: map[string]string{}}
+	if c.Labels != "" {
+		for _, kv := range strings.Split(c.Labels, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return authz.Workload{}, fmt.Errorf("--labels: %q is not key=value", kv)
+			}
+			wl.Labels[k] = v
+		}
+	}
+	return wl, nil
 }

@@ -739,7 +739,11 @@ func (b *outboundBuilder) routeMatches(ms []*networking.HTTPMatchRequest, port u
 		case u.GetPrefix() != "":
 			rm.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: u.GetPrefix()}
 		case u.GetRegex() != "":
-			rm.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: u.GetRegex()}}
+			re := u.GetRegex()
+			if m.GetIgnoreUriCase() { // Envoy ignores case_sensitive for regex paths
+				re = "(?i)" + re
+			}
+			rm.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: re}}
 		default:
 			rm.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: "/"}
 		}

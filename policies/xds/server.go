@@ -91,6 +91,7 @@ type Server struct {
 // has been counted against its proxy.
 type stream struct {
 	certID  string
+	nodeKey string // the node id of the stream's first request
 	counted bool
 }
 
@@ -148,11 +149,36 @@ type ProxyStatus struct {
 func (s *Server) Config(proxy string) (authz.WireBundle, bool, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n, ok := s.nodes[proxy]
-	if !ok {
+	n := s.lookup(proxy)
+	if n == nil {
 		return authz.WireBundle{}, false, false
 	}
 	return n.bundle, n.synced(), true
+}
+
+// lookup finds a proxy by node id, by workload (namespace/name), or by SPIFFE
+// ID (the first of the workloads sharing it). s.mu is held.
+func (s *Server) lookup(proxy string) *node {
+	if n, ok := s.nodes[proxy]; ok {
+		return n
+	}
+	keys := make([]string, 0, len(s.nodes))
+	for k := range s.nodes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		n := s.nodes[k]
+		if n.workload.Namespace+"/"+n.workload.Name == proxy {
+			return n
+		}
+	}
+	for _, k := range keys {
+		if n := s.nodes[k]; n.id.String() == proxy {
+			return n
+		}
+	}
+	return nil
 }
 
 // Outbound returns the listeners, routes, clusters and endpoints last sent to
@@ -160,9 +186,9 @@ func (s *Server) Config(proxy string) (authz.WireBundle, bool, bool) {
 func (s *Server) Outbound(proxy string) (*compile.Outbound, bool, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n, ok := s.nodes[proxy]
-	if !ok || n.outbound == nil {
-		return nil, false, ok
+	n := s.lookup(proxy)
+	if n == nil || n.outbound == nil {
+		return nil, false, n != nil
 	}
 	return n.outbound, n.synced(), true
 }
@@ -477,7 +503,7 @@ func (s *Server) onOpen(ctx context.Context, streamID int64, _ string) error {
 func (s *Server) onClosed(streamID int64, _ *corev3.Node) {
 	s.mu.Lock()
 	if st := s.streams[streamID]; st != nil && st.counted {
-		if n := s.nodes[st.certID]; n != nil {
+		if n := s.nodes[st.nodeKey]; n != nil {
 			n.streams--
 		}
 	}
@@ -496,17 +522,33 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 		return errors.New("unknown stream")
 	}
 	certID := st.certID
+	// The node id is "<SPIFFE ID>" or "<SPIFFE ID>~<workload name>" (several
+	// workloads may share a service account); its identity must be the
+	// certificate's. Only the first request of a stream carries the node.
 	nodeID := req.GetNode().GetId()
-	if nodeID != "" && nodeID != certID {
-		s.log.Warn("xDS request refused: node id is not the client certificate's identity", "node", nodeID, "certificate", certID)
-		return fmt.Errorf("node id %q is not your identity %q", nodeID, certID)
+	if nodeID != "" {
+		if idPart, _, _ := strings.Cut(nodeID, "~"); idPart != certID {
+			s.log.Warn("xDS request refused: node id is not the client certificate's identity", "node", nodeID, "certificate", certID)
+			return fmt.Errorf("node id %q is not your identity %q", nodeID, certID)
+		}
+		s.mu.Lock()
+		if st.nodeKey == "" {
+			st.nodeKey = nodeID
+		}
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	key := st.nodeKey
+	s.mu.Unlock()
+	if key == "" {
+		return errors.New("the first request of a stream must carry the node")
 	}
 	if req.GetErrorDetail() != nil {
 		s.nacks.Inc()
-		s.log.Warn("proxy refused configuration (NACK)", "proxy", certID, "version", req.GetVersionInfo(), "error", req.GetErrorDetail().GetMessage())
+		s.log.Warn("proxy refused configuration (NACK)", "proxy", key, "version", req.GetVersionInfo(), "error", req.GetErrorDetail().GetMessage())
 	}
 	s.mu.Lock()
-	n, known := s.nodes[certID]
+	n, known := s.nodes[key]
 	if known {
 		n.lastSeen = time.Now()
 		if !st.counted {
@@ -543,11 +585,11 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 	}
 	s.mu.Lock()
 	now := time.Now()
-	s.nodes[certID] = &node{id: id, workload: wl, streams: 1, since: now, lastSeen: now, acked: map[string]string{req.GetTypeUrl(): ""}}
+	s.nodes[key] = &node{id: id, workload: wl, streams: 1, since: now, lastSeen: now, acked: map[string]string{req.GetTypeUrl(): ""}}
 	st.counted = true
 	s.mu.Unlock()
-	s.log.Info("proxy connected", "proxy", certID, "workload", wl.Namespace+"/"+wl.Name)
-	return s.push(certID, now)
+	s.log.Info("proxy connected", "proxy", key, "workload", wl.Namespace+"/"+wl.Name)
+	return s.push(key, now)
 }
 
 // workloadOf takes the namespace from the certificate (never from the proxy's

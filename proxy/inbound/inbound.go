@@ -135,7 +135,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Log.With("component", "inbound"), slots: make(chan struct{}, cfg.MaxConnections)}
 	if cfg.SVID != nil && cfg.Bundle != nil {
-		s.tlsCfg = peer.ServerConfig(cfg.SVID, cfg.Bundle, cfg.TrustDomain, "http/1.1")
+		s.tlsCfg = peer.ServerConfig(cfg.SVID, cfg.Bundle, cfg.TrustDomain, "h2", "http/1.1")
 	}
 	app := &url.URL{Scheme: "http", Host: cfg.App}
 	s.proxy = &httputil.ReverseProxy{
@@ -153,7 +153,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "istio_requests_total",
-		Help: "Inbound requests, labelled as Istio labels them.",
+		Help: "Requests, labelled as Istio labels them (reporter destination: inbound; source: outbound).",
 	}, []string{"reporter", "destination_workload", "destination_workload_namespace", "source_principal", "response_code", "connection_security_policy"})
 	s.resets = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rampart_inbound_plaintext_resets_total",
@@ -168,7 +168,15 @@ func New(cfg Config) (*Server, error) {
 		Name: "rampart_inbound_connections_refused_total",
 		Help: "Connections closed on accept because MaxConnections were open.",
 	})
-	for _, c := range []prometheus.Collector{s.requests, s.resets, s.plaintext, s.refused} {
+	// istio_requests_total is shared with the outbound path (reporter source).
+	if err := cfg.Metrics.Register(s.requests); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, err
+		}
+		s.requests = are.ExistingCollector.(*prometheus.CounterVec)
+	}
+	for _, c := range []prometheus.Collector{s.resets, s.plaintext, s.refused} {
 		if err := cfg.Metrics.Register(c); err != nil {
 			return nil, err
 		}

@@ -25,7 +25,7 @@ var (
 	buildErr  error
 )
 
-// BinDir returns the directory holding rampartd, rampart-sidecar and rampartctl:
+// BinDir returns the directory holding rampartd, rampart-sidecar, rampartctl and bookinfo:
 // $RAMPART_BIN if set (make test sets it), else a fresh build in a temp dir.
 func BinDir(tb testing.TB) string {
 	tb.Helper()
@@ -41,11 +41,16 @@ func BinDir(tb testing.TB) string {
 			buildErr = err
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/rampartd", "./cmd/rampart-sidecar", "./cmd/rampartctl")
-		cmd.Dir = repo
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-			return
+		for _, args := range [][]string{
+			{"build", "-o", dir + "/", "./cmd/rampartd", "./cmd/rampart-sidecar", "./cmd/rampartctl"},
+			{"build", "-o", dir + "/bookinfo", "./deploy/examples/bookinfo/app"},
+		} {
+			cmd := exec.Command("go", args...)
+			cmd.Dir = repo
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+				return
+			}
 		}
 		binDir = dir
 	})

@@ -1,0 +1,536 @@
+// Package outbound is the sidecar's outbound path: the app's requests into the
+// mesh. In explicit capture the app sends to the outbound listener (as its HTTP
+// proxy, or with the service's host in the Host header); the request's port
+// picks the listener's route configuration, the route picks a cluster, and the
+// upstream manager sends it, with mTLS to peers in the mesh. Faults, retries,
+// timeouts, mirroring, redirects and header rewrites follow the route.
+//
+// It is data plane: it must not import policies/... or ca/server.
+package outbound
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rampart-mesh/rampart/proxy/route"
+	"github.com/rampart-mesh/rampart/proxy/upstream"
+	"github.com/rampart-mesh/rampart/proxy/xds"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Listener is the outbound listener (127.0.0.1:15001 in explicit capture).
+	Listener net.Listener
+	// Upstreams sends requests to clusters.
+	Upstreams *upstream.Manager
+	// Gateway makes this an ingress gateway listener: the route configuration
+	// is chosen by the port the listener is bound to, not by the Host header.
+	Gateway bool
+	// Workload names the proxy in metrics and logs; Principal is its SPIFFE ID.
+	Workload, Namespace, Principal string
+	// MaxRetryBody is the largest request body kept to replay on retry; larger
+	// bodies are streamed and not retried. Default 64 KiB.
+	MaxRetryBody int64
+	Log          *slog.Logger
+	Metrics      prometheus.Registerer
+}
+
+// Server is the outbound path.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	state    atomic.Pointer[state]
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	rnd      func() uint64
+}
+
+// state is one applied configuration: the route table and which route
+// configuration serves each port.
+type state struct {
+	table *route.Table
+	ports map[int]string // port → route configuration name
+}
+
+// New validates cfg. It does no I/O.
+func New(cfg Config) (*Server, error) {
+	if cfg.Listener == nil || cfg.Upstreams == nil {
+		return nil, errors.New("outbound: Listener and Upstreams are required")
+	}
+	if cfg.MaxRetryBody == 0 {
+		cfg.MaxRetryBody = 64 << 10
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, log: cfg.Log.With("component", "outbound"), rnd: rand.Uint64}
+	// The same metric as the inbound path's, so both register as one.
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "istio_requests_total",
+		Help: "Requests, labelled as Istio labels them (reporter destination: inbound; source: outbound).",
+	}, []string{"reporter", "destination_workload", "destination_workload_namespace", "source_principal", "response_code", "connection_security_policy"})
+	s.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "istio_request_duration_milliseconds",
+		Help:    "Request duration as the client's sidecar saw it.",
+		Buckets: []float64{1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000},
+	}, []string{"reporter", "source_workload", "destination_service", "response_code"})
+	if err := cfg.Metrics.Register(s.requests); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, err
+		}
+		s.requests = are.ExistingCollector.(*prometheus.CounterVec)
+	}
+	if err := cfg.Metrics.Register(s.duration); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, err
+		}
+		s.duration = are.ExistingCollector.(*prometheus.HistogramVec)
+	}
+	return s, nil
+}
+
+// Prepare validates the listeners and routes of a complete set of resources
+// and returns the function that installs them; nothing changes until it is
+// called, so the caller can update clusters in between, all or nothing.
+func (s *Server) Prepare(res *xds.Resources) (func(), error) {
+	ports := map[int]string{}
+	for name, l := range res.Listeners {
+		rn, err := xds.RouteNameOf(l)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: %w", name, err)
+		}
+		if rn == "" {
+			continue // TCP listeners need per-service local ports (not served yet)
+		}
+		gateway := l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND
+		if gateway != s.cfg.Gateway {
+			continue
+		}
+		port := int(l.GetAddress().GetSocketAddress().GetPortValue())
+		if port == 0 {
+			return nil, fmt.Errorf("listener %s: no port", name)
+		}
+		ports[port] = rn
+	}
+	routes := make([]*routev3.RouteConfiguration, 0, len(res.Routes))
+	for _, r := range res.Routes {
+		routes = append(routes, r)
+	}
+	table, err := route.New(routes)
+	if err != nil {
+		return nil, err
+	}
+	return func() { s.state.Store(&state{table: table, ports: ports}) }, nil
+}
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	hs := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		IdleTimeout:       2 * time.Minute,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(s.cfg.Listener) }()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(sctx)
+	return nil
+}
+
+// hopHeaders are removed before forwarding (RFC 9110 section 7.6.1).
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// result is what the access log and metrics record of one request.
+type result struct {
+	code    int
+	flags   string
+	cluster string
+	host    string
+	detail  string
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	res := s.serve(w, r)
+	s.requests.WithLabelValues("source", hostOnly(r.Host), s.cfg.Namespace, s.cfg.Principal, strconv.Itoa(res.code), "unknown").Inc()
+	s.duration.WithLabelValues("source", s.cfg.Workload, hostOnly(r.Host), strconv.Itoa(res.code)).Observe(float64(time.Since(start)) / float64(time.Millisecond))
+	s.log.Info("access", "method", r.Method, "authority", r.Host, "path", r.URL.RequestURI(), "status", res.code,
+		"flags", flagOrDash(res.flags), "detail", res.detail, "cluster", res.cluster, "upstream", res.host,
+		"duration_ms", time.Since(start).Milliseconds(), "request_id", r.Header.Get("x-request-id"))
+}
+
+func flagOrDash(f string) string {
+	if f == "" {
+		return "-"
+	}
+	return f
+}
+
+func hostOnly(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		return host
+	}
+	return h
+}
+
+// target returns the authority and port a request is for: the absolute URL of
+// a proxy request, else the Host header; port 80 when none is given.
+func target(r *http.Request) (string, int) {
+	host := r.Host
+	if r.URL.IsAbs() && r.URL.Host != "" {
+		host = r.URL.Host
+	}
+	if h, p, err := net.SplitHostPort(host); err == nil {
+		n, err := strconv.Atoi(p)
+		if err == nil && n > 0 && n < 65536 {
+			return host, n
+		}
+		return h, 0
+	}
+	return host, 80
+}
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
+	st := s.state.Load()
+	if st == nil {
+		return reply(w, http.StatusServiceUnavailable, "NC", "no configuration from the control plane yet")
+	}
+	if r.Method == http.MethodConnect {
+		return reply(w, http.StatusMethodNotAllowed, "NR", "CONNECT is not supported on the outbound listener")
+	}
+	authority, port := target(r)
+	r.Host = authority
+	if s.cfg.Gateway {
+		port = 0
+		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			if tcp, ok := a.(*net.TCPAddr); ok {
+				port = tcp.Port
+			}
+		}
+	}
+	rc, ok := st.ports[port]
+	if !ok {
+		return reply(w, http.StatusNotFound, "NR", fmt.Sprintf("no listener for port %d", port))
+	}
+	// The route is matched on what the app asked for; absolute-form targets become origin-form.
+	if r.URL.IsAbs() {
+		r.URL.Scheme, r.URL.Host = "", ""
+	}
+	rt := st.table.Match(rc, r)
+	if rt == nil {
+		return reply(w, http.StatusNotFound, "NR", "route_not_found")
+	}
+	if r.Header.Get("x-request-id") == "" {
+		r.Header.Set("x-request-id", newID())
+	}
+	if f := rt.Fault; f != nil {
+		delayed := false
+		if f.ShouldDelay(s.rnd()) {
+			delayed = true
+			t := time.NewTimer(f.Delay)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return result{code: 499, flags: "DI,DC", detail: "downstream_remote_disconnect"}
+			}
+		}
+		if f.ShouldAbort(s.rnd()) && f.AbortStatus != 0 {
+			body := f.AbortBody
+			if body == "" {
+				body = "fault filter abort"
+			}
+			w.Header().Set("content-type", "text/plain")
+			w.WriteHeader(f.AbortStatus)
+			_, _ = io.WriteString(w, body)
+			return result{code: f.AbortStatus, flags: "FI", detail: "fault_filter_abort"}
+		}
+		if delayed {
+			res := s.forwardOrReply(w, r, rt)
+			res.flags = strings.TrimPrefix(res.flags+",DI", ",")
+			return res
+		}
+	}
+	return s.forwardOrReply(w, r, rt)
+}
+
+// forwardOrReply answers a redirect or direct response route itself and
+// forwards the rest.
+func (s *Server) forwardOrReply(w http.ResponseWriter, r *http.Request, rt *route.Route) result {
+	switch {
+	case rt.Redirect != nil:
+		loc := rt.Redirect.Location(r)
+		w.Header().Set("Location", loc)
+		w.WriteHeader(rt.Redirect.Code)
+		return result{code: rt.Redirect.Code, detail: "direct_response"}
+	case rt.Direct != nil:
+		if rt.Direct.Body != "" {
+			w.Header().Set("content-type", "text/plain")
+		}
+		w.WriteHeader(rt.Direct.Status)
+		_, _ = io.WriteString(w, rt.Direct.Body)
+		return result{code: rt.Direct.Status, detail: "direct_response"}
+	}
+	return s.forward(w, r, rt)
+}
+
+func reply(w http.ResponseWriter, code int, flags, detail string) result {
+	w.Header().Set("content-type", "text/plain")
+	w.Header().Set("x-rampart-response-flags", flags)
+	w.WriteHeader(code)
+	_, _ = io.WriteString(w, detail+"\n")
+	return result{code: code, flags: flags, detail: detail}
+}
+
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route) result {
+	ctx := r.Context()
+	if rt.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
+		defer cancel()
+	}
+	out := r.Clone(ctx)
+	out.RequestURI = ""
+	for _, h := range hopHeaders {
+		out.Header.Del(h)
+	}
+	if c := r.Header.Get("Connection"); c != "" {
+		for _, f := range strings.Split(c, ",") {
+			out.Header.Del(strings.TrimSpace(f))
+		}
+	}
+	out.Header.Set("x-forwarded-proto", "http")
+	clusterName := rt.PickCluster(s.rnd())
+	rt.ApplyRequestFor(out, clusterName)
+	out.URL.Scheme = "http"
+	out.URL.Host = out.Host
+	cl, ok := s.cfg.Upstreams.Cluster(clusterName)
+	if !ok {
+		return reply(w, http.StatusServiceUnavailable, "NC", "cluster_not_found "+clusterName)
+	}
+	// A body small enough is kept so a retry can send it again.
+	var body []byte
+	retriable := rt.Retry != nil && rt.Retry.NumRetries > 0
+	if out.Body != nil && out.Body != http.NoBody {
+		if retriable && (r.ContentLength >= 0 && r.ContentLength <= s.cfg.MaxRetryBody) {
+			b, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxRetryBody+1))
+			if err != nil {
+				return reply(w, http.StatusBadRequest, "DPE", "downstream body: "+err.Error())
+			}
+			body = b
+		} else {
+			retriable = false
+		}
+	}
+	for _, m := range rt.Mirrors {
+		if m.ShouldMirror(s.rnd()) {
+			s.mirror(out, m, body)
+		}
+	}
+	var hashKey uint64
+	var hasHash bool
+	if hk, ok := rt.HashKey(r, hostOnly(r.RemoteAddr)); ok {
+		hashKey, hasHash = hk, true
+	}
+	var tried []string
+	attempts := 1
+	if retriable {
+		attempts += rt.Retry.NumRetries
+	}
+	var resp *http.Response
+	var ep upstream.Endpoint
+	var err error
+	flags := ""
+	for i := 0; i < attempts; i++ {
+		if i > 0 {
+			release, ok := cl.TryRetry()
+			if !ok {
+				flags = "UO"
+				break
+			}
+			release()
+			// Envoy's backoff: fully jittered, the ceiling doubling from the base.
+			base := rt.Retry.BackOffBase
+			if base <= 0 {
+				base = 25 * time.Millisecond
+			}
+			ceil := min(base<<min(i-1, 16), max(rt.Retry.BackOffMax, base))
+			wait := time.Duration(s.rnd() % uint64(ceil))
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+			}
+			flags = "URX"
+		}
+		actx := ctx
+		var cancel context.CancelFunc = func() {}
+		if rt.Retry != nil && rt.Retry.PerTryTimeout > 0 {
+			actx, cancel = context.WithTimeout(ctx, rt.Retry.PerTryTimeout)
+		}
+		try := out.Clone(actx)
+		if body != nil {
+			try.Body = io.NopCloser(bytes.NewReader(body))
+			try.ContentLength = int64(len(body))
+		}
+		req := upstream.Request{HashKey: hashKey, HasHash: hasHash}
+		if rt.Retry != nil && rt.Retry.AvoidPreviousHosts {
+			req.Exclude = tried
+		}
+		resp, ep, err = cl.RoundTrip(try, req)
+		if ep.Address != "" {
+			tried = append(tried, ep.Address)
+		}
+		if err != nil {
+			cancel()
+			kind := route.AttemptReset
+			switch {
+			case ctx.Err() != nil:
+				kind = route.AttemptTimeout
+			case actx.Err() != nil:
+				kind = route.AttemptTimeout
+			case upstream.Flag(err) == upstream.FlagConnectFailure || upstream.Flag(err) == upstream.FlagNoHealthyUpstream:
+				kind = route.AttemptConnectFailure
+			}
+			if ctx.Err() != nil {
+				return reply(w, http.StatusGatewayTimeout, "UT", "upstream_response_timeout")
+			}
+			if retriable && i+1 < attempts && rt.Retry.ShouldRetry(0, kind) && upstream.Flag(err) != "UO" {
+				continue
+			}
+			f := upstream.Flag(err)
+			if f == "" {
+				f = "UC"
+			}
+			if kind == route.AttemptTimeout {
+				return reply(w, http.StatusGatewayTimeout, "UT", "upstream_per_try_timeout")
+			}
+			if flags == "URX" {
+				f += ",URX"
+			}
+			return reply(w, http.StatusServiceUnavailable, f, "upstream_reset_before_response_started{"+err.Error()+"}")
+		}
+		if retriable && i+1 < attempts && rt.Retry.ShouldRetry(resp.StatusCode, route.AttemptOK) {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			cancel()
+			continue
+		}
+		defer cancel()
+		break
+	}
+	if resp == nil {
+		return reply(w, http.StatusServiceUnavailable, "UO", "retry budget exhausted")
+	}
+	defer resp.Body.Close()
+	for _, h := range hopHeaders {
+		resp.Header.Del(h)
+	}
+	rt.ApplyResponseFor(resp.Header, clusterName)
+	for k, vs := range resp.Header {
+		w.Header()[k] = vs
+	}
+	w.WriteHeader(resp.StatusCode)
+	if f, ok := w.(http.Flusher); ok && (resp.ContentLength == -1 || strings.HasPrefix(resp.Header.Get("content-type"), "text/event-stream")) {
+		copyFlushing(w, f, resp.Body)
+	} else {
+		_, _ = io.Copy(w, resp.Body)
+	}
+	if flags != "URX" {
+		flags = ""
+	}
+	return result{code: resp.StatusCode, cluster: clusterName, host: ep.Address, flags: flags, detail: "via_upstream"}
+}
+
+func copyFlushing(w io.Writer, f http.Flusher, r io.Reader) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			f.Flush()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// mirror sends a copy of the request to another cluster and throws the answer
+// away, as Envoy's shadowing does: the Host gets "-shadow" appended, and the
+// copy never delays or changes the real request.
+func (s *Server) mirror(r *http.Request, mp route.Mirror, body []byte) {
+	clusterName := mp.Cluster
+	cl, ok := s.cfg.Upstreams.Cluster(clusterName)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
+	m := r.Clone(ctx)
+	if mp.HostRewrite != "" {
+		m.Host = mp.HostRewrite
+	}
+	if !mp.NoShadowSuffix {
+		host, port, err := net.SplitHostPort(m.Host)
+		if err == nil {
+			m.Host = net.JoinHostPort(host+"-shadow", port)
+		} else {
+			m.Host += "-shadow"
+		}
+	}
+	m.URL.Host = m.Host
+	m.Body = http.NoBody
+	m.ContentLength = 0
+	if body != nil {
+		m.Body, m.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+	}
+	go func() {
+		defer cancel()
+		resp, _, err := cl.RoundTrip(m, upstream.Request{})
+		if err != nil {
+			s.log.Debug("mirror failed", "cluster", clusterName, "err", err)
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}()
+}
+
+func newID() string {
+	var b [16]byte
+	_, _ = cryptorand(b[:])
+	return fmt.Sprintf("%s-%s-%s-%s-%s", hex.EncodeToString(b[0:4]), hex.EncodeToString(b[4:6]), hex.EncodeToString(b[6:8]), hex.EncodeToString(b[8:10]), hex.EncodeToString(b[10:16]))
+}
+
+var cryptorand = crand.Read
