@@ -58,6 +58,8 @@ type Config struct {
 type InboundConfig struct {
 	Listen string // e.g. 127.0.0.1:15006
 	App    string // the app's address
+	// Protocol is "http" (default) or "tcp".
+	Protocol string
 	// Mode forces the mTLS mode (DISABLE, PERMISSIVE, STRICT); empty follows the
 	// bundle's peer.json (PeerAuthentication) for the app's port.
 	Mode string
@@ -95,7 +97,7 @@ type Proxy struct {
 	peerMode *peerModes
 	ups      *upstream.Manager
 	outs     []*outbound.Server
-	outLis   []string
+	tcp      *outbound.TCP
 }
 
 // New builds the sidecar's parts. It does no I/O.
@@ -200,7 +202,7 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 		modeFunc = peerMode.get
 	}
 	srv, err := inbound.New(inbound.Config{
-		Listener: lis, App: in.App, Mode: in.Mode, ModeFunc: modeFunc, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
+		Listener: lis, App: in.App, Protocol: in.Protocol, Mode: in.Mode, ModeFunc: modeFunc, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
 		Engine: p.engine, Authn: authn, Workload: in.Workload, OnDecide: hook, Log: p.cfg.Log, Metrics: p.cfg.Registry,
 	})
 	if err != nil {
@@ -267,9 +269,16 @@ func (p *Proxy) xdsClient(authn *jwtAuthn, peerMode *peerModes) (*xds.Client, er
 // endpoints: every listener's routes are validated first, then the clusters are
 // swapped, then the routes; an error before the swap changes nothing.
 func (p *Proxy) applyOutbound(_ context.Context, res *xds.Resources) error {
-	installs := make([]func(), 0, len(p.outs))
+	installs := make([]func(), 0, len(p.outs)+1)
 	for _, o := range p.outs {
 		install, err := o.Prepare(res)
+		if err != nil {
+			return err
+		}
+		installs = append(installs, install)
+	}
+	if p.tcp != nil {
+		install, err := p.tcp.Prepare(res)
 		if err != nil {
 			return err
 		}
@@ -298,6 +307,9 @@ func (p *Proxy) runOutbound(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	for _, srv := range p.outs {
 		g.Go(func() error { return srv.Run(ctx) })
+	}
+	if p.tcp != nil {
+		g.Go(func() error { return p.tcp.Run(ctx) })
 	}
 	return g.Wait()
 }
@@ -333,6 +345,12 @@ func (p *Proxy) listenOutbound() error {
 		if err := add(o.Listen, false); err != nil {
 			return err
 		}
+		// TCP services are served on the outbound IP at their own ports.
+		host, _, err := net.SplitHostPort(o.Listen)
+		if err != nil {
+			return fmt.Errorf("outbound: %s: %w", o.Listen, err)
+		}
+		p.tcp = outbound.NewTCP(host, p.ups, p.cfg.Log)
 	}
 	for _, a := range o.GatewayListen {
 		if err := add(a, true); err != nil {

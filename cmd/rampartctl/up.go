@@ -54,6 +54,7 @@ type workloadPlan struct {
 	Labels                          map[string]string
 	Address                         string // the WorkloadEntry's loopback address
 	Port                            uint32 // the inbound port (the service port on Address)
+	TCP                             bool   // the port's protocol is not HTTP
 	Command                         []string
 	Env                             map[string]string
 	Gateway                         bool
@@ -120,6 +121,7 @@ func planMesh(objs []source.Object) ([]workloadPlan, error) {
 			}
 			port := s.Ports[0]
 			p.Port = port.Number
+			p.TCP = !registry.IsHTTP(port.Protocol)
 			if port.TargetPort != 0 {
 				p.Port = port.TargetPort
 			}
@@ -173,7 +175,10 @@ func newUpCmd() *cobra.Command {
      app process; a gateway Process gets a sidecar in gateway mode and no app.
 
 A workload no ServiceEntry selects is a client: it gets a sidecar with an
-outbound listener only. The registry is Istio's own: ServiceEntry (hosts, ports, workloadSelector) and
+outbound listener only. A TCP service port (not http/http2/grpc by name or
+protocol) is proxied as bytes: the sidecar authorizes the connection, and
+clients reach it at their own sidecar's address and the service's port
+(OWN_ADDRESS:PORT). The registry is Istio's own: ServiceEntry (hosts, ports, workloadSelector) and
 WorkloadEntry (address, labels, serviceAccount). Each WorkloadEntry needs its own
 loopback address (127.0.0.0/8): its sidecar serves the service port there (mTLS,
 authorization) and its outbound listener on ADDRESS:15001. How a workload's
@@ -310,6 +315,9 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 			p.Env = withEnv(p.Env, "SPIFFE_ENDPOINT_SOCKET", "unix://"+sock)
 			args = append(args, "--workload-api-socket", sock, "--outbound-listen", net.JoinHostPort(p.Address, "15001"))
 			if p.Port != 0 { // a workload no service selects (a client) has no inbound
+				if p.TCP {
+					args = append(args, "--inbound-protocol", "tcp")
+				}
 				args = append(args, "--inbound-listen", net.JoinHostPort(p.Address, fmt.Sprint(p.Port)), "--app", appAddr,
 					"--decision-log", filepath.Join(stateDir, "audit", p.Namespace+"."+p.Name+".log"))
 			}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
-	"strings"
 
 	"github.com/rampart-mesh/rampart/policies/registry"
 	"github.com/rampart-mesh/rampart/policies/source"
@@ -321,6 +320,3 @@ func visible(exportTo []string, objNS, ns string) bool {
 }
 
 func (m Mesh) domain() string { return registry.DefaultDomain }
-
-// lowerHost trims a trailing dot and lowers a host.
-func lowerHost(h string) string { return strings.TrimSuffix(strings.ToLower(h), ".") }

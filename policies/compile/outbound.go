@@ -405,6 +405,7 @@ func applyTrafficPolicy(c *clusterv3.Cluster, tp *networking.TrafficPolicy, p re
 		if lb.GetConsistentHash().GetMaglev() != nil {
 			c.LbPolicy = clusterv3.Cluster_MAGLEV
 		}
+	//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it
 	case lb.GetSimple() == networking.LoadBalancerSettings_LEAST_REQUEST || lb.GetSimple() == networking.LoadBalancerSettings_LEAST_CONN:
 		c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
 	case lb.GetSimple() == networking.LoadBalancerSettings_RANDOM:
@@ -467,10 +468,12 @@ func applyTrafficPolicy(c *clusterv3.Cluster, tp *networking.TrafficPolicy, p re
 			EnforcingSuccessRate:                   wrapperspb.UInt32(0),
 			EnforcingConsecutiveLocalOriginFailure: wrapperspb.UInt32(0),
 		}
+		//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it
+		legacy := uint32(od.GetConsecutiveErrors()) // deprecated: gateway errors
 		if v := od.GetConsecutive_5XxErrors(); v != nil && v.GetValue() > 0 {
 			o.Consecutive_5Xx, o.EnforcingConsecutive_5Xx = wrapperspb.UInt32(v.GetValue()), wrapperspb.UInt32(100)
-		} else if od.GetConsecutiveErrors() > 0 { // deprecated field: gateway errors
-			o.ConsecutiveGatewayFailure, o.EnforcingConsecutiveGatewayFailure = wrapperspb.UInt32(uint32(od.GetConsecutiveErrors())), wrapperspb.UInt32(100)
+		} else if legacy > 0 {
+			o.ConsecutiveGatewayFailure, o.EnforcingConsecutiveGatewayFailure = wrapperspb.UInt32(legacy), wrapperspb.UInt32(100)
 		}
 		if v := od.GetConsecutiveGatewayErrors(); v != nil && v.GetValue() > 0 {
 			o.ConsecutiveGatewayFailure, o.EnforcingConsecutiveGatewayFailure = wrapperspb.UInt32(v.GetValue()), wrapperspb.UInt32(100)
@@ -920,6 +923,7 @@ func (b *outboundBuilder) httpRoute(vs *VirtualService, idx int, h *networking.H
 		}
 		if m := h.GetMirror(); m != nil {
 			ra.RequestMirrorPolicies = append(ra.RequestMirrorPolicies, &routev3.RouteAction_RequestMirrorPolicy{
+				//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it
 				Cluster: b.destCluster(vs, m, port), RuntimeFraction: fraction(h.GetMirrorPercentage(), int32(h.GetMirrorPercent().GetValue()))})
 		}
 		for _, m := range h.GetMirrors() {
@@ -940,6 +944,7 @@ func (b *outboundBuilder) httpRoute(vs *VirtualService, idx int, h *networking.H
 		hf := &faultv3.HTTPFault{}
 		if d := f.GetDelay(); d != nil {
 			hf.Delay = &faultcommon.FaultDelay{FaultDelaySecifier: &faultcommon.FaultDelay_FixedDelay{FixedDelay: d.GetFixedDelay()},
+				//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it
 				Percentage: fraction(d.GetPercentage(), d.GetPercent()).DefaultValue}
 		}
 		if a := f.GetAbort(); a != nil {
@@ -959,6 +964,7 @@ func (b *outboundBuilder) httpRoute(vs *VirtualService, idx int, h *networking.H
 		for _, o := range c.GetAllowOrigins() {
 			cp.AllowOriginStringMatch = append(cp.AllowOriginStringMatch, stringMatcher(o, false))
 		}
+		//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it
 		for _, o := range c.GetAllowOrigin() {
 			cp.AllowOriginStringMatch = append(cp.AllowOriginStringMatch, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: o}})
 		}

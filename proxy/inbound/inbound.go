@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -58,6 +59,9 @@ type Config struct {
 	Listener net.Listener
 	// App is the workload's own address, where allowed requests go.
 	App string
+	// Protocol is the port's protocol: "http" (default; HTTP/1.1, h2, gRPC) or
+	// "tcp" (authorization on connection attributes, then bytes to the app).
+	Protocol string
 	// Mode is the port's mTLS mode. Default PERMISSIVE.
 	Mode string
 	// ModeFunc, if set, is asked for the mode of each new connection instead,
@@ -90,6 +94,7 @@ type Server struct {
 	log       *slog.Logger
 	tlsCfg    *tls.Config
 	proxy     *httputil.ReverseProxy
+	grpcProxy *httputil.ReverseProxy
 	requests  *prometheus.CounterVec
 	resets    prometheus.Counter
 	plaintext *prometheus.CounterVec
@@ -107,6 +112,13 @@ const maxPlaintextSources = 1000
 func New(cfg Config) (*Server, error) {
 	if cfg.Listener == nil || cfg.App == "" || cfg.Engine == nil {
 		return nil, errors.New("inbound: Listener, App and Engine are required")
+	}
+	switch cfg.Protocol {
+	case "":
+		cfg.Protocol = authz.ProtocolHTTP
+	case authz.ProtocolHTTP, authz.ProtocolTCP:
+	default:
+		return nil, fmt.Errorf("inbound: unknown protocol %q (want http or tcp)", cfg.Protocol)
 	}
 	switch cfg.Mode {
 	case "":
@@ -135,7 +147,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Log.With("component", "inbound"), slots: make(chan struct{}, cfg.MaxConnections)}
 	if cfg.SVID != nil && cfg.Bundle != nil {
-		s.tlsCfg = peer.ServerConfig(cfg.SVID, cfg.Bundle, cfg.TrustDomain, "h2", "http/1.1")
+		// Istio's sidecars also offer "istio-peer-exchange" and "istio" (TCP has
+		// nothing else); accepting them keeps such handshakes from failing.
+		s.tlsCfg = peer.ServerConfig(cfg.SVID, cfg.Bundle, cfg.TrustDomain, "h2", "http/1.1", "istio-peer-exchange", "istio")
 	}
 	app := &url.URL{Scheme: "http", Host: cfg.App}
 	s.proxy = &httputil.ReverseProxy{
@@ -151,6 +165,10 @@ func New(cfg Config) (*Server, error) {
 			http.Error(w, "upstream connect error", http.StatusServiceUnavailable)
 		},
 	}
+	// gRPC reaches the app as it left the client: HTTP/2, here in clear text (h2c).
+	h2c := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	s.grpcProxy = &httputil.ReverseProxy{Rewrite: s.proxy.Rewrite, ErrorHandler: s.proxy.ErrorHandler, Transport: h2c}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "istio_requests_total",
 		Help: "Requests, labelled as Istio labels them (reporter destination: inbound; source: outbound).",
@@ -270,6 +288,10 @@ func (s *Server) accept(ctx context.Context, out *chanListener) error {
 				s.resets.Inc()
 				s.log.Info("plaintext connection reset: the port is STRICT", "peer", c.RemoteAddr().String())
 				reset(c)
+				return
+			}
+			if s.cfg.Protocol == authz.ProtocolTCP {
+				s.serveTCP(ctx, conn)
 				return
 			}
 			if !out.push(conn) {
@@ -410,7 +432,11 @@ func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		r.Header.Set(k, v)
 	}
 	rec := &statusRecorder{ResponseWriter: w, code: 200}
-	s.proxy.ServeHTTP(rec, r)
+	if ar.Protocol == authz.ProtocolGRPC {
+		s.grpcProxy.ServeHTTP(rec, r)
+	} else {
+		s.proxy.ServeHTTP(rec, r)
+	}
 	return rec.code
 }
 
@@ -433,6 +459,9 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.code = code
 	r.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (WebSocket upgrades).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 func (r *statusRecorder) Flush() {
 	if f, ok := r.ResponseWriter.(http.Flusher); ok {
@@ -490,4 +519,60 @@ func (c *slotConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.release)
 	return err
+}
+
+// serveTCP authorizes a TCP connection on its attributes (peer identity, IPs,
+// ports, SNI) and, if allowed, splices it to the app; a denied connection is
+// closed, as Envoy's network RBAC filter does.
+func (s *Server) serveTCP(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	ar := &authz.Request{ID: newID(), Protocol: authz.ProtocolTCP, Workload: s.cfg.Workload}
+	security := "none"
+	if tc, ok := c.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		security = "mutual_tls"
+		if id, err := peer.ID(st); err == nil {
+			ar.SourcePrincipal = id.String()
+		}
+		ar.SNI = st.ServerName
+	}
+	if host, port, err := net.SplitHostPort(c.RemoteAddr().String()); err == nil {
+		ar.SourceIP = host
+		ar.SourcePort, _ = strconv.Atoi(port)
+	}
+	if host, port, err := net.SplitHostPort(c.LocalAddr().String()); err == nil {
+		ar.DestinationIP = host
+		ar.DestinationPort, _ = strconv.Atoi(port)
+	}
+	d := s.cfg.Engine.Decide(ctx, ar)
+	if s.cfg.OnDecide != nil {
+		s.cfg.OnDecide(ctx, ar, d)
+	}
+	code := "200"
+	if !d.Allowed {
+		code = "403"
+		s.log.Info("connection denied", "request_id", ar.ID, "peer", ar.SourcePrincipal, "detail", d.ResponseCodeDetail(), "reason", d.Reason)
+		s.requests.WithLabelValues("destination", s.cfg.Workload.Name, s.cfg.Workload.Namespace, principalLabel(ar.SourcePrincipal), code, security).Inc()
+		return
+	}
+	var dialer net.Dialer
+	app, err := dialer.DialContext(ctx, "tcp", s.cfg.App)
+	if err != nil {
+		s.log.Warn("app unreachable", "app", s.cfg.App, "err", err)
+		return
+	}
+	defer app.Close()
+	s.requests.WithLabelValues("destination", s.cfg.Workload.Name, s.cfg.Workload.Namespace, principalLabel(ar.SourcePrincipal), code, security).Inc()
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go cp(app, c)
+	go cp(c, app)
+	<-done
+	<-done
 }

@@ -146,11 +146,16 @@ func (s *Server) Prepare(res *xds.Resources) (func(), error) {
 
 // Run serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
+	// HTTP/1.1 and h2c: a gRPC app speaks HTTP/2 in clear text to its sidecar.
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
 	hs := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
+		Protocols:         &protos,
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(s.cfg.Listener) }()
@@ -329,6 +334,15 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			out.Header.Del(strings.TrimSpace(f))
 		}
 	}
+	upgrade := upgradeType(r.Header)
+	if upgrade != "" {
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", upgrade)
+	}
+	// gRPC needs "te: trailers" end to end (Envoy keeps it too).
+	if strings.Contains(strings.ToLower(r.Header.Get("Te")), "trailers") {
+		out.Header.Set("Te", "trailers")
+	}
 	out.Header.Set("x-forwarded-proto", "http")
 	clusterName := rt.PickCluster(s.rnd())
 	rt.ApplyRequestFor(out, clusterName)
@@ -340,7 +354,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	}
 	// A body small enough is kept so a retry can send it again.
 	var body []byte
-	retriable := rt.Retry != nil && rt.Retry.NumRetries > 0
+	retriable := rt.Retry != nil && rt.Retry.NumRetries > 0 && upgrade == ""
 	if out.Body != nil && out.Body != http.NoBody {
 		if retriable && (r.ContentLength >= 0 && r.ContentLength <= s.cfg.MaxRetryBody) {
 			b, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxRetryBody+1))
@@ -452,6 +466,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		return reply(w, http.StatusServiceUnavailable, "UO", "retry budget exhausted")
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
+		res := s.tunnel(w, resp, clusterName)
+		res.host = ep.Address
+		return res
+	}
 	for _, h := range hopHeaders {
 		resp.Header.Del(h)
 	}
@@ -459,16 +478,65 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	for k, vs := range resp.Header {
 		w.Header()[k] = vs
 	}
+	// Trailers (gRPC's grpc-status) are announced so the server sends them.
+	for k := range resp.Trailer {
+		w.Header().Add("Trailer", k)
+	}
 	w.WriteHeader(resp.StatusCode)
 	if f, ok := w.(http.Flusher); ok && (resp.ContentLength == -1 || strings.HasPrefix(resp.Header.Get("content-type"), "text/event-stream")) {
+		f.Flush() // a streaming client needs the headers before the first message
 		copyFlushing(w, f, resp.Body)
 	} else {
 		_, _ = io.Copy(w, resp.Body)
+	}
+	for k, vs := range resp.Trailer {
+		w.Header()[http.TrailerPrefix+k] = vs
 	}
 	if flags != "URX" {
 		flags = ""
 	}
 	return result{code: resp.StatusCode, cluster: clusterName, host: ep.Address, flags: flags, detail: "via_upstream"}
+}
+
+// upgradeType is the protocol a request asks to switch to (Connection:
+// upgrade plus Upgrade: websocket, …), or "".
+func upgradeType(h http.Header) string {
+	for _, v := range h.Values("Connection") {
+		for _, f := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), "upgrade") {
+				return h.Get("Upgrade")
+			}
+		}
+	}
+	return ""
+}
+
+// tunnel completes a protocol switch (WebSocket): the 101 goes to the app,
+// then bytes flow both ways until either side closes.
+func (s *Server) tunnel(w http.ResponseWriter, resp *http.Response, cluster string) result {
+	up, ok := resp.Body.(io.ReadWriteCloser)
+	hj, ok2 := w.(http.Hijacker)
+	if !ok || !ok2 {
+		return reply(w, http.StatusBadGateway, "UPE", "upgrade not possible on this connection")
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return result{code: http.StatusSwitchingProtocols, flags: "DC", cluster: cluster, detail: "hijack failed"}
+	}
+	defer conn.Close()
+	resp.Body = nil // the tunnel owns it now
+	defer up.Close()
+	if err := (&http.Response{StatusCode: resp.StatusCode, ProtoMajor: 1, ProtoMinor: 1, Header: resp.Header}).Write(brw); err != nil {
+		return result{code: http.StatusSwitchingProtocols, flags: "DC", cluster: cluster, detail: "downstream write failed"}
+	}
+	if err := brw.Flush(); err != nil {
+		return result{code: http.StatusSwitchingProtocols, flags: "DC", cluster: cluster}
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, brw); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(conn, up); done <- struct{}{} }()
+	<-done
+	return result{code: http.StatusSwitchingProtocols, cluster: cluster, detail: "via_upstream"}
 }
 
 func copyFlushing(w io.Writer, f http.Flusher, r io.Reader) {
@@ -534,3 +602,5 @@ func newID() string {
 }
 
 var cryptorand = crand.Read
+
+func randUint64() uint64 { return rand.Uint64() }
