@@ -442,9 +442,12 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 		return err
 	}
 	s.mu.Lock()
-	if n.sent != b.version {
-		n.changed = changed
+	if n.sent == b.version {
+		// The change did not touch this proxy: nothing to push.
+		s.mu.Unlock()
+		return nil
 	}
+	n.changed = changed
 	n.sent, n.bundle, n.outbound = b.version, wb, out
 	s.mu.Unlock()
 	if err := s.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {

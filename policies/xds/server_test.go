@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"os"
 	"path/filepath"
 	"strings"
@@ -159,4 +160,69 @@ type refuseAll struct{}
 
 func (refuseAll) Authenticate(context.Context, string) (ca.Identity, error) {
 	return ca.Identity{}, os.ErrPermission
+}
+
+// TestServerPushesOnlyAffectedProxies: a change in one namespace gives new
+// snapshots to that namespace's proxies only.
+func TestServerPushesOnlyAffectedProxies(t *testing.T) {
+	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Load(); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	dir := t.TempDir()
+	policy := func(path string) []byte {
+		return []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: foo}
+spec: {rules: [{to: [{operation: {paths: ["` + path + `"]}}]}]}
+`)
+	}
+	file := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(file, policy("/a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	reg := prometheus.NewRegistry()
+	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle(), Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.reload(true); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{"foo", "bar"} {
+		id := spiffeid.RequireFromString("spiffe://cluster.local/ns/" + ns + "/sa/app")
+		x.nodes[id.String()] = &node{id: id, workload: compile.Workload{Namespace: ns, Name: "app", Labels: map[string]string{}}, acked: map[string]string{}}
+		if err := x.push(id.String(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := func() map[string]string {
+		out := map[string]string{}
+		for _, st := range x.Status() {
+			out[st.Workload] = st.Sent
+		}
+		return out
+	}
+	before := sent()
+	if err := os.WriteFile(file, policy("/changed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.reload(false); err != nil {
+		t.Fatal(err)
+	}
+	after := sent()
+	if after["foo/app"] == before["foo/app"] {
+		t.Errorf("foo's proxy kept version %s after a change in foo", before["foo/app"])
+	}
+	if after["bar/app"] != before["bar/app"] {
+		t.Errorf("bar's proxy got a new version (%s → %s) for a change in foo", before["bar/app"], after["bar/app"])
+	}
+	if got := testutil.ToFloat64(x.pushes); got != 3 {
+		t.Errorf("pushes = %v, want 3 (two first snapshots, then foo's)", got)
+	}
 }
