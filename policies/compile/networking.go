@@ -48,6 +48,9 @@ type Networking struct {
 	VirtualServices  []VirtualService
 	DestinationRules []DestinationRule
 	Gateways         []Gateway
+	// PeerAuthns decide, with auto mTLS, whether an endpoint is sent mTLS:
+	// a workload whose port is DISABLE gets plaintext, as Istio does.
+	PeerAuthns []*PeerAuthn
 }
 
 // Gateway is a decoded networking.istio.io Gateway.
@@ -66,6 +69,7 @@ func DecodeNetworking(objs []source.Object, mesh Mesh, defaultNS string) (*Netwo
 	reg, issues := registry.Build(objs, defaultNS, mesh.domain())
 	n := &Networking{Registry: reg}
 	var fs []Finding
+	n.PeerAuthns, _ = DecodePeerAuthentications(objs, defaultNS)
 	for _, is := range issues {
 		fs = append(fs, newFinding(is.Object, SeverityError, CodeSESchema, is.Field, "%s", is.Message))
 	}

@@ -264,7 +264,8 @@ func (b *outboundBuilder) addCluster(s *registry.Service, p registry.Port, subse
 			lb.LoadBalancingWeight = wrapperspb.UInt32(ep.Weight)
 		}
 		md := map[string]any{}
-		if ep.Mesh {
+		// Auto mTLS follows the server's PeerAuthentication: DISABLE gets plaintext.
+		if ep.Mesh && !b.peerDisabled(ep, port) {
 			md["tlsMode"] = "istio"
 			sa := fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", b.mesh.trustDomain(), ep.Object.Namespace, ep.ServiceAccount)
 			if !seenSA[sa] {
@@ -1102,4 +1103,16 @@ func gatewayHostAllowed(serverHosts []string, host, vsNS string) bool {
 		}
 	}
 	return false
+}
+
+// peerDisabled reports whether a mesh endpoint's PeerAuthentication turns
+// mTLS off on the port it serves.
+func (b *outboundBuilder) peerDisabled(ep registry.Endpoint, port uint32) bool {
+	if len(b.n.PeerAuthns) == 0 {
+		return false
+	}
+	wl := Workload{Namespace: ep.Object.Namespace, Name: ep.Object.Name, Labels: ep.Labels}
+	m, _ := b.mesh.WithDefaults()
+	pm, _ := ResolvePeerAuthentication(m, wl, int(port), b.n.PeerAuthns)
+	return pm.Mode == ModeDisable
 }

@@ -372,3 +372,58 @@ spec:
 		}
 	}
 }
+
+func TestOutboundAutoMTLS(t *testing.T) {
+	const extra = `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: ratings-plain}
+spec: {selector: {matchLabels: {app: ratings}}, mtls: {mode: DISABLE}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: https, protocol: HTTPS}, {number: 80, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: external}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    portLevelSettings: [{port: {number: 443}, tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}}]
+`
+	out, fs := outbound(t, extra, productpage)
+	for _, f := range fs {
+		t.Errorf("finding: %s", f)
+	}
+	tlsMode := map[string]string{}
+	for _, cla := range out.Endpoints {
+		for _, e := range cla.GetEndpoints()[0].GetLbEndpoints() {
+			tlsMode[cla.GetClusterName()] = e.GetMetadata().GetFilterMetadata()[SocketMatchKey].GetFields()["tlsMode"].GetStringValue()
+		}
+	}
+	if m := tlsMode["outbound|9080||ratings.default.svc.cluster.local"]; m != "" {
+		t.Errorf("ratings (PeerAuthentication DISABLE) endpoint tlsMode = %q, want none (plaintext)", m)
+	}
+	if m := tlsMode["outbound|9080||reviews.default.svc.cluster.local"]; m != "istio" {
+		t.Errorf("reviews endpoint tlsMode = %q, want istio", m)
+	}
+	ext := clusterByName(out, "outbound|443||api.example.com")
+	if ext == nil || ext.GetType() != clusterv3.Cluster_STRICT_DNS || len(ext.GetTransportSocketMatches()) != 0 {
+		t.Fatalf("external cluster = %v", ext)
+	}
+	ctx := &tlsv3.UpstreamTlsContext{}
+	if err := ext.GetTransportSocket().GetTypedConfig().UnmarshalTo(ctx); err != nil {
+		t.Fatalf("external 443 has no TLS transport socket: %v", err)
+	}
+	if ctx.GetSni() != "api.example.com" || ctx.GetCommonTlsContext().GetValidationContext().GetTrustedCa().GetFilename() != "/etc/ca.pem" {
+		t.Errorf("external TLS = %v", ctx)
+	}
+	if plain := clusterByName(out, "outbound|80||api.example.com"); plain.GetTransportSocket() != nil || len(plain.GetTransportSocketMatches()) != 0 {
+		t.Errorf("external port 80 should be plaintext: %v", plain)
+	}
+}
