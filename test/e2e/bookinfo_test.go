@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -118,6 +121,74 @@ func TestBookinfoLocalMesh(t *testing.T) {
 	if !strings.Contains(body, "red") {
 		t.Errorf("reviews-v3 page without red stars:\n%s", body)
 	}
+
+	// A bad edit is refused whole and logged; the routing in force stays.
+	bad := filepath.Join(cfg, "zz-bad.yaml")
+	if err := os.WriteFile(bad, []byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews-bad}\nspec: {hosts: [reviews], http: [{match: [{uri: {regex: \"(\"}}], route: [{destination: {host: reviews, subset: v1}}]}]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up.WaitLog(t, "VS-BAD-REGEX", 10*time.Second)
+	for i := 0; i < 5; i++ {
+		if _, body := page("/productpage"); !strings.Contains(body, "reviews-v3") {
+			t.Fatalf("after a refused edit the page is not from reviews-v3:\n%s", body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	os.Remove(bad)
+
+	// An AuthorizationPolicy edit: let curl read ratings; the 403 turns into 200.
+	secPath := filepath.Join(cfg, "security.yaml")
+	sec, _ := os.ReadFile(secPath)
+	opened := strings.Replace(string(sec), "principals: [cluster.local/ns/default/sa/bookinfo-reviews]", "principals: [cluster.local/ns/default/sa/bookinfo-reviews, cluster.local/ns/default/sa/curl]", 1)
+	start = time.Now()
+	if err := os.WriteFile(secPath, []byte(opened), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	procs.Eventually(t, 10*time.Second, "curl allowed to read ratings", func() bool {
+		resp, err := curl.Get("http://ratings:9080/ratings/0")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("policy change took %s, want under a second", took)
+	}
+
+	// Auto mTLS: a service outside the mesh (MESH_EXTERNAL) is called in plaintext
+	// by the same sidecar that uses mTLS inside it; a new ServiceEntry is live.
+	ext := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "external tls=%t", r.TLS != nil)
+	}))
+	defer ext.Close()
+	_, extPort, _ := net.SplitHostPort(ext.Listener.Addr().String())
+	if err := os.WriteFile(filepath.Join(cfg, "external.yaml"), []byte(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external}
+spec:
+  hosts: [api.external.test]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: `+extPort+`, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	procs.Eventually(t, 10*time.Second, "the external service through the sidecar", func() bool {
+		resp, err := curl.Get("http://api.external.test:" + extPort + "/")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == 200 && string(b) == "external tls=false"
+	})
+
+	// Every proxy converged on the new configuration.
+	procs.Eventually(t, 10*time.Second, "every proxy SYNCED after the edits", func() bool {
+		return strings.Count(procs.Run(t, "rampartctl", "proxy-status", "--state-dir", state), "SYNCED") == 8
+	})
 
 	// Stopping leaves no process behind.
 	_ = up.Cmd.Process.Signal(syscall.SIGINT)
