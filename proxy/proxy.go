@@ -81,7 +81,11 @@ type OutboundConfig struct {
 	Listen string
 	// GatewayListen are ingress gateway listeners: the port each is bound to
 	// selects the gateway's route configuration (Istio Gateway servers).
+	// Requests there pass the gateway workload's RequestAuthentication and
+	// AuthorizationPolicy first.
 	GatewayListen []string
+	// DecisionLog, if set, records the gateway's denials (tamper-evident).
+	DecisionLog string
 }
 
 // Proxy is a sidecar.
@@ -98,6 +102,7 @@ type Proxy struct {
 	ups      *upstream.Manager
 	outs     []*outbound.Server
 	tcp      *outbound.TCP
+	guard    *inbound.Server // the gateway's authentication and authorization
 }
 
 // New builds the sidecar's parts. It does no I/O.
@@ -129,6 +134,29 @@ func New(cfg Config) (*Proxy, error) {
 		}
 		if p.ups, err = upstream.NewManager(upstream.Config{SVID: a, Bundle: a, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
 			return nil, err
+		}
+		if len(o.GatewayListen) > 0 {
+			if p.engine == nil {
+				p.engine = authz.New(authz.Config{Log: cfg.Log})
+			}
+			if o.DecisionLog != "" && p.dlog == nil {
+				allows := false
+				if p.dlog, err = decisionlog.New(decisionlog.Config{Path: o.DecisionLog, LogAllows: &allows, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
+					return nil, err
+				}
+			}
+			var hook inbound.DecisionHook
+			if p.dlog != nil {
+				hook = func(ctx context.Context, r *authz.Request, d authz.Decision) {
+					if p.dlog.ShouldLog(d) {
+						_ = p.dlog.Log(ctx, decisionlog.FromDecision(d, decisionlog.RequestMeta(r)))
+					}
+				}
+			}
+			if p.guard, err = inbound.New(inbound.Config{GuardOnly: true, Engine: p.engine, Authn: p.authn, Workload: p.cfg.Workload,
+				OnDecide: hook, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if cfg.WorkloadAPISocket != "" {
@@ -224,13 +252,15 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 // the PeerAuthentication modes and RequestAuthentication rules.
 func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn, peerMode *peerModes) error {
 	if p.engine == nil {
-		return nil // no inbound path: nothing here evaluates policy
+		return nil // neither inbound nor gateway: nothing here evaluates policy
 	}
 	if err := p.engine.Load(ctx, wb.Bundle()); err != nil {
 		return err
 	}
-	if err := peerMode.loadJSON(wb.Peer, p.cfg.Inbound.App); err != nil {
-		return fmt.Errorf("peer modes: %w", err)
+	if p.cfg.Inbound != nil {
+		if err := peerMode.loadJSON(wb.Peer, p.cfg.Inbound.App); err != nil {
+			return fmt.Errorf("peer modes: %w", err)
+		}
 	}
 	if err := authn.loadJSON(ctx, wb.JWTRules); err != nil {
 		return fmt.Errorf("request authentication rules: %w", err)
@@ -327,7 +357,11 @@ func (p *Proxy) listenOutbound() error {
 		if err != nil {
 			return fmt.Errorf("outbound: listen on %s: %w", addr, err)
 		}
-		srv, err := outbound.New(outbound.Config{Listener: lis, Upstreams: p.ups, Gateway: gateway,
+		var guard func(http.ResponseWriter, *http.Request) bool
+		if gateway && p.guard != nil {
+			guard = p.guard.Guard
+		}
+		srv, err := outbound.New(outbound.Config{Listener: lis, Upstreams: p.ups, Gateway: gateway, Guard: guard,
 			Workload: p.cfg.Workload.Name, Namespace: p.cfg.Workload.Namespace, Principal: principal, Log: p.cfg.Log, Metrics: p.cfg.Registry})
 		if err != nil {
 			lis.Close()
@@ -442,9 +476,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	if p.cfg.Inbound != nil {
 		g.Go(func() error { return p.runInbound(ctx) })
-		if p.dlog != nil {
-			g.Go(func() error { return p.dlog.Run(ctx) })
-		}
+	}
+	if p.dlog != nil {
+		g.Go(func() error { return p.dlog.Run(ctx) })
 	}
 	return g.Wait()
 }

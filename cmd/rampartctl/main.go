@@ -29,7 +29,7 @@ the CA, the join tokens and the running rampartd's admin socket all live there.`
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newTokenCmd(), newCACmd(), newAuthzCmd(), newAnalyzeCmd(), newAuditCmd(), newMTLSCmd(), newProxyStatusCmd(), newProxyConfigCmd(), newUpCmd(), newVersionCmd())
+	root.AddCommand(newTokenCmd(), newCACmd(), newAuthzCmd(), newAnalyzeCmd(), newAuditCmd(), newMTLSCmd(), newProxyStatusCmd(), newProxyConfigCmd(), newUpCmd(), newJWTCmd(), newVersionCmd())
 	return root
 }
 

@@ -305,6 +305,7 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 			for _, port := range p.GatewayPorts {
 				args = append(args, "--gateway-listen", net.JoinHostPort(p.Address, fmt.Sprint(port)))
 			}
+			args = append(args, "--decision-log", filepath.Join(stateDir, "audit", p.Namespace+"."+p.Name+".log"))
 		} else {
 			appAddr, err := freeLoopback()
 			if err != nil {

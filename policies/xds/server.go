@@ -341,6 +341,13 @@ func (s *Server) reload(first bool) error {
 		s.mu.Unlock()
 		return err
 	}
+	// Objects without a namespace belong to "default", as kubectl apply would
+	// place them (not to whichever workload is being compiled).
+	for i := range objs {
+		if objs[i].Namespace == "" {
+			objs[i].Namespace = "default"
+		}
+	}
 	// Refuse a change that would make any policy undecodable (an error finding
 	// on decode), as the API server would.
 	_, fs := compile.DecodeAuthorizationPolicies(objs, "default")

@@ -59,6 +59,9 @@ type Config struct {
 	Listener net.Listener
 	// App is the workload's own address, where allowed requests go.
 	App string
+	// GuardOnly builds a Server that only checks requests for another listener
+	// (Guard); it has no Listener or App and is not Run.
+	GuardOnly bool
 	// Protocol is the port's protocol: "http" (default; HTTP/1.1, h2, gRPC) or
 	// "tcp" (authorization on connection attributes, then bytes to the app).
 	Protocol string
@@ -110,8 +113,8 @@ const maxPlaintextSources = 1000
 
 // New validates cfg. It does no I/O.
 func New(cfg Config) (*Server, error) {
-	if cfg.Listener == nil || cfg.App == "" || cfg.Engine == nil {
-		return nil, errors.New("inbound: Listener, App and Engine are required")
+	if cfg.Engine == nil || (!cfg.GuardOnly && (cfg.Listener == nil || cfg.App == "")) {
+		return nil, errors.New("inbound: Listener, App and Engine are required (Engine alone with GuardOnly)")
 	}
 	switch cfg.Protocol {
 	case "":
@@ -127,7 +130,7 @@ func New(cfg Config) (*Server, error) {
 	default:
 		return nil, fmt.Errorf("inbound: unknown mTLS mode %q", cfg.Mode)
 	}
-	if (cfg.Mode != ModeDisable || cfg.ModeFunc != nil) && (cfg.SVID == nil || cfg.Bundle == nil) {
+	if !cfg.GuardOnly && (cfg.Mode != ModeDisable || cfg.ModeFunc != nil) && (cfg.SVID == nil || cfg.Bundle == nil) {
 		return nil, errors.New("inbound: SVID and Bundle are required unless the mode is DISABLE")
 	}
 	if cfg.SniffTimeout == 0 {
@@ -351,6 +354,35 @@ func principalLabel(p string) string {
 }
 
 func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Request, principal, reqID string) int {
+	code, ok := s.check(ctx, w, r, principal, reqID)
+	if !ok {
+		return code
+	}
+	rec := &statusRecorder{ResponseWriter: w, code: 200}
+	if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("content-type"), "application/grpc") {
+		s.grpcProxy.ServeHTTP(rec, r)
+	} else {
+		s.proxy.ServeHTTP(rec, r)
+	}
+	return rec.code
+}
+
+// Guard runs request authentication and authorization on a request that
+// arrived somewhere else (an ingress gateway's listener): it returns true when
+// the request may proceed, with its headers updated as authentication says
+// (claims to headers, token removed), or writes the denial and returns false.
+func (s *Server) Guard(w http.ResponseWriter, r *http.Request) bool {
+	reqID := r.Header.Get("x-request-id")
+	if reqID == "" {
+		reqID = newID()
+		r.Header.Set("x-request-id", reqID)
+	}
+	_, ok := s.check(r.Context(), w, r, "", reqID)
+	return ok
+}
+
+// check decides a request; when it is denied the answer is written and ok is false.
+func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Request, principal, reqID string) (int, bool) {
 	ar := &authz.Request{
 		ID: reqID, Protocol: authz.ProtocolHTTP, SourcePrincipal: principal,
 		Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Scheme: "http",
@@ -398,7 +430,7 @@ func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Requ
 			msg = "Audiences in Jwt are not allowed"
 		}
 		http.Error(w, msg, an.Status)
-		return an.Status
+		return an.Status, false
 	}
 	if !d.Allowed {
 		for k, v := range d.Headers {
@@ -415,7 +447,7 @@ func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		w.WriteHeader(d.Status)
 		_, _ = w.Write([]byte(body))
 		s.log.Info("request denied", "request_id", reqID, "status", d.Status, "detail", d.ResponseCodeDetail(), "reason", d.Reason)
-		return d.Status
+		return d.Status, false
 	}
 	// Allowed: what the app sees. A client's X-Forwarded-Client-Cert is never trusted.
 	r.Header.Del("x-forwarded-client-cert")
@@ -431,13 +463,7 @@ func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	for k, v := range d.Headers {
 		r.Header.Set(k, v)
 	}
-	rec := &statusRecorder{ResponseWriter: w, code: 200}
-	if ar.Protocol == authz.ProtocolGRPC {
-		s.grpcProxy.ServeHTTP(rec, r)
-	} else {
-		s.proxy.ServeHTTP(rec, r)
-	}
-	return rec.code
+	return 200, true
 }
 
 func spiffeIDOf(src x509svid.Source) string {

@@ -42,6 +42,9 @@ type Config struct {
 	// Gateway makes this an ingress gateway listener: the route configuration
 	// is chosen by the port the listener is bound to, not by the Host header.
 	Gateway bool
+	// Guard, if set, checks each request first (an ingress gateway's request
+	// authentication and authorization); false means it answered.
+	Guard func(http.ResponseWriter, *http.Request) bool
 	// Workload names the proxy in metrics and logs; Principal is its SPIFFE ID.
 	Workload, Namespace, Principal string
 	// MaxRetryBody is the largest request body kept to replay on retry; larger
@@ -229,6 +232,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 	st := s.state.Load()
 	if st == nil {
 		return reply(w, http.StatusServiceUnavailable, "NC", "no configuration from the control plane yet")
+	}
+	if s.cfg.Guard != nil {
+		rec := &codeRecorder{ResponseWriter: w}
+		if !s.cfg.Guard(rec, r) {
+			return result{code: rec.code, flags: "UAEX", detail: "denied by the gateway's policy"}
+		}
 	}
 	if r.Method == http.MethodConnect {
 		return reply(w, http.StatusMethodNotAllowed, "NR", "CONNECT is not supported on the outbound listener")
@@ -604,3 +613,14 @@ func newID() string {
 var cryptorand = crand.Read
 
 func randUint64() uint64 { return rand.Uint64() }
+
+// codeRecorder remembers the status a guard answered with.
+type codeRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (c *codeRecorder) WriteHeader(code int) {
+	c.code = code
+	c.ResponseWriter.WriteHeader(code)
+}

@@ -69,6 +69,18 @@ func TestBookinfoLocalMesh(t *testing.T) {
 		t.Errorf("ingress /ratings/0 = %d, want 404", code)
 	}
 
+	// The API at the ingress needs a JWT from the demo issuer: none → 403, a
+	// minted one → 200, a forged one → 401.
+	tok := strings.TrimSpace(procs.Run(t, "rampartctl", "jwt", "mint", "--key", filepath.Join("..", "..", "deploy", "examples", "bookinfo", "demo-jwt", "key.pem"), "--subject", "alice"))
+	for _, tc := range []struct {
+		auth string
+		want int
+	}{{"", 403}, {"Bearer " + tok, 200}, {"Bearer " + tok[:len(tok)-4] + "AAAA", 401}} {
+		if code, body := page("/api/v1/products", "Authorization", tc.auth); code != tc.want {
+			t.Errorf("/api/v1/products with %q: %d, want %d\n%s", tc.auth, code, tc.want, body)
+		}
+	}
+
 	// A caller the policies forbid: the curl workload (a valid mesh identity)
 	// asks ratings directly through its sidecar; only reviews may.
 	proxyURL, _ := url.Parse("http://127.0.10.50:15001")
