@@ -98,6 +98,10 @@ func analyze(objs []source.Object, mesh compile.Mesh) []compile.Finding {
 		_, vf := compile.ResolvePeerAuthentication(mesh, wl, 0, []*compile.PeerAuthn{pa})
 		fs = append(fs, vf...)
 	}
+	// Routing and the registry: ServiceEntry, WorkloadEntry, VirtualService,
+	// DestinationRule, Gateway.
+	_, nf := compile.DecodeNetworking(objs, mesh, "default")
+	fs = append(fs, nf...)
 	return fs
 }
 
