@@ -134,6 +134,61 @@ func TestBookinfoLocalMesh(t *testing.T) {
 		t.Errorf("reviews-v3 page without red stars:\n%s", body)
 	}
 
+	// Istio's own Bookinfo tasks apply unchanged: virtual-service-reviews-test-v2
+	// (jason sees reviews-v2) and virtual-service-ratings-test-abort (jason's
+	// ratings calls get 500, so his page says ratings are unavailable).
+	testV2 := strings.Replace(edited, "http: [{route: [{destination: {host: reviews, subset: v3}}]}]", `http:
+  - match:
+    - headers:
+        end-user:
+          exact: jason
+    route:
+    - destination:
+        host: reviews
+        subset: v2
+  - route:
+    - destination:
+        host: reviews
+        subset: v1`, 1)
+	testV2 = strings.Replace(testV2, "http: [{route: [{destination: {host: ratings, subset: v1}}]}]", `http:
+  - match:
+    - headers:
+        end-user:
+          exact: jason
+    fault:
+      abort:
+        percentage:
+          value: 100.0
+        httpStatus: 500
+    route:
+    - destination:
+        host: ratings
+        subset: v1
+  - route:
+    - destination:
+        host: ratings
+        subset: v1`, 1)
+	if err := os.WriteFile(netPath, []byte(testV2), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	procs.Eventually(t, 10*time.Second, "jason routed to reviews-v2", func() bool {
+		_, body := page("/productpage", "end-user", "jason")
+		return strings.Contains(body, "reviews-v2")
+	})
+	if _, body := page("/productpage", "end-user", "jason"); !strings.Contains(body, "Ratings service is currently unavailable") {
+		t.Errorf("jason's ratings calls are aborted with 500, but his page does not say so:\n%s", body)
+	}
+	if _, body := page("/productpage"); !strings.Contains(body, "reviews-v1") {
+		t.Errorf("everyone else should get reviews-v1:\n%s", body)
+	}
+	if err := os.WriteFile(netPath, []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	procs.Eventually(t, 10*time.Second, "back to reviews-v3", func() bool {
+		_, body := page("/productpage")
+		return strings.Contains(body, "reviews-v3")
+	})
+
 	// A bad edit is refused whole and logged; the routing in force stays.
 	bad := filepath.Join(cfg, "zz-bad.yaml")
 	if err := os.WriteFile(bad, []byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews-bad}\nspec: {hosts: [reviews], http: [{match: [{uri: {regex: \"(\"}}], route: [{destination: {host: reviews, subset: v1}}]}]}\n"), 0o644); err != nil {
