@@ -198,7 +198,9 @@ outbound listener: call http://reviews:9080 and the mesh routes it) and
 SPIFFE_ENDPOINT_SOCKET (the Workload API).
 
 'up' waits until every sidecar is SYNCED, prints a table of the workloads and
-the ingress URL, then streams a combined log. Ctrl-C stops every process; the
+the ingress URL, then streams a combined log. If rampartd exits it is
+restarted (sidecars keep their last good configuration and reconnect); any
+other process exiting stops the mesh. Ctrl-C stops every process; the
 processes die with 'up' even if it is killed.`,
 		Example: `  rampartctl up deploy/examples/bookinfo
   rampartctl proxy-status                 # in another terminal
@@ -234,13 +236,14 @@ processes die with 'up' even if it is killed.`,
 
 // mesh supervises the processes of a local mesh.
 type mesh struct {
-	bin    string
-	out    io.Writer
-	outMu  sync.Mutex
-	mu     sync.Mutex
-	procs  []*exec.Cmd
-	wg     sync.WaitGroup
-	exited chan string
+	bin      string
+	out      io.Writer
+	outMu    sync.Mutex
+	mu       sync.Mutex
+	procs    []*exec.Cmd
+	stopping bool
+	wg       sync.WaitGroup
+	exited   chan string
 }
 
 type upOptions struct{ monitoring string }
@@ -268,7 +271,7 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 		return err
 	}
 	fmt.Fprintf(out, "starting rampartd on %s (state in %s, config from %s)\n", cpListen, stateDir, absDir)
-	if err := m.start(ctx, "rampartd", []string{"rampartd", "--state-dir", stateDir, "--listen", cpListen, "--monitoring-listen", o.monitoring, "--config-dir", absDir}, nil); err != nil {
+	if err := m.supervise(ctx, "rampartd", []string{"rampartd", "--state-dir", stateDir, "--listen", cpListen, "--monitoring-listen", o.monitoring, "--config-dir", absDir}, nil); err != nil {
 		return err
 	}
 	if err := waitUntil(ctx, 30*time.Second, m.exited, func() bool { return dialable(cpListen) }); err != nil {
@@ -455,6 +458,16 @@ func waitUntil(ctx context.Context, d time.Duration, exited <-chan string, ok fu
 // start launches one process of the mesh; its output is prefixed with its name.
 // It dies with 'up' (Pdeathsig) and runs in its own process group.
 func (m *mesh) start(ctx context.Context, name string, argv []string, env map[string]string) error {
+	return m.launch(ctx, name, argv, env, false)
+}
+
+// supervise starts a process that is restarted when it exits (rampartd: the
+// data plane keeps its last good configuration meanwhile, and reconnects).
+func (m *mesh) supervise(ctx context.Context, name string, argv []string, env map[string]string) error {
+	return m.launch(ctx, name, argv, env, true)
+}
+
+func (m *mesh) launch(ctx context.Context, name string, argv []string, env map[string]string, restart bool) error {
 	path := argv[0]
 	if !strings.Contains(path, "/") {
 		if p := filepath.Join(m.bin, path); isExecutable(p) {
@@ -494,12 +507,35 @@ func (m *mesh) start(ctx context.Context, name string, argv []string, env map[st
 		defer m.wg.Done()
 		err := cmd.Wait()
 		pw.Close()
-		if ctx.Err() == nil {
-			m.outMu.Lock()
-			fmt.Fprintf(m.out, "%-22s exited: %v\n", name, err)
-			m.outMu.Unlock()
-			m.exited <- name
+		m.mu.Lock()
+		stopping := m.stopping
+		m.mu.Unlock()
+		if ctx.Err() != nil || stopping {
+			return
 		}
+		m.outMu.Lock()
+		fmt.Fprintf(m.out, "%-22s exited: %v\n", name, err)
+		m.outMu.Unlock()
+		if restart {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			m.mu.Lock()
+			stopping = m.stopping
+			m.mu.Unlock()
+			if stopping {
+				return
+			}
+			m.outMu.Lock()
+			fmt.Fprintf(m.out, "%-22s restarting\n", name)
+			m.outMu.Unlock()
+			if err := m.launch(ctx, name, argv, env, true); err == nil {
+				return
+			}
+		}
+		m.exited <- name
 	}()
 	return nil
 }
@@ -523,6 +559,7 @@ func compactLog(line string) string {
 // after five seconds, and waits for the log streams to drain.
 func (m *mesh) stopAll() {
 	m.mu.Lock()
+	m.stopping = true
 	procs := append([]*exec.Cmd(nil), m.procs...)
 	m.mu.Unlock()
 	for i := len(procs) - 1; i >= 0; i-- {

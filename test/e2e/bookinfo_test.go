@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -256,6 +257,53 @@ spec:
 	procs.Eventually(t, 10*time.Second, "every proxy SYNCED after the edits", func() bool {
 		return strings.Count(procs.Run(t, "rampartctl", "proxy-status", "--state-dir", state), "SYNCED") == 8
 	})
+
+	// rampartd dies while traffic flows: no request fails; 'up' restarts it and
+	// every proxy reconnects and converges.
+	stop := make(chan struct{})
+	type tally struct{ ok, failed int }
+	results := make(chan tally)
+	go func() {
+		var n tally
+		for {
+			select {
+			case <-stop:
+				results <- n
+				return
+			default:
+			}
+			if code, _ := page("/productpage"); code == 200 {
+				n.ok++
+			} else {
+				n.failed++
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	killed := 0
+	for _, pid := range processesMentioning(state) {
+		cmd, _ := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+		if strings.HasPrefix(filepath.Base(strings.SplitN(string(cmd), "\x00", 2)[0]), "rampartd") {
+			if n, err := strconv.Atoi(pid); err == nil && syscall.Kill(n, syscall.SIGKILL) == nil {
+				killed++
+			}
+		}
+	}
+	if killed != 1 {
+		t.Fatalf("killed %d rampartd processes, want 1", killed)
+	}
+	up.WaitLog(t, "rampartd               restarting", 10*time.Second)
+	procs.Eventually(t, 30*time.Second, "every proxy SYNCED with the restarted rampartd", func() bool {
+		out, err := procs.RunErr(t, "rampartctl", "proxy-status", "--state-dir", state)
+		return err == nil && strings.Count(out, "SYNCED") == 8
+	})
+	close(stop)
+	n := <-results
+	t.Logf("during the control-plane restart: %d requests ok, %d failed", n.ok, n.failed)
+	if n.failed != 0 || n.ok < 10 {
+		t.Errorf("requests during the control-plane restart: %d ok, %d failed; want none failed", n.ok, n.failed)
+	}
 
 	// Stopping leaves no process behind.
 	_ = up.Cmd.Process.Signal(syscall.SIGINT)
