@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -177,6 +178,34 @@ func adminDo(ctx context.Context, stateDir, method, path string) ([]byte, int, e
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	return data, resp.StatusCode, err
+}
+
+// proxyGet reads a proxy endpoint from rampartd: through the admin socket in
+// stateDir, or from server's monitoring port (/debug/...) when server is set.
+func proxyGet(ctx context.Context, stateDir, server, path string) ([]byte, error) {
+	if server == "" {
+		return adminGet(ctx, stateDir, path)
+	}
+	if !strings.Contains(server, "://") {
+		server = "http://" + server
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(server, "/")+"/debug"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("--server %s: %w", server, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: HTTP %d: %s", req.URL, resp.StatusCode, data)
+	}
+	return data, nil
 }
 
 func adminGet(ctx context.Context, stateDir, path string) ([]byte, error) {

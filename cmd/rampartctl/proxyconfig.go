@@ -21,8 +21,8 @@ import (
 
 // printResources shows one proxy's Envoy resources of a type, as istioctl's
 // proxy-config does: a table, or Envoy's JSON with -o json.
-func printResources(cmd *cobra.Command, stateDir, proxy, typ string, output outputFormat) error {
-	data, err := adminGet(cmd.Context(), stateDir, "/proxies/xds?proxy="+url.QueryEscape(proxy)+"&type="+typ)
+func printResources(cmd *cobra.Command, stateDir, server, proxy, typ string, output outputFormat) error {
+	data, err := proxyGet(cmd.Context(), stateDir, server, "/proxies/xds?proxy="+url.QueryEscape(proxy)+"&type="+typ)
 	if err != nil {
 		return err
 	}

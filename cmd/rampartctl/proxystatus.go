@@ -14,7 +14,7 @@ import (
 )
 
 func newProxyStatusCmd() *cobra.Command {
-	var stateDir string
+	var stateDir, server string
 	var output outputFormat
 	c := &cobra.Command{
 		Use:   "proxy-status",
@@ -27,7 +27,7 @@ func newProxyStatusCmd() *cobra.Command {
   DISCONNECTED  no open xDS stream`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			data, err := adminGet(cmd.Context(), stateDir, "/proxies")
+			data, err := proxyGet(cmd.Context(), stateDir, server, "/proxies")
 			if err != nil {
 				return err
 			}
@@ -50,7 +50,8 @@ func newProxyStatusCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	c.Flags().StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory")
+	c.Flags().StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory (a local mesh's rampartd is found through it)")
+	c.Flags().StringVar(&server, "server", "", "another rampartd's monitoring address (host:15014); it serves this under /debug/")
 	addOutputFlag(c, &output)
 	return c
 }
@@ -63,12 +64,13 @@ func orDash(s string) string {
 }
 
 func newProxyConfigCmd() *cobra.Command {
-	var stateDir string
+	var stateDir, server string
 	var output outputFormat
 	c := &cobra.Command{
 		Use:   "proxy-config PROXY policy|authn|peer|listeners|routes|clusters|endpoints",
 		Short: "Show the configuration rampartd sent to one proxy",
-		Long: `Show what rampartd last sent to a proxy (give its SPIFFE ID, or ns/sa):
+		Long: `Show what rampartd last sent to a proxy (give its workload as namespace/name,
+its SPIFFE ID, or namespace/service-account; the first proxy found):
 
   policy   the compiled Rego it evaluates (package rampart.policy)
   authn    its RequestAuthentication rules
@@ -84,18 +86,14 @@ Whether the proxy ACKed it is printed first.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			proxy := args[0]
-			if !strings.HasPrefix(proxy, "spiffe://") {
-				ns, sa, ok := strings.Cut(proxy, "/")
-				if !ok {
-					return fmt.Errorf("proxy %q: give a SPIFFE ID or namespace/service-account", proxy)
-				}
-				proxy = "spiffe://cluster.local/ns/" + ns + "/sa/" + sa
+			if !strings.HasPrefix(proxy, "spiffe://") && !strings.Contains(proxy, "/") {
+				return fmt.Errorf("proxy %q: give a workload (namespace/name), a SPIFFE ID or namespace/service-account", proxy)
 			}
 			switch args[1] {
 			case "listeners", "routes", "clusters", "endpoints":
-				return printResources(cmd, stateDir, proxy, args[1], output)
+				return printResources(cmd, stateDir, server, proxy, args[1], output)
 			}
-			data, err := adminGet(cmd.Context(), stateDir, "/proxies/config?proxy="+url.QueryEscape(proxy))
+			data, err := proxyGet(cmd.Context(), stateDir, server, "/proxies/config?proxy="+url.QueryEscape(proxy))
 			if err != nil {
 				return err
 			}
@@ -121,7 +119,8 @@ Whether the proxy ACKed it is printed first.`,
 			return err
 		},
 	}
-	c.Flags().StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory")
+	c.Flags().StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory (a local mesh's rampartd is found through it)")
+	c.Flags().StringVar(&server, "server", "", "another rampartd's monitoring address (host:15014); it serves this under /debug/")
 	addOutputFlag(c, &output)
 	return c
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -184,7 +185,8 @@ func run(ctx context.Context, c config) error {
 	defer stop()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(ctx) })
-	g.Go(func() error { return cli.MetricsServer(ctx, c.MonitoringListen, reg, log, nil) })
+	debug := map[string]http.Handler{"/debug/proxies": http.StripPrefix("/debug", srv.ProxyHandler()), "/debug/proxies/": http.StripPrefix("/debug", srv.ProxyHandler())}
+	g.Go(func() error { return cli.MetricsServer(ctx, c.MonitoringListen, reg, log, debug) })
 	err = g.Wait()
 	log.Info("rampartd stopped")
 	return err

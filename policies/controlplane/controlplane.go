@@ -151,7 +151,47 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/ca/", server.AdminHandler(s.authority))
-	mux.HandleFunc("GET /proxies", func(w http.ResponseWriter, _ *http.Request) {
+	mux.Handle("/proxies", s.ProxyHandler())
+	mux.Handle("/proxies/", s.ProxyHandler())
+	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error { return serve.HTTP(ctx, admin, adminLis) })
+	info := Info{PID: os.Getpid(), AdminSocket: sock, TrustDomain: s.authority.TrustDomain().Name(), StartedAt: time.Now().UTC().Format(time.RFC3339)}
+	g.Go(func() error {
+		addr, err := s.caServer.Addr(ctx)
+		if err != nil {
+			return nil
+		}
+		info.Listen = addr.String()
+		data, _ := json.MarshalIndent(info, "", "  ")
+		infoPath := filepath.Join(stateDir, "rampartd.json")
+		if err := ca.WriteFileAtomic(infoPath, append(data, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", infoPath, err)
+		}
+		s.log.Info("rampartd ready", "listen", info.Listen, "state_dir", stateDir, "admin_socket", sock)
+		<-ctx.Done()
+		_ = os.Remove(infoPath)
+		return nil
+	})
+	err = g.Wait()
+	_ = os.Remove(sock)
+	return err
+}
+
+// bundleSource gives the xDS server the CA's current trust bundle.
+type bundleSource struct{ a *ca.Authority }
+
+func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	return b.a.Bundle().GetX509BundleForTrustDomain(td)
+}
+
+// ProxyHandler serves what rampartd knows of its proxies, read-only, as JSON:
+// GET /proxies (status), /proxies/config?proxy= (policy bundle) and
+// /proxies/xds?proxy=&type=listeners|routes|clusters|endpoints. The admin
+// socket serves it, and the monitoring port under /debug/ (as istiod's 15014
+// does) for 'rampartctl --server'.
+func (s *Server) ProxyHandler() http.Handler {
+	pm := http.NewServeMux()
+	pm.HandleFunc("GET /proxies", func(w http.ResponseWriter, _ *http.Request) {
 		status := []xds.ProxyStatus{}
 		if s.xds != nil {
 			status = s.xds.Status()
@@ -159,7 +199,7 @@ func (s *Server) Run(ctx context.Context) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(status)
 	})
-	mux.HandleFunc("GET /proxies/config", func(w http.ResponseWriter, r *http.Request) {
+	pm.HandleFunc("GET /proxies/config", func(w http.ResponseWriter, r *http.Request) {
 		if s.xds == nil {
 			http.Error(w, "rampartd serves no configuration (start it with --config-dir)", http.StatusNotFound)
 			return
@@ -172,7 +212,7 @@ func (s *Server) Run(ctx context.Context) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"acked": acked, "bundle": b})
 	})
-	mux.HandleFunc("GET /proxies/xds", func(w http.ResponseWriter, r *http.Request) {
+	pm.HandleFunc("GET /proxies/xds", func(w http.ResponseWriter, r *http.Request) {
 		if s.xds == nil {
 			http.Error(w, "rampartd serves no configuration (start it with --config-dir)", http.StatusNotFound)
 			return
@@ -216,33 +256,5 @@ func (s *Server) Run(ctx context.Context) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"acked": acked, "resources": res})
 	})
-	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	g.Go(func() error { return serve.HTTP(ctx, admin, adminLis) })
-	info := Info{PID: os.Getpid(), AdminSocket: sock, TrustDomain: s.authority.TrustDomain().Name(), StartedAt: time.Now().UTC().Format(time.RFC3339)}
-	g.Go(func() error {
-		addr, err := s.caServer.Addr(ctx)
-		if err != nil {
-			return nil
-		}
-		info.Listen = addr.String()
-		data, _ := json.MarshalIndent(info, "", "  ")
-		infoPath := filepath.Join(stateDir, "rampartd.json")
-		if err := ca.WriteFileAtomic(infoPath, append(data, '\n'), 0o644); err != nil {
-			return fmt.Errorf("write %s: %w", infoPath, err)
-		}
-		s.log.Info("rampartd ready", "listen", info.Listen, "state_dir", stateDir, "admin_socket", sock)
-		<-ctx.Done()
-		_ = os.Remove(infoPath)
-		return nil
-	})
-	err = g.Wait()
-	_ = os.Remove(sock)
-	return err
-}
-
-// bundleSource gives the xDS server the CA's current trust bundle.
-type bundleSource struct{ a *ca.Authority }
-
-func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	return b.a.Bundle().GetX509BundleForTrustDomain(td)
+	return pm
 }

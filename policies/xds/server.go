@@ -174,7 +174,7 @@ func (s *Server) lookup(proxy string) *node {
 		}
 	}
 	for _, k := range keys {
-		if n := s.nodes[k]; n.id.String() == proxy {
+		if n := s.nodes[k]; n.id.String() == proxy || n.id.Path() == "/ns/"+strings.Replace(proxy, "/", "/sa/", 1) {
 			return n
 		}
 	}

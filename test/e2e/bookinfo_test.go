@@ -39,8 +39,9 @@ func TestBookinfoLocalMesh(t *testing.T) {
 		}
 	}
 	state := filepath.Join(dir, "state")
+	monitoring := procs.FreeAddr(t)
 	up := procs.Start(t, dir, "up", "rampartctl", "up", cfg, "--state-dir", state, "--bin", procs.BinDir(t),
-		"--control-plane", procs.FreeAddr(t), "--monitoring-listen", procs.FreeAddr(t))
+		"--control-plane", procs.FreeAddr(t), "--monitoring-listen", monitoring)
 	up.WaitLog(t, "ingress: http://127.0.10.100:8080", 90*time.Second)
 	ingress := "http://127.0.10.100:8080"
 	page := func(path string, hdr ...string) (int, string) {
@@ -108,6 +109,22 @@ func TestBookinfoLocalMesh(t *testing.T) {
 	st := procs.Run(t, "rampartctl", "proxy-status", "--state-dir", state)
 	if strings.Count(st, "SYNCED") != 8 {
 		t.Errorf("proxy-status:\n%s", st)
+	}
+	// What a proxy applied, through the state directory and through --server.
+	routes := procs.Run(t, "rampartctl", "proxy-config", "default/productpage-v1", "routes", "--state-dir", state)
+	if !strings.Contains(routes, "reviews.default.svc.cluster.local:9080") || !strings.Contains(routes, "outbound|9080|v1|reviews.default.svc.cluster.local") {
+		t.Errorf("proxy-config routes:\n%s", routes)
+	}
+	clusters := procs.Run(t, "rampartctl", "proxy-config", "default/productpage-v1", "clusters", "--server", monitoring)
+	if !strings.Contains(clusters, "outbound|9080|v3|reviews.default.svc.cluster.local") || !strings.Contains(clusters, "auto mTLS") {
+		t.Errorf("proxy-config clusters --server:\n%s", clusters)
+	}
+	eps := procs.Run(t, "rampartctl", "proxy-config", "default/productpage-v1", "endpoints", "--server", monitoring)
+	if !strings.Contains(eps, "127.0.10.5:9080") || !strings.Contains(eps, "istio") {
+		t.Errorf("proxy-config endpoints --server:\n%s", eps)
+	}
+	if st := procs.Run(t, "rampartctl", "proxy-status", "--server", monitoring); strings.Count(st, "SYNCED") != 8 {
+		t.Errorf("proxy-status --server:\n%s", st)
 	}
 
 	// Edit the routing live: reviews to v3 (red stars) — within a second.
