@@ -343,6 +343,17 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 	if err := waitUntil(ctx, readyTimeout, m.exited, func() bool { return allSynced(ctx, stateDir, plans) }); err != nil {
 		return fmt.Errorf("sidecars did not all sync: %w (see 'rampartctl proxy-status --state-dir %s')", err, stateDir)
 	}
+	// The apps behind inbound listeners must be listening too.
+	if err := waitUntil(ctx, readyTimeout, m.exited, func() bool {
+		for _, p := range plans {
+			if p.Port != 0 && !p.Gateway && !dialable(p.Env["RAMPART_APP_ADDR"]) {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		return fmt.Errorf("apps did not start listening: %w", err)
+	}
 	m.outMu.Lock()
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKLOAD\tSPIFFE ID\tINBOUND\tAPP")
