@@ -126,8 +126,21 @@ func (c *Cluster) RoundTrip(req *http.Request, o Request) (*http.Response, Endpo
 	p.met.request(flagNone)
 	a.body = body{ReadCloser: resp.Body, c: c, h: h}
 	resp.Body = &a.body
+	if rw, ok := a.body.ReadCloser.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
+		// A protocol switch (WebSocket): net/http hands over the connection
+		// as the body, and the caller writes to it too.
+		resp.Body = &upgradedBody{body: &a.body, w: rw}
+	}
 	return resp, h.ep, nil
 }
+
+// upgradedBody is the body of a 101 response: the connection, both ways.
+type upgradedBody struct {
+	*body
+	w io.Writer
+}
+
+func (u *upgradedBody) Write(p []byte) (int, error) { return u.w.Write(p) }
 
 // tracked reports whether outlier detection watches h.
 func (c *Cluster) tracked(h *host) bool {
