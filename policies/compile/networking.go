@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"strings"
 
 	"github.com/rampart-mesh/rampart/policies/registry"
 	"github.com/rampart-mesh/rampart/policies/source"
@@ -27,6 +28,7 @@ const (
 	CodeDRTLS           = "DR-TLS"            // SIMPLE/MUTUAL without what they need
 	CodeSESchema        = "SE-SCHEMA"         // ServiceEntry or WorkloadEntry problems
 	CodeVSMissingSubset = "VS-UNKNOWN-SUBSET" // warning: a subset no DestinationRule defines
+	CodeSidecarSchema   = "SIDECAR-SCHEMA"    // a Sidecar that does not decode, or an egress host not "namespace/host"
 )
 
 // VirtualService is a decoded networking.istio.io VirtualService.
@@ -48,9 +50,17 @@ type Networking struct {
 	VirtualServices  []VirtualService
 	DestinationRules []DestinationRule
 	Gateways         []Gateway
+	Sidecars         []SidecarScope
 	// PeerAuthns decide, with auto mTLS, whether an endpoint is sent mTLS:
 	// a workload whose port is DISABLE gets plaintext, as Istio does.
 	PeerAuthns []*PeerAuthn
+}
+
+// SidecarScope is a decoded networking.istio.io Sidecar: which hosts its
+// workloads' proxies may reach.
+type SidecarScope struct {
+	Object source.Object
+	Spec   *networking.Sidecar
 }
 
 // Gateway is a decoded networking.istio.io Gateway.
@@ -99,6 +109,17 @@ func DecodeNetworking(objs []source.Object, mesh Mesh, defaultNS string) (*Netwo
 			fs = append(fs, dfs...)
 			if !hasError(dfs) {
 				n.DestinationRules = append(n.DestinationRules, DestinationRule{o, spec})
+			}
+		case isNetworking(o, "Sidecar"):
+			spec := &networking.Sidecar{}
+			if err := unmarshalSpec(o, spec); err != nil {
+				fs = append(fs, newFinding(o, SeverityError, CodeSidecarSchema, "spec", "%v", err))
+				continue
+			}
+			sfs := validateSidecar(o, spec)
+			fs = append(fs, sfs...)
+			if !hasError(sfs) {
+				n.Sidecars = append(n.Sidecars, SidecarScope{o, spec})
 			}
 		case isNetworking(o, "Gateway"):
 			spec := &networking.Gateway{}
@@ -324,3 +345,70 @@ func visible(exportTo []string, objNS, ns string) bool {
 }
 
 func (m Mesh) domain() string { return registry.DefaultDomain }
+
+func validateSidecar(o source.Object, sc *networking.Sidecar) []Finding {
+	var fs []Finding
+	for i, e := range sc.GetEgress() {
+		for j, h := range e.GetHosts() {
+			if ns, host, ok := strings.Cut(h, "/"); !ok || ns == "" || host == "" {
+				fs = append(fs, newFinding(o, SeverityError, CodeSidecarSchema, fmt.Sprintf("spec.egress[%d].hosts[%d]", i, j), "%q is not namespace/host (e.g. \"./*\", \"istio-system/*\")", h))
+			}
+		}
+	}
+	return fs
+}
+
+// sidecarFor finds the Sidecar that scopes a workload: one in its namespace
+// whose selector matches, else its namespace's Sidecar without a selector, else
+// the root namespace's (Istio's order; the oldest wins among equals).
+func (n *Networking) sidecarFor(wl Workload, root string) *SidecarScope {
+	var nsWide, rootWide *SidecarScope
+	for i := range n.Sidecars {
+		sc := &n.Sidecars[i]
+		sel := sc.Spec.GetWorkloadSelector().GetLabels()
+		switch {
+		case sc.Object.Namespace == wl.Namespace && len(sel) > 0:
+			if registry.Matches(sel, wl.Labels) {
+				return sc
+			}
+		case sc.Object.Namespace == wl.Namespace && nsWide == nil:
+			nsWide = sc
+		case sc.Object.Namespace == root && len(sel) == 0 && rootWide == nil:
+			rootWide = sc
+		}
+	}
+	if nsWide != nil {
+		return nsWide
+	}
+	return rootWide
+}
+
+// egressAllows reports whether a Sidecar's egress hosts admit a service. No
+// egress listener means everything.
+func egressAllows(sc *SidecarScope, svc *registry.Service, wlNS string) bool {
+	if sc == nil || len(sc.Spec.GetEgress()) == 0 {
+		return true
+	}
+	for _, e := range sc.Spec.GetEgress() {
+		for _, h := range e.GetHosts() {
+			ns, host, _ := strings.Cut(h, "/")
+			switch ns {
+			case "*":
+			case ".":
+				if svc.Namespace != wlNS {
+					continue
+				}
+			case "~":
+				continue
+			default:
+				if svc.Namespace != ns {
+					continue
+				}
+			}
+			if host == "*" || strings.EqualFold(host, svc.Host) || (strings.HasPrefix(host, "*.") && strings.HasSuffix(svc.Host, strings.ToLower(host[1:]))) {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -82,7 +82,15 @@ type outboundBuilder struct {
 
 func (b *outboundBuilder) build() (*Outbound, error) {
 	b.hashes = map[string]*routev3.RouteAction_HashPolicy{}
-	svcs := b.n.Registry.VisibleTo(b.wl.Namespace)
+	// The services this proxy may reach: visible by exportTo, and admitted by
+	// the Sidecar resource that scopes it, if any.
+	scope := b.n.sidecarFor(b.wl, b.mesh.root())
+	var svcs []*registry.Service
+	for _, s := range b.n.Registry.VisibleTo(b.wl.Namespace) {
+		if egressAllows(scope, s, b.wl.Namespace) {
+			svcs = append(svcs, s)
+		}
+	}
 	// Clusters for every visible service port and every subset of its DestinationRule.
 	for _, s := range svcs {
 		for _, p := range s.Ports {

@@ -427,3 +427,41 @@ spec:
 		t.Errorf("external port 80 should be plaintext: %v", plain)
 	}
 }
+
+func TestOutboundSidecarScope(t *testing.T) {
+	const sc = `apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  egress: [{hosts: ["./ratings.default.svc.cluster.local", "istio-system/*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  egress: [{hosts: ["./*"]}]
+`
+	out, fs := outbound(t, sc, productpage)
+	for _, f := range fs {
+		t.Errorf("finding: %s", f)
+	}
+	var names []string
+	for _, c := range out.Clusters {
+		names = append(names, c.GetName())
+	}
+	if got := strings.Join(names, " "); got != "outbound|9080||ratings.default.svc.cluster.local "+BlackHole {
+		t.Errorf("productpage (scoped to ratings) gets clusters %s", got)
+	}
+	// Another workload in the namespace gets the namespace-wide Sidecar: everything in default.
+	x := Workload{Namespace: "default", Name: "x", Labels: map[string]string{"app": "x"}}
+	out, _ = outbound(t, sc, x)
+	all, _ := outbound(t, "", x)
+	if len(out.Clusters) != len(all.Clusters) || len(all.Clusters) < 5 {
+		t.Errorf("a workload under the namespace-wide Sidecar gets %d clusters, want all %d", len(out.Clusters), len(all.Clusters))
+	}
+	_, fs = outbound(t, "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: bad}\nspec: {egress: [{hosts: [ratings]}]}\n", productpage)
+	if len(fs) != 1 || fs[0].Code != CodeSidecarSchema || fs[0].Path != "spec.egress[0].hosts[0]" {
+		t.Errorf("findings = %v, want %s at spec.egress[0].hosts[0]", fs, CodeSidecarSchema)
+	}
+}
