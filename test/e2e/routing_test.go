@@ -164,7 +164,7 @@ spec:
     retries: {attempts: 2, perTryTimeout: 0.3s, retryOn: 5xx}
     route: [{destination: {host: echo, subset: v1}}]
   - match: [{uri: {prefix: /delay}}]
-    fault: {delay: {fixedDelay: 0.15s, percentage: {value: 50}}}
+    fault: {delay: {fixedDelay: 0.3s, percentage: {value: 50}}}
     route: [{destination: {host: echo, subset: v1}}]
   - match: [{uri: {prefix: /abort}}]
     fault: {abort: {httpStatus: 503, percentage: {value: 50}}}
@@ -443,7 +443,7 @@ func TestRouting(t *testing.T) {
 			if a.err != nil || a.code != http.StatusOK || a.name != "echo-v1" {
 				t.Fatalf("delay: %d from %q %v", a.code, a.name, a.err)
 			}
-			if a.took >= 150*time.Millisecond {
+			if a.took >= 300*time.Millisecond {
 				delayed++
 				slow = append(slow, a.took)
 			} else {
@@ -451,13 +451,13 @@ func TestRouting(t *testing.T) {
 			}
 		}
 		pct := float64(delayed) / n * 100
-		t.Logf("fault delay 150ms at 50%%: %.1f%% of %d requests took ≥ 150ms (median %s; the others median %s)",
+		t.Logf("fault delay 300ms at 50%%: %.1f%% of %d requests took ≥ 300ms (median %s; the others median %s)",
 			pct, n, median(slow).Round(time.Millisecond), median(fast).Round(time.Millisecond))
 		if pct < 40 || pct > 60 {
 			t.Errorf("%.1f%% of requests delayed, want 50%% ± 10", pct)
 		}
-		if d := median(slow); d > 650*time.Millisecond {
-			t.Errorf("delayed requests took %s (median), want about 150ms", d)
+		if d := median(slow); d > 800*time.Millisecond {
+			t.Errorf("delayed requests took %s (median), want about 300ms", d)
 		}
 	})
 
