@@ -84,6 +84,9 @@ type OutboundConfig struct {
 	// Requests there pass the gateway workload's RequestAuthentication and
 	// AuthorizationPolicy first.
 	GatewayListen []string
+	// Transparent serves Listen for connections iptables redirected
+	// (rampart-sidecar init) instead of explicit proxy requests.
+	Transparent bool
 	// DecisionLog, if set, records the gateway's denials (tamper-evident).
 	DecisionLog string
 }
@@ -361,7 +364,15 @@ func (p *Proxy) listenOutbound() error {
 		if gateway && p.guard != nil {
 			guard = p.guard.Guard
 		}
-		srv, err := outbound.New(outbound.Config{Listener: lis, Upstreams: p.ups, Gateway: gateway, Guard: guard,
+		transparent := o.Transparent && !gateway
+		if transparent {
+			p.tcp = outbound.NewTCP("", p.ups, p.cfg.Log) // routes only; connections come redirected
+		}
+		var tcp *outbound.TCP
+		if transparent {
+			tcp = p.tcp
+		}
+		srv, err := outbound.New(outbound.Config{Listener: lis, Upstreams: p.ups, Gateway: gateway, Guard: guard, Transparent: transparent, TCP: tcp,
 			Workload: p.cfg.Workload.Name, Namespace: p.cfg.Workload.Namespace, Principal: principal, Log: p.cfg.Log, Metrics: p.cfg.Registry})
 		if err != nil {
 			lis.Close()
@@ -379,12 +390,14 @@ func (p *Proxy) listenOutbound() error {
 		if err := add(o.Listen, false); err != nil {
 			return err
 		}
-		// TCP services are served on the outbound IP at their own ports.
-		host, _, err := net.SplitHostPort(o.Listen)
-		if err != nil {
-			return fmt.Errorf("outbound: %s: %w", o.Listen, err)
+		// Explicit capture: TCP services are served on the outbound IP at their own ports.
+		if !o.Transparent {
+			host, _, err := net.SplitHostPort(o.Listen)
+			if err != nil {
+				return fmt.Errorf("outbound: %s: %w", o.Listen, err)
+			}
+			p.tcp = outbound.NewTCP(host, p.ups, p.cfg.Log)
 		}
-		p.tcp = outbound.NewTCP(host, p.ups, p.cfg.Log)
 	}
 	for _, a := range o.GatewayListen {
 		if err := add(a, true); err != nil {

@@ -46,6 +46,7 @@ type config struct {
 	LogAllows         bool         `json:"logAllows"`
 	OutboundListen    string       `json:"outboundListen"`
 	InboundProtocol   string       `json:"inboundProtocol"`
+	Transparent       bool         `json:"transparent"`
 	GatewayListen     []string     `json:"gatewayListen"`
 	LogLevel          string       `json:"logLevel"`
 	LogFormat         string       `json:"logFormat"`
@@ -112,12 +113,14 @@ Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 	f.StringVar(&c.Workload, "workload", "", "this workload, NAMESPACE/NAME (default: the identity's namespace and service account); rampartd compiles its config for it")
 	f.StringVar(&c.Labels, "labels", "", "the workload's labels, k=v,k2=v2 (policy selectors, subsets and sourceLabels match them)")
 	f.StringVar(&c.OutboundListen, "outbound-listen", "", "serve the outbound path on this address, e.g. 127.0.0.1:15001: the app uses it as HTTP_PROXY (or sends with the service's Host) and rampartd's routes and clusters take it into the mesh; empty disables it")
+	f.BoolVar(&c.Transparent, "transparent", false, "with --outbound-listen: take connections iptables redirected ('rampart-sidecar init'); each one's original destination picks its route, and unknown destinations pass through")
 	f.StringArrayVar(&c.GatewayListen, "gateway-listen", nil, "serve as an ingress gateway on this address (repeatable); the port picks the Istio Gateway server whose routes apply")
 	f.StringVar(&c.DecisionLog, "decision-log", "", "with --inbound-listen or --gateway-listen: append denials and dry-run hits to this tamper-evident decision log")
 	f.BoolVar(&c.LogAllows, "log-allows", false, "with --decision-log: log allowed requests too")
 	f.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "address serving /metrics and /healthz/ready (port 0 picks one and logs it); \"\" disables it")
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	f.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+	cmd.AddCommand(newInitCmd())
 	return cmd
 }
 
@@ -175,7 +178,7 @@ func run(ctx context.Context, c config) error {
 	}
 	var out *proxy.OutboundConfig
 	if c.OutboundListen != "" || len(c.GatewayListen) > 0 {
-		out = &proxy.OutboundConfig{Listen: c.OutboundListen, GatewayListen: c.GatewayListen}
+		out = &proxy.OutboundConfig{Listen: c.OutboundListen, GatewayListen: c.GatewayListen, Transparent: c.Transparent}
 		if c.InboundListen == "" {
 			out.DecisionLog = c.DecisionLog // a gateway's denials
 		}

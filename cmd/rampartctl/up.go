@@ -162,7 +162,7 @@ func planMesh(objs []source.Object) ([]workloadPlan, error) {
 }
 
 func newUpCmd() *cobra.Command {
-	var stateDir, bin, cpListen, monitoring string
+	var stateDir, bin, cpListen, monitoring, meshConfig string
 	var readyTimeout, duration time.Duration
 	c := &cobra.Command{
 		Use:   "up DIR",
@@ -221,13 +221,14 @@ processes die with 'up' even if it is killed.`,
 				}
 				bin = filepath.Dir(exe)
 			}
-			return up(ctx, cmd.OutOrStdout(), args[0], stateDir, bin, cpListen, readyTimeout, upOptions{monitoring: monitoring})
+			return up(ctx, cmd.OutOrStdout(), args[0], stateDir, bin, cpListen, readyTimeout, upOptions{monitoring: monitoring, meshConfig: meshConfig})
 		},
 	}
 	f := c.Flags()
 	f.StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory (CA, tokens, decision logs)")
 	f.StringVar(&bin, "bin", "", "directory holding rampartd, rampart-sidecar and the apps' binaries (default: rampartctl's own)")
 	f.StringVar(&cpListen, "control-plane", "127.0.0.1:15012", "where rampartd serves xDS and the CA")
+	f.StringVar(&meshConfig, "mesh-config", "", "Istio MeshConfig YAML for rampartd (rootNamespace, trustDomain, h2UpgradePolicy, …)")
 	f.StringVar(&monitoring, "monitoring-listen", "127.0.0.1:15014", "where rampartd serves /metrics")
 	f.DurationVar(&readyTimeout, "ready-timeout", 60*time.Second, "how long to wait for every sidecar to be SYNCED")
 	f.DurationVar(&duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
@@ -246,7 +247,7 @@ type mesh struct {
 	exited   chan string
 }
 
-type upOptions struct{ monitoring string }
+type upOptions struct{ monitoring, meshConfig string }
 
 func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string, readyTimeout time.Duration, o upOptions) error {
 	objs, err := source.ReadPaths([]string{dir})
@@ -271,7 +272,15 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 		return err
 	}
 	fmt.Fprintf(out, "starting rampartd on %s (state in %s, config from %s)\n", cpListen, stateDir, absDir)
-	if err := m.supervise(ctx, "rampartd", []string{"rampartd", "--state-dir", stateDir, "--listen", cpListen, "--monitoring-listen", o.monitoring, "--config-dir", absDir}, nil); err != nil {
+	cpArgs := []string{"rampartd", "--state-dir", stateDir, "--listen", cpListen, "--monitoring-listen", o.monitoring, "--config-dir", absDir}
+	if o.meshConfig != "" {
+		mc, err := filepath.Abs(o.meshConfig)
+		if err != nil {
+			return err
+		}
+		cpArgs = append(cpArgs, "--mesh-config", mc)
+	}
+	if err := m.supervise(ctx, "rampartd", cpArgs, nil); err != nil {
 		return err
 	}
 	if err := waitUntil(ctx, 30*time.Second, m.exited, func() bool { return dialable(cpListen) }); err != nil {

@@ -20,6 +20,11 @@ type Mesh struct {
 	TrustDomainAliases []string            `json:"trustDomainAliases,omitempty"`
 	PathNormalization  *PathNormalization  `json:"pathNormalization,omitempty"`
 	ExtensionProviders []ExtensionProvider `json:"extensionProviders,omitempty"`
+	// H2UpgradePolicy is MeshConfig's h2UpgradePolicy: UPGRADE sends HTTP/1.1
+	// between sidecars as multiplexed HTTP/2; DO_NOT_UPGRADE (the default, as
+	// Istio's) keeps HTTP/1.1. A DestinationRule's connectionPool.http
+	// h2UpgradePolicy overrides it per destination.
+	H2UpgradePolicy string `json:"h2UpgradePolicy,omitempty"`
 }
 
 // PathNormalization is MeshConfig.pathNormalization.
@@ -127,6 +132,7 @@ func ParseMesh(data []byte) (Mesh, error) {
 	m.RootNamespace = mc.GetRootNamespace()
 	m.TrustDomain = mc.GetTrustDomain()
 	m.TrustDomainAliases = mc.GetTrustDomainAliases()
+	m.H2UpgradePolicy = mc.GetH2UpgradePolicy().String()
 	if pn := mc.GetPathNormalization(); pn != nil {
 		m.PathNormalization = &PathNormalization{Normalization: pn.GetNormalization().String()}
 	}
@@ -159,6 +165,11 @@ func (m Mesh) WithDefaults() (Mesh, error) {
 	}
 	if m.PathNormalization == nil || m.PathNormalization.Normalization == "" || m.PathNormalization.Normalization == "DEFAULT" {
 		m.PathNormalization = &PathNormalization{Normalization: "BASE"}
+	}
+	switch m.H2UpgradePolicy {
+	case "", "DO_NOT_UPGRADE", "UPGRADE":
+	default:
+		return m, fmt.Errorf("mesh config: h2UpgradePolicy %q is not UPGRADE or DO_NOT_UPGRADE", m.H2UpgradePolicy)
 	}
 	ok := false
 	for _, n := range normalizations {

@@ -308,7 +308,7 @@ func (b *outboundBuilder) addCluster(s *registry.Service, p registry.Port, subse
 			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}, ResourceApiVersion: corev3.ApiVersion_V3}}
 		b.out.Endpoints = append(b.out.Endpoints, cla)
 	}
-	applyTrafficPolicy(c, tp, p)
+	applyTrafficPolicy(c, tp, p, b.mesh.H2UpgradePolicy == "UPGRADE" && s.Internal)
 	// Transport: the DestinationRule's tls, else auto-mTLS by endpoint metadata.
 	switch tls := tp.GetTls(); {
 	case tls == nil && s.Internal:
@@ -406,7 +406,7 @@ func externalTLS(t *networking.ClientTLSSettings, host string) *corev3.Transport
 	return &corev3.TransportSocket{Name: TLSSocket, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: typed(ctx)}}
 }
 
-func applyTrafficPolicy(c *clusterv3.Cluster, tp *networking.TrafficPolicy, p registry.Port) {
+func applyTrafficPolicy(c *clusterv3.Cluster, tp *networking.TrafficPolicy, p registry.Port, meshUpgrade bool) {
 	lb := tp.GetLoadBalancer()
 	switch {
 	case lb.GetConsistentHash() != nil:
@@ -436,7 +436,7 @@ func applyTrafficPolicy(c *clusterv3.Cluster, tp *networking.TrafficPolicy, p re
 			httpOpts.IdleTimeout = t.GetIdleTimeout()
 		}
 	}
-	h2 := p.Protocol == "HTTP2" || p.Protocol == "GRPC"
+	h2 := p.Protocol == "HTTP2" || p.Protocol == "GRPC" || (meshUpgrade && p.Protocol == "HTTP")
 	if h := cp.GetHttp(); h != nil {
 		if h.GetHttp1MaxPendingRequests() > 0 {
 			th.MaxPendingRequests = wrapperspb.UInt32(uint32(h.GetHttp1MaxPendingRequests()))
@@ -453,8 +453,11 @@ func applyTrafficPolicy(c *clusterv3.Cluster, tp *networking.TrafficPolicy, p re
 		if h.GetIdleTimeout() != nil {
 			httpOpts.IdleTimeout = h.GetIdleTimeout()
 		}
-		if h.GetH2UpgradePolicy() == networking.ConnectionPoolSettings_HTTPSettings_UPGRADE && registry.IsHTTP(p.Protocol) {
-			h2 = true
+		switch h.GetH2UpgradePolicy() {
+		case networking.ConnectionPoolSettings_HTTPSettings_UPGRADE:
+			h2 = h2 || registry.IsHTTP(p.Protocol)
+		case networking.ConnectionPoolSettings_HTTPSettings_DO_NOT_UPGRADE:
+			h2 = p.Protocol == "HTTP2" || p.Protocol == "GRPC"
 		}
 	}
 	if registry.IsHTTP(p.Protocol) {

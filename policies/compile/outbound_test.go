@@ -10,6 +10,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/rampart-mesh/rampart/policies/source"
 )
 
@@ -463,5 +464,41 @@ spec:
 	_, fs = outbound(t, "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: bad}\nspec: {egress: [{hosts: [ratings]}]}\n", productpage)
 	if len(fs) != 1 || fs[0].Code != CodeSidecarSchema || fs[0].Path != "spec.egress[0].hosts[0]" {
 		t.Errorf("findings = %v, want %s at spec.egress[0].hosts[0]", fs, CodeSidecarSchema)
+	}
+}
+
+func TestOutboundH2Upgrade(t *testing.T) {
+	h2 := func(c *clusterv3.Cluster) bool {
+		po := &httpv3.HttpProtocolOptions{}
+		if err := c.GetTypedExtensionProtocolOptions()[ProtocolOptions].UnmarshalTo(po); err != nil {
+			t.Fatal(err)
+		}
+		return po.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil
+	}
+	objs, err := source.Parse("mesh.yaml", []byte(registryYAML+`---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec: {host: ratings, trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		policy          string
+		reviews, rating bool
+	}{{"", false, false}, {"DO_NOT_UPGRADE", false, false}, {"UPGRADE", true, false}} {
+		mesh := Mesh{H2UpgradePolicy: tc.policy}
+		n, _ := DecodeNetworking(objs, mesh, "default")
+		out, err := CompileOutbound(n, mesh, productpage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := h2(clusterByName(out, "outbound|9080|v1|reviews.default.svc.cluster.local")); got != tc.reviews {
+			t.Errorf("mesh h2UpgradePolicy %q: reviews h2 = %t", tc.policy, got)
+		}
+		if got := h2(clusterByName(out, "outbound|9080||ratings.default.svc.cluster.local")); got != tc.rating {
+			t.Errorf("mesh h2UpgradePolicy %q: ratings (DestinationRule DO_NOT_UPGRADE) h2 = %t", tc.policy, got)
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -39,6 +40,12 @@ type Config struct {
 	Listener net.Listener
 	// Upstreams sends requests to clusters.
 	Upstreams *upstream.Manager
+	// Transparent serves connections redirected by iptables (rampart-sidecar
+	// init): each one's original destination picks the route configuration (by
+	// port) or the TCP route; what no route knows passes through to where it
+	// was going. TCP, when set, holds the TCP routes.
+	Transparent bool
+	TCP         *TCP
 	// Gateway makes this an ingress gateway listener: the route configuration
 	// is chosen by the port the listener is bound to, not by the Host header.
 	Gateway bool
@@ -160,8 +167,21 @@ func (s *Server) Run(ctx context.Context) error {
 		IdleTimeout:       2 * time.Minute,
 		Protocols:         &protos,
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(s.cfg.Listener) }()
+	errc := make(chan error, 2)
+	if s.cfg.Transparent {
+		conns := newChanListener(s.cfg.Listener.Addr())
+		hs.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+			if tc, ok := c.(*transparentConn); ok {
+				return context.WithValue(ctx, origDstKey{}, tc.dst)
+			}
+			return ctx
+		}
+		go func() { errc <- hs.Serve(conns) }()
+		go func() { errc <- s.acceptTransparent(ctx, conns) }()
+		defer conns.Close()
+	} else {
+		go func() { errc <- hs.Serve(s.cfg.Listener) }()
+	}
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
@@ -244,6 +264,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 	}
 	authority, port := target(r)
 	r.Host = authority
+	dst, transparent := r.Context().Value(origDstKey{}).(netip.AddrPort)
+	if transparent {
+		port = int(dst.Port())
+	}
 	if s.cfg.Gateway {
 		port = 0
 		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
@@ -253,6 +277,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 		}
 	}
 	rc, ok := st.ports[port]
+	if !ok && transparent {
+		return s.passthrough(w, r, dst)
+	}
 	if !ok {
 		return reply(w, http.StatusNotFound, "NR", fmt.Sprintf("no listener for port %d", port))
 	}
@@ -261,6 +288,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 		r.URL.Scheme, r.URL.Host = "", ""
 	}
 	rt := st.table.Match(rc, r)
+	if rt == nil && transparent {
+		return s.passthrough(w, r, dst)
+	}
 	if rt == nil {
 		return reply(w, http.StatusNotFound, "NR", "route_not_found")
 	}

@@ -22,13 +22,42 @@ const tcpProxyFilter = "envoy.filters.network.tcp_proxy"
 // the service's port (the app connects to OUTBOUND_IP:PORT), proxied to the
 // listener's cluster with mTLS to mesh peers.
 type TCP struct {
-	ip   string // the outbound listener's IP
-	ups  *upstream.Manager
-	log  *slog.Logger
-	mu   sync.Mutex
-	open map[int]*tcpListener // by port
-	base context.Context      // Run's: dials end with the sidecar, not with an xDS stream
-	last []tcpRoute           // the routes last installed (kept until Run starts)
+	ip     string // the outbound listener's IP; "" keeps routes only (transparent capture)
+	ups    *upstream.Manager
+	log    *slog.Logger
+	mu     sync.Mutex
+	open   map[int]*tcpListener // by port
+	base   context.Context      // Run's: dials end with the sidecar, not with an xDS stream
+	last   []tcpRoute           // the routes last installed (kept until Run starts)
+	routes map[int]tcpRoute     // by port
+}
+
+// clusterFor picks the cluster of the TCP route for a port ("" if none).
+func (t *TCP) clusterFor(port int) string {
+	t.mu.Lock()
+	r, ok := t.routes[port]
+	t.mu.Unlock()
+	if !ok {
+		return ""
+	}
+	if len(r.weights) == 0 {
+		return r.cluster
+	}
+	var total uint64
+	for _, w := range r.weights {
+		total += uint64(w.weight)
+	}
+	if total == 0 {
+		return r.cluster
+	}
+	n := randUint64() % total
+	for _, w := range r.weights {
+		if n < uint64(w.weight) {
+			return w.cluster
+		}
+		n -= uint64(w.weight)
+	}
+	return r.cluster
 }
 
 type tcpListener struct {
@@ -118,6 +147,10 @@ func (t *TCP) install(routes []tcpRoute) {
 			l.lis.Close()
 			delete(t.open, port)
 		}
+	}
+	t.routes = want
+	if t.ip == "" {
+		return // transparent capture: the routes are looked up per connection
 	}
 	for port, r := range want {
 		if l, ok := t.open[port]; ok {

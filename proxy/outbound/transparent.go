@@ -1,0 +1,167 @@
+package outbound
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/rampart-mesh/rampart/proxy/listener"
+	"github.com/rampart-mesh/rampart/proxy/upstream"
+)
+
+type origDstKey struct{}
+
+// transparentConn is a redirected connection with its original destination
+// and the bytes already peeked.
+type transparentConn struct {
+	net.Conn
+	r   *bufio.Reader
+	dst netip.AddrPort
+}
+
+func (c *transparentConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// httpPrefixes are how HTTP/1 requests and the HTTP/2 preface begin.
+var httpPrefixes = [][]byte{[]byte("GET "), []byte("POST"), []byte("PUT "), []byte("HEAD"), []byte("DELE"), []byte("OPTI"), []byte("PATC"), []byte("TRAC"), []byte("CONN"), []byte("PRI ")}
+
+// sniffTimeout bounds the wait for a client's first bytes; protocols where
+// the server speaks first get TCP handling after it.
+const sniffTimeout = 5 * time.Second
+
+// acceptTransparent takes redirected connections: HTTP goes to the HTTP
+// server (with its original destination), anything else is proxied as TCP.
+func (s *Server) acceptTransparent(ctx context.Context, out *chanListener) error {
+	for {
+		c, err := s.cfg.Listener.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		go s.classify(ctx, c, out)
+	}
+}
+
+func (s *Server) classify(ctx context.Context, c net.Conn, out *chanListener) {
+	dst, err := listener.OriginalDst(c)
+	if err != nil {
+		s.log.Warn("transparent connection without an original destination", "peer", c.RemoteAddr().String(), "err", err)
+		c.Close()
+		return
+	}
+	// A connection sent straight to the listener would loop back to it.
+	if la, ok := c.LocalAddr().(*net.TCPAddr); ok && la.AddrPort().Port() == dst.Port() && la.AddrPort().Addr().Unmap() == dst.Addr() {
+		c.Close()
+		return
+	}
+	br := bufio.NewReaderSize(c, 4096)
+	_ = c.SetReadDeadline(time.Now().Add(sniffTimeout))
+	head, _ := br.Peek(4)
+	_ = c.SetReadDeadline(time.Time{})
+	tc := &transparentConn{Conn: c, r: br, dst: dst}
+	for _, p := range httpPrefixes {
+		if bytes.Equal(head, p) {
+			if !out.push(tc) {
+				c.Close()
+			}
+			return
+		}
+	}
+	s.proxyTCP(ctx, tc)
+}
+
+// proxyTCP sends a non-HTTP connection to the TCP route for its port, or to
+// where it was going (passthrough).
+func (s *Server) proxyTCP(ctx context.Context, c *transparentConn) {
+	defer c.Close()
+	var up net.Conn
+	var err error
+	cluster := ""
+	if s.cfg.TCP != nil {
+		cluster = s.cfg.TCP.clusterFor(int(c.dst.Port()))
+	}
+	if cl, ok := s.cfg.Upstreams.Cluster(cluster); ok && cluster != "" {
+		up, _, err = cl.DialTCP(ctx, upstream.Request{OriginalDst: c.dst.String()})
+	} else {
+		cluster = "PassthroughCluster"
+		var d net.Dialer
+		up, err = d.DialContext(ctx, "tcp", c.dst.String())
+	}
+	if err != nil {
+		s.log.Info("access", "protocol", "tcp", "cluster", cluster, "destination", c.dst.String(), "flags", "UF", "err", err)
+		return
+	}
+	defer up.Close()
+	s.log.Info("access", "protocol", "tcp", "cluster", cluster, "destination", c.dst.String())
+	splice(c, up)
+}
+
+// passthrough forwards an HTTP request no route knows to where it was going,
+// as Istio's PassthroughCluster does (plaintext, no mesh identity).
+func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, dst netip.AddrPort) result {
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", dst.String()
+			pr.Out.Host = pr.In.Host
+		},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			w.Header().Set("x-rampart-response-flags", "UF")
+			http.Error(w, "upstream connect error: "+err.Error(), http.StatusServiceUnavailable)
+		},
+	}
+	rec := &codeRecorder{ResponseWriter: w, code: 200}
+	rp.ServeHTTP(rec, r)
+	return result{code: rec.code, cluster: "PassthroughCluster", host: dst.String(), detail: "via_upstream"}
+}
+
+// chanListener hands connections accepted elsewhere to an http.Server.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+var _ io.Reader = (*transparentConn)(nil)
