@@ -40,6 +40,7 @@ bench: build ## benchmarks: SVID signing, sidecar RSS, authz decisions at 10..10
 	$(GO) test -run '^$$' -bench 'AuthzDecision|OPAFloor' -benchmem -benchtime $(AUTHZ_BENCHTIME) ./test/bench/
 	$(GO) test -run '^$$' -bench 'Authenticate' -benchmem -benchtime $(BENCHTIME) ./authn/jwt/
 	$(GO) test -run '^$$' -bench 'XDSConvergence' -benchtime 3x ./test/bench/
+	$(GO) run ./test/bench/hop --bin $(CURDIR)/$(BIN) --json $(CURDIR)/$(BIN)/bench-hop.json $(HOP_ARGS)
 
 FUZZTIME ?= 30s
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
