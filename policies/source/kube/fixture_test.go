@@ -1,0 +1,168 @@
+package kube
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	istioscheme "istio.io/client-go/pkg/clientset/versioned/scheme"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/apimachinery/pkg/watch"
+	clientfeatures "k8s.io/client-go/features"
+	clientfeaturestesting "k8s.io/client-go/features/testing"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	kubescheme "k8s.io/client-go/kubernetes/scheme"
+	clienttesting "k8s.io/client-go/testing"
+	"sigs.k8s.io/yaml"
+)
+
+var testScheme = func() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(kubescheme.AddToScheme(s))
+	utilruntime.Must(istioscheme.AddToScheme(s))
+	return s
+}()
+
+// decodeFile reads a multi-document YAML file into typed objects, strictly
+// (an unknown field is an error, so a typo in testdata cannot pass silently).
+func decodeFile(t *testing.T, path string) []runtime.Object {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := serializer.NewCodecFactory(testScheme, serializer.EnableStrict).UniversalDeserializer()
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var out []runtime.Object
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if js, err := yaml.YAMLToJSON(doc); err != nil || string(bytes.TrimSpace(js)) == "null" {
+			continue // a document of only comments
+		}
+		obj, _, err := dec.Decode(doc, nil, nil)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", path, err, doc)
+		}
+		out = append(out, obj)
+	}
+}
+
+// fixture is a pair of fake clientsets seeded from testdata.
+type fixture struct {
+	kube  *kubefake.Clientset
+	istio *istiofake.Clientset
+	// istioWatches counts watches the Istio fake has opened.
+	istioWatches atomic.Int32
+}
+
+func newFixture(t *testing.T, files ...string) *fixture {
+	t.Helper()
+	// The Istio informers (generated against client-go 0.35) do not tell the
+	// reflector that the Istio fake cannot stream lists, so with WatchListClient
+	// on (the default since 1.35) they would wait for a bookmark the fake never
+	// sends. A real API server streams lists; fakes need the classic list+watch.
+	clientfeaturestesting.SetFeatureDuringTest(t, clientfeatures.WatchListClient, false)
+	var kubeObjs, istioObjs []runtime.Object
+	for _, f := range files {
+		for _, obj := range decodeFile(t, filepath.Join("testdata", f)) {
+			if strings.HasSuffix(obj.GetObjectKind().GroupVersionKind().Group, "istio.io") {
+				istioObjs = append(istioObjs, obj)
+			} else {
+				kubeObjs = append(kubeObjs, obj)
+			}
+		}
+	}
+	f := &fixture{kube: kubefake.NewClientset(kubeObjs...), istio: istiofake.NewSimpleClientset(istioObjs...)}
+	// The Istio fake's watch starts from "now" (it ignores resourceVersion), so a
+	// change made between an informer's list and its watch would be lost: tests
+	// wait until every Istio watch is open before they change anything.
+	f.istio.PrependWatchReactor("*", func(a clienttesting.Action) (bool, watch.Interface, error) {
+		w, err := f.istio.Tracker().Watch(a.GetResource(), a.GetNamespace())
+		f.istioWatches.Add(1)
+		return true, w, err
+	})
+	return f
+}
+
+// running is a Source whose Run is under way.
+type running struct {
+	*Source
+	changes atomic.Int32 // OnChange calls
+	cancel  context.CancelFunc
+	done    chan error
+	once    sync.Once
+}
+
+// start runs a Source over the fixture and waits until its caches have synced
+// and its Istio watches are open. The source is stopped at the end of the test
+// if the test has not stopped it.
+func (f *fixture) start(t *testing.T, cfg Config) *running {
+	t.Helper()
+	r := &running{done: make(chan error, 1)}
+	cfg.Kube, cfg.Istio = f.kube, f.istio
+	cfg.OnChange = func() { r.changes.Add(1) }
+	if cfg.Log == nil {
+		cfg.Log = testLogger(t)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Source = s
+	ctx, cancel := context.WithCancel(t.Context())
+	r.cancel = cancel
+	go func() { r.done <- s.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
+	eventually(t, "caches synced and Istio watches open", func() bool {
+		return s.HasSynced() && f.istioWatches.Load() >= int32(len(s.istioKinds)) && r.changes.Load() >= 1
+	})
+	return r
+}
+
+// stop cancels Run and checks it returns nil promptly.
+func (r *running) stop(t *testing.T) {
+	t.Helper()
+	r.once.Do(func() {
+		r.cancel()
+		select {
+		case err := <-r.done:
+			if err != nil {
+				t.Errorf("Run returned %v after cancel; want nil", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run did not return within 10s of cancel")
+		}
+	})
+}
+
+// eventually polls cond until it holds, failing the test after 10s. Informers
+// deliver on their own goroutines; there is no event to wait on instead.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

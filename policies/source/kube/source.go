@@ -1,0 +1,203 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	istioinformers "istio.io/client-go/pkg/informers/externalversions"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// File is the source.Object File of every object read from the Kubernetes API.
+const File = "kubernetes"
+
+// ErrRunning is returned by a second call to Run: a Source's informers run once.
+var ErrRunning = errors.New("kube source is already running")
+
+// Config configures a Source.
+type Config struct {
+	// Kube is the Kubernetes clientset (Services, EndpointSlices, Pods, Namespaces).
+	Kube kubernetes.Interface
+	// Istio is the Istio clientset (security.istio.io and networking.istio.io).
+	Istio istioclient.Interface
+	// Namespace limits every namespaced informer to one namespace; "" watches all.
+	// With a namespace set, only that Namespace object is watched, so the source
+	// needs no cluster-wide list/watch permission.
+	Namespace string
+	// Resync is the informers' resync period; 0 turns resync off. A resync
+	// replays the cache and does not call OnChange.
+	Resync time.Duration
+	Log    *slog.Logger
+	// OnChange is called after the caches change: once when they have all
+	// synced, then after every add, update or delete. Calls come from informer
+	// goroutines, possibly several at once and in bursts; the caller debounces
+	// and must not block. Nil means no notifications.
+	OnChange func()
+}
+
+// Source is the Kubernetes config source. Its views are safe to read from any
+// goroutine while Run runs.
+type Source struct {
+	cfg Config
+	log *slog.Logger
+
+	kube  informers.SharedInformerFactory
+	nss   informers.SharedInformerFactory // Namespaces, possibly narrowed to cfg.Namespace
+	istio istioinformers.SharedInformerFactory
+
+	services   cache.SharedIndexInformer
+	slices     cache.SharedIndexInformer
+	pods       cache.SharedIndexInformer
+	namespaces cache.SharedIndexInformer
+	istioKinds []istioKind
+
+	running atomic.Bool
+	synced  atomic.Bool
+}
+
+// New builds a Source and its informers. It starts nothing: Run does.
+func New(cfg Config) (*Source, error) {
+	if cfg.Kube == nil {
+		return nil, errors.New("kube source: Config.Kube (a Kubernetes clientset) is required")
+	}
+	if cfg.Istio == nil {
+		return nil, errors.New("kube source: Config.Istio (an Istio clientset) is required")
+	}
+	if cfg.Resync < 0 {
+		return nil, fmt.Errorf("kube source: Config.Resync %v is negative; use 0 to turn resync off", cfg.Resync)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &Source{cfg: cfg, log: cfg.Log.With("component", "kube-source")}
+
+	s.kube = informers.NewSharedInformerFactoryWithOptions(cfg.Kube, cfg.Resync, informers.WithNamespace(cfg.Namespace))
+	nsOpts := []informers.SharedInformerOption{}
+	if cfg.Namespace != "" {
+		nsOpts = append(nsOpts, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.Namespace).String()
+		}))
+	}
+	s.nss = informers.NewSharedInformerFactoryWithOptions(cfg.Kube, cfg.Resync, nsOpts...)
+	s.istio = istioinformers.NewSharedInformerFactoryWithOptions(cfg.Istio, cfg.Resync, istioinformers.WithNamespace(cfg.Namespace))
+
+	s.services = s.kube.Core().V1().Services().Informer()
+	s.slices = s.kube.Discovery().V1().EndpointSlices().Informer()
+	s.pods = s.kube.Core().V1().Pods().Informer()
+	s.namespaces = s.nss.Core().V1().Namespaces().Informer()
+	if err := s.slices.AddIndexers(cache.Indexers{byService: sliceService}); err != nil {
+		return nil, fmt.Errorf("kube source: index endpoint slices: %w", err)
+	}
+	s.istioKinds = istioKinds(s.istio)
+
+	type watched struct {
+		kind string
+		inf  cache.SharedIndexInformer
+	}
+	all := []watched{{"Service", s.services}, {"EndpointSlice", s.slices}, {"Pod", s.pods}, {"Namespace", s.namespaces}}
+	for _, k := range s.istioKinds {
+		all = append(all, watched{k.kind, k.informer})
+	}
+	for _, i := range all {
+		if _, err := i.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { s.changed() },
+			UpdateFunc: s.updated,
+			DeleteFunc: func(any) { s.changed() },
+		}); err != nil {
+			return nil, fmt.Errorf("kube source: watch %s: %w", i.kind, err)
+		}
+		kind := i.kind
+		if err := i.inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+			s.watchError(kind, err)
+		}); err != nil {
+			return nil, fmt.Errorf("kube source: watch %s: %w", i.kind, err)
+		}
+		if err := i.inf.SetTransform(trim); err != nil {
+			return nil, fmt.Errorf("kube source: watch %s: %w", i.kind, err)
+		}
+	}
+	return s, nil
+}
+
+// Run starts the informers, waits for their caches to sync, calls OnChange
+// once, and serves changes until ctx ends. It returns nil when ctx ends (also
+// before the caches have synced) and ErrRunning if called a second time.
+func (s *Source) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		// Shutdown waits for every informer goroutine, handlers included.
+		s.kube.Shutdown()
+		s.nss.Shutdown()
+		s.istio.Shutdown()
+	}()
+	s.kube.Start(ctx.Done())
+	s.nss.Start(ctx.Done())
+	s.istio.Start(ctx.Done())
+
+	start := time.Now()
+	if !cache.WaitForCacheSync(ctx.Done(), s.hasSyncedFuncs()...) {
+		return nil // only when ctx ended
+	}
+	s.synced.Store(true)
+	s.log.Info("caches synced", "namespace", s.cfg.Namespace, "took", time.Since(start).Round(time.Millisecond))
+	s.changed()
+	<-ctx.Done()
+	return nil
+}
+
+// HasSynced reports whether every cache has synced; the views are empty or
+// partial until it has.
+func (s *Source) HasSynced() bool { return s.synced.Load() }
+
+func (s *Source) hasSyncedFuncs() []cache.InformerSynced {
+	out := []cache.InformerSynced{s.services.HasSynced, s.slices.HasSynced, s.pods.HasSynced, s.namespaces.HasSynced}
+	for _, k := range s.istioKinds {
+		out = append(out, k.informer.HasSynced)
+	}
+	return out
+}
+
+// watchError logs why a cache is not syncing or lost its watch (a missing CRD,
+// RBAC, an unreachable API server) where the operator looks. The reflector
+// retries on its own; a watch that ends normally is not worth a warning.
+func (s *Source) watchError(kind string, err error) {
+	switch {
+	case errors.Is(err, io.EOF), apierrors.IsResourceExpired(err), apierrors.IsGone(err):
+		s.log.Debug("watch closed; relisting", "kind", kind, "err", err)
+	default:
+		s.log.Warn("list/watch failed; retrying", "kind", kind, "err", err)
+	}
+}
+
+func (s *Source) changed() {
+	// Before the sync, adds are the initial listing; the one call after the
+	// sync covers them.
+	if s.synced.Load() && s.cfg.OnChange != nil {
+		s.cfg.OnChange()
+	}
+}
+
+func (s *Source) updated(old, cur any) {
+	o, err1 := meta.Accessor(old)
+	c, err2 := meta.Accessor(cur)
+	if err1 == nil && err2 == nil && o.GetResourceVersion() == c.GetResourceVersion() && o.GetResourceVersion() != "" {
+		return // a resync, not a change
+	}
+	s.changed()
+}
