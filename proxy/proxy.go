@@ -84,6 +84,9 @@ type OutboundConfig struct {
 	// Requests there pass the gateway workload's RequestAuthentication and
 	// AuthorizationPolicy first.
 	GatewayListen []string
+	// AccessLogAll logs every request; by default only failures and requests
+	// the proxy shaped (response flags, 5xx).
+	AccessLogAll bool
 	// Transparent serves Listen for connections iptables redirected
 	// (rampart-sidecar init) instead of explicit proxy requests.
 	Transparent bool
@@ -372,7 +375,7 @@ func (p *Proxy) listenOutbound() error {
 		if transparent {
 			tcp = p.tcp
 		}
-		srv, err := outbound.New(outbound.Config{Listener: lis, Upstreams: p.ups, Gateway: gateway, Guard: guard, Transparent: transparent, TCP: tcp,
+		srv, err := outbound.New(outbound.Config{Listener: lis, Upstreams: p.ups, Gateway: gateway, Guard: guard, Transparent: transparent, TCP: tcp, AccessLogAll: o.AccessLogAll,
 			Workload: p.cfg.Workload.Name, Namespace: p.cfg.Workload.Namespace, Principal: principal, Log: p.cfg.Log, Metrics: p.cfg.Registry})
 		if err != nil {
 			lis.Close()

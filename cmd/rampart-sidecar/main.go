@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -47,6 +48,8 @@ type config struct {
 	OutboundListen    string       `json:"outboundListen"`
 	InboundProtocol   string       `json:"inboundProtocol"`
 	Transparent       bool         `json:"transparent"`
+	Pprof             bool         `json:"pprof"`
+	AccessLog         string       `json:"accessLog"`
 	GatewayListen     []string     `json:"gatewayListen"`
 	LogLevel          string       `json:"logLevel"`
 	LogFormat         string       `json:"logFormat"`
@@ -113,6 +116,8 @@ Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 	f.StringVar(&c.Workload, "workload", "", "this workload, NAMESPACE/NAME (default: the identity's namespace and service account); rampartd compiles its config for it")
 	f.StringVar(&c.Labels, "labels", "", "the workload's labels, k=v,k2=v2 (policy selectors, subsets and sourceLabels match them)")
 	f.StringVar(&c.OutboundListen, "outbound-listen", "", "serve the outbound path on this address, e.g. 127.0.0.1:15001: the app uses it as HTTP_PROXY (or sends with the service's Host) and rampartd's routes and clusters take it into the mesh; empty disables it")
+	f.StringVar(&c.AccessLog, "access-log", "failures", "outbound and gateway access log: failures (requests with a response flag or a 5xx) or all")
+	f.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-listen (for performance work; keep that address private)")
 	f.BoolVar(&c.Transparent, "transparent", false, "with --outbound-listen: take connections iptables redirected ('rampart-sidecar init'); each one's original destination picks its route, and unknown destinations pass through")
 	f.StringArrayVar(&c.GatewayListen, "gateway-listen", nil, "serve as an ingress gateway on this address (repeatable); the port picks the Istio Gateway server whose routes apply")
 	f.StringVar(&c.DecisionLog, "decision-log", "", "with --inbound-listen or --gateway-listen: append denials and dry-run hits to this tamper-evident decision log")
@@ -178,7 +183,12 @@ func run(ctx context.Context, c config) error {
 	}
 	var out *proxy.OutboundConfig
 	if c.OutboundListen != "" || len(c.GatewayListen) > 0 {
-		out = &proxy.OutboundConfig{Listen: c.OutboundListen, GatewayListen: c.GatewayListen, Transparent: c.Transparent}
+		switch c.AccessLog {
+		case "failures", "all":
+		default:
+			return fmt.Errorf("--access-log %q: want failures or all", c.AccessLog)
+		}
+		out = &proxy.OutboundConfig{Listen: c.OutboundListen, GatewayListen: c.GatewayListen, Transparent: c.Transparent, AccessLogAll: c.AccessLog == "all"}
 		if c.InboundListen == "" {
 			out.DecisionLog = c.DecisionLog // a gateway's denials
 		}
@@ -227,7 +237,12 @@ func run(ctx context.Context, c config) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return p.Run(ctx) })
 	g.Go(func() error {
-		return cli.MetricsServer(ctx, c.MetricsListen, reg, log, map[string]http.Handler{"/healthz/ready": p.ReadyHandler()})
+		extra := map[string]http.Handler{"/healthz/ready": p.ReadyHandler()}
+		if c.Pprof {
+			extra["/debug/pprof/"] = http.HandlerFunc(pprof.Index)
+			extra["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)
+		}
+		return cli.MetricsServer(ctx, c.MetricsListen, reg, log, extra)
 	})
 	err = g.Wait()
 	log.Info("rampart-sidecar stopped")

@@ -164,6 +164,7 @@ func planMesh(objs []source.Object) ([]workloadPlan, error) {
 func newUpCmd() *cobra.Command {
 	var stateDir, bin, cpListen, monitoring, meshConfig string
 	var readyTimeout, duration time.Duration
+	var sidecarArgs []string
 	c := &cobra.Command{
 		Use:   "up DIR",
 		Short: "Run a whole mesh on this machine: rampartd, and every workload in DIR with its sidecar",
@@ -221,13 +222,14 @@ processes die with 'up' even if it is killed.`,
 				}
 				bin = filepath.Dir(exe)
 			}
-			return up(ctx, cmd.OutOrStdout(), args[0], stateDir, bin, cpListen, readyTimeout, upOptions{monitoring: monitoring, meshConfig: meshConfig})
+			return up(ctx, cmd.OutOrStdout(), args[0], stateDir, bin, cpListen, readyTimeout, upOptions{monitoring: monitoring, meshConfig: meshConfig, sidecarArgs: sidecarArgs})
 		},
 	}
 	f := c.Flags()
 	f.StringVar(&stateDir, "state-dir", ".rampart", "rampartd's state directory (CA, tokens, decision logs)")
 	f.StringVar(&bin, "bin", "", "directory holding rampartd, rampart-sidecar and the apps' binaries (default: rampartctl's own)")
 	f.StringVar(&cpListen, "control-plane", "127.0.0.1:15012", "where rampartd serves xDS and the CA")
+	f.StringArrayVar(&sidecarArgs, "sidecar-arg", nil, "an extra flag for every sidecar (repeatable), e.g. --sidecar-arg=--log-level=debug or --sidecar-arg=--pprof")
 	f.StringVar(&meshConfig, "mesh-config", "", "Istio MeshConfig YAML for rampartd (rootNamespace, trustDomain, h2UpgradePolicy, …)")
 	f.StringVar(&monitoring, "monitoring-listen", "127.0.0.1:15014", "where rampartd serves /metrics")
 	f.DurationVar(&readyTimeout, "ready-timeout", 60*time.Second, "how long to wait for every sidecar to be SYNCED")
@@ -247,7 +249,10 @@ type mesh struct {
 	exited   chan string
 }
 
-type upOptions struct{ monitoring, meshConfig string }
+type upOptions struct {
+	monitoring, meshConfig string
+	sidecarArgs            []string
+}
 
 func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string, readyTimeout time.Duration, o upOptions) error {
 	objs, err := source.ReadPaths([]string{dir})
@@ -339,6 +344,7 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 		if err := os.MkdirAll(filepath.Join(stateDir, "audit"), 0o700); err != nil {
 			return err
 		}
+		args = append(args, o.sidecarArgs...)
 		if err := m.start(ctx, "sidecar/"+p.Name, args, nil); err != nil {
 			return err
 		}

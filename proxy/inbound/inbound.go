@@ -155,7 +155,18 @@ func New(cfg Config) (*Server, error) {
 		s.tlsCfg = peer.ServerConfig(cfg.SVID, cfg.Bundle, cfg.TrustDomain, "h2", "http/1.1", "istio-peer-exchange", "istio")
 	}
 	app := &url.URL{Scheme: "http", Host: cfg.App}
+	// Connections to the app are kept for reuse; net/http's default keeps only
+	// two idle per host, so concurrent clients would dial the app per request.
+	appTransport := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 1024,
+		IdleConnTimeout:     90 * time.Second,
+	}
 	s.proxy = &httputil.ReverseProxy{
+		Transport:  appTransport,
+		BufferPool: bufferPool{},
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(app)
 			pr.Out.Host = pr.In.Host
@@ -169,9 +180,9 @@ func New(cfg Config) (*Server, error) {
 		},
 	}
 	// gRPC reaches the app as it left the client: HTTP/2, here in clear text (h2c).
-	h2c := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	h2c := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 1024, IdleConnTimeout: 90 * time.Second}
 	h2c.Protocols.SetUnencryptedHTTP2(true)
-	s.grpcProxy = &httputil.ReverseProxy{Rewrite: s.proxy.Rewrite, ErrorHandler: s.proxy.ErrorHandler, Transport: h2c}
+	s.grpcProxy = &httputil.ReverseProxy{Rewrite: s.proxy.Rewrite, ErrorHandler: s.proxy.ErrorHandler, Transport: h2c, BufferPool: bufferPool{}}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "istio_requests_total",
 		Help: "Requests, labelled as Istio labels them (reporter destination: inbound; source: outbound).",
@@ -602,3 +613,12 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn) {
 	<-done
 	<-done
 }
+
+// bufferPool reuses ReverseProxy's copy buffers (32 KiB each), which it would
+// otherwise allocate and zero for every request.
+type bufferPool struct{}
+
+var proxyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *(proxyBufs.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { proxyBufs.Put(&b) }

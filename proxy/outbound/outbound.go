@@ -23,6 +23,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,6 +53,9 @@ type Config struct {
 	// Guard, if set, checks each request first (an ingress gateway's request
 	// authentication and authorization); false means it answered.
 	Guard func(http.ResponseWriter, *http.Request) bool
+	// AccessLogAll logs every request at info level; by default successes are
+	// logged at debug level and failures (flags, 5xx) at info.
+	AccessLogAll bool
 	// Workload names the proxy in metrics and logs; Principal is its SPIFFE ID.
 	Workload, Namespace, Principal string
 	// MaxRetryBody is the largest request body kept to replay on retry; larger
@@ -212,10 +216,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	res := s.serve(w, r)
 	s.requests.WithLabelValues("source", hostOnly(r.Host), s.cfg.Namespace, s.cfg.Principal, strconv.Itoa(res.code), "unknown").Inc()
 	s.duration.WithLabelValues("source", s.cfg.Workload, hostOnly(r.Host), strconv.Itoa(res.code)).Observe(float64(time.Since(start)) / float64(time.Millisecond))
-	s.log.Info("access", "method", r.Method, "authority", r.Host, "path", r.URL.RequestURI(), "status", res.code,
-		"flags", flagOrDash(res.flags), "detail", res.detail, "cluster", res.cluster, "upstream", res.host,
-		"duration_ms", time.Since(start).Milliseconds(), "request_id", r.Header.Get("x-request-id"))
+	// Every request that failed or was shaped by the proxy (a response flag,
+	// a 5xx) is logged; plain successes only at debug level, so the access
+	// log costs nothing on the hot path unless asked for.
+	level := slog.LevelDebug
+	if res.flags != "" || res.code >= 500 || s.cfg.AccessLogAll {
+		level = slog.LevelInfo
+	}
+	if s.log.Enabled(r.Context(), level) {
+		s.log.Log(r.Context(), level, "access", "method", r.Method, "authority", r.Host, "path", r.URL.RequestURI(), "status", res.code,
+			"flags", flagOrDash(res.flags), "detail", res.detail, "cluster", res.cluster, "upstream", res.host,
+			"duration_ms", time.Since(start).Milliseconds(), "request_id", r.Header.Get("x-request-id"))
+	}
 }
+
+// copyBufs are the buffers responses are copied through, reused.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 func flagOrDash(f string) string {
 	if f == "" {
@@ -526,7 +542,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		f.Flush() // a streaming client needs the headers before the first message
 		copyFlushing(w, f, resp.Body)
 	} else {
-		_, _ = io.Copy(w, resp.Body)
+		bp := copyBufs.Get().(*[]byte)
+		_, _ = io.CopyBuffer(w, resp.Body, *bp)
+		copyBufs.Put(bp)
 	}
 	for k, vs := range resp.Trailer {
 		w.Header()[http.TrailerPrefix+k] = vs
@@ -579,7 +597,9 @@ func (s *Server) tunnel(w http.ResponseWriter, resp *http.Response, cluster stri
 }
 
 func copyFlushing(w io.Writer, f http.Flusher, r io.Reader) {
-	buf := make([]byte, 32<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
@@ -637,7 +657,17 @@ func (s *Server) mirror(r *http.Request, mp route.Mirror, body []byte) {
 func newID() string {
 	var b [16]byte
 	_, _ = cryptorand(b[:])
-	return fmt.Sprintf("%s-%s-%s-%s-%s", hex.EncodeToString(b[0:4]), hex.EncodeToString(b[4:6]), hex.EncodeToString(b[6:8]), hex.EncodeToString(b[8:10]), hex.EncodeToString(b[10:16]))
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:36], b[10:16])
+	return string(out[:])
 }
 
 var cryptorand = crand.Read

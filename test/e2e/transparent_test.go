@@ -138,7 +138,7 @@ spec: {mtls: {mode: STRICT}}
 		"--inbound-listen", "0.0.0.0:15006", "--app", "127.0.0.1:9080", "--metrics-listen", "")...)
 	start("sidecar-a", append(append([]string{"ip", "netns", "exec", nsA}, asProxy...), filepath.Join(bin, "rampart-sidecar"),
 		"--control-plane", cp, "--root-cert", root, "--token-file", token("a"), "--workload", "default/a", "--labels", "app=a",
-		"--outbound-listen", "0.0.0.0:15001", "--transparent", "--metrics-listen", "")...)
+		"--outbound-listen", "0.0.0.0:15001", "--transparent", "--access-log", "all", "--metrics-listen", "")...)
 	start("app-b", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "details", "--listen", "127.0.0.1:9080")
 	start("outside", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", ipB+":7000")
 
