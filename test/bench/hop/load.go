@@ -26,7 +26,8 @@ type latency struct {
 	Requests  int64   `json:"requests"`
 	Sockets   int64   `json:"sockets"`
 	// Foreign is the share of the machine other processes used meanwhile.
-	Foreign float64 `json:"foreign_cpu"`
+	Foreign    float64 `json:"foreign_cpu"`
+	ForeignTop string  `json:"foreign_top,omitempty"`
 }
 
 // fortioJSON is the part of fortio's -json output the benchmark reads.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -59,7 +61,7 @@ func measure(ctx context.Context, e *env, t *target, dir string, r *result) erro
 			if err != nil {
 				return err
 			}
-			l.Foreign = m.foreign(tool)
+			l.Foreign, l.ForeignTop = m.foreign(tool)
 			progress("%s: c=%d p50 %.3f ms, p90 %.3f ms, p99 %.3f ms (%.0f qps, %d requests, others %.0f%%)",
 				r.Label, c, l.P50, l.P90, l.P99, l.ActualQPS, l.Requests, 100*l.Foreign)
 			if l.Foreign < bestForeign {
@@ -69,7 +71,7 @@ func measure(ctx context.Context, e *env, t *target, dir string, r *result) erro
 				break
 			}
 		}
-		r.noteForeign(fmt.Sprintf("fortio c=%d", c), bestForeign)
+		r.noteForeign(fmt.Sprintf("fortio c=%d", c), bestForeign, best.ForeignTop)
 		if best.ActualQPS < 0.97*float64(e.o.qps) {
 			r.Warnings = append(r.Warnings, fmt.Sprintf("c=%d: fortio reached %.0f qps of %d", c, best.ActualQPS, e.o.qps))
 		}
@@ -100,7 +102,7 @@ func measure(ctx context.Context, e *env, t *target, dir string, r *result) erro
 			break
 		}
 	}
-	r.noteForeign("wrk", best.Foreign)
+	r.noteForeign("wrk", best.Foreign, best.ForeignTop)
 	r.SatRPS, r.SatRequests = best.RPS, best.Requests
 	r.MachineCPUPer1k, r.MachineBusy, r.Others = best.MachinePer1k, best.MachineBusy, best.Others
 	for i := range r.Proxies {
@@ -118,10 +120,10 @@ func measure(ctx context.Context, e *env, t *target, dir string, r *result) erro
 
 // noteForeign records the share of the machine other processes took during
 // a run, and warns when it is enough to skew the numbers.
-func (r *result) noteForeign(run string, share float64) {
+func (r *result) noteForeign(run string, share float64, top string) {
 	r.ForeignMax = max(r.ForeignMax, share)
 	if share > foreignWarn {
-		r.Warnings = append(r.Warnings, fmt.Sprintf("%s: other processes used %.0f%% of the machine during the run; numbers are skewed", run, 100*share))
+		r.Warnings = append(r.Warnings, fmt.Sprintf("%s: other processes used %.0f%% of the machine during the run (%s); numbers are skewed", run, 100*share, top))
 	}
 }
 
@@ -134,6 +136,7 @@ type saturation struct {
 	MachinePer1k float64
 	MachineBusy  float64
 	Foreign      float64
+	ForeignTop   string
 }
 
 // saturate runs wrk while reading the CPU time of every process on the path
@@ -148,7 +151,7 @@ func saturate(ctx context.Context, e *env, t *target, outPath string) (*saturati
 		}
 		before[i] = v
 	}
-	busy0, total0, err := machineCPU()
+	busy0, _, total0, err := machineCPU()
 	if err != nil {
 		return nil, err
 	}
@@ -179,8 +182,9 @@ func saturate(ctx context.Context, e *env, t *target, outPath string) (*saturati
 	if werr != nil {
 		return nil, werr
 	}
-	s := &saturation{RPS: w.RPS, Requests: w.Requests, Foreign: m.foreign(tool)}
-	busy1, total1, err := machineCPU()
+	s := &saturation{RPS: w.RPS, Requests: w.Requests}
+	s.Foreign, s.ForeignTop = m.foreign(tool)
+	busy1, _, total1, err := machineCPU()
 	if err != nil {
 		return nil, err
 	}
@@ -207,41 +211,72 @@ func saturate(ctx context.Context, e *env, t *target, outPath string) (*saturati
 }
 
 // meter measures the CPU the rest of the machine takes during a run: all
-// busy time less that of the setup's processes, the load generator and this
-// program.
+// busy time, less interrupts and the CPU of the setup's processes, the load
+// generator and this program.
 type meter struct {
-	pids        []int
-	busy, total int64
-	known       int64
-	self        time.Duration
+	pids      map[int]bool
+	busy, irq int64
+	total     int64
+	known     int64
+	self      time.Duration
+	procs     map[int]procTick
 }
 
 func startMeter(t *target) *meter {
-	m := &meter{}
+	m := &meter{pids: map[int]bool{os.Getpid(): true}}
 	for _, g := range append(append([]measured{}, t.proxies...), t.others...) {
-		m.pids = append(m.pids, g.pids...)
+		for _, p := range g.pids {
+			m.pids[p] = true
+		}
 	}
-	m.busy, m.total, _ = machineCPU()
+	m.procs = procTicks()
+	m.busy, m.irq, m.total, _ = machineCPU()
 	m.known = knownCPU(m.pids)
 	m.self = selfCPU()
 	return m
 }
 
-// foreign returns the others' share of the machine since startMeter; tool is
-// the CPU time the load generator used.
-func (m *meter) foreign(tool time.Duration) float64 {
-	busy, total, err := machineCPU()
+// foreign returns the others' share of the machine since startMeter, and
+// which processes took the most of it; tool is the CPU time the load
+// generator used.
+func (m *meter) foreign(tool time.Duration) (float64, string) {
+	busy, irq, total, err := machineCPU()
 	if err != nil || total <= m.total {
-		return 0
+		return 0, ""
 	}
 	ticks := func(d time.Duration) int64 { return int64(d / (time.Second / clockTicks)) }
-	f := (busy - m.busy) - (knownCPU(m.pids) - m.known) - ticks(selfCPU()-m.self) - ticks(tool)
-	return max(0, float64(f)/float64(total-m.total))
+	f := (busy - m.busy) - (irq - m.irq) - (knownCPU(m.pids) - m.known) - ticks(selfCPU()-m.self) - ticks(tool)
+	share := max(0, float64(f)/float64(total-m.total))
+	byName := map[string]int64{}
+	var seen int64
+	for pid, now := range procTicks() {
+		if m.pids[pid] {
+			continue
+		}
+		d := now.ticks - m.procs[pid].ticks // a new process: all of its time
+		if d > 0 {
+			byName[now.name] += d
+			seen += d
+		}
+	}
+	names := make([]string, 0, len(byName))
+	for n := range byName {
+		names = append(names, n)
+	}
+	sort.Slice(names, func(i, j int) bool { return byName[names[i]] > byName[names[j]] })
+	var top []string
+	for _, n := range names[:min(3, len(names))] {
+		top = append(top, fmt.Sprintf("%s %.0f%%", n, 100*float64(byName[n])/float64(total-m.total)))
+	}
+	if rest := f - seen; rest > 0 {
+		top = append(top, fmt.Sprintf("processes that came and went %.0f%%", 100*float64(rest)/float64(total-m.total)))
+	}
+	return share, strings.Join(top, ", ")
 }
 
-func knownCPU(pids []int) int64 {
+func knownCPU(pids map[int]bool) int64 {
 	var n int64
-	for _, p := range pids {
+	for p := range pids {
 		if v, err := procCPU(p); err == nil {
 			n += v
 		}
@@ -276,9 +311,9 @@ func (e *env) waitQuiet(ctx context.Context, limit time.Duration, label string, 
 	deadline := time.Now().Add(limit)
 	said := false
 	for {
-		b0, t0, err := machineCPU()
+		b0, _, t0, err := machineCPU()
 		sleep(ctx, time.Second)
-		b1, t1, err2 := machineCPU()
+		b1, _, t1, err2 := machineCPU()
 		if err != nil || err2 != nil || ctx.Err() != nil || t1 <= t0 {
 			return
 		}

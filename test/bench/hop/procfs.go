@@ -150,27 +150,60 @@ func findProcs(prog string, words ...string) []int {
 	return out
 }
 
-// machineCPU returns the whole machine's busy and total CPU ticks from /proc/stat.
-func machineCPU() (busy, total int64, err error) {
+// machineCPU returns the whole machine's busy and total CPU ticks from
+// /proc/stat, and of the busy ticks those spent in interrupts (loopback
+// traffic is mostly processed in softirq, which no process is charged for).
+func machineCPU() (busy, irq, total int64, err error) {
 	data, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	line, _, _ := strings.Cut(string(data), "\n")
 	f := strings.Fields(line)
 	if len(f) < 8 || f[0] != "cpu" {
-		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+		return 0, 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
 	}
 	// user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
 	for i, s := range f[1:min(len(f), 9)] {
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("/proc/stat: %q", line)
+			return 0, 0, 0, fmt.Errorf("/proc/stat: %q", line)
 		}
 		total += v
 		if i != 3 && i != 4 {
 			busy += v
 		}
+		if i == 5 || i == 6 {
+			irq += v
+		}
 	}
-	return busy, total, nil
+	return busy, irq, total, nil
+}
+
+// procTicks returns every process's CPU ticks and name.
+func procTicks() map[int]procTick {
+	out := map[int]procTick{}
+	for _, p := range allPIDs() {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		open, close := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
+		if open < 0 || close < open {
+			continue
+		}
+		f := strings.Fields(string(data[close+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		out[p] = procTick{name: string(data[open+1 : close]), ticks: ut + st}
+	}
+	return out
+}
+
+type procTick struct {
+	name  string
+	ticks int64
 }
