@@ -6,6 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/rampart-mesh/rampart/policies/source/kube"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"net/http"
 	"os"
 	"os/signal"
@@ -41,6 +46,8 @@ type config struct {
 	CAKey                string       `json:"caKey"`
 	CAChain              string       `json:"caChain"`
 	ConfigDir            []string     `json:"configDir"`
+	Kubeconfig           string       `json:"kubeconfig"`
+	KubeNamespace        string       `json:"kubeNamespace"`
 	MeshConfig           string       `json:"meshConfig"`
 	LogLevel             string       `json:"logLevel"`
 	LogFormat            string       `json:"logFormat"`
@@ -110,6 +117,8 @@ Files in the state directory:
 	f.StringVar(&c.CACert, "ca-cert", "", "bring your own CA: PEM signing certificate (root or intermediate, optionally followed by its chain)")
 	f.StringVar(&c.CAKey, "ca-key", "", "bring your own CA: PEM private key of --ca-cert")
 	f.StringVar(&c.CAChain, "ca-chain", "", "bring your own CA: PEM chain from --ca-cert's issuer up to the root")
+	f.StringVar(&c.Kubeconfig, "kubeconfig", "", "read Istio objects, Services, EndpointSlices and Pods from this Kubernetes cluster (kubeconfig file; \"in-cluster\" for the pod's service account), beside or instead of --config-dir")
+	f.StringVar(&c.KubeNamespace, "kube-namespace", "", "with --kubeconfig: watch only this namespace (default: all)")
 	f.StringArrayVar(&c.ConfigDir, "config-dir", nil, "configuration file or directory (Istio and Rampart YAML), watched; each sidecar gets its compiled policy over xDS (repeatable)")
 	f.StringVar(&c.MeshConfig, "mesh-config", "", "Istio MeshConfig YAML (rootNamespace, trustDomain, pathNormalization, extensionProviders, h2UpgradePolicy)")
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
@@ -157,9 +166,31 @@ func run(ctx context.Context, c config) error {
 			return fmt.Errorf("--mesh-config %s: %w", c.MeshConfig, err)
 		}
 	}
+	var kcfg *kube.Config
+	if c.Kubeconfig != "" {
+		var rc *rest.Config
+		if c.Kubeconfig == "in-cluster" {
+			rc, err = rest.InClusterConfig()
+		} else {
+			rc, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+		}
+		if err != nil {
+			return fmt.Errorf("--kubeconfig %s: %w", c.Kubeconfig, err)
+		}
+		kc, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("--kubeconfig %s: %w", c.Kubeconfig, err)
+		}
+		ic, err := istioclient.NewForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("--kubeconfig %s: %w", c.Kubeconfig, err)
+		}
+		kcfg = &kube.Config{Kube: kc, Istio: ic, Namespace: c.KubeNamespace}
+	}
 	reg := cli.NewRegistry()
 	srv, err := controlplane.New(controlplane.Config{
 		ConfigPaths: c.ConfigDir,
+		Kube:        kcfg,
 		Mesh:        mesh,
 		CA: ca.Config{
 			StateDir:         stateDir,

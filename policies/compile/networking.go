@@ -76,7 +76,19 @@ func isNetworking(o source.Object, kind string) bool {
 // DecodeNetworking decodes the registry, VirtualServices, DestinationRules and
 // Gateways in objs and validates them. Objects with error findings are left out.
 func DecodeNetworking(objs []source.Object, mesh Mesh, defaultNS string) (*Networking, []Finding) {
+	return DecodeNetworkingWith(objs, mesh, defaultNS, nil)
+}
+
+// DecodeNetworkingWith is DecodeNetworking with services and workloads from
+// another registry (Kubernetes Services and Pods) added to the ServiceEntries
+// and WorkloadEntries in objs.
+func DecodeNetworkingWith(objs []source.Object, mesh Mesh, defaultNS string, extra *registry.Registry) (*Networking, []Finding) {
 	reg, issues := registry.Build(objs, defaultNS, mesh.domain())
+	if extra != nil {
+		reg.Services = append(reg.Services, extra.Services...)
+		reg.Workloads = append(reg.Workloads, extra.Workloads...)
+		sort.SliceStable(reg.Services, func(i, j int) bool { return reg.Services[i].Host < reg.Services[j].Host })
+	}
 	n := &Networking{Registry: reg}
 	var fs []Finding
 	n.PeerAuthns, _ = DecodePeerAuthentications(objs, defaultNS)

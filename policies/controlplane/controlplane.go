@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/rampart-mesh/rampart/policies/source/kube"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"log/slog"
@@ -41,6 +42,9 @@ type Config struct {
 	// ConfigPaths are configuration files and directories (Istio and Rampart
 	// YAML); with them rampartd serves each proxy its compiled policy over xDS.
 	ConfigPaths []string
+	// Kube, if set, is a Kubernetes cluster to read Istio objects, Services
+	// and Pods from (beside or instead of ConfigPaths).
+	Kube *kube.Config
 	// Mesh is the mesh config.
 	Mesh compile.Mesh
 	// Registry receives every metric; the caller serves it.
@@ -55,6 +59,7 @@ type Server struct {
 	authority *ca.Authority
 	caServer  *server.Server
 	xds       *xds.Server
+	kube      *kube.Source
 }
 
 // Info is written to <state-dir>/rampartd.json while rampartd runs, so tools find it.
@@ -99,11 +104,30 @@ func New(cfg Config) (*Server, error) {
 	}
 	var xdsServer *xds.Server
 	var register func(context.Context, *grpc.Server)
-	if len(cfg.ConfigPaths) > 0 {
-		if xdsServer, err = xds.New(xds.Config{Paths: cfg.ConfigPaths, Mesh: cfg.Mesh, Trust: bundleSource{authority}, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
+	var kubeSrc *kube.Source
+	var kubeOnChange func()
+	if cfg.Kube != nil {
+		kc := *cfg.Kube
+		kc.Log = cfg.Log
+		kc.OnChange = func() {
+			if kubeOnChange != nil {
+				kubeOnChange()
+			}
+		}
+		if kubeSrc, err = kube.New(kc); err != nil {
+			return nil, err
+		}
+	}
+	if len(cfg.ConfigPaths) > 0 || kubeSrc != nil {
+		xc := xds.Config{Paths: cfg.ConfigPaths, Mesh: cfg.Mesh, Trust: bundleSource{authority}, Log: cfg.Log, Metrics: cfg.Registry}
+		if kubeSrc != nil {
+			xc.Kube = kubeSrc
+		}
+		if xdsServer, err = xds.New(xc); err != nil {
 			return nil, err
 		}
 		register = xdsServer.Register
+		kubeOnChange = xdsServer.KubeChanged
 	}
 	caServer, err := server.New(server.Config{
 		Register:      register,
@@ -118,7 +142,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: cfg.Log.With("component", "rampartd"), authority: authority, caServer: caServer, xds: xdsServer}, nil
+	return &Server{cfg: cfg, log: cfg.Log.With("component", "rampartd"), authority: authority, caServer: caServer, xds: xdsServer, kube: kubeSrc}, nil
 }
 
 // Authority returns the CA (for tests and benchmarks).
@@ -148,6 +172,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.caServer.Run(ctx) })
 	if s.xds != nil {
 		g.Go(func() error { return s.xds.Run(ctx) })
+	}
+	if s.kube != nil {
+		g.Go(func() error { return s.kube.Run(ctx) })
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/ca/", server.AdminHandler(s.authority))

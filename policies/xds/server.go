@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -51,6 +52,9 @@ import (
 type Config struct {
 	// Paths are the configuration files and directories (multi-document YAML).
 	Paths []string
+	// Kube, if set, adds the Istio objects, Services and Pods of a Kubernetes
+	// cluster (its informers' caches); Generation counts its changes.
+	Kube KubeSource
 	// Mesh is the mesh config.
 	Mesh compile.Mesh
 	// Trust verifies proxies' client certificates (the CA's bundle).
@@ -59,6 +63,13 @@ type Config struct {
 	PollInterval time.Duration
 	Log          *slog.Logger
 	Metrics      prometheus.Registerer
+}
+
+// KubeSource is what the server reads from Kubernetes (kube.Source).
+type KubeSource interface {
+	Objects() []source.Object
+	Registry(domain string) *registry.Registry
+	HasSynced() bool
 }
 
 // Server serves per-proxy snapshots over ADS.
@@ -73,6 +84,7 @@ type Server struct {
 	net     *compile.Networking
 	stamp   string // what the files looked like when objs was read
 	nodes   map[string]*node
+	kubeGen atomic.Int64      // bumped by KubeChanged
 	streams map[int64]*stream // by stream id
 	version int
 	// built caches compiled output by workload (namespace, name, labels) for the
@@ -244,8 +256,8 @@ func (s *Server) Status() []ProxyStatus {
 
 // New validates cfg. It does no I/O.
 func New(cfg Config) (*Server, error) {
-	if len(cfg.Paths) == 0 {
-		return nil, errors.New("xds: at least one configuration path is required")
+	if len(cfg.Paths) == 0 && cfg.Kube == nil {
+		return nil, errors.New("xds: at least one configuration path, or Kubernetes, is required")
 	}
 	if cfg.Trust == nil {
 		return nil, errors.New("xds: Trust is required")
@@ -290,8 +302,22 @@ func (s *Server) Register(ctx context.Context, gs *grpc.Server) {
 	discovery.RegisterAggregatedDiscoveryServiceServer(gs, s.ads)
 }
 
+// KubeChanged tells the server the Kubernetes caches changed; the next poll
+// reloads (the poll interval is the debounce).
+func (s *Server) KubeChanged() { s.kubeGen.Add(1) }
+
 // Run loads the configuration, then reloads it when the files change, until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
+	if s.cfg.Kube != nil {
+		s.log.Info("waiting for the Kubernetes caches to sync")
+		for !s.cfg.Kube.HasSynced() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(s.cfg.PollInterval):
+			}
+		}
+	}
 	if err := s.reload(true); err != nil {
 		return err
 	}
@@ -326,7 +352,7 @@ func stampOf(paths []string) string {
 // reload reads the configuration if it changed and, if it is valid, recompiles
 // every known proxy's snapshot. An invalid change is refused whole.
 func (s *Server) reload(first bool) error {
-	stamp := stampOf(s.cfg.Paths)
+	stamp := stampOf(s.cfg.Paths) + fmt.Sprintf("/kube:%d", s.kubeGen.Load())
 	s.mu.Lock()
 	same := stamp == s.stamp
 	s.mu.Unlock()
@@ -334,6 +360,9 @@ func (s *Server) reload(first bool) error {
 		return nil
 	}
 	objs, err := source.ReadPaths(s.cfg.Paths)
+	if err == nil && s.cfg.Kube != nil {
+		objs = append(objs, s.cfg.Kube.Objects()...)
+	}
 	if err != nil {
 		s.rejects.WithLabelValues("parse").Inc()
 		s.mu.Lock()
@@ -360,7 +389,11 @@ func (s *Server) reload(first bool) error {
 			return fmt.Errorf("%s", f.String())
 		}
 	}
-	nw, nfs := compile.DecodeNetworking(objs, s.cfg.Mesh, "default")
+	var kreg *registry.Registry
+	if s.cfg.Kube != nil {
+		kreg = s.cfg.Kube.Registry("")
+	}
+	nw, nfs := compile.DecodeNetworkingWith(objs, s.cfg.Mesh, "default", kreg)
 	for _, f := range nfs {
 		if f.Severity == compile.SeverityError {
 			s.rejects.WithLabelValues("invalid").Inc()

@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"github.com/rampart-mesh/rampart/policies/registry"
+	"github.com/rampart-mesh/rampart/policies/source"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -224,5 +227,89 @@ spec: {rules: [{to: [{operation: {paths: ["` + path + `"]}}]}]}
 	}
 	if got := testutil.ToFloat64(x.pushes); got != 3 {
 		t.Errorf("pushes = %v, want 3 (two first snapshots, then foo's)", got)
+	}
+}
+
+// fakeKube stands in for the Kubernetes informers (policies/source/kube has
+// its own tests against client-go's fakes).
+type fakeKube struct {
+	mu   sync.Mutex
+	objs []source.Object
+	reg  *registry.Registry
+}
+
+func (f *fakeKube) Objects() []source.Object {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]source.Object(nil), f.objs...)
+}
+func (f *fakeKube) Registry(string) *registry.Registry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reg
+}
+func (f *fakeKube) HasSynced() bool { return true }
+
+// Objects and services from Kubernetes reach proxies like the files' do, and a
+// change there (KubeChanged) is reloaded.
+func TestServerKubernetesSource(t *testing.T) {
+	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Load(); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ap, err := source.Parse("kubernetes", []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: from-kube, namespace: foo}\nspec: {}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kube := &fakeKube{objs: ap, reg: &registry.Registry{Domain: "cluster.local", Services: []*registry.Service{{
+		Host: "httpbin.foo.svc.cluster.local", Namespace: "foo", Name: "httpbin", Internal: true, Resolution: "STATIC",
+		Ports:     []registry.Port{{Number: 8000, Name: "http", Protocol: "HTTP"}},
+		Endpoints: []registry.Endpoint{{Address: "10.0.0.7", Ports: map[string]uint32{}, Labels: map[string]string{"app": "httpbin"}, ServiceAccount: "httpbin", Mesh: true, Object: source.Object{Namespace: "foo", Name: "httpbin-1"}}},
+	}}}}
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	x, err := New(Config{Kube: kube, Mesh: mesh, Trust: a.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.reload(true); err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/foo/sa/sleep")
+	x.nodes[id.String()] = &node{id: id, workload: compile.Workload{Namespace: "foo", Name: "sleep", Labels: map[string]string{}}, acked: map[string]string{}}
+	if err := x.push(id.String(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	wb, _, _ := x.Config(id.String())
+	if !strings.Contains(wb.Modules["rampart/policy.rego"], "foo/from-kube") {
+		t.Errorf("the Kubernetes AuthorizationPolicy is not in the bundle:\n%s", wb.Modules["rampart/policy.rego"])
+	}
+	out, _, _ := x.Outbound(id.String())
+	found := false
+	for _, c := range out.Clusters {
+		found = found || c.GetName() == "outbound|8000||httpbin.foo.svc.cluster.local"
+	}
+	if !found {
+		t.Errorf("the Kubernetes Service has no cluster")
+	}
+	// A change in the cluster: the policy is deleted.
+	kube.mu.Lock()
+	kube.objs = nil
+	kube.mu.Unlock()
+	if err := x.reload(false); err != nil {
+		t.Fatal(err)
+	}
+	if wb, _, _ := x.Config(id.String()); !strings.Contains(wb.Modules["rampart/policy.rego"], "foo/from-kube") {
+		t.Fatal("reloaded without a Kubernetes change being signalled")
+	}
+	x.KubeChanged()
+	if err := x.reload(false); err != nil {
+		t.Fatal(err)
+	}
+	if wb, _, _ := x.Config(id.String()); strings.Contains(wb.Modules["rampart/policy.rego"], "foo/from-kube") {
+		t.Errorf("the deleted policy is still served")
 	}
 }
