@@ -47,8 +47,11 @@ func (o Object) Where() string {
 	if o.Namespace == "" {
 		s = o.Kind + " " + o.Name
 	}
-	if o.File != "" {
+	switch {
+	case o.File != "" && o.Line > 0:
 		s += fmt.Sprintf(" (%s:%d)", o.File, o.Line)
+	case o.File != "": // objects without lines, e.g. from Kubernetes
+		s += " (" + o.File + ")"
 	}
 	return s
 }

@@ -64,7 +64,7 @@ func TestObjects(t *testing.T) {
 	}
 
 	ap := got[0]
-	if w := ap.Where(); w != "AuthorizationPolicy default/productpage-viewer (kubernetes:0)" {
+	if w := ap.Where(); w != "AuthorizationPolicy default/productpage-viewer (kubernetes)" {
 		t.Errorf("Where() = %q", w)
 	}
 	if diff := cmp.Diff(map[string]string{"team": "bookinfo"}, ap.Labels); diff != "" {
