@@ -175,12 +175,13 @@ func newUpCmd() *cobra.Command {
   2. for every Process in DIR, a sidecar with a fresh join token and then the
      app process; a gateway Process gets a sidecar in gateway mode and no app.
 
-A workload no ServiceEntry selects is a client: it gets a sidecar with an
-outbound listener only. A TCP service port (not http/http2/grpc by name or
-protocol) is proxied as bytes: the sidecar authorizes the connection, and
-clients reach it at their own sidecar's address and the service's port
-(OWN_ADDRESS:PORT). The registry is Istio's own: ServiceEntry (hosts, ports, workloadSelector) and
-WorkloadEntry (address, labels, serviceAccount). Each WorkloadEntry needs its own
+The registry is Istio's own: ServiceEntry (hosts, ports, workloadSelector)
+and WorkloadEntry (address, labels, serviceAccount). A workload no
+ServiceEntry selects is a client: its sidecar has an outbound listener only.
+A TCP service port (not http/http2/grpc by name or protocol) is proxied as
+bytes: the receiving sidecar authorizes the connection, and clients reach it
+at their own sidecar's address and the service's port (OWN_ADDRESS:PORT).
+Each WorkloadEntry needs its own
 loopback address (127.0.0.0/8): its sidecar serves the service port there (mTLS,
 authorization) and its outbound listener on ADDRESS:15001. How a workload's
 process is started is Rampart's Process kind:
@@ -205,7 +206,7 @@ other process exiting stops the mesh. Ctrl-C stops every process; the
 processes die with 'up' even if it is killed.`,
 		Example: `  rampartctl up deploy/examples/bookinfo
   rampartctl proxy-status                 # in another terminal
-  curl -s http://127.0.0.1:8080/productpage`,
+  curl -s http://127.0.10.100:8080/productpage   # the ingress 'up' prints`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
