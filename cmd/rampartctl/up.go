@@ -181,10 +181,10 @@ ServiceEntry selects is a client: its sidecar has an outbound listener only.
 A TCP service port (not http/http2/grpc by name or protocol) is proxied as
 bytes: the receiving sidecar authorizes the connection, and clients reach it
 at their own sidecar's address and the service's port (OWN_ADDRESS:PORT).
-Each WorkloadEntry needs its own
-loopback address (127.0.0.0/8): its sidecar serves the service port there (mTLS,
-authorization) and its outbound listener on ADDRESS:15001. How a workload's
-process is started is Rampart's Process kind:
+Each WorkloadEntry needs its own loopback address (127.0.0.0/8): its sidecar
+serves the service port there (mTLS, authorization) and its outbound listener
+on ADDRESS:15001. How a workload's process is started is Rampart's Process
+kind:
 
   apiVersion: local.rampart.dev/v1alpha1
   kind: Process
