@@ -50,6 +50,7 @@ type options struct {
 	retries    int
 	budget     time.Duration
 	keep       bool
+	profile    bool
 	strict     bool
 }
 
@@ -99,6 +100,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.quietWait, "quiet-wait", time.Minute, "before each setup, wait up to this long for other processes to leave the machine idle")
 	fs.IntVar(&o.retries, "retries", 2, "repeat a run this many times at most when other processes took over 10% of the machine during it")
 	fs.DurationVar(&o.budget, "interference-budget", 2*time.Minute, "all the time that waiting for quiet and repeating disturbed runs may add to the whole benchmark")
+	fs.BoolVar(&o.profile, "profile", false, "run the sidecars with --pprof (needs a rampartctl with --sidecar-arg) and save their CPU profiles during the saturation run in the work directory; implies -keep")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, logs, fortio JSON) even when everything passed")
 	fs.BoolVar(&o.strict, "strict", false, "exit 3 when a target is missed (by default only failures exit non-zero)")
 	fs.Usage = func() {
@@ -107,6 +109,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if o.profile {
+		o.keep = true
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (flags only; -h lists them)", fs.Arg(0))

@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -90,7 +93,11 @@ func measure(ctx context.Context, e *env, t *target, dir string, r *result) erro
 			e.waitQuiet(ctx, e.o.quietWait, r.Label, nil)
 		}
 		progress("%s: wrk -t%d -c%d for %s", r.Label, e.o.satThreads, e.o.satConns, e.o.satDur)
-		s, err := saturate(ctx, e, t, filepath.Join(dir, fmt.Sprintf("wrk-%d.txt", try)))
+		profiles := ""
+		if try == 0 && len(t.pprof) > 0 {
+			profiles = dir
+		}
+		s, err := saturate(ctx, e, t, filepath.Join(dir, fmt.Sprintf("wrk-%d.txt", try)), profiles)
 		if err != nil {
 			return err
 		}
@@ -141,7 +148,7 @@ type saturation struct {
 
 // saturate runs wrk while reading the CPU time of every process on the path
 // and sampling the proxies' memory.
-func saturate(ctx context.Context, e *env, t *target, outPath string) (*saturation, error) {
+func saturate(ctx context.Context, e *env, t *target, outPath, profileDir string) (*saturation, error) {
 	all := append(append([]measured{}, t.proxies...), t.others...)
 	before := make([]int64, len(all))
 	for i, g := range all {
@@ -175,9 +182,17 @@ func saturate(ctx context.Context, e *env, t *target, outPath string) (*saturati
 			}
 		}
 	}()
+	profiled := make(chan struct{})
+	go func() {
+		defer close(profiled)
+		if profileDir != "" {
+			fetchProfiles(ctx, t.pprof, max(1, int((e.o.satDur-2*time.Second)/time.Second)), profileDir)
+		}
+	}()
 	w, out, tool, werr := runWrk(ctx, e, t, e.o.satDur)
 	close(stop)
 	<-sampled
+	<-profiled
 	_ = os.WriteFile(outPath, []byte(out), 0o644)
 	if werr != nil {
 		return nil, werr
@@ -369,4 +384,45 @@ func waitReady(ctx context.Context, t *target, r *result) error {
 		return fmt.Errorf("GET %s: %w (for 15s)", t.url, err)
 	}
 	return fmt.Errorf("GET %s: %d for 15s: %.300s", t.url, code, body)
+}
+
+// fetchProfiles takes a CPU profile of each proxy at once, for secs seconds,
+// into dir/NAME.pprof, and says how to read it.
+func fetchProfiles(ctx context.Context, urls map[string]string, secs int, dir string) {
+	var wg sync.WaitGroup
+	for name, u := range urls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			path := filepath.Join(dir, name+".pprof")
+			if err := fetch(ctx, fmt.Sprintf("%s?seconds=%d", u, secs), path, time.Duration(secs+30)*time.Second); err != nil {
+				progress("profile of %s: %v (does the sidecar have --pprof?)", name, err)
+				return
+			}
+			progress("profile of %s: go tool pprof -top %s", name, path)
+		}()
+	}
+	wg.Wait()
+}
+
+func fetch(ctx context.Context, url, path string, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil}}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o644)
 }

@@ -119,8 +119,12 @@ func startRampart(ctx context.Context, e *env, dir, clientIP, serverIP string, a
 		return nil, err
 	}
 	upLog := filepath.Join(dir, "up.log")
-	up, err := startProc("rampartctl up", upLog, syscall.SIGINT, nil, filepath.Join(e.o.bin, "rampartctl"), "up", cfgDir,
-		"--bin", e.o.bin, "--state-dir", state, "--control-plane", cp, "--monitoring-listen", mon)
+	args := []string{filepath.Join(e.o.bin, "rampartctl"), "up", cfgDir,
+		"--bin", e.o.bin, "--state-dir", state, "--control-plane", cp, "--monitoring-listen", mon}
+	if e.o.profile {
+		args = append(args, "--sidecar-arg=--pprof")
+	}
+	up, err := startProc("rampartctl up", upLog, syscall.SIGINT, nil, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +182,12 @@ func startRampart(ctx context.Context, e *env, dir, clientIP, serverIP string, a
 		return t, err
 	}
 	t.proxies = []measured{{"client sidecar", client}, {"backend sidecar", server}}
+	if e.o.profile { // up gives each sidecar --metrics-listen ADDRESS:15090
+		t.pprof = map[string]string{
+			"client-sidecar":  "http://" + net.JoinHostPort(clientIP, "15090") + "/debug/pprof/profile",
+			"backend-sidecar": "http://" + net.JoinHostPort(serverIP, "15090") + "/debug/pprof/profile",
+		}
+	}
 	t.others = []measured{{"backend", backend}, {"rampartd", rampartd}, {"rampartctl up (log relay)", []int{up.pid()}}}
 	t.mtlsAddr = net.JoinHostPort(serverIP, fmt.Sprint(meshPort))
 	if authz {

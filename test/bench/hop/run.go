@@ -51,6 +51,8 @@ type target struct {
 	logs       []string
 	stateDir   string // Rampart's: no process may mention it once stopped
 
+	pprof map[string]string // name → a proxy's CPU profile URL (with -profile)
+
 	firstCode int // what the first request got, when it was not a 200
 	firstBody string
 }
