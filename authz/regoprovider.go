@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -137,4 +138,49 @@ func (p *RegoProvider) Check(ctx context.Context, req *Request, input ast.Value)
 		return res
 	}
 	return ProviderResult{Reason: fmt.Sprintf("provider decision has type %T; want a boolean or an object", rs[0].Expressions[0].Value)}
+}
+
+// BundleTarball loads a provider's bundle (a directory or .tar.gz), checks its
+// signature when publicKey is set, and returns it as a bundle tarball: how the
+// control plane ships a CUSTOM provider's Rego to the sidecars.
+func BundleTarball(path, publicKey, algorithm string) ([]byte, error) {
+	var vc *bundle.VerificationConfig
+	if publicKey != "" {
+		key, err := os.ReadFile(publicKey)
+		if err != nil {
+			return nil, fmt.Errorf("bundle verification key: %w", err)
+		}
+		if algorithm == "" {
+			algorithm = "RS256"
+		}
+		vc = bundle.NewVerificationConfig(map[string]*bundle.KeyConfig{"rampart": {Key: string(key), Algorithm: algorithm}}, "rampart", "", nil)
+	}
+	b, err := loadBundle(path, vc)
+	if err != nil {
+		return nil, err
+	}
+	b.Signatures = bundle.SignaturesConfig{} // verified here; the sidecar gets it over mTLS
+	var buf bytes.Buffer
+	if err := bundle.NewWriter(&buf).Write(*b); err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", path, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// NewRegoProviderFromTarball builds a provider from a bundle tarball (as
+// BundleTarball makes it).
+func NewRegoProviderFromTarball(ctx context.Context, name, query string, data []byte) (*RegoProvider, error) {
+	if query == "" {
+		query = "envoy/authz/allow"
+	}
+	b, err := bundle.NewCustomReader(bundle.NewTarballLoaderWithBaseURL(bytes.NewReader(data), name)).WithSkipBundleVerification(true).Read()
+	if err != nil {
+		return nil, fmt.Errorf("provider %s: bundle: %w", name, err)
+	}
+	q := "data." + strings.ReplaceAll(strings.Trim(query, "/"), "/", ".")
+	pq, err := rego.New(rego.Query(q), rego.ParsedBundle("provider", &b)).PrepareForEval(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("provider %s: %w", name, err)
+	}
+	return &RegoProvider{query: pq, revision: b.Manifest.Revision}, nil
 }

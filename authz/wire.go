@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,6 +28,31 @@ type WireBundle struct {
 	Modules  map[string]string `json:"modules"`
 	JWTRules json.RawMessage   `json:"jwtRules"`
 	Peer     json.RawMessage   `json:"peer"`
+	// Providers are the mesh's Rego CUSTOM providers (rampartRego), by name.
+	Providers map[string]WireProvider `json:"providers,omitempty"`
+}
+
+// WireProvider is one Rego CUSTOM provider: its bundle (an OPA bundle
+// tarball, its signature already checked by the control plane) and query.
+type WireProvider struct {
+	Query  string `json:"query,omitempty"`
+	Bundle []byte `json:"bundle"`
+}
+
+// LoadProviders builds the providers b carries; an error names the provider.
+func (b WireBundle) LoadProviders(ctx context.Context) (map[string]Provider, error) {
+	if len(b.Providers) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]Provider, len(b.Providers))
+	for name, p := range b.Providers {
+		rp, err := NewRegoProviderFromTarball(ctx, name, p.Query, p.Bundle)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = rp
+	}
+	return out, nil
 }
 
 // Extension encodes b as the ECDS resource.

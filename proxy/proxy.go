@@ -260,7 +260,13 @@ func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn,
 	if p.engine == nil {
 		return nil // neither inbound nor gateway: nothing here evaluates policy
 	}
-	if err := p.engine.Load(ctx, wb.Bundle()); err != nil {
+	b := wb.Bundle()
+	provs, err := wb.LoadProviders(ctx)
+	if err != nil {
+		return err
+	}
+	b.Providers = provs
+	if err := p.engine.Load(ctx, b); err != nil {
 		return err
 	}
 	if p.cfg.Inbound != nil {

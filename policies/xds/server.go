@@ -516,6 +516,23 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 	if err != nil {
 		return authz.WireBundle{}, err
 	}
+	// Rego CUSTOM providers travel with the bundle, checked here; one whose
+	// bundle does not load fails the compile, and proxies keep their last good
+	// bundle (without one, a CUSTOM policy denies).
+	var provs map[string]authz.WireProvider
+	for _, p := range mesh.ExtensionProviders {
+		if p.RampartRego == nil {
+			continue
+		}
+		data, err := authz.BundleTarball(p.RampartRego.Bundle, p.RampartRego.PublicKey, p.RampartRego.Algorithm)
+		if err != nil {
+			return authz.WireBundle{}, fmt.Errorf("extension provider %q: %w", p.Name, err)
+		}
+		if provs == nil {
+			provs = map[string]authz.WireProvider{}
+		}
+		provs[p.Name] = authz.WireProvider{Query: p.RampartRego.Query, Bundle: data}
+	}
 	h := sha256.New()
 	names := make([]string, 0, len(mods))
 	for n := range mods {
@@ -527,7 +544,16 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 	}
 	h.Write(rj)
 	h.Write(pj)
-	return authz.WireBundle{Revision: hex.EncodeToString(h.Sum(nil))[:16], Modules: mods, JWTRules: rj, Peer: pj}, nil
+	pnames := make([]string, 0, len(provs))
+	for n := range provs {
+		pnames = append(pnames, n)
+	}
+	sort.Strings(pnames)
+	for _, n := range pnames {
+		fmt.Fprintf(h, "provider\x00%s\x00%s\x00", n, provs[n].Query)
+		h.Write(provs[n].Bundle)
+	}
+	return authz.WireBundle{Revision: hex.EncodeToString(h.Sum(nil))[:16], Modules: mods, JWTRules: rj, Peer: pj, Providers: provs}, nil
 }
 
 func (s *Server) onOpen(ctx context.Context, streamID int64, _ string) error {
