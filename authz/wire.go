@@ -5,6 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"sync"
+	"time"
 
 	xdstype "github.com/cncf/xds/go/xds/type/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -36,8 +40,23 @@ type WireBundle struct {
 // tarball, its signature already checked by the control plane) and query.
 type WireProvider struct {
 	Query  string `json:"query,omitempty"`
-	Bundle []byte `json:"bundle"`
+	Bundle []byte `json:"bundle,omitempty"`
+	// ExtAuthzGRPC, instead of a bundle, is an Envoy ext_authz gRPC server
+	// (Istio's envoyExtAuthzGrpc provider).
+	ExtAuthzGRPC *WireExtAuthz `json:"extAuthzGrpc,omitempty"`
 }
+
+// WireExtAuthz is an ext_authz gRPC server to ask.
+type WireExtAuthz struct {
+	Target        string `json:"target"` // host:port
+	Timeout       string `json:"timeout,omitempty"`
+	FailOpen      bool   `json:"failOpen,omitempty"`
+	StatusOnError int    `json:"statusOnError,omitempty"`
+}
+
+// extAuthzConns are the connections to ext_authz servers, by target, shared
+// by every bundle that names them (a new bundle does not redial).
+var extAuthzConns sync.Map // string → *grpc.ClientConn
 
 // LoadProviders builds the providers b carries; an error names the provider.
 func (b WireBundle) LoadProviders(ctx context.Context) (map[string]Provider, error) {
@@ -46,6 +65,30 @@ func (b WireBundle) LoadProviders(ctx context.Context) (map[string]Provider, err
 	}
 	out := make(map[string]Provider, len(b.Providers))
 	for name, p := range b.Providers {
+		if x := p.ExtAuthzGRPC; x != nil {
+			var timeout time.Duration
+			if x.Timeout != "" {
+				d, err := time.ParseDuration(x.Timeout)
+				if err != nil {
+					return nil, fmt.Errorf("provider %s: timeout %q: %w", name, x.Timeout, err)
+				}
+				timeout = d
+			}
+			conn, ok := extAuthzConns.Load(x.Target)
+			if !ok {
+				c, err := grpc.NewClient(x.Target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+				if err != nil {
+					return nil, fmt.Errorf("provider %s: %w", name, err)
+				}
+				conn, _ = extAuthzConns.LoadOrStore(x.Target, c)
+			}
+			ep, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: conn.(*grpc.ClientConn), Timeout: timeout, FailOpen: x.FailOpen, StatusOnError: x.StatusOnError})
+			if err != nil {
+				return nil, fmt.Errorf("provider %s: %w", name, err)
+			}
+			out[name] = ep
+			continue
+		}
 		rp, err := NewRegoProviderFromTarball(ctx, name, p.Query, p.Bundle)
 		if err != nil {
 			return nil, err

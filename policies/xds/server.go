@@ -18,9 +18,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -213,6 +215,17 @@ func (n *node) synced() bool {
 	}
 	for _, v := range n.acked {
 		if v != n.sent {
+			return false
+		}
+	}
+	// A proxy that takes clusters and listeners asks for their endpoints and
+	// routes only after it has them: until it has ACKed those too, it is not
+	// in sync (it cannot route yet).
+	if n.outbound != nil {
+		if _, cds := n.acked[resource.ClusterType]; cds && len(n.outbound.Endpoints) > 0 && n.acked[resource.EndpointType] != n.sent {
+			return false
+		}
+		if _, lds := n.acked[resource.ListenerType]; lds && len(n.outbound.Routes) > 0 && n.acked[resource.RouteType] != n.sent {
 			return false
 		}
 	}
@@ -521,6 +534,15 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 	// bundle (without one, a CUSTOM policy denies).
 	var provs map[string]authz.WireProvider
 	for _, p := range mesh.ExtensionProviders {
+		if g := p.EnvoyExtAuthzGrpc; g != nil {
+			if provs == nil {
+				provs = map[string]authz.WireProvider{}
+			}
+			status, _ := strconv.Atoi(g.StatusOnError)
+			provs[p.Name] = authz.WireProvider{ExtAuthzGRPC: &authz.WireExtAuthz{
+				Target: net.JoinHostPort(g.Service, strconv.Itoa(g.Port)), Timeout: g.Timeout, FailOpen: g.FailOpen, StatusOnError: status}}
+			continue
+		}
 		if p.RampartRego == nil {
 			continue
 		}
@@ -552,6 +574,9 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 	for _, n := range pnames {
 		fmt.Fprintf(h, "provider\x00%s\x00%s\x00", n, provs[n].Query)
 		h.Write(provs[n].Bundle)
+		if x := provs[n].ExtAuthzGRPC; x != nil {
+			fmt.Fprintf(h, "%s\x00%s\x00%t\x00%d\x00", x.Target, x.Timeout, x.FailOpen, x.StatusOnError)
+		}
 	}
 	return authz.WireBundle{Revision: hex.EncodeToString(h.Sum(nil))[:16], Modules: mods, JWTRules: rj, Peer: pj, Providers: provs}, nil
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/rampart-mesh/rampart/policies/registry"
 	"github.com/rampart-mesh/rampart/policies/source"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -311,5 +314,27 @@ func TestServerKubernetesSource(t *testing.T) {
 	}
 	if wb, _, _ := x.Config(id.String()); strings.Contains(wb.Modules["rampart/policy.rego"], "foo/from-kube") {
 		t.Errorf("the deleted policy is still served")
+	}
+}
+
+// A proxy that has ACKed clusters and listeners but not yet their endpoints
+// and routes cannot route: it is not SYNCED.
+func TestSyncedNeedsEndpointsAndRoutes(t *testing.T) {
+	out := &compile.Outbound{Endpoints: []*endpointv3.ClusterLoadAssignment{{ClusterName: "c"}}, Routes: []*routev3.RouteConfiguration{{Name: "80"}}}
+	n := &node{sent: "v1", outbound: out, acked: map[string]string{resource.ExtensionConfigType: "v1", resource.ClusterType: "v1", resource.ListenerType: "v1"}}
+	if n.synced() {
+		t.Fatal("synced before endpoints and routes were ACKed")
+	}
+	n.acked[resource.EndpointType] = "v1"
+	if n.synced() {
+		t.Fatal("synced before routes were ACKed")
+	}
+	n.acked[resource.RouteType] = "v1"
+	if !n.synced() {
+		t.Fatal("not synced with everything ACKed")
+	}
+	// A proxy that takes only the policy bundle is synced on it alone.
+	if !(&node{sent: "v1", outbound: out, acked: map[string]string{resource.ExtensionConfigType: "v1"}}).synced() {
+		t.Fatal("a policy-only proxy is not synced")
 	}
 }

@@ -543,7 +543,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		copyFlushing(w, f, resp.Body)
 	} else {
 		bp := copyBufs.Get().(*[]byte)
-		_, _ = io.CopyBuffer(w, resp.Body, *bp)
+		// writerOnly hides the ResponseWriter's ReadFrom, which would ignore
+		// the pooled buffer and allocate its own for every response.
+		_, _ = io.CopyBuffer(writerOnly{w}, resp.Body, *bp)
 		copyBufs.Put(bp)
 	}
 	for k, vs := range resp.Trailer {
@@ -684,3 +686,6 @@ func (c *codeRecorder) WriteHeader(code int) {
 	c.code = code
 	c.ResponseWriter.WriteHeader(code)
 }
+
+// writerOnly is an io.Writer and nothing else.
+type writerOnly struct{ io.Writer }

@@ -1,7 +1,14 @@
 package e2e
 
 import (
+	"context"
 	"io"
+	"net"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"net/http"
 	"net/url"
 	"os"
@@ -46,7 +53,61 @@ allow if {
 }
 `)
 	write(filepath.Join(dir, "meshconfig.yaml"), "extensionProviders:\n- name: opa\n  rampartRego: {bundle: "+opa+"}\n")
-	write(filepath.Join(cfg, "mesh.yaml"), `apiVersion: networking.istio.io/v1
+	write(filepath.Join(cfg, "mesh.yaml"), customMesh("opa", "127.0.40"))
+	up := procs.Start(t, dir, "up", "rampartctl", "up", cfg, "--state-dir", filepath.Join(dir, "state"), "--bin", procs.BinDir(t),
+		"--mesh-config", filepath.Join(dir, "meshconfig.yaml"), "--control-plane", procs.FreeAddr(t), "--monitoring-listen", procs.FreeAddr(t))
+	up.WaitLog(t, "mesh is up", 90*time.Second)
+	checkCustom(t, "127.0.40.1", "x-user", "alice")
+}
+
+// An Istio envoyExtAuthzGrpc provider: the sidecar asks a real ext_authz v3
+// gRPC server (here a test one allowing x-user: carol).
+func TestCustomExtAuthzGRPCInSidecar(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a mesh")
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(gs, carolOnly{})
+	go func() { _ = gs.Serve(lis) }()
+	defer gs.Stop()
+	host, port, _ := net.SplitHostPort(lis.Addr().String())
+	dir := procs.ShortTempDir(t)
+	cfg := filepath.Join(dir, "mesh")
+	if err := os.MkdirAll(cfg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "meshconfig.yaml"), []byte("extensionProviders:\n- name: ext\n  envoyExtAuthzGrpc: {service: \""+host+"\", port: "+port+", timeout: 2s}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg, "mesh.yaml"), []byte(customMesh("ext", "127.0.41")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up := procs.Start(t, dir, "up", "rampartctl", "up", cfg, "--state-dir", filepath.Join(dir, "state"), "--bin", procs.BinDir(t),
+		"--mesh-config", filepath.Join(dir, "meshconfig.yaml"), "--control-plane", procs.FreeAddr(t), "--monitoring-listen", procs.FreeAddr(t))
+	up.WaitLog(t, "mesh is up", 90*time.Second)
+	checkCustom(t, "127.0.41.1", "x-user", "carol")
+}
+
+type carolOnly struct {
+	authv3.UnimplementedAuthorizationServer
+}
+
+func (carolOnly) Check(_ context.Context, r *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	h := r.GetAttributes().GetRequest().GetHttp()
+	if h.GetHeaders()["x-user"] == "carol" && h.GetPath() == "/details/0" {
+		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}}, nil
+	}
+	return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied)}}, nil
+}
+
+// customMesh is a details workload under a CUSTOM policy for provider, and a
+// client, on the loopback prefix net (net.2 and net.1).
+func customMesh(provider, net string) string {
+	return `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: details}
 spec:
@@ -59,12 +120,12 @@ spec:
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: details-v1}
-spec: {address: 127.0.40.2, labels: {app: details}, serviceAccount: details}
+spec: {address: ` + net + `.2, labels: {app: details}, serviceAccount: details}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: client}
-spec: {address: 127.0.40.1, labels: {app: client}, serviceAccount: client}
+spec: {address: ` + net + `.1, labels: {app: client}, serviceAccount: client}
 ---
 apiVersion: local.rampart.dev/v1alpha1
 kind: Process
@@ -82,19 +143,21 @@ metadata: {name: ext-authz}
 spec:
   selector: {matchLabels: {app: details}}
   action: CUSTOM
-  provider: {name: opa}
+  provider: {name: ` + provider + `}
   rules: [{to: [{operation: {paths: ["/details/*"]}}]}]
-`)
-	up := procs.Start(t, dir, "up", "rampartctl", "up", cfg, "--state-dir", filepath.Join(dir, "state"), "--bin", procs.BinDir(t),
-		"--mesh-config", filepath.Join(dir, "meshconfig.yaml"), "--control-plane", procs.FreeAddr(t), "--monitoring-listen", procs.FreeAddr(t))
-	up.WaitLog(t, "mesh is up", 90*time.Second)
+`
+}
 
-	proxyURL, _ := url.Parse("http://127.0.40.1:15001")
+// checkCustom asks details through the client's sidecar: only user on
+// /details/0 is allowed by the provider; /health is outside the CUSTOM rule.
+func checkCustom(t *testing.T, clientIP, header, user string) {
+	t.Helper()
+	proxyURL, _ := url.Parse("http://" + clientIP + ":15001")
 	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}, Timeout: 5 * time.Second}
-	get := func(path, user string) (int, string) {
+	get := func(path, who string) (int, string) {
 		req, _ := http.NewRequest(http.MethodGet, "http://details:9080"+path, nil)
-		if user != "" {
-			req.Header.Set("x-user", user)
+		if who != "" {
+			req.Header.Set(header, who)
 		}
 		resp, err := client.Do(req)
 		if err != nil {
@@ -108,10 +171,10 @@ spec:
 		path, user string
 		want       int
 	}{
-		{"/details/0", "alice", 200},
+		{"/details/0", user, 200},
 		{"/details/0", "", 403},
 		{"/details/0", "mallory", 403},
-		{"/details/1", "alice", 403},
+		{"/details/1", user, 403},
 		{"/health", "", 200}, // the CUSTOM policy covers /details/* only
 	} {
 		if code, body := get(tc.path, tc.user); code != tc.want {
