@@ -34,12 +34,14 @@ lint: ## gofmt, go vet, staticcheck
 	@test -x $(TOOLS)/staticcheck || GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(TOOLS)/staticcheck ./...
 
-bench: build ## benchmarks: SVID signing, sidecar RSS, authz decisions at 10..10,000 policies, JWT verification, xDS convergence
+bench: build ## benchmarks: SVID signing, sidecar RSS, authz decisions at 10..10,000 policies, JWT verification, xDS convergence, route match, upstream round trip, and the proxy hop against nginx/HAProxy (fortio, wrk)
 	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'SignCSR' -benchmem -benchtime $(BENCHTIME) ./ca/
 	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'CreateCertificate|SidecarIdentityRSS' -benchtime $(BENCHTIME) ./test/bench/
 	$(GO) test -run '^$$' -bench 'AuthzDecision|OPAFloor' -benchmem -benchtime $(AUTHZ_BENCHTIME) ./test/bench/
 	$(GO) test -run '^$$' -bench 'Authenticate' -benchmem -benchtime $(BENCHTIME) ./authn/jwt/
 	$(GO) test -run '^$$' -bench 'XDSConvergence' -benchtime 3x ./test/bench/
+	$(GO) test -run '^$$' -bench 'Match$$' -benchmem ./proxy/route/
+	$(GO) test -run '^$$' -bench 'RoundTrip' -benchmem -benchtime 2000x ./proxy/upstream/
 	$(GO) run ./test/bench/hop --bin $(CURDIR)/$(BIN) --json $(CURDIR)/$(BIN)/bench-hop.json $(HOP_ARGS)
 
 FUZZTIME ?= 30s
