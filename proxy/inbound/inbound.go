@@ -175,6 +175,12 @@ func New(cfg Config) (*Server, error) {
 			pr.SetXForwarded()
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if r.Context().Err() != nil {
+				// The client went away (Envoy's DC): nothing is wrong with the app.
+				s.log.Debug("client disconnected before the app answered", "app", cfg.App, "err", err)
+				w.WriteHeader(499)
+				return
+			}
 			s.log.Warn("app unreachable", "app", cfg.App, "err", err)
 			http.Error(w, "upstream connect error", http.StatusServiceUnavailable)
 		},
