@@ -109,6 +109,10 @@ type Proxy struct {
 	outs     []*outbound.Server
 	tcp      *outbound.TCP
 	guard    *inbound.Server // the gateway's authentication and authorization
+
+	// Readiness: the first policy bundle and the first complete outbound
+	// configuration have been applied.
+	policyApplied, outboundApplied atomic.Bool
 }
 
 // New builds the sidecar's parts. It does no I/O.
@@ -277,6 +281,7 @@ func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn,
 	if err := authn.loadJSON(ctx, wb.JWTRules); err != nil {
 		return fmt.Errorf("request authentication rules: %w", err)
 	}
+	p.policyApplied.Store(true)
 	return nil
 }
 
@@ -340,6 +345,7 @@ func (p *Proxy) applyOutbound(_ context.Context, res *xds.Resources) error {
 	for _, install := range installs {
 		install()
 	}
+	p.outboundApplied.Store(true)
 	return nil
 }
 
@@ -453,10 +459,19 @@ func (p *Proxy) ReadyHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		select {
 		case <-p.agent.Ready():
-			_, _ = w.Write([]byte("ok\n"))
 		default:
 			http.Error(w, "no SVID yet", http.StatusServiceUnavailable)
+			return
 		}
+		if p.engine != nil && p.cfg.Inbound != nil && p.cfg.Inbound.BundleDir == "" && !p.policyApplied.Load() {
+			http.Error(w, "no policy bundle from the control plane yet", http.StatusServiceUnavailable)
+			return
+		}
+		if p.cfg.Outbound != nil && !p.outboundApplied.Load() {
+			http.Error(w, "no routes and clusters from the control plane yet", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
 	})
 }
 

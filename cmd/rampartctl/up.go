@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -359,6 +360,17 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 	if err := waitUntil(ctx, readyTimeout, m.exited, func() bool { return allSynced(ctx, stateDir, plans) }); err != nil {
 		return fmt.Errorf("sidecars did not all sync: %w (see 'rampartctl proxy-status --state-dir %s')", err, stateDir)
 	}
+	// Every sidecar says it is ready: it has applied its policy and routes.
+	if err := waitUntil(ctx, readyTimeout, m.exited, func() bool {
+		for _, p := range plans {
+			if !httpOK(ctx, "http://"+net.JoinHostPort(p.Address, "15090")+"/healthz/ready") {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		return fmt.Errorf("sidecars did not become ready: %w", err)
+	}
 	// The apps behind inbound listeners must be listening too.
 	if err := waitUntil(ctx, readyTimeout, m.exited, func() bool {
 		for _, p := range plans {
@@ -606,4 +618,17 @@ func (m *mesh) stopAll() {
 		}
 		<-done
 	}
+}
+
+func httpOK(ctx context.Context, url string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
