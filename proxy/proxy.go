@@ -1,7 +1,8 @@
 // Package proxy assembles rampart-sidecar: the identity agent, the SPIFFE Workload
-// API for the app, and the inbound path (mTLS, authorization, decision log);
-// outbound routing as it lands. New builds every part from typed Config; Run runs them under one
-// errgroup, so the first failure stops the rest.
+// API for the app, the inbound path (mTLS, authentication, authorization,
+// decision log), the outbound path and gateway listeners (routes and clusters),
+// and the xDS client that configures them. New builds every part from typed
+// Config; Run runs them under one errgroup, so the first failure stops the rest.
 //
 // It is data plane: it must not import policies/... or ca/server.
 package proxy
@@ -54,7 +55,7 @@ type Config struct {
 	Log      *slog.Logger
 }
 
-// InboundConfig configures the inbound path until xDS delivers it.
+// InboundConfig configures the inbound path; its policy comes over xDS unless BundleDir is set.
 type InboundConfig struct {
 	Listen string // e.g. 127.0.0.1:15006
 	App    string // the app's address

@@ -1,10 +1,11 @@
 // Package xds is rampartd's xDS server: go-control-plane's SnapshotCache and ADS
 // server, with one snapshot per proxy holding what the proxy's workload needs.
-// Today that is the compiled policy bundle, as an ECDS resource (authz.WireBundle);
-// listeners, routes, clusters and endpoints join it with the routing work.
+// That is the compiled policy bundle as an ECDS resource (authz.WireBundle), and
+// the listeners, routes, clusters and endpoints compile.CompileOutbound builds.
 //
-// A proxy is identified by its X.509-SVID: the node id it sends must be its
-// certificate's SPIFFE ID, so it can only fetch config for its own identity.
+// A proxy is identified by its X.509-SVID: the node id it sends is its
+// certificate's SPIFFE ID (then "~" and its workload's name), so it can only
+// fetch config for its own identity.
 //
 // It is control plane: it must not import proxy/..., ca/agent or ca/workloadapi.
 package xds

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -224,7 +223,7 @@ func New(cfg Config) (*Server, error) {
 
 // Run serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	conns := &chanListener{addr: s.cfg.Listener.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
+	conns := listener.NewChan(s.cfg.Listener.Addr())
 	hs := &http.Server{
 		Handler:           http.HandlerFunc(s.serveHTTP),
 		ReadHeaderTimeout: s.cfg.HeaderTimeout,
@@ -257,7 +256,7 @@ type connKey struct{}
 
 // accept classifies each connection by the port's mode and hands the ones that
 // may proceed to the HTTP server.
-func (s *Server) accept(ctx context.Context, out *chanListener) error {
+func (s *Server) accept(ctx context.Context, out *listener.Chan) error {
 	for {
 		c, err := s.cfg.Listener.Accept()
 		if err != nil {
@@ -314,7 +313,7 @@ func (s *Server) accept(ctx context.Context, out *chanListener) error {
 				s.serveTCP(ctx, conn)
 				return
 			}
-			if !out.push(conn) {
+			if !out.Push(conn) {
 				conn.Close()
 			}
 		}()
@@ -518,39 +517,6 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// chanListener feeds classified connections to http.Server.
-type chanListener struct {
-	addr net.Addr
-	ch   chan net.Conn
-	once sync.Once
-	done chan struct{}
-}
-
-func (l *chanListener) push(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.done:
-		return false
-	}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return l.addr }
-
 // slotConn gives back its connection slot once, when closed.
 type slotConn struct {
 	net.Conn
@@ -606,18 +572,7 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn) {
 	}
 	defer app.Close()
 	s.requests.WithLabelValues("destination", s.cfg.Workload.Name, s.cfg.Workload.Namespace, principalLabel(ar.SourcePrincipal), code, security).Inc()
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		}
-		done <- struct{}{}
-	}
-	go cp(app, c)
-	go cp(c, app)
-	<-done
-	<-done
+	listener.Splice(c, app)
 }
 
 // bufferPool reuses ReverseProxy's copy buffers (32 KiB each), which it would

@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/rampart-mesh/rampart/proxy/listener"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -135,7 +136,7 @@ func (s *Server) Prepare(res *xds.Resources) (func(), error) {
 			return nil, fmt.Errorf("listener %s: %w", name, err)
 		}
 		if rn == "" {
-			continue // TCP listeners need per-service local ports (not served yet)
+			continue // a TCP listener: the TCP routes (tcp.go) serve it
 		}
 		gateway := l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND
 		if gateway != s.cfg.Gateway {
@@ -173,7 +174,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 2)
 	if s.cfg.Transparent {
-		conns := newChanListener(s.cfg.Listener.Addr())
+		conns := listener.NewChan(s.cfg.Listener.Addr())
 		hs.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := c.(*transparentConn); ok {
 				return context.WithValue(ctx, origDstKey{}, tc.dst)

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/rampart-mesh/rampart/proxy/listener"
 	"log/slog"
 	"net"
 	"strconv"
@@ -228,24 +228,5 @@ func (t *TCP) proxy(ctx context.Context, l *tcpListener, c net.Conn) {
 	}
 	defer up.Close()
 	t.log.Info("access", "protocol", "tcp", "cluster", cluster, "upstream", ep.Address, "downstream", c.RemoteAddr().String())
-	splice(c, up)
-}
-
-// splice copies both ways; when one direction ends it half-closes the other
-// side, and returns when both have ended.
-func splice(a, b net.Conn) {
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			dst.Close()
-		}
-		done <- struct{}{}
-	}
-	go cp(a, b)
-	go cp(b, a)
-	<-done
-	<-done
+	listener.Splice(c, up)
 }

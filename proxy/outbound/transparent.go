@@ -5,12 +5,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
-	"sync"
 	"time"
 
 	"github.com/rampart-mesh/rampart/proxy/listener"
@@ -38,7 +36,7 @@ const sniffTimeout = 5 * time.Second
 
 // acceptTransparent takes redirected connections: HTTP goes to the HTTP
 // server (with its original destination), anything else is proxied as TCP.
-func (s *Server) acceptTransparent(ctx context.Context, out *chanListener) error {
+func (s *Server) acceptTransparent(ctx context.Context, out *listener.Chan) error {
 	for {
 		c, err := s.cfg.Listener.Accept()
 		if err != nil {
@@ -55,7 +53,7 @@ func (s *Server) acceptTransparent(ctx context.Context, out *chanListener) error
 	}
 }
 
-func (s *Server) classify(ctx context.Context, c net.Conn, out *chanListener) {
+func (s *Server) classify(ctx context.Context, c net.Conn, out *listener.Chan) {
 	dst, err := listener.OriginalDst(c)
 	if err != nil {
 		s.log.Warn("transparent connection without an original destination", "peer", c.RemoteAddr().String(), "err", err)
@@ -74,7 +72,7 @@ func (s *Server) classify(ctx context.Context, c net.Conn, out *chanListener) {
 	tc := &transparentConn{Conn: c, r: br, dst: dst}
 	for _, p := range httpPrefixes {
 		if bytes.Equal(head, p) {
-			if !out.push(tc) {
+			if !out.Push(tc) {
 				c.Close()
 			}
 			return
@@ -106,7 +104,7 @@ func (s *Server) proxyTCP(ctx context.Context, c *transparentConn) {
 	}
 	defer up.Close()
 	s.log.Info("access", "protocol", "tcp", "cluster", cluster, "destination", c.dst.String())
-	splice(c, up)
+	listener.Splice(c, up)
 }
 
 // passthrough forwards an HTTP request no route knows to where it was going,
@@ -126,42 +124,3 @@ func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, dst netip.A
 	rp.ServeHTTP(rec, r)
 	return result{code: rec.code, cluster: "PassthroughCluster", host: dst.String(), detail: "via_upstream"}
 }
-
-// chanListener hands connections accepted elsewhere to an http.Server.
-type chanListener struct {
-	addr net.Addr
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func newChanListener(addr net.Addr) *chanListener {
-	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *chanListener) push(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.done:
-		return false
-	}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return l.addr }
-
-var _ io.Reader = (*transparentConn)(nil)

@@ -169,6 +169,15 @@ func (m *StringMatcher) String() string {
 	return fmt.Sprintf("%s %q", k, m.value)
 }
 
+// NewStringMatcher compiles an Envoy StringMatcher (routes use it, and so do
+// upstream subject-alt-name checks).
+func NewStringMatcher(m *matcherv3.StringMatcher) (StringMatcher, error) {
+	return compileStringMatcher(m)
+}
+
+// Exact returns the pattern of an exact matcher.
+func (m *StringMatcher) Exact() (string, bool) { return m.value, m.kind == stringExact }
+
 func compileStringMatcher(m *matcherv3.StringMatcher) (StringMatcher, error) {
 	sm := StringMatcher{ignoreCase: m.GetIgnoreCase()}
 	switch p := m.GetMatchPattern().(type) {

@@ -5,9 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/rampart-mesh/rampart/proxy/route"
 	"net"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -263,14 +263,14 @@ func loadKeyPair(chain, key *corev3.DataSource) (tls.Certificate, error) {
 // SAN type (the deprecated match_subject_alt_names).
 type sanMatcher struct {
 	typ tlsv3.SubjectAltNameMatcher_SanType
-	m   stringMatcher
+	m   route.StringMatcher
 }
 
 func newSANMatcher(typ tlsv3.SubjectAltNameMatcher_SanType, sm *matcherv3.StringMatcher) (sanMatcher, error) {
 	if typ == tlsv3.SubjectAltNameMatcher_OTHER_NAME {
 		return sanMatcher{}, errors.New("san_type OTHER_NAME is not supported")
 	}
-	m, err := newStringMatcher(sm)
+	m, err := route.NewStringMatcher(sm)
 	return sanMatcher{typ: typ, m: m}, err
 }
 
@@ -278,28 +278,28 @@ func (sm sanMatcher) matches(cert *x509.Certificate) bool {
 	anyType := sm.typ == tlsv3.SubjectAltNameMatcher_SAN_TYPE_UNSPECIFIED
 	if anyType || sm.typ == tlsv3.SubjectAltNameMatcher_URI {
 		for _, u := range cert.URIs {
-			if sm.m.match(u.String()) {
+			if sm.m.Match(u.String()) {
 				return true
 			}
 		}
 	}
 	if anyType || sm.typ == tlsv3.SubjectAltNameMatcher_DNS {
 		for _, d := range cert.DNSNames {
-			if sm.m.match(d) || sm.m.matchWildcardDNS(d) {
+			if sm.m.Match(d) || matchWildcardDNS(&sm.m, d) {
 				return true
 			}
 		}
 	}
 	if anyType || sm.typ == tlsv3.SubjectAltNameMatcher_EMAIL {
 		for _, e := range cert.EmailAddresses {
-			if sm.m.match(e) {
+			if sm.m.Match(e) {
 				return true
 			}
 		}
 	}
 	if anyType || sm.typ == tlsv3.SubjectAltNameMatcher_IP_ADDRESS {
 		for _, ip := range cert.IPAddresses {
-			if sm.m.match(ip.String()) {
+			if sm.m.Match(ip.String()) {
 				return true
 			}
 		}
@@ -311,77 +311,15 @@ func matchAnySAN(sans []sanMatcher, cert *x509.Certificate) bool {
 	return slices.ContainsFunc(sans, func(m sanMatcher) bool { return m.matches(cert) })
 }
 
-type stringKind int
-
-const (
-	strExact stringKind = iota
-	strPrefix
-	strSuffix
-	strContains
-	strRegex
-)
-
-type stringMatcher struct {
-	kind       stringKind
-	s          string
-	ignoreCase bool
-	re         *regexp.Regexp
-}
-
-func newStringMatcher(sm *matcherv3.StringMatcher) (stringMatcher, error) {
-	m := stringMatcher{ignoreCase: sm.GetIgnoreCase()}
-	switch p := sm.GetMatchPattern().(type) {
-	case *matcherv3.StringMatcher_Exact:
-		m.kind, m.s = strExact, p.Exact
-	case *matcherv3.StringMatcher_Prefix:
-		m.kind, m.s = strPrefix, p.Prefix
-	case *matcherv3.StringMatcher_Suffix:
-		m.kind, m.s = strSuffix, p.Suffix
-	case *matcherv3.StringMatcher_Contains:
-		m.kind, m.s = strContains, p.Contains
-	case *matcherv3.StringMatcher_SafeRegex:
-		re, err := regexp.Compile("^(?:" + p.SafeRegex.GetRegex() + ")$")
-		if err != nil {
-			return m, fmt.Errorf("safe_regex: %w", err)
-		}
-		m.kind, m.re = strRegex, re
-	case nil:
-		return m, errors.New("matcher: no pattern")
-	default:
-		return m, errors.New("matcher: custom matchers are not supported")
-	}
-	if m.ignoreCase {
-		m.s = strings.ToLower(m.s)
-	}
-	return m, nil
-}
-
-func (m stringMatcher) match(v string) bool {
-	if m.ignoreCase && m.kind != strRegex {
-		v = strings.ToLower(v)
-	}
-	switch m.kind {
-	case strExact:
-		return v == m.s
-	case strPrefix:
-		return strings.HasPrefix(v, m.s)
-	case strSuffix:
-		return strings.HasSuffix(v, m.s)
-	case strContains:
-		return strings.Contains(v, m.s)
-	default:
-		return m.re.MatchString(v)
-	}
-}
-
 // matchWildcardDNS lets a certificate's "*.example.com" satisfy an exact
 // matcher for "api.example.com" (one label), as Envoy does for DNS SANs.
-func (m stringMatcher) matchWildcardDNS(certName string) bool {
+func matchWildcardDNS(m *route.StringMatcher, certName string) bool {
 	rest, ok := strings.CutPrefix(certName, "*.")
-	if m.kind != strExact || !ok {
+	want, exact := m.Exact()
+	if !exact || !ok {
 		return false
 	}
-	label, domain, ok := strings.Cut(m.s, ".")
+	label, domain, ok := strings.Cut(want, ".")
 	return ok && label != "" && strings.EqualFold(domain, rest)
 }
 
