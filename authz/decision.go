@@ -91,5 +91,5 @@ func (d Decision) Document() ast.Value {
 	if d.req == nil {
 		return nil
 	}
-	return d.req.input(d.NormalizedPath, d.query, true)
+	return d.req.input(d.NormalizedPath, d.query)
 }

@@ -30,13 +30,19 @@ type Bundle struct {
 // Config configures an Engine.
 type Config struct {
 	Log *slog.Logger
+	// CacheSize bounds the verdicts remembered per bundle (by everything the
+	// compiled policy can read of a request; see reads). 0 means the default,
+	// 8192; negative turns the cache off.
+	CacheSize int
 }
 
 // Engine decides requests with the current bundle. Load swaps bundles atomically:
 // a request sees the old bundle or the new one, never a mix.
 type Engine struct {
-	log *slog.Logger
-	cur atomic.Pointer[prepared]
+	log          *slog.Logger
+	cacheSize    int
+	hits, misses atomic.Uint64
+	cur          atomic.Pointer[prepared]
 }
 
 type prepared struct {
@@ -44,6 +50,10 @@ type prepared struct {
 	query               rego.PreparedEvalQuery
 	allowPolicies       int // enforced ALLOW policies on the workload
 	dryRunAllowPolicies int
+	reads               reads // what the modules read from the input
+	// cache remembers verdicts by everything the fast-path input holds; nil
+	// when the modules are not deterministic.
+	cache *verdictCache
 }
 
 // MatchesQuery is evaluated per request: every rule that matched, tagged with
@@ -58,7 +68,10 @@ func New(cfg Config) *Engine {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Engine{log: cfg.Log.With("component", "authz")}
+	if cfg.CacheSize == 0 {
+		cfg.CacheSize = defaultCacheSize
+	}
+	return &Engine{log: cfg.Log.With("component", "authz"), cacheSize: cfg.CacheSize}
 }
 
 // Prepare compiles b (with OPA's strict checks) without installing it.
@@ -71,7 +84,7 @@ func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prepare bundle %q: %w", b.Revision, err)
 	}
-	p := &prepared{bundle: b, query: pq}
+	p := &prepared{bundle: b, query: pq, reads: analyze(c)}
 	// The policy sets are constant for a bundle: count them once.
 	for _, q := range []struct {
 		q   string
@@ -100,7 +113,41 @@ func compileModules(modules map[string]string) (*ast.Compiler, error) {
 	if c.Compile(parsed); c.Failed() {
 		return nil, c.Errors
 	}
+	for _, m := range c.Modules {
+		m.Comments = nil // evaluation never reads them
+		for _, r := range m.Rules {
+			shareLocation(r)
+		}
+	}
 	return c, nil
+}
+
+// shareLocation points every node of a compiled rule at the rule's own
+// location. The parser gives each term its own (row, column, text); kept for
+// the life of a bundle they were a third of a large bundle's memory, and an
+// evaluation error naming the rule is as useful to an operator.
+func shareLocation(r *ast.Rule) {
+	loc := r.Location
+	if loc == nil {
+		return
+	}
+	ast.NewGenericVisitor(func(x any) bool {
+		switch n := x.(type) {
+		case *ast.Term:
+			n.Location = loc
+		case *ast.Expr:
+			n.Location = loc
+		case *ast.Head:
+			n.Location = loc
+		case *ast.With:
+			n.Location = loc
+		case *ast.SomeDecl:
+			n.Location = loc
+		case *ast.Every:
+			n.Location = loc
+		}
+		return false
+	}).Walk(r)
 }
 
 // Load compiles b and, if it compiles, makes it current. On error the previous
@@ -109,6 +156,9 @@ func (e *Engine) Load(ctx context.Context, b Bundle) error {
 	p, err := Prepare(ctx, b)
 	if err != nil {
 		return err
+	}
+	if p.reads.deterministic && e.cacheSize > 0 {
+		p.cache = newVerdictCache(e.cacheSize, &e.hits, &e.misses)
 	}
 	e.cur.Store(p)
 	e.log.Info("authorization bundle loaded", "revision", b.Revision, "modules", len(b.Modules))
@@ -153,12 +203,26 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 	}
 	d.req, d.query = r, query
 	d.Stage = "error"
-	ms, err := e.eval(ctx, p, r.input(path, query, false))
-	if err != nil {
-		e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
-		return d.deny(r, 403, "", -1, "error: "+err.Error())
+	// The same input gets the same verdict from the same bundle: a request that
+	// looks, to the policy, like one already decided is not evaluated again.
+	var key cacheKey
+	var res *result
+	if p.cache != nil {
+		key = cacheKey{s: p.reads.key(r, path), auth: r.Auth}
+		res = p.cache.get(key)
 	}
-	res := p.verdict(ms)
+	if res == nil {
+		ms, err := e.eval(ctx, p, r.fastInput(path, &p.reads))
+		if err != nil {
+			e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
+			return d.deny(r, 403, "", -1, "error: "+err.Error())
+		}
+		v := p.verdict(ms)
+		res = &v
+		if p.cache != nil {
+			p.cache.put(key, res)
+		}
+	}
 	d.Stage = "custom"
 	d.DryRun = res.DryRun
 	d.Audit = res.Audit

@@ -80,13 +80,54 @@ func obj(items ...[2]*ast.Term) *ast.Term { return ast.NewTerm(ast.NewObject(ite
 // versionTerm is the same for every request; OPA never modifies input values.
 var versionTerm = obj(item("encoding", str("protojson")), item("ext_authz", str("v3")))
 
-// input builds the document policies see, directly as an OPA value: the
-// opa-envoy-plugin input (protojson of an ext_authz CheckRequest plus parsed_path
-// and parsed_query) and Rampart's own "rampart" object, which compiled Istio
-// policies read. With full false it builds only what compiled policies read
-// (input.rampart and the request headers): the per-request fast path. CUSTOM
-// Rego providers and the decision log get the full document.
-func (r *Request) input(path, query string, full bool) ast.Value {
+// fastInput builds only what compiled policies read, as analyze found it: the
+// fields of input.rampart, and those request headers the bundle names (all of
+// them if it reads one the analysis cannot name). This is the per-request path;
+// the key of the verdict cache (reads.key) must cover everything it builds.
+func (r *Request) fastInput(path string, rd *reads) ast.Value {
+	rampart := r.rampartItems(false)
+	if r.Protocol == ProtocolTCP {
+		return ast.NewObject(item("rampart", obj(r.appendAuth(rampart)...)))
+	}
+	rampart = append(rampart, item("request", obj(item("method", str(r.Method)), item("host", str(strings.ToLower(r.fastHost()))), item("path", str(path)))))
+	rampart = r.appendAuth(rampart)
+	if !rd.allHeaders && len(rd.headers) == 0 {
+		return ast.NewObject(item("rampart", obj(rampart...)))
+	}
+	var headers ast.Object
+	if rd.allHeaders {
+		headers = headerObject(r.Headers)
+	} else {
+		var sel []Header
+		for _, h := range r.Headers {
+			if rd.headers[strings.ToLower(h.Name)] {
+				sel = append(sel, h)
+			}
+		}
+		headers = headerObject(sel)
+	}
+	return ast.NewObject(item("attributes", obj(item("request", obj(item("http", obj(item("headers", ast.NewTerm(headers)))))))), item("rampart", obj(rampart...)))
+}
+
+// fastHost is the request's host: Host, else the :authority or host header.
+func (r *Request) fastHost() string {
+	if r.Host != "" {
+		return r.Host
+	}
+	for _, k := range []string{":authority", "host"} {
+		for _, h := range r.Headers {
+			if strings.EqualFold(h.Name, k) {
+				return h.Value
+			}
+		}
+	}
+	return ""
+}
+
+// rampartItems is input.rampart without the request and auth objects; with
+// workload, it has the workload too (the full document's; compiled policies
+// resolve selectors at compile time and never read it).
+func (r *Request) rampartItems(workload bool) [][2]*ast.Term {
 	l7 := r.Protocol != ProtocolTCP
 	remote := r.RemoteIP
 	if remote == "" {
@@ -105,10 +146,6 @@ func (r *Request) input(path, query string, full bool) ast.Value {
 			identity = parts[1] + "/" + parts[3]
 		}
 	}
-	labels := make([][2]*ast.Term, 0, len(r.Workload.Labels))
-	for k, v := range r.Workload.Labels {
-		labels = append(labels, item(k, str(v)))
-	}
 	rampart := []([2]*ast.Term){
 		item("protocol", str(r.Protocol)),
 		item("l7", ast.BooleanTerm(l7)),
@@ -118,23 +155,31 @@ func (r *Request) input(path, query string, full bool) ast.Value {
 		item("remote_ip", str(remote)),
 		item("destination", obj(item("ip", str(r.DestinationIP)), item("port", ast.IntNumberTerm(r.DestinationPort)))),
 		item("sni", str(r.SNI)),
-		item("workload", obj(item("namespace", str(r.Workload.Namespace)), item("name", str(r.Workload.Name)), item("labels", obj(labels...)))),
 	}
+	if workload {
+		labels := make([][2]*ast.Term, 0, len(r.Workload.Labels))
+		for k, v := range r.Workload.Labels {
+			labels = append(labels, item(k, str(v)))
+		}
+		rampart = append(rampart, item("workload", obj(item("namespace", str(r.Workload.Namespace)), item("name", str(r.Workload.Name)), item("labels", obj(labels...)))))
+	}
+	return rampart
+}
+
+// input builds the full document, directly as an OPA value: the
+// opa-envoy-plugin input (protojson of an ext_authz CheckRequest plus
+// parsed_path and parsed_query) and Rampart's own "rampart" object, which
+// compiled Istio policies read. CUSTOM Rego providers and the decision log get
+// it.
+func (r *Request) input(path, query string) ast.Value {
+	l7 := r.Protocol != ProtocolTCP
+	rampart := r.rampartItems(true)
 	attrs := []([2]*ast.Term){
 		item("source", obj(item("address", socketAddress(r.SourceIP, r.SourcePort)), item("principal", str(r.SourcePrincipal)))),
 		item("destination", obj(item("address", socketAddress(r.DestinationIP, r.DestinationPort)))),
 	}
 	if r.SNI != "" {
 		attrs = append(attrs, item("tlsSession", obj(item("sni", str(r.SNI)))))
-	}
-	if !full {
-		if l7 {
-			headers := headerObject(r.Headers)
-			rampart = append(rampart, item("request", obj(item("method", str(r.Method)), item("host", str(strings.ToLower(r.hostFrom(headers)))), item("path", str(path)))))
-			rampart = r.appendAuth(rampart)
-			return ast.NewObject(item("attributes", obj(item("request", obj(item("http", obj(item("headers", ast.NewTerm(headers)))))))), item("rampart", obj(rampart...)))
-		}
-		return ast.NewObject(item("rampart", obj(r.appendAuth(rampart)...)))
 	}
 	top := []([2]*ast.Term){item("version", versionTerm)}
 	if l7 {

@@ -187,6 +187,20 @@ func New(cfg Config) (*Proxy, error) {
 			}
 		}
 	}
+	if p.engine != nil {
+		for _, r := range []string{"hit", "miss"} {
+			cfg.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "rampart_authz_verdict_cache_total", ConstLabels: prometheus.Labels{"result": r},
+				Help: "Authorization decisions answered from the verdict cache (hit) or evaluated by OPA (miss).",
+			}, func() float64 {
+				h, m := p.engine.CacheStats()
+				if r == "hit" {
+					return float64(h)
+				}
+				return float64(m)
+			}))
+		}
+	}
 	return p, nil
 }
 

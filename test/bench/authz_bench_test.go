@@ -72,52 +72,75 @@ func benchEngine(b *testing.B, n int) *authz.Engine {
 }
 
 // BenchmarkAuthzDecision measures one authorization decision in the sidecar's
-// engine with n policies on the workload, and reports p50/p99 and RSS.
+// engine with n policies on the workload, and reports p50/p99 and RSS. Every
+// request has its own x-request-id. With cache=miss every request also has its
+// own path, so each one is evaluated by OPA; with cache=hit the same caller
+// asks for the same path again, as repeated calls do, and the engine answers
+// from its verdict cache.
 func BenchmarkAuthzDecision(b *testing.B) {
 	for _, n := range []int{10, 100, 1000, 10000} {
-		b.Run(fmt.Sprintf("policies=%d", n), func(b *testing.B) {
-			eng := benchEngine(b, n)
-			k := n / 2
-			if k%10 == 9 {
-				k--
-			}
-			req := &authz.Request{
-				Protocol: authz.ProtocolHTTP, SourcePrincipal: fmt.Sprintf("spiffe://cluster.local/ns/tenant-%d/sa/client", k),
-				SourceIP: "10.0.0.9", DestinationIP: "10.0.0.5", DestinationPort: 8000,
-				Method: "GET", Host: "httpbin.foo:8000", Path: fmt.Sprintf("/api/tenant-%d/items?page=2", k),
-				Headers:  []authz.Header{{Name: "user-agent", Value: "bench"}, {Name: "x-request-id", Value: "abc"}},
-				Workload: authz.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{"app": "httpbin"}},
-			}
-			ctx := context.Background()
-			if d := eng.Decide(ctx, req); !d.Allowed || d.Policy != fmt.Sprintf("foo/tenant-%d", k) {
-				b.Fatalf("decision = %+v; the benchmark request must be allowed by foo/tenant-%d", d, k)
-			}
-			// What the engine holds: everything else built for the benchmark is garbage now.
-			runtime.GC()
-			debug.FreeOSMemory()
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			rss, _ := procs.RSS(os.Getpid())
-			lat := make([]time.Duration, 0, b.N)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for range b.N {
-				t0 := time.Now()
-				d := eng.Decide(ctx, req)
-				lat = append(lat, time.Since(t0))
-				if !d.Allowed {
-					b.Fatal("denied")
-				}
-			}
-			b.StopTimer()
-			slices.Sort(lat)
-			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
-			// Reported after the loop: ResetTimer clears metrics reported before it.
-			b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "MB-heap")
-			b.ReportMetric(float64(rss)/(1<<20), "MB-rss")
-		})
+		for _, mode := range []string{"miss", "hit"} {
+			b.Run(fmt.Sprintf("policies=%d/cache=%s", n, mode), func(b *testing.B) { benchDecision(b, n, mode == "miss") })
+		}
 	}
+}
+
+func benchDecision(b *testing.B, n int, miss bool) {
+	eng := benchEngine(b, n)
+	k := n / 2
+	if k%10 == 9 {
+		k--
+	}
+	req := func(i int) *authz.Request {
+		path := fmt.Sprintf("/api/tenant-%d/items?page=2", k)
+		if miss {
+			path = fmt.Sprintf("/api/tenant-%d/items/%d?page=2", k, i)
+		}
+		return &authz.Request{
+			Protocol: authz.ProtocolHTTP, SourcePrincipal: fmt.Sprintf("spiffe://cluster.local/ns/tenant-%d/sa/client", k),
+			SourceIP: "10.0.0.9", DestinationIP: "10.0.0.5", DestinationPort: 8000,
+			Method: "GET", Host: "httpbin.foo:8000", Path: path,
+			Headers:  []authz.Header{{Name: "user-agent", Value: "bench"}, {Name: "x-request-id", Value: fmt.Sprintf("req-%d", i)}},
+			Workload: authz.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{"app": "httpbin"}},
+		}
+	}
+	ctx := context.Background()
+	if d := eng.Decide(ctx, req(-1)); !d.Allowed || d.Policy != fmt.Sprintf("foo/tenant-%d", k) {
+		b.Fatalf("decision = %+v; the benchmark request must be allowed by foo/tenant-%d", d, k)
+	}
+	// What the engine holds: everything else built for the benchmark is garbage now.
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rss, _ := procs.RSS(os.Getpid())
+	reqs := make([]*authz.Request, b.N)
+	for i := range reqs {
+		reqs[i] = req(i)
+	}
+	h0, m0 := eng.CacheStats()
+	lat := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		t0 := time.Now()
+		d := eng.Decide(ctx, reqs[i])
+		lat = append(lat, time.Since(t0))
+		if !d.Allowed {
+			b.Fatal("denied")
+		}
+	}
+	b.StopTimer()
+	h1, m1 := eng.CacheStats()
+	if hits := h1 - h0; miss && hits != 0 || !miss && m1 != m0 {
+		b.Fatalf("cache hits %d, misses %d: not the case this benchmark measures", hits, m1-m0)
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+	// Reported after the loop: ResetTimer clears metrics reported before it.
+	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "MB-heap")
+	b.ReportMetric(float64(rss)/(1<<20), "MB-rss")
 }
 
 // BenchmarkOPAFloor is the reference point for BenchmarkAuthzDecision on this
