@@ -2,8 +2,6 @@ package authz
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/rampart-mesh/rampart/internal/uuid"
 )
 
 // Bundle is what the engine evaluates: Rego modules (the compiled policies and
@@ -177,7 +176,7 @@ func (e *Engine) Revision() string {
 // normalization (400 on failure), the compiled policy, and the CUSTOM providers
 // its matches select. Any evaluation failure denies.
 func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
-	d := Decision{DecisionID: newID(), Rule: -1, DryRun: DryRun{Allowed: true, Matches: []Match{}}}
+	d := Decision{DecisionID: uuid.New(), Rule: -1, DryRun: DryRun{Allowed: true, Matches: []Match{}}}
 	p := e.cur.Load()
 	if p == nil {
 		d.Stage = "error"
@@ -276,15 +275,6 @@ func (e *Engine) eval(ctx context.Context, p *prepared, v ast.Value) (matchSets,
 		return matchSets{}, fmt.Errorf("hits has type %T", rs[0].Expressions[0].Value)
 	}
 	return parseMatches(val)
-}
-
-func newID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
 // CheckStrict compiles modules with OPA's strict checks and reports the errors.

@@ -2,9 +2,7 @@ package inbound
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +19,7 @@ import (
 	"github.com/rampart-mesh/rampart/authn"
 	"github.com/rampart-mesh/rampart/authn/peer"
 	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/internal/uuid"
 	"github.com/rampart-mesh/rampart/proxy/listener"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -344,7 +343,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	reqID := r.Header.Get("x-request-id")
 	if reqID == "" {
-		reqID = newID()
+		reqID = uuid.New()
 		r.Header.Set("x-request-id", reqID)
 	}
 	code := s.handle(ctx, w, r, principal, reqID)
@@ -390,7 +389,7 @@ func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Requ
 func (s *Server) Guard(w http.ResponseWriter, r *http.Request) bool {
 	reqID := r.Header.Get("x-request-id")
 	if reqID == "" {
-		reqID = newID()
+		reqID = uuid.New()
 		r.Header.Set("x-request-id", reqID)
 	}
 	_, ok := s.check(r.Context(), w, r, "", reqID)
@@ -466,7 +465,7 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return d.Status, false
 	}
 	// Allowed: what the app sees. A client's X-Forwarded-Client-Cert is never trusted.
-	r.Header.Del("x-forwarded-client-cert")
+	delete(r.Header, "X-Forwarded-Client-Cert")
 	if principal != "" {
 		r.Header.Set("x-forwarded-client-cert", "By="+spiffeIDOf(s.cfg.SVID)+";URI="+principal)
 	}
@@ -511,12 +510,6 @@ func (r *statusRecorder) Flush() {
 	}
 }
 
-func newID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 // slotConn gives back its connection slot once, when closed.
 type slotConn struct {
 	net.Conn
@@ -535,7 +528,7 @@ func (c *slotConn) Close() error {
 // closed, as Envoy's network RBAC filter does.
 func (s *Server) serveTCP(ctx context.Context, c net.Conn) {
 	defer c.Close()
-	ar := &authz.Request{ID: newID(), Protocol: authz.ProtocolTCP, Workload: s.cfg.Workload}
+	ar := &authz.Request{ID: uuid.New(), Protocol: authz.ProtocolTCP, Workload: s.cfg.Workload}
 	security := "none"
 	if tc, ok := c.(*tls.Conn); ok {
 		st := tc.ConnectionState()

@@ -11,8 +11,6 @@ package outbound
 import (
 	"bytes"
 	"context"
-	crand "crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"github.com/rampart-mesh/rampart/proxy/listener"
@@ -31,6 +29,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rampart-mesh/rampart/internal/uuid"
 	"github.com/rampart-mesh/rampart/proxy/route"
 	"github.com/rampart-mesh/rampart/proxy/upstream"
 	"github.com/rampart-mesh/rampart/proxy/xds"
@@ -312,7 +311,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 		return reply(w, http.StatusNotFound, "NR", "route_not_found")
 	}
 	if r.Header.Get("x-request-id") == "" {
-		r.Header.Set("x-request-id", newID())
+		r.Header.Set("x-request-id", uuid.New())
 	}
 	if f := rt.Fault; f != nil {
 		delayed := false
@@ -383,7 +382,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	out := r.Clone(ctx)
 	out.RequestURI = ""
 	for _, h := range hopHeaders {
-		out.Header.Del(h)
+		delete(out.Header, h) // canonical already
 	}
 	if c := r.Header.Get("Connection"); c != "" {
 		for _, f := range strings.Split(c, ",") {
@@ -467,7 +466,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		if rt.Retry != nil && rt.Retry.PerTryTimeout > 0 {
 			actx, cancel = context.WithTimeout(ctx, rt.Retry.PerTryTimeout)
 		}
-		try := out.Clone(actx)
+		// A shallow copy: the transport does not modify a request, and each
+		// attempt only replaces its own context and body.
+		try := out.WithContext(actx)
 		if body != nil {
 			try.Body = io.NopCloser(bytes.NewReader(body))
 			try.ContentLength = int64(len(body))
@@ -656,24 +657,6 @@ func (s *Server) mirror(r *http.Request, mp route.Mirror, body []byte) {
 		resp.Body.Close()
 	}()
 }
-
-func newID() string {
-	var b [16]byte
-	_, _ = cryptorand(b[:])
-	var out [36]byte
-	hex.Encode(out[0:8], b[0:4])
-	out[8] = '-'
-	hex.Encode(out[9:13], b[4:6])
-	out[13] = '-'
-	hex.Encode(out[14:18], b[6:8])
-	out[18] = '-'
-	hex.Encode(out[19:23], b[8:10])
-	out[23] = '-'
-	hex.Encode(out[24:36], b[10:16])
-	return string(out[:])
-}
-
-var cryptorand = crand.Read
 
 func randUint64() uint64 { return rand.Uint64() }
 
