@@ -110,7 +110,7 @@ Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 	f.Var(&c.SVIDTTL, "svid-ttl", "SVID lifetime to request (default: the CA's)")
 	f.StringVar(&c.InboundListen, "inbound-listen", "", "serve the inbound path (mTLS, authorization) on this address, e.g. 127.0.0.1:15006; empty disables it")
 	f.StringVar(&c.App, "app", "", "with --inbound-listen: the app's address, where allowed requests go")
-	f.StringVar(&c.InboundProtocol, "inbound-protocol", "http", "with --inbound-listen: the port's protocol, http (HTTP/1.1, HTTP/2, gRPC, WebSocket) or tcp (authorization on connection attributes, then bytes to the app)")
+	f.StringVar(&c.InboundProtocol, "inbound-protocol", "auto", "with --inbound-listen: the port's protocol, as Istio reads it from the port's name or appProtocol: http (HTTP/1.1, HTTP/2, gRPC, WebSocket), tcp (authorization on connection attributes, then bytes to the app), or auto (a port with no protocol name: each connection is detected, by an HTTP ALPN name or by its first bytes; a client that sends nothing within the sniffing timeout is TCP, so give server-first protocols tcp)")
 	f.StringVar(&c.MTLSMode, "mtls-mode", c.MTLSMode, "with --inbound-listen: force the port's mTLS mode (DISABLE, PERMISSIVE or STRICT); by default the bundle's PeerAuthentication decides")
 	f.StringVar(&c.AuthzBundle, "authz-bundle", "", "with --inbound-listen: take the compiled policy from this directory ('rampartctl authz compile --out DIR', reloaded when it changes) instead of from rampartd over xDS")
 	f.StringVar(&c.Workload, "workload", "", "this workload, NAMESPACE/NAME (default: the identity's namespace and service account); rampartd compiles its config for it")
@@ -196,9 +196,9 @@ func run(ctx context.Context, c config) error {
 	var in *proxy.InboundConfig
 	if c.InboundListen != "" {
 		switch c.InboundProtocol {
-		case "http", "tcp":
+		case "http", "tcp", "auto":
 		default:
-			return fmt.Errorf("--inbound-protocol %q: want http or tcp", c.InboundProtocol)
+			return fmt.Errorf("--inbound-protocol %q: want http, tcp or auto", c.InboundProtocol)
 		}
 		in = &proxy.InboundConfig{Listen: c.InboundListen, App: c.App, Protocol: c.InboundProtocol, Mode: strings.ToUpper(c.MTLSMode), BundleDir: c.AuthzBundle,
 			DecisionLog: c.DecisionLog, LogAllows: c.LogAllows}

@@ -56,6 +56,7 @@ type workloadPlan struct {
 	Address                         string // the WorkloadEntry's loopback address
 	Port                            uint32 // the inbound port (the service port on Address)
 	TCP                             bool   // the port's protocol is not HTTP
+	Sniff                           bool   // the port has no protocol name: detected per connection
 	Command                         []string
 	Env                             map[string]string
 	Gateway                         bool
@@ -123,6 +124,7 @@ func planMesh(objs []source.Object) ([]workloadPlan, error) {
 			port := s.Ports[0]
 			p.Port = port.Number
 			p.TCP = !registry.IsHTTP(port.Protocol)
+			p.Sniff = port.Unnamed
 			if port.TargetPort != 0 {
 				p.Port = port.TargetPort
 			}
@@ -182,6 +184,9 @@ ServiceEntry selects is a client: its sidecar has an outbound listener only.
 A TCP service port (not http/http2/grpc by name or protocol) is proxied as
 bytes: the receiving sidecar authorizes the connection, and clients reach it
 at their own sidecar's address and the service's port (OWN_ADDRESS:PORT).
+A port with neither a protocol nor a protocol name (name "web", say) is
+detected per connection on the receiving side, as Istio does: HTTP gets
+HTTP authorization, anything else is authorized as TCP.
 Each WorkloadEntry needs its own loopback address (127.0.0.0/8): its sidecar
 serves the service port there (mTLS, authorization) and its outbound listener
 on ADDRESS:15001. How a workload's process is started is Rampart's Process
@@ -335,8 +340,13 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 			p.Env = withEnv(p.Env, "SPIFFE_ENDPOINT_SOCKET", "unix://"+sock)
 			args = append(args, "--workload-api-socket", sock, "--outbound-listen", net.JoinHostPort(p.Address, "15001"))
 			if p.Port != 0 { // a workload no service selects (a client) has no inbound
-				if p.TCP {
+				switch {
+				case p.Sniff:
+					args = append(args, "--inbound-protocol", "auto")
+				case p.TCP:
 					args = append(args, "--inbound-protocol", "tcp")
+				default:
+					args = append(args, "--inbound-protocol", "http")
 				}
 				args = append(args, "--inbound-listen", net.JoinHostPort(p.Address, fmt.Sprint(p.Port)), "--app", appAddr,
 					"--decision-log", filepath.Join(stateDir, "audit", p.Namespace+"."+p.Name+".log"))

@@ -48,6 +48,9 @@ type Port struct {
 	Name       string
 	Protocol   string // upper case: HTTP, HTTP2, GRPC, TCP, TLS, HTTPS, ...
 	TargetPort uint32
+	// Unnamed: neither a protocol nor a name Istio reads one from. Istio
+	// detects such a port's protocol per connection; its Protocol here is TCP.
+	Unnamed bool
 }
 
 // Endpoint is one address serving a service.
@@ -181,11 +184,11 @@ func servicesOf(o source.Object, se *networking.ServiceEntry, domain string) ([]
 			continue
 		}
 		seen[p.GetNumber()] = true
-		proto := strings.ToUpper(p.GetProtocol())
+		proto, unnamed := strings.ToUpper(p.GetProtocol()), false
 		if proto == "" {
-			proto = protocolFromName(p.GetName())
+			proto, unnamed = protocolFromName(p.GetName())
 		}
-		ports = append(ports, Port{Number: p.GetNumber(), Name: p.GetName(), Protocol: proto, TargetPort: p.GetTargetPort()})
+		ports = append(ports, Port{Number: p.GetNumber(), Name: p.GetName(), Protocol: proto, TargetPort: p.GetTargetPort(), Unnamed: unnamed})
 	}
 	res := se.GetResolution().String()
 	var eps []Endpoint
@@ -234,18 +237,21 @@ func servicesOf(o source.Object, se *networking.ServiceEntry, domain string) ([]
 }
 
 // protocolFromName applies Istio's port naming convention: <protocol>[-<suffix>].
-func protocolFromName(name string) string {
+func protocolFromName(name string) (protocol string, unnamed bool) {
 	p := strings.ToUpper(name)
 	if i := strings.IndexByte(p, '-'); i >= 0 {
 		p = p[:i]
 	}
 	switch p {
 	case "HTTP", "HTTP2", "GRPC", "GRPC-WEB", "HTTPS", "TLS", "TCP", "MONGO", "MYSQL", "REDIS", "UDP":
-		return p
+		return p, false
 	case "HTTP1":
-		return "HTTP"
+		return "HTTP", false
 	}
-	return "TCP" // Istio sniffs unnamed ports; without sniffing on outbound, treat them as TCP
+	// Istio detects the protocol of such a port. The outbound side treats it as
+	// TCP (an HTTP request still reaches the destination, without L7 routing);
+	// the inbound side detects it per connection (Port.Unnamed).
+	return "TCP", true
 }
 
 // IsHTTP says whether a protocol is routed at layer 7.

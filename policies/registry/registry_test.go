@@ -59,7 +59,7 @@ spec: {address: 127.0.0.7, labels: {app: reviews}}
 	if s == nil || r.Service("reviews.alias.example") == nil {
 		t.Fatalf("services %v", r.Services)
 	}
-	wantPorts := []Port{{9080, "http-main", "HTTP", 0}, {9090, "grpc-x", "GRPC", 19090}, {7000, "db", "TCP", 0}}
+	wantPorts := []Port{{9080, "http-main", "HTTP", 0, false}, {9090, "grpc-x", "GRPC", 19090, false}, {7000, "db", "TCP", 0, true}}
 	if d := cmp.Diff(wantPorts, s.Ports); d != "" {
 		t.Errorf("ports (-want +got):\n%s", d)
 	}

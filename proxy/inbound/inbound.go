@@ -60,8 +60,10 @@ type Config struct {
 	// GuardOnly builds a Server that only checks requests for another listener
 	// (Guard); it has no Listener or App and is not Run.
 	GuardOnly bool
-	// Protocol is the port's protocol: "http" (default; HTTP/1.1, h2, gRPC) or
-	// "tcp" (authorization on connection attributes, then bytes to the app).
+	// Protocol is the port's protocol: "http" (default; HTTP/1.1, h2, gRPC),
+	// "tcp" (authorization on connection attributes, then bytes to the app), or
+	// "auto" (ProtocolAuto: detected per connection, as Istio does for a port
+	// without a protocol name or appProtocol).
 	Protocol string
 	// Mode is the port's mTLS mode. Default PERMISSIVE.
 	Mode string
@@ -117,9 +119,9 @@ func New(cfg Config) (*Server, error) {
 	switch cfg.Protocol {
 	case "":
 		cfg.Protocol = authz.ProtocolHTTP
-	case authz.ProtocolHTTP, authz.ProtocolTCP:
+	case authz.ProtocolHTTP, authz.ProtocolTCP, ProtocolAuto:
 	default:
-		return nil, fmt.Errorf("inbound: unknown protocol %q (want http or tcp)", cfg.Protocol)
+		return nil, fmt.Errorf("inbound: unknown protocol %q (want http, tcp or auto)", cfg.Protocol)
 	}
 	switch cfg.Mode {
 	case "":
@@ -308,7 +310,14 @@ func (s *Server) accept(ctx context.Context, out *listener.Chan) error {
 				reset(c)
 				return
 			}
-			if s.cfg.Protocol == authz.ProtocolTCP {
+			proto := s.cfg.Protocol
+			if proto == ProtocolAuto {
+				if proto, conn, err = s.detect(conn); err != nil {
+					conn.Close()
+					return
+				}
+			}
+			if proto == authz.ProtocolTCP {
 				s.serveTCP(ctx, conn)
 				return
 			}
@@ -317,6 +326,45 @@ func (s *Server) accept(ctx context.Context, out *listener.Chan) error {
 			}
 		}()
 	}
+}
+
+// ProtocolAuto detects each connection's protocol.
+const ProtocolAuto = "auto"
+
+// httpALPN are the ALPN names that say the client sends HTTP: the standard
+// ones, and Istio's, which its sidecars offer to say what they carry.
+var httpALPN = map[string]bool{"h2": true, "http/1.1": true, "http/1.0": true, "istio-http/1.0": true, "istio-http/1.1": true, "istio-h2": true}
+
+// detect decides whether a connection on an "auto" port carries HTTP: an HTTP
+// ALPN name settles it; otherwise (plaintext, or ALPN "istio", which a sidecar
+// offers for any TCP stream) the first bytes do, as Istio's HTTP inspector
+// does. A client that sends nothing within the sniffing timeout gets TCP (a
+// protocol where the server speaks first).
+func (s *Server) detect(conn net.Conn) (string, net.Conn, error) {
+	if tc, ok := conn.(*tls.Conn); ok && httpALPN[tc.ConnectionState().NegotiatedProtocol] {
+		return authz.ProtocolHTTP, conn, nil
+	}
+	sc, isHTTP, err := listener.SniffHTTP(conn, s.cfg.SniffTimeout)
+	if err != nil {
+		return "", conn, err
+	}
+	var out net.Conn = sc
+	if tc, ok := conn.(*tls.Conn); ok {
+		// The HTTP server sees TLS only on a *tls.Conn; keep the handshake's
+		// state (the peer's certificate) with the replaying wrapper.
+		out = &sniffedTLS{Conn: sc, tls: tc}
+	}
+	if isHTTP {
+		return authz.ProtocolHTTP, out, nil
+	}
+	return authz.ProtocolTCP, out, nil
+}
+
+// sniffedTLS is a TLS connection whose first decrypted bytes were read to
+// detect its protocol.
+type sniffedTLS struct {
+	net.Conn
+	tls *tls.Conn
 }
 
 // reset closes c with a TCP RST rather than a FIN, as Envoy does for STRICT.
@@ -333,6 +381,10 @@ func reset(c net.Conn) {
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	if c, ok := ctx.Value(connKey{}).(*sniffedTLS); ok && r.TLS == nil {
+		st := c.tls.ConnectionState()
+		r.TLS = &st
+	}
 	security := "none"
 	principal := ""
 	if r.TLS != nil {
@@ -530,7 +582,11 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	ar := &authz.Request{ID: uuid.New(), Protocol: authz.ProtocolTCP, Workload: s.cfg.Workload}
 	security := "none"
-	if tc, ok := c.(*tls.Conn); ok {
+	tc, ok := c.(*tls.Conn)
+	if sc, sniffed := c.(*sniffedTLS); sniffed {
+		tc, ok = sc.tls, true
+	}
+	if ok {
 		st := tc.ConnectionState()
 		security = "mutual_tls"
 		if id, err := peer.ID(st); err == nil {

@@ -303,3 +303,112 @@ func TestInboundStrict(t *testing.T) {
 		t.Fatalf("plaintext client on a STRICT port: read err = %v, want connection reset", err)
 	}
 }
+
+// On a port of unknown protocol ("auto") each connection is detected, as Istio
+// does: HTTP (by ALPN or by its first bytes) gets the HTTP path with L7
+// policy and the peer's identity; anything else, and a client that waits for
+// the server to speak first, is authorized as TCP and spliced to the app.
+func TestInboundAutoProtocol(t *testing.T) {
+	auto := func(c *Config) { c.Protocol = ProtocolAuto }
+	e := start(t, ModePermissive, auto)
+	istio := func(c *tls.Config) *tls.Config { c = c.Clone(); c.NextProtos = []string{"istio"}; return c }
+	for _, tc := range []struct {
+		name   string
+		tls    *tls.Config
+		path   string
+		status int
+	}{
+		{"HTTP over mTLS with ALPN istio, allowed peer", istio(e.client), "/get", 200},
+		{"HTTP over mTLS with ALPN istio, peer the policy does not name", istio(e.other), "/get", 403},
+		{"HTTP over mTLS, L7 DENY on /admin", istio(e.client), "/admin", 403},
+		{"HTTP over mTLS with ALPN http/1.1", e.client, "/get", 200},
+		{"plaintext HTTP on a public path", nil, "/public/x", 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, _, err := e.get(t, tc.tls, tc.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+		})
+	}
+	// The app saw the caller's identity from a sniffed TLS connection.
+	var xfcc string
+	for len(e.seen) > 0 {
+		xfcc += (<-e.seen).Get("X-Forwarded-Client-Cert")
+	}
+	if !strings.Contains(xfcc, "/ns/bar/sa/sleep") {
+		t.Fatalf("x-forwarded-client-cert %q does not name the peer: the TLS state was lost in detection", xfcc)
+	}
+
+	// TCP: an app that greets first, then echoes; a policy that allows only
+	// bar/sleep, and only on TCP.
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.WriteString(c, "220 hello\n"); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	tcpOnly := authz.New(authz.Config{})
+	if err := tcpOnly.Load(context.Background(), authz.Bundle{Revision: "tcp", Modules: map[string]string{"p.rego": `package rampart.policy
+
+import rego.v1
+
+hits contains {"action": "allow", "policy": "foo/tcp", "rule": 0, "dry_run": false} if {
+	input.rampart.l7 == false
+	endswith(input.rampart.source.principal, "/ns/bar/sa/sleep")
+}
+
+allow_policies := {"foo/tcp"}
+
+dry_run_allow_policies := set()
+`}}); err != nil {
+		t.Fatal(err)
+	}
+	e2 := start(t, ModePermissive, auto, func(c *Config) {
+		c.App, c.Engine, c.SniffTimeout = app.Addr().String(), tcpOnly, 300*time.Millisecond
+	})
+	dial := func(cfg *tls.Config) *tls.Conn {
+		c, err := tls.Dial("tcp", e2.addr, istio(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c
+	}
+	// A client that sends first: its bytes are not HTTP, so TCP; echoed back
+	// after the app's greeting.
+	c := dial(e2.client)
+	if _, err := io.WriteString(c, "\x00\x01binary hello\n"); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	for _, want := range []string{"220 hello\n", "\x00\x01binary hello\n"} {
+		if got, err := r.ReadString('\n'); got != want {
+			t.Fatalf("read %q (%v), want %q: not spliced to the app as TCP", got, err, want)
+		}
+	}
+	// A client that waits for the server to speak: TCP once the detection
+	// times out.
+	c = dial(e2.client)
+	if got, err := bufio.NewReader(c).ReadString('\n'); got != "220 hello\n" {
+		t.Fatalf("server-first: read %q (%v), want the app's greeting", got, err)
+	}
+	// TCP authorization still applies: another identity is cut off.
+	c = dial(e2.other)
+	_, _ = io.WriteString(c, "\x00hi\n")
+	if got, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+		t.Fatalf("a peer the TCP policy does not name read %q", got)
+	}
+}

@@ -83,3 +83,60 @@ func Sniff(c net.Conn, timeout time.Duration) (*Conn, string, error) {
 	}
 	return &Conn{Conn: c, r: br}, KindPlaintext, nil
 }
+
+// httpStarts are how an HTTP/1 request line (its method and a space) and the
+// HTTP/2 connection preface begin.
+var httpStarts = []string{"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "CONNECT ", "OPTIONS ", "TRACE ", "PATCH ", "PRI * HTTP/2.0\r\n"}
+
+// ClassifyHTTP says whether b, a connection's first bytes, begins an HTTP/1
+// request or the HTTP/2 preface. ok is false while b could still become one
+// (a prefix of "DELETE ", say): the caller needs more bytes.
+func ClassifyHTTP(b []byte) (isHTTP, ok bool) {
+	if len(b) == 0 {
+		return false, false
+	}
+	undecided := false
+	for _, s := range httpStarts {
+		n := min(len(b), len(s))
+		if string(b[:n]) == s[:n] {
+			if n == len(s) {
+				return true, true
+			}
+			undecided = true
+		}
+	}
+	return false, !undecided
+}
+
+// SniffHTTP reads a connection's first bytes and says whether the client
+// speaks HTTP, the way Istio detects the protocol of a port it has no name or
+// appProtocol for. It waits only while the bytes so far could still begin an
+// HTTP request, and at most timeout: a client that sends nothing by then (a
+// protocol where the server speaks first) is not HTTP. The returned Conn
+// replays the bytes read.
+func SniffHTTP(c net.Conn, timeout time.Duration) (*Conn, bool, error) {
+	br := bufio.NewReaderSize(c, 4096)
+	if timeout > 0 {
+		_ = c.SetReadDeadline(time.Now().Add(timeout))
+		defer func() { _ = c.SetReadDeadline(time.Time{}) }()
+	}
+	conn := &Conn{Conn: c, r: br}
+	n := 1
+	for {
+		b, err := br.Peek(n)
+		if len(b) > 0 {
+			b, _ = br.Peek(br.Buffered())
+		}
+		if isHTTP, ok := ClassifyHTTP(b); ok {
+			return conn, isHTTP, nil
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, io.EOF) {
+				return conn, false, nil
+			}
+			return nil, false, err
+		}
+		n = len(b) + 1
+	}
+}

@@ -115,3 +115,96 @@ func FuzzSniff(f *testing.F) {
 		server.Close()
 	})
 }
+
+func TestClassifyHTTP(t *testing.T) {
+	for _, tc := range []struct {
+		in         string
+		isHTTP, ok bool
+	}{
+		{"", false, false},
+		{"G", false, false},
+		{"GET", false, false},
+		{"GET ", true, true},
+		{"GET /x HTTP/1.1\r\n", true, true},
+		{"DELETE /x", true, true},
+		{"DEL", false, false},
+		{"OPTIONS * HTTP/1.1", true, true},
+		{"PATCH /", true, true},
+		{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", true, true},
+		{"PRI * HTTP/2", false, false},
+		{"PRI * HTTP/3", false, true},
+		{"GETX", false, true},
+		{"get /", false, true},
+		{"\x00\x01\x02", false, true},
+		{"*1\r\n$4\r\nPING\r\n", false, true}, // redis
+		{"SSH-2.0-OpenSSH", false, true},
+		{"POSTAL", false, true},
+	} {
+		isHTTP, ok := ClassifyHTTP([]byte(tc.in))
+		if isHTTP != tc.isHTTP || ok != tc.ok {
+			t.Errorf("ClassifyHTTP(%q) = %t, %t; want %t, %t", tc.in, isHTTP, ok, tc.isHTTP, tc.ok)
+		}
+	}
+}
+
+// SniffHTTP decides as soon as the bytes allow, waits while they are
+// ambiguous, replays them, and calls a silent client not HTTP after the
+// timeout.
+func TestSniffHTTPRealConnections(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	for _, tc := range []struct {
+		name   string
+		chunks []string // sent with pauses between them
+		isHTTP bool
+	}{
+		{"request in one write", []string{"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"}, true},
+		{"method split across writes", []string{"DE", "LETE /a HTTP/1.1\r\n\r\n"}, true},
+		{"binary protocol", []string{"\x00\x00\x00\x08hello!!!"}, false},
+		{"short non-HTTP prefix, then silence", []string{"GE\x00"}, false},
+		{"silent client (server speaks first)", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", lis.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			s, err := lis.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			go func() {
+				for i, ch := range tc.chunks {
+					if i > 0 {
+						time.Sleep(50 * time.Millisecond)
+					}
+					_, _ = io.WriteString(c, ch)
+				}
+			}()
+			sc, isHTTP, err := SniffHTTP(s, 500*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if isHTTP != tc.isHTTP {
+				t.Fatalf("isHTTP = %t, want %t", isHTTP, tc.isHTTP)
+			}
+			want := ""
+			for _, ch := range tc.chunks {
+				want += ch
+			}
+			if want == "" {
+				return
+			}
+			got := make([]byte, len(want))
+			_ = sc.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if _, err := io.ReadFull(sc, got); err != nil || string(got) != want {
+				t.Fatalf("replayed %q (%v), want %q", got, err, want)
+			}
+		})
+	}
+}

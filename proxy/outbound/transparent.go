@@ -1,8 +1,6 @@
 package outbound
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -17,18 +15,12 @@ import (
 
 type origDstKey struct{}
 
-// transparentConn is a redirected connection with its original destination
-// and the bytes already peeked.
+// transparentConn is a redirected connection with its original destination;
+// Conn replays the bytes already sniffed.
 type transparentConn struct {
 	net.Conn
-	r   *bufio.Reader
 	dst netip.AddrPort
 }
-
-func (c *transparentConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-// httpPrefixes are how HTTP/1 requests and the HTTP/2 preface begin.
-var httpPrefixes = [][]byte{[]byte("GET "), []byte("POST"), []byte("PUT "), []byte("HEAD"), []byte("DELE"), []byte("OPTI"), []byte("PATC"), []byte("TRAC"), []byte("CONN"), []byte("PRI ")}
 
 // sniffTimeout bounds the wait for a client's first bytes; protocols where
 // the server speaks first get TCP handling after it.
@@ -65,18 +57,17 @@ func (s *Server) classify(ctx context.Context, c net.Conn, out *listener.Chan) {
 		c.Close()
 		return
 	}
-	br := bufio.NewReaderSize(c, 4096)
-	_ = c.SetReadDeadline(time.Now().Add(sniffTimeout))
-	head, _ := br.Peek(4)
-	_ = c.SetReadDeadline(time.Time{})
-	tc := &transparentConn{Conn: c, r: br, dst: dst}
-	for _, p := range httpPrefixes {
-		if bytes.Equal(head, p) {
-			if !out.Push(tc) {
-				c.Close()
-			}
-			return
+	sc, isHTTP, err := listener.SniffHTTP(c, sniffTimeout)
+	if err != nil {
+		c.Close()
+		return
+	}
+	tc := &transparentConn{Conn: sc, dst: dst}
+	if isHTTP {
+		if !out.Push(tc) {
+			c.Close()
 		}
+		return
 	}
 	s.proxyTCP(ctx, tc)
 }
