@@ -92,13 +92,18 @@ type Server struct {
 	version int
 	// built caches compiled output by workload (namespace, name, labels) for the
 	// current configuration version: proxies of one workload share one bundle.
+	// A reload keeps the entries of workloads its change cannot affect.
 	built map[string]*built
+	// providers summarizes the CUSTOM providers' bundles objs was compiled with.
+	providers string
 
 	pushes      prometheus.Counter
 	rejects     *prometheus.CounterVec
 	proxies     prometheus.Gauge
 	nacks       prometheus.Counter
 	compiled    prometheus.Histogram
+	compiles    prometheus.Counter
+	recomputed  prometheus.Histogram
 	convergence prometheus.Histogram
 }
 
@@ -111,7 +116,9 @@ type stream struct {
 }
 
 type built struct {
+	wl      compile.Workload
 	once    sync.Once
+	done    atomic.Bool // once has run: err and the outputs are set
 	ext     *corev3.TypedExtensionConfig
 	wb      authz.WireBundle
 	out     *compile.Outbound
@@ -292,12 +299,18 @@ func New(cfg Config) (*Server, error) {
 	s.proxies = prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_xds_connected_proxies", Help: "Proxies with an open ADS stream."})
 	s.nacks = prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_xds_nacks_total", Help: "Configuration a proxy refused."})
 	s.compiled = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rampart_xds_compile_seconds", Help: "Time to compile one proxy's bundle.", Buckets: prometheus.ExponentialBuckets(1e-4, 2, 16)})
+	s.compiles = prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_xds_compiles_total", Help: "Workloads compiled (bundle and outbound resources); proxies of one workload share one compile."})
+	s.recomputed = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "rampart_xds_recomputed_proxies",
+		Help:    "Connected proxies whose configuration a loaded change recomputed (the others keep their compiled output).",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 14),
+	})
 	s.convergence = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "rampart_xds_convergence_seconds",
 		Help:    "From a configuration change being seen to a proxy ACKing the configuration it produced.",
 		Buckets: prometheus.ExponentialBuckets(1e-3, 2, 16),
 	})
-	for _, c := range []prometheus.Collector{s.pushes, s.rejects, s.proxies, s.nacks, s.compiled, s.convergence} {
+	for _, c := range []prometheus.Collector{s.pushes, s.rejects, s.proxies, s.nacks, s.compiled, s.compiles, s.recomputed, s.convergence} {
 		if err := cfg.Metrics.Register(c); err != nil {
 			return nil, err
 		}
@@ -364,7 +377,8 @@ func stampOf(paths []string) string {
 }
 
 // reload reads the configuration if it changed and, if it is valid, recompiles
-// every known proxy's snapshot. An invalid change is refused whole.
+// the snapshots of the proxies the change can affect (changeScope); the others
+// keep their compiled output. An invalid change is refused whole.
 func (s *Server) reload(first bool) error {
 	stamp := stampOf(s.cfg.Paths) + fmt.Sprintf("/kube:%d", s.kubeGen.Load())
 	s.mu.Lock()
@@ -420,16 +434,35 @@ func (s *Server) reload(first bool) error {
 	for _, f := range nfs {
 		s.log.Warn("configuration finding", "finding", f.String())
 	}
+	// Only reload writes objs, net and providers, so they cannot change
+	// between these two locked sections.
+	next := loaded{objs: objs, net: nw, providers: providersDigest(s.cfg.Mesh)}
 	s.mu.Lock()
-	s.objs, s.net, s.stamp = objs, nw, stamp
+	prev := loaded{objs: s.objs, net: s.net, providers: s.providers}
+	s.mu.Unlock()
+	sc := changeScope(s.cfg.Mesh, prev, next)
+	s.mu.Lock()
+	s.objs, s.net, s.providers, s.stamp = objs, nw, next.providers, stamp
 	s.version++
-	s.built = map[string]*built{}
+	kept := map[string]*built{}
+	for k, b := range s.built {
+		// A compile still running, or one that failed, is not kept.
+		if b.done.Load() && b.err == nil && !sc.affects(b.wl) {
+			kept[k] = b
+		}
+	}
+	s.built = kept
 	nodes := make([]string, 0, len(s.nodes))
-	for id := range s.nodes {
+	recompute := 0
+	for id, n := range s.nodes {
 		nodes = append(nodes, id)
+		if kept[workloadKey(n.workload)] == nil {
+			recompute++
+		}
 	}
 	s.mu.Unlock()
-	s.log.Info("configuration loaded", "objects", len(objs), "proxies", len(nodes))
+	s.recomputed.Observe(float64(recompute))
+	s.log.Info("configuration loaded", "objects", len(objs), "proxies", len(nodes), "recomputed", recompute, "scope", sc.String())
 	seen := time.Now()
 	for _, id := range nodes {
 		if err := s.push(id, seen); err != nil {
@@ -457,11 +490,13 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 	key := workloadKey(n.workload)
 	b, ok := s.built[key]
 	if !ok {
-		b = &built{}
+		b = &built{wl: n.workload}
 		s.built[key] = b
 	}
 	s.mu.Unlock()
 	b.once.Do(func() {
+		defer b.done.Store(true)
+		s.compiles.Inc()
 		start := time.Now()
 		b.wb, b.err = Compile(objs, s.cfg.Mesh, n.workload)
 		if b.err != nil {
@@ -486,6 +521,12 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 	})
 	if b.err != nil {
 		return b.err
+	}
+	s.mu.Lock()
+	same := n.sent == b.version
+	s.mu.Unlock()
+	if same {
+		return nil // an unaffected proxy: nothing to build or push
 	}
 	wb, ext, out := b.wb, b.ext, b.out
 	snap, err := cachev3.NewSnapshot(b.version, outboundResources(ext, out))
