@@ -139,8 +139,10 @@ func TestProxylessGRPC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if fi, err := os.Stat(filepath.Join(m.dir, "grpc-client", "certs", "key.pem")); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("key.pem: %v, mode %v; want mode 0600", err, fi.Mode().Perm())
+	if fi, err := os.Stat(filepath.Join(m.dir, "grpc-client", "certs", "key.pem")); err != nil {
+		t.Fatal(err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key.pem mode %v, want 0600", fi.Mode().Perm())
 	}
 
 	const target = "xds:///echo.default.svc.cluster.local:9090"
