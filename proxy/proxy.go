@@ -31,6 +31,7 @@ import (
 	"github.com/rampart-mesh/rampart/ca/workloadapi"
 	"github.com/rampart-mesh/rampart/proxy/inbound"
 	"github.com/rampart-mesh/rampart/proxy/outbound"
+	"github.com/rampart-mesh/rampart/proxy/proxyless"
 	"github.com/rampart-mesh/rampart/proxy/upstream"
 	"github.com/rampart-mesh/rampart/proxy/xds"
 	"golang.org/x/sync/errgroup"
@@ -47,6 +48,9 @@ type Config struct {
 	// Outbound, if set, runs the outbound path (and ingress gateway listeners)
 	// with listeners, routes, clusters and endpoints from rampartd over xDS.
 	Outbound *OutboundConfig
+	// Proxyless, if set, is the agent-only mode for a proxyless gRPC app: no
+	// listeners; certificate files and a gRPC xDS bootstrap for the app.
+	Proxyless *ProxylessConfig
 	// Workload is this proxy's workload (namespace, name, labels), sent to
 	// rampartd with its xDS requests; Inbound.Workload is used when it is empty.
 	Workload authz.Workload
@@ -95,6 +99,15 @@ type OutboundConfig struct {
 	DecisionLog string
 }
 
+// ProxylessConfig configures the agent-only mode for proxyless gRPC apps.
+type ProxylessConfig struct {
+	// CertDir receives cert-chain.pem, key.pem and root-cert.pem, rewritten
+	// atomically on every rotation.
+	CertDir string
+	// Bootstrap is the gRPC xDS bootstrap file written for the app.
+	Bootstrap string
+}
+
 // Proxy is a sidecar.
 type Proxy struct {
 	cfg    Config
@@ -110,6 +123,7 @@ type Proxy struct {
 	outs     []*outbound.Server
 	tcp      *outbound.TCP
 	guard    *inbound.Server // the gateway's authentication and authorization
+	grpc     *proxyless.Writer
 
 	// Readiness: the first policy bundle and the first complete outbound
 	// configuration have been applied.
@@ -168,6 +182,15 @@ func New(cfg Config) (*Proxy, error) {
 				OnDecide: hook, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
 				return nil, err
 			}
+		}
+	}
+	if pl := cfg.Proxyless; pl != nil {
+		if cfg.Inbound != nil || cfg.Outbound != nil {
+			return nil, errors.New("proxyless: the agent-only mode serves no inbound, outbound or gateway listeners")
+		}
+		if p.grpc, err = proxyless.New(proxyless.Config{Source: a, CertDir: pl.CertDir, Bootstrap: pl.Bootstrap,
+			ControlPlane: cfg.Agent.ControlPlane, Workload: p.cfg.Workload, Log: cfg.Log}); err != nil {
+			return nil, err
 		}
 	}
 	if cfg.WorkloadAPISocket != "" {
@@ -482,6 +505,10 @@ func (p *Proxy) ReadyHandler() http.Handler {
 			http.Error(w, "no policy bundle from the control plane yet", http.StatusServiceUnavailable)
 			return
 		}
+		if p.grpc != nil && !p.grpc.Ready() {
+			http.Error(w, "the gRPC certificate files and bootstrap are not written yet", http.StatusServiceUnavailable)
+			return
+		}
 		if p.cfg.Outbound != nil && !p.outboundApplied.Load() {
 			http.Error(w, "no routes and clusters from the control plane yet", http.StatusServiceUnavailable)
 			return
@@ -514,6 +541,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 			return client.Run(ctx)
 		})
+	}
+	if p.grpc != nil {
+		g.Go(func() error { return p.grpc.Run(ctx) })
 	}
 	if p.wl != nil {
 		g.Go(func() error {

@@ -51,6 +51,9 @@ type config struct {
 	Pprof             bool         `json:"pprof"`
 	AccessLog         string       `json:"accessLog"`
 	GatewayListen     []string     `json:"gatewayListen"`
+	Proxyless         bool         `json:"proxyless"`
+	GRPCBootstrap     string       `json:"grpcBootstrap"`
+	CertDir           string       `json:"certDir"`
 	LogLevel          string       `json:"logLevel"`
 	LogFormat         string       `json:"logFormat"`
 }
@@ -74,22 +77,45 @@ func newCommand() *cobra.Command {
 	var configFile string
 	cmd := &cobra.Command{
 		Use:   "rampart-sidecar",
-		Short: "Rampart sidecar: workload identity agent and SPIFFE Workload API",
+		Short: "Rampart sidecar: workload identity agent, SPIFFE Workload API, proxy, or the agent of a proxyless gRPC app",
 		Long: `rampart-sidecar runs beside one workload.
 
 It generates the workload's private key in memory (the key never leaves the
-process except to the app through the Workload API), sends a CSR to rampartd
+process except to the app: through the Workload API, or with --proxyless as a
+file in --cert-dir), sends a CSR to rampartd
 with the join token from --token-file, and renews its X.509-SVID at about half
 its lifetime. Renewals authenticate with the current SVID, so a single-use token
 is enough. If rampartd is unreachable the last good SVID keeps being served until
 it expires, and renewal resumes on its own when rampartd returns.
 
 Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
-(point SPIFFE_ENDPOINT_SOCKET=unix://<path> at it for go-spiffe and other clients).`,
+(point SPIFFE_ENDPOINT_SOCKET=unix://<path> at it for go-spiffe and other clients).
+
+Proxyless gRPC (--proxyless): for a gRPC app that talks xDS itself (grpc-go's
+xds resolver) and has no proxy in front. The sidecar serves no listeners; it
+keeps the workload's SVID in --cert-dir (cert-chain.pem, key.pem mode 0600,
+root-cert.pem), rewritten atomically on every rotation, and writes a gRPC xDS
+bootstrap to --grpc-bootstrap: rampartd at --control-plane over mTLS with those
+files (channel_creds "tls"), node id <SPIFFE ID>~<workload> with metadata
+GENERATOR=grpc, and the "default" file_watcher certificate provider that
+rampartd's clusters use for mTLS to mesh services. Point the app at it with
+GRPC_XDS_BOOTSTRAP=<file>, dial xds:///HOST:PORT (e.g.
+xds:///echo.default.svc.cluster.local:9090, or a short form from the app's
+namespace) with xDS transport credentials (google.golang.org/grpc/credentials/xds),
+and it gets rampartd's routes, clusters and endpoints and talks mTLS to the
+mesh's sidecars. The --control-plane host must be one rampartd's certificate
+names (its --listen host, localhost or a loopback address): gRPC checks it.
+/healthz/ready answers 200 once the files are written.`,
 		Example: `  rampartctl token create --state-dir .rampart --namespace default --service-account web > web.token
   rampartctl ca root --state-dir .rampart > root.pem
   rampart-sidecar --control-plane 127.0.0.1:15012 --root-cert root.pem \
-      --token-file web.token --workload-api-socket /tmp/web/agent.sock`,
+      --token-file web.token --workload-api-socket /tmp/web/agent.sock
+
+  # a proxyless gRPC app: no proxy, its identity and bootstrap in files
+  rampart-sidecar --control-plane 127.0.0.1:15012 --root-cert root.pem \
+      --token-file client.token --workload default/client --labels app=client \
+      --proxyless --cert-dir /tmp/client/certs --grpc-bootstrap /tmp/client/bootstrap.json
+  GRPC_XDS_BOOTSTRAP=/tmp/client/bootstrap.json ./client --target xds:///echo.default.svc.cluster.local:9090`,
 		Version:       version.String(),
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
@@ -122,6 +148,9 @@ Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 	f.StringArrayVar(&c.GatewayListen, "gateway-listen", nil, "serve as an ingress gateway on this address (repeatable); the port picks the Istio Gateway server whose routes apply")
 	f.StringVar(&c.DecisionLog, "decision-log", "", "with --inbound-listen or --gateway-listen: append denials and dry-run hits to this tamper-evident decision log")
 	f.BoolVar(&c.LogAllows, "log-allows", false, "with --decision-log: log allowed requests too")
+	f.BoolVar(&c.Proxyless, "proxyless", false, "agent-only mode for a proxyless gRPC app: no listeners; write --cert-dir and --grpc-bootstrap for grpc-go's xds resolver (see above)")
+	f.StringVar(&c.GRPCBootstrap, "grpc-bootstrap", "", "with --proxyless: the gRPC xDS bootstrap file to write (the app's GRPC_XDS_BOOTSTRAP)")
+	f.StringVar(&c.CertDir, "cert-dir", "", "with --proxyless: directory for cert-chain.pem, key.pem and root-cert.pem, rewritten on every rotation")
 	f.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "address serving /metrics and /healthz/ready (port 0 picks one and logs it); \"\" disables it")
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	f.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
@@ -181,6 +210,22 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
+	var pl *proxy.ProxylessConfig
+	switch {
+	case c.Proxyless:
+		if c.InboundListen != "" || c.OutboundListen != "" || len(c.GatewayListen) > 0 {
+			return errors.New("--proxyless serves no listeners: drop --inbound-listen, --outbound-listen and --gateway-listen")
+		}
+		if c.GRPCBootstrap == "" || c.CertDir == "" {
+			return errors.New("--proxyless needs --grpc-bootstrap FILE and --cert-dir DIR (where the app's bootstrap and certificates go)")
+		}
+		if wl.Namespace == "" || wl.Name == "" {
+			return errors.New("--proxyless needs --workload NAMESPACE/NAME (it could not be read from the token)")
+		}
+		pl = &proxy.ProxylessConfig{CertDir: c.CertDir, Bootstrap: c.GRPCBootstrap}
+	case c.GRPCBootstrap != "" || c.CertDir != "":
+		return errors.New("--grpc-bootstrap and --cert-dir go with --proxyless")
+	}
 	var out *proxy.OutboundConfig
 	if c.OutboundListen != "" || len(c.GatewayListen) > 0 {
 		switch c.AccessLog {
@@ -225,6 +270,7 @@ func run(ctx context.Context, c config) error {
 		WorkloadAPISocket: c.WorkloadAPISocket,
 		Inbound:           in,
 		Outbound:          out,
+		Proxyless:         pl,
 		Workload:          wl,
 		Registry:          reg,
 		Log:               log,

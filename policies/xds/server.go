@@ -80,7 +80,11 @@ type Server struct {
 	cfg   Config
 	log   *slog.Logger
 	cache cachev3.SnapshotCache
-	ads   serverv3.Server
+	// grpcCache holds proxyless gRPC clients' snapshots; mux routes each
+	// request to its node's cache (proxyless.go).
+	grpcCache cachev3.SnapshotCache
+	mux       cachev3.Cache
+	ads       serverv3.Server
 
 	mu      sync.Mutex
 	objs    []source.Object // last good configuration
@@ -153,6 +157,10 @@ type node struct {
 	streams  int               // open ADS streams
 	since    time.Time         // when its current stream opened
 	lastSeen time.Time
+	// proxyless is a gRPC client (GENERATOR: grpc); names are the resources
+	// it subscribes to, by type URL.
+	proxyless bool
+	names     map[string][]string
 }
 
 // ProxyStatus is what `rampartctl proxy-status` shows for one proxy.
@@ -218,6 +226,9 @@ func (s *Server) Outbound(proxy string) (*compile.Outbound, bool, bool) {
 // synced reports whether the proxy has ACKed the last version sent for every
 // type it subscribes to.
 func (n *node) synced() bool {
+	if n.proxyless {
+		return n.proxylessSynced()
+	}
 	if len(n.acked) == 0 {
 		return false
 	}
@@ -293,7 +304,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Metrics = prometheus.NewRegistry()
 	}
 	s := &Server{cfg: cfg, log: cfg.Log.With("component", "xds"), nodes: map[string]*node{}, streams: map[int64]*stream{}}
-	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	s.cache, s.grpcCache, s.mux = newCaches()
 	s.pushes = prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_xds_pushes_total", Help: "Snapshots set for proxies."})
 	s.rejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rampart_xds_config_rejected_total", Help: "Configuration changes refused (the last good configuration stays), by reason."}, []string{"reason"})
 	s.proxies = prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_xds_connected_proxies", Help: "Proxies with an open ADS stream."})
@@ -321,7 +332,7 @@ func New(cfg Config) (*Server, error) {
 // Register adds the ADS service to a gRPC server (rampartd's TLS endpoint); the
 // service stops with ctx.
 func (s *Server) Register(ctx context.Context, gs *grpc.Server) {
-	s.ads = serverv3.NewServer(ctx, s.cache, serverv3.CallbackFuncs{
+	s.ads = serverv3.NewServer(ctx, s.mux, serverv3.CallbackFuncs{
 		StreamOpenFunc:    s.onOpen,
 		StreamClosedFunc:  s.onClosed,
 		StreamRequestFunc: s.onRequest,
@@ -487,7 +498,7 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 	if s.built == nil {
 		s.built = map[string]*built{}
 	}
-	key := workloadKey(n.workload)
+	key := builtKey(n)
 	b, ok := s.built[key]
 	if !ok {
 		b = &built{wl: n.workload}
@@ -514,7 +525,7 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 		if nw == nil {
 			nw = &compile.Networking{Registry: &registry.Registry{}}
 		}
-		if b.out, b.err = compile.CompileOutbound(nw, s.cfg.Mesh, n.workload); b.err != nil {
+		if b.out, b.err = compileFor(n)(nw, s.cfg.Mesh, n.workload); b.err != nil {
 			return
 		}
 		b.version, b.err = snapshotVersion(b.wb.Revision, b.out)
@@ -533,7 +544,7 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 	if err != nil {
 		return err
 	}
-	if err := snap.Consistent(); err != nil {
+	if err := consistent(n, snap, out); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -545,7 +556,7 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 	n.changed = changed
 	n.sent, n.bundle, n.outbound = b.version, wb, out
 	s.mu.Unlock()
-	if err := s.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
+	if err := s.cacheOf(n).SetSnapshot(context.Background(), nodeID, snap); err != nil {
 		return err
 	}
 	s.pushes.Inc()
@@ -695,6 +706,7 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 		if _, ok := n.acked[req.GetTypeUrl()]; !ok {
 			n.acked[req.GetTypeUrl()] = "" // subscribed
 		}
+		n.noteNames(req)
 		if req.GetResponseNonce() != "" {
 			if d := req.GetErrorDetail(); d != nil {
 				n.nack = d.GetMessage()
@@ -721,7 +733,8 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 	}
 	s.mu.Lock()
 	now := time.Now()
-	s.nodes[key] = &node{id: id, workload: wl, streams: 1, since: now, lastSeen: now, acked: map[string]string{req.GetTypeUrl(): ""}}
+	s.nodes[key] = &node{id: id, workload: wl, streams: 1, since: now, lastSeen: now, acked: map[string]string{req.GetTypeUrl(): ""}, proxyless: isProxyless(req.GetNode())}
+	s.nodes[key].noteNames(req)
 	st.counted = true
 	s.mu.Unlock()
 	s.log.Info("proxy connected", "proxy", key, "workload", wl.Namespace+"/"+wl.Name)
