@@ -467,7 +467,7 @@ func (s *Server) reload(first bool) error {
 	recompute := 0
 	for id, n := range s.nodes {
 		nodes = append(nodes, id)
-		if kept[workloadKey(n.workload)] == nil {
+		if kept[builtKey(n)] == nil {
 			recompute++
 		}
 	}
