@@ -187,13 +187,14 @@ func validateRateLimitMatch(o source.Object, path string, m *api.RequestMatch) [
 				fs = append(fs, newFinding(o, SeverityError, CodeRLEmptyValue, p, "empty value; use \"*\" for any"))
 				continue
 			}
-			if len(v) > 2 && strings.Contains(v[1:len(v)-1], "*") {
-				fs = append(fs, newFinding(o, SeverityWarning, CodeRLInfixWildcard, p, "%q: '*' only matches at the start or end of a value; inside it is a literal", v))
-			}
 			if check != nil {
 				if code, msg := check(v); code != "" {
 					fs = append(fs, newFinding(o, SeverityError, code, p, "%q: %s", v, msg))
+					continue
 				}
+			}
+			if len(v) > 2 && strings.Contains(v[1:len(v)-1], "*") {
+				fs = append(fs, newFinding(o, SeverityWarning, CodeRLInfixWildcard, p, "%q: '*' only matches at the start or end of a value; inside it is a literal", v))
 			}
 		}
 	}
