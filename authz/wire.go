@@ -34,6 +34,9 @@ type WireBundle struct {
 	Peer     json.RawMessage   `json:"peer"`
 	// Providers are the mesh's Rego CUSTOM providers (rampartRego), by name.
 	Providers map[string]WireProvider `json:"providers,omitempty"`
+	// RateLimits are the local rate limits (RateLimitPolicy) that apply to the
+	// workload, in the order they are checked.
+	RateLimits []RateLimit `json:"rateLimits,omitempty"`
 }
 
 // WireProvider is one Rego CUSTOM provider: its bundle (an OPA bundle

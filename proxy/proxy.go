@@ -32,6 +32,7 @@ import (
 	"github.com/rampart-mesh/rampart/proxy/inbound"
 	"github.com/rampart-mesh/rampart/proxy/outbound"
 	"github.com/rampart-mesh/rampart/proxy/proxyless"
+	"github.com/rampart-mesh/rampart/proxy/ratelimit"
 	"github.com/rampart-mesh/rampart/proxy/upstream"
 	"github.com/rampart-mesh/rampart/proxy/xds"
 	"golang.org/x/sync/errgroup"
@@ -122,8 +123,9 @@ type Proxy struct {
 	ups      *upstream.Manager
 	outs     []*outbound.Server
 	tcp      *outbound.TCP
-	guard    *inbound.Server // the gateway's authentication and authorization
+	guard    *inbound.Server    // the gateway's authentication and authorization
 	grpc     *proxyless.Writer
+	limiter  *ratelimit.Limiter // the inbound path's local rate limits
 
 	// Readiness: the first policy bundle and the first complete outbound
 	// configuration have been applied.
@@ -203,6 +205,9 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, errors.New("inbound: listen address and app address are required")
 		}
 		p.engine = authz.New(authz.Config{Log: cfg.Log})
+		if p.limiter, err = ratelimit.New(ratelimit.Config{Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
+			return nil, err
+		}
 		if in.DecisionLog != "" {
 			allows := in.LogAllows
 			if p.dlog, err = decisionlog.New(decisionlog.Config{Path: in.DecisionLog, LogAllows: &allows, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
@@ -279,7 +284,7 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 	}
 	srv, err := inbound.New(inbound.Config{
 		Listener: lis, App: in.App, Protocol: in.Protocol, Mode: in.Mode, ModeFunc: modeFunc, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
-		Engine: p.engine, Authn: authn, Workload: in.Workload, OnDecide: hook, Log: p.cfg.Log, Metrics: p.cfg.Registry,
+		Engine: p.engine, Authn: authn, Workload: in.Workload, OnDecide: hook, RateLimit: p.limiter, Log: p.cfg.Log, Metrics: p.cfg.Registry,
 	})
 	if err != nil {
 		lis.Close()
@@ -293,16 +298,25 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(ctx) })
 	g.Go(func() error { return source(ctx) })
+	g.Go(func() error { return p.limiter.Run(ctx) })
 	return g.Wait()
 }
 
 // apply installs a bundle: the Rego first (refused if it does not compile), then
-// the PeerAuthentication modes and RequestAuthentication rules.
+// the PeerAuthentication modes and RequestAuthentication rules, then the rate
+// limits (validated before anything changes; unchanged limits keep their buckets).
 func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn, peerMode *peerModes) error {
 	if p.engine == nil {
 		return nil // neither inbound nor gateway: nothing here evaluates policy
 	}
 	b := wb.Bundle()
+	var limits *ratelimit.Set
+	if p.limiter != nil {
+		var err error
+		if limits, err = p.limiter.Build(wb.RateLimits); err != nil {
+			return fmt.Errorf("rate limits: %w", err)
+		}
+	}
 	provs, err := wb.LoadProviders(ctx)
 	if err != nil {
 		return err
@@ -318,6 +332,9 @@ func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn,
 	}
 	if err := authn.loadJSON(ctx, wb.JWTRules); err != nil {
 		return fmt.Errorf("request authentication rules: %w", err)
+	}
+	if limits != nil {
+		p.limiter.Swap(limits)
 	}
 	p.policyApplied.Store(true)
 	return nil

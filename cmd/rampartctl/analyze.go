@@ -19,9 +19,13 @@ func newAnalyzeCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "analyze -f PATH... [--mesh-config MESH.yaml] [-o json]",
 		Short: "Validate configuration offline and report findings with stable codes",
-		Long: `Validate every AuthorizationPolicy, RequestAuthentication and PeerAuthentication
-in the files, with the same checks rampartd applies, and print each finding with
-its stable code, file:line, object and field path.
+		Long: `Validate the configuration in the files with the same checks rampartd applies,
+and print each finding with its stable code, file:line, object and field path.
+
+Kinds checked: AuthorizationPolicy (AP-*), RequestAuthentication (RA-*),
+PeerAuthentication (PA-*), VirtualService (VS-*), DestinationRule (DR-*),
+ServiceEntry and WorkloadEntry (SE-*), Gateway, and Rampart's own
+RateLimitPolicy (policy.rampart.dev/v1alpha1, RL-*).
 
 With --check-jwks, every jwksUri (or OpenID discovery document) named by a
 RequestAuthentication is fetched now; an issuer that cannot be reached is an
@@ -102,6 +106,9 @@ func analyze(objs []source.Object, mesh compile.Mesh) []compile.Finding {
 	// DestinationRule, Gateway.
 	_, nf := compile.DecodeNetworking(objs, mesh, "default")
 	fs = append(fs, nf...)
+	// Rampart's own kinds: RateLimitPolicy.
+	_, lf := compile.DecodeRateLimitPolicies(objs, "default")
+	fs = append(fs, lf...)
 	return fs
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"github.com/rampart-mesh/rampart/policies/source/kube"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -185,7 +186,11 @@ func run(ctx context.Context, c config) error {
 		if err != nil {
 			return fmt.Errorf("--kubeconfig %s: %w", c.Kubeconfig, err)
 		}
-		kcfg = &kube.Config{Kube: kc, Istio: ic, Namespace: c.KubeNamespace}
+		dc, err := dynamic.NewForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("--kubeconfig %s: %w", c.Kubeconfig, err)
+		}
+		kcfg = &kube.Config{Kube: kc, Istio: ic, Dynamic: dc, Namespace: c.KubeNamespace}
 	}
 	reg := cli.NewRegistry()
 	srv, err := controlplane.New(controlplane.Config{

@@ -208,6 +208,9 @@ func decodeObject(file string, node *yaml.Node) ([]Object, error) {
 	if raw.Metadata.CreationTimestamp != nil {
 		o.CreationTimestamp = *raw.Metadata.CreationTimestamp
 	}
+	if err := checkRampartKind(file, node, o); err != nil {
+		return nil, err
+	}
 	return []Object{o}, nil
 }
 

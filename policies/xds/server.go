@@ -433,6 +433,7 @@ func (s *Server) reload(first bool) error {
 		kreg = s.cfg.Kube.Registry("")
 	}
 	nw, nfs := compile.DecodeNetworkingWith(objs, s.cfg.Mesh, "default", kreg)
+	nfs = append(nfs, rateLimitFindings(objs)...)
 	for _, f := range nfs {
 		if f.Severity == compile.SeverityError {
 			s.rejects.WithLabelValues("invalid").Inc()
@@ -582,6 +583,10 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 	if err != nil {
 		return authz.WireBundle{}, err
 	}
+	rls, rlj, err := rateLimits(objs, mesh, wl)
+	if err != nil {
+		return authz.WireBundle{}, err
+	}
 	// Rego CUSTOM providers travel with the bundle, checked here; one whose
 	// bundle does not load fails the compile, and proxies keep their last good
 	// bundle (without one, a CUSTOM policy denies).
@@ -619,6 +624,7 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 	}
 	h.Write(rj)
 	h.Write(pj)
+	h.Write(rlj)
 	pnames := make([]string, 0, len(provs))
 	for n := range provs {
 		pnames = append(pnames, n)
@@ -631,7 +637,7 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 			fmt.Fprintf(h, "%s\x00%s\x00%t\x00%d\x00", x.Target, x.Timeout, x.FailOpen, x.StatusOnError)
 		}
 	}
-	return authz.WireBundle{Revision: hex.EncodeToString(h.Sum(nil))[:16], Modules: mods, JWTRules: rj, Peer: pj, Providers: provs}, nil
+	return authz.WireBundle{Revision: hex.EncodeToString(h.Sum(nil))[:16], Modules: mods, JWTRules: rj, Peer: pj, Providers: provs, RateLimits: rls}, nil
 }
 
 func (s *Server) onOpen(ctx context.Context, streamID int64, _ string) error {

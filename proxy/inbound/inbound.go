@@ -79,6 +79,9 @@ type Config struct {
 	Authn    Authenticator
 	Workload authz.Workload
 	OnDecide DecisionHook
+	// RateLimit, if set, checks every authorized request against the
+	// workload's local rate limits before it reaches the app.
+	RateLimit RateLimiter
 	// SniffTimeout bounds how long a client may take to send its first bytes.
 	SniffTimeout time.Duration
 	// HeaderTimeout bounds how long a client may take to send a request's
@@ -515,6 +518,11 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		_, _ = w.Write([]byte(body))
 		s.log.Info("request denied", "request_id", reqID, "status", d.Status, "detail", d.ResponseCodeDetail(), "reason", d.Reason)
 		return d.Status, false
+	}
+	if s.cfg.RateLimit != nil {
+		if res := s.cfg.RateLimit.Check(ar); res.Limited {
+			return s.rateLimited(w, ar, res), false
+		}
 	}
 	// Allowed: what the app sees. A client's X-Forwarded-Client-Cert is never trusted.
 	delete(r.Header, "X-Forwarded-Client-Cert")

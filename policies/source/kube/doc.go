@@ -2,7 +2,7 @@
 // Kubernetes API (Services, EndpointSlices, Pods, Namespaces) and over Istio's
 // CRDs (security.istio.io/v1 AuthorizationPolicy, RequestAuthentication,
 // PeerAuthentication; networking.istio.io/v1 VirtualService, DestinationRule,
-// Gateway, ServiceEntry, WorkloadEntry, Sidecar).
+// Gateway, ServiceEntry, WorkloadEntry, Sidecar) and Rampart's own CRDs.
 //
 // It owns the informer caches and two views of them, both built fresh on every
 // call from what the caches hold at that moment:
@@ -17,8 +17,9 @@
 // caches change and leaves the rest to its caller. Objects enter the caches
 // trimmed (no managed fields; Pods keep only what the registry reads).
 //
-// Rampart's own policy.rampart.dev kinds are not watched yet: they have no
-// typed clientset to build informers from.
+// Rampart's own policy.rampart.dev kinds (RateLimitPolicy; CRDs in
+// deploy/crds) are watched through a dynamic informer (Config.Dynamic) and
+// become source.Objects the same way.
 //
 // It is control plane: it must not import proxy/..., ca/agent or ca/workloadapi.
 package kube

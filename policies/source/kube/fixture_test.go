@@ -14,13 +14,19 @@ import (
 	"testing"
 	"time"
 
+	"encoding/json"
+
+	"github.com/rampart-mesh/rampart/policies/api"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	istioscheme "istio.io/client-go/pkg/clientset/versioned/scheme"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apimachinery/pkg/watch"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
 	clientfeatures "k8s.io/client-go/features"
 	clientfeaturestesting "k8s.io/client-go/features/testing"
 	kubefake "k8s.io/client-go/kubernetes/fake"
@@ -58,6 +64,10 @@ func decodeFile(t *testing.T, path string) []runtime.Object {
 		if js, err := yaml.YAMLToJSON(doc); err != nil || string(bytes.TrimSpace(js)) == "null" {
 			continue // a document of only comments
 		}
+		if u, ok := rampartObject(t, path, doc); ok {
+			out = append(out, u)
+			continue
+		}
 		obj, _, err := dec.Decode(doc, nil, nil)
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", path, err, doc)
@@ -70,8 +80,31 @@ func decodeFile(t *testing.T, path string) []runtime.Object {
 type fixture struct {
 	kube  *kubefake.Clientset
 	istio *istiofake.Clientset
-	// istioWatches counts watches the Istio fake has opened.
-	istioWatches atomic.Int32
+	dyn   *dynamicfake.FakeDynamicClient // Rampart's own kinds
+	// istioWatches and dynWatches count watches the fakes have opened.
+	istioWatches, dynWatches atomic.Int32
+}
+
+// rampartObject decodes a policy.rampart.dev document as the dynamic client
+// holds it, checking its spec strictly so a typo in testdata cannot pass.
+func rampartObject(t *testing.T, path string, doc []byte) (*unstructured.Unstructured, bool) {
+	t.Helper()
+	js, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	u := &unstructured.Unstructured{}
+	if err := u.UnmarshalJSON(js); err != nil || u.GroupVersionKind().Group != api.Group {
+		return nil, false
+	}
+	spec, err := json.Marshal(u.Object["spec"])
+	if err == nil {
+		_, err = api.DecodeRateLimitPolicySpec(spec)
+	}
+	if err != nil {
+		t.Fatalf("%s: %s %s: %v", path, u.GetKind(), u.GetName(), err)
+	}
+	return u, true
 }
 
 func newFixture(t *testing.T, files ...string) *fixture {
@@ -81,17 +114,26 @@ func newFixture(t *testing.T, files ...string) *fixture {
 	// on (the default since 1.35) they would wait for a bookmark the fake never
 	// sends. A real API server streams lists; fakes need the classic list+watch.
 	clientfeaturestesting.SetFeatureDuringTest(t, clientfeatures.WatchListClient, false)
-	var kubeObjs, istioObjs []runtime.Object
+	var kubeObjs, istioObjs, dynObjs []runtime.Object
 	for _, f := range files {
 		for _, obj := range decodeFile(t, filepath.Join("testdata", f)) {
-			if strings.HasSuffix(obj.GetObjectKind().GroupVersionKind().Group, "istio.io") {
+			if _, ok := obj.(*unstructured.Unstructured); ok {
+				dynObjs = append(dynObjs, obj)
+			} else if strings.HasSuffix(obj.GetObjectKind().GroupVersionKind().Group, "istio.io") {
 				istioObjs = append(istioObjs, obj)
 			} else {
 				kubeObjs = append(kubeObjs, obj)
 			}
 		}
 	}
-	f := &fixture{kube: kubefake.NewClientset(kubeObjs...), istio: istiofake.NewSimpleClientset(istioObjs...)}
+	f := &fixture{kube: kubefake.NewClientset(kubeObjs...), istio: istiofake.NewSimpleClientset(istioObjs...),
+		dyn: dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+			map[schema.GroupVersionResource]string{RateLimitPolicies: api.KindRateLimitPolicy + "List"}, dynObjs...)}
+	f.dyn.PrependWatchReactor("*", func(a clienttesting.Action) (bool, watch.Interface, error) {
+		w, err := f.dyn.Tracker().Watch(a.GetResource(), a.GetNamespace())
+		f.dynWatches.Add(1)
+		return true, w, err
+	})
 	// The Istio fake's watch starts from "now" (it ignores resourceVersion), so a
 	// change made between an informer's list and its watch would be lost: tests
 	// wait until every Istio watch is open before they change anything.
@@ -118,7 +160,7 @@ type running struct {
 func (f *fixture) start(t *testing.T, cfg Config) *running {
 	t.Helper()
 	r := &running{done: make(chan error, 1)}
-	cfg.Kube, cfg.Istio = f.kube, f.istio
+	cfg.Kube, cfg.Istio, cfg.Dynamic = f.kube, f.istio, f.dyn
 	cfg.OnChange = func() { r.changes.Add(1) }
 	if cfg.Log == nil {
 		cfg.Log = testLogger(t)
@@ -133,7 +175,8 @@ func (f *fixture) start(t *testing.T, cfg Config) *running {
 	go func() { r.done <- s.Run(ctx) }()
 	t.Cleanup(func() { r.stop(t) })
 	eventually(t, "caches synced and Istio watches open", func() bool {
-		return s.HasSynced() && f.istioWatches.Load() >= int32(len(s.istioKinds)) && r.changes.Load() >= 1
+		return s.HasSynced() && f.istioWatches.Load() >= int32(len(s.istioKinds)) &&
+			f.dynWatches.Load() >= int32(len(s.rampartKinds)) && r.changes.Load() >= 1
 	})
 	return r
 }

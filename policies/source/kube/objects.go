@@ -66,7 +66,7 @@ func specOf(obj any) (metav1.Object, proto.Message, bool) {
 	return nil, nil, false
 }
 
-// Objects returns every Istio object in the caches as source.Object, ordered by
+// Objects returns every Istio and Rampart object in the caches as source.Object, ordered by
 // kind, namespace and name. Spec is the protojson of the object's spec, as the
 // YAML source gives it; File is "kubernetes" and Line 0.
 func (s *Source) Objects() []source.Object {
@@ -88,6 +88,7 @@ func (s *Source) Objects() []source.Object {
 			out = append(out, o)
 		}
 	}
+	out = append(out, s.rampartObjects()...)
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]
 		if a.Kind != b.Kind {

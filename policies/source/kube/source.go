@@ -15,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -32,6 +34,9 @@ type Config struct {
 	Kube kubernetes.Interface
 	// Istio is the Istio clientset (security.istio.io and networking.istio.io).
 	Istio istioclient.Interface
+	// Dynamic is the client for Rampart's own kinds (policy.rampart.dev
+	// RateLimitPolicy), whose CRDs are in deploy/crds. Nil leaves them unwatched.
+	Dynamic dynamic.Interface
 	// Namespace limits every namespaced informer to one namespace; "" watches all.
 	// With a namespace set, only that Namespace object is watched, so the source
 	// needs no cluster-wide list/watch permission.
@@ -56,12 +61,14 @@ type Source struct {
 	kube  informers.SharedInformerFactory
 	nss   informers.SharedInformerFactory // Namespaces, possibly narrowed to cfg.Namespace
 	istio istioinformers.SharedInformerFactory
+	dyn   dynamicinformer.DynamicSharedInformerFactory // nil without Config.Dynamic
 
-	services   cache.SharedIndexInformer
-	slices     cache.SharedIndexInformer
-	pods       cache.SharedIndexInformer
-	namespaces cache.SharedIndexInformer
-	istioKinds []istioKind
+	services     cache.SharedIndexInformer
+	slices       cache.SharedIndexInformer
+	pods         cache.SharedIndexInformer
+	namespaces   cache.SharedIndexInformer
+	istioKinds   []istioKind
+	rampartKinds []rampartKind
 
 	running atomic.Bool
 	synced  atomic.Bool
@@ -101,6 +108,10 @@ func New(cfg Config) (*Source, error) {
 		return nil, fmt.Errorf("kube source: index endpoint slices: %w", err)
 	}
 	s.istioKinds = istioKinds(s.istio)
+	if cfg.Dynamic != nil {
+		s.dyn = dynamicinformer.NewFilteredDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync, cfg.Namespace, nil)
+		s.rampartKinds = rampartKinds(s.dyn)
+	}
 
 	type watched struct {
 		kind string
@@ -108,6 +119,9 @@ func New(cfg Config) (*Source, error) {
 	}
 	all := []watched{{"Service", s.services}, {"EndpointSlice", s.slices}, {"Pod", s.pods}, {"Namespace", s.namespaces}}
 	for _, k := range s.istioKinds {
+		all = append(all, watched{k.kind, k.informer})
+	}
+	for _, k := range s.rampartKinds {
 		all = append(all, watched{k.kind, k.informer})
 	}
 	for _, i := range all {
@@ -145,10 +159,16 @@ func (s *Source) Run(ctx context.Context) error {
 		s.kube.Shutdown()
 		s.nss.Shutdown()
 		s.istio.Shutdown()
+		if s.dyn != nil {
+			s.dyn.Shutdown()
+		}
 	}()
 	s.kube.Start(ctx.Done())
 	s.nss.Start(ctx.Done())
 	s.istio.Start(ctx.Done())
+	if s.dyn != nil {
+		s.dyn.Start(ctx.Done())
+	}
 
 	start := time.Now()
 	if !cache.WaitForCacheSync(ctx.Done(), s.hasSyncedFuncs()...) {
@@ -168,6 +188,9 @@ func (s *Source) HasSynced() bool { return s.synced.Load() }
 func (s *Source) hasSyncedFuncs() []cache.InformerSynced {
 	out := []cache.InformerSynced{s.services.HasSynced, s.slices.HasSynced, s.pods.HasSynced, s.namespaces.HasSynced}
 	for _, k := range s.istioKinds {
+		out = append(out, k.informer.HasSynced)
+	}
+	for _, k := range s.rampartKinds {
 		out = append(out, k.informer.HasSynced)
 	}
 	return out

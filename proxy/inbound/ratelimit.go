@@ -1,0 +1,50 @@
+package inbound
+
+import (
+	"net/http"
+
+	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/proxy/ratelimit"
+)
+
+// RateLimiter checks an authorized request against local rate limits
+// (proxy/ratelimit implements it).
+type RateLimiter interface {
+	Check(r *authz.Request) ratelimit.Result
+}
+
+var _ RateLimiter = (*ratelimit.Limiter)(nil)
+
+// What a rate-limited request is answered with, as Envoy's local rate limit
+// filter answers it.
+const (
+	rateLimitedBody    = "local_rate_limited"
+	rateLimitedDetails = "local_rate_limited"
+	rateLimitedFlag    = "RL"
+	// grpcResourceExhausted is the gRPC status a 429 becomes (Envoy with
+	// rate_limited_as_resource_exhausted; its default would be UNAVAILABLE,
+	// which clients retry).
+	grpcResourceExhausted = "8"
+)
+
+// rateLimited answers a request that an enforced limit refused: 429 for HTTP,
+// a trailers-only RESOURCE_EXHAUSTED for gRPC, with x-envoy-ratelimited and
+// the RL response flag. It returns the status for metrics.
+func (s *Server) rateLimited(w http.ResponseWriter, ar *authz.Request, res ratelimit.Result) int {
+	h := w.Header()
+	h.Set("x-envoy-ratelimited", "true")
+	h.Set("x-rampart-response-flags", rateLimitedFlag)
+	s.log.Info("request rate limited", "request_id", ar.ID, "limit", res.Limit, "response_flags", rateLimitedFlag,
+		"response_code_details", rateLimitedDetails, "source_principal", ar.SourcePrincipal, "method", ar.Method, "path", ar.Path)
+	if ar.Protocol == authz.ProtocolGRPC {
+		h.Set("content-type", "application/grpc")
+		h.Set("grpc-status", grpcResourceExhausted)
+		h.Set("grpc-message", rateLimitedBody)
+		w.WriteHeader(http.StatusOK)
+		return http.StatusTooManyRequests
+	}
+	h.Set("content-type", "text/plain")
+	w.WriteHeader(http.StatusTooManyRequests)
+	_, _ = w.Write([]byte(rateLimitedBody))
+	return http.StatusTooManyRequests
+}

@@ -1,0 +1,49 @@
+package inbound
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/proxy/ratelimit"
+)
+
+// After authorization, the rate limiter decides: the limited request gets
+// Envoy's local rate limit answer and never reaches the app; a denied request
+// is answered 403 without taking a token.
+func TestInboundRateLimit(t *testing.T) {
+	lim, err := ratelimit.New(ratelimit.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := lim.Build([]authz.RateLimit{{ID: "foo/p/get", Key: "SourcePrincipal", Match: authz.RateLimitMatch{Paths: []string{"/get"}},
+		Requests: 1, Period: "1h0m0s", Burst: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim.Swap(s)
+	e := start(t, ModePermissive, func(c *Config) { c.RateLimit = lim })
+
+	if resp, _, err := e.get(t, e.other, "/get", nil); err != nil || resp.StatusCode != 403 {
+		t.Fatalf("denied caller: %v %v; want 403", resp, err)
+	}
+	e.drainPaths()
+	resp, body, err := e.get(t, e.client, "/get", nil)
+	if err != nil || resp.StatusCode != 200 || body != "app says hi" {
+		t.Fatalf("first request: %v %q %v; want 200 from the app (the denied request took no token)", resp, body, err)
+	}
+	resp, body, err = e.get(t, e.client, "/get", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusTooManyRequests || body != "local_rate_limited" ||
+		resp.Header.Get("x-envoy-ratelimited") != "true" || resp.Header.Get("x-rampart-response-flags") != "RL" {
+		t.Fatalf("second request: %d %q %v; want 429 local_rate_limited with x-envoy-ratelimited and RL", resp.StatusCode, body, resp.Header)
+	}
+	if got := e.drainPaths(); len(got) != 1 {
+		t.Fatalf("the app received %v; want only the first request", got)
+	}
+	if got := requestsWith(t, e.reg, "mutual_tls", "429"); got != 1 {
+		t.Errorf("istio_requests_total{response_code=429} = %v; want 1", got)
+	}
+}
