@@ -123,7 +123,7 @@ type Proxy struct {
 	ups      *upstream.Manager
 	outs     []*outbound.Server
 	tcp      *outbound.TCP
-	guard    *inbound.Server    // the gateway's authentication and authorization
+	guard    *inbound.Server // the gateway's authentication and authorization
 	grpc     *proxyless.Writer
 	limiter  *ratelimit.Limiter // the inbound path's local rate limits
 

@@ -59,7 +59,9 @@ func (s *source) Updated() <-chan struct{} {
 	defer s.mu.Unlock()
 	return s.changed
 }
-func (s *source) TrustDomain() spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString("cluster.local") }
+func (s *source) TrustDomain() spiffeid.TrustDomain {
+	return spiffeid.RequireTrustDomainFromString("cluster.local")
+}
 
 func TestWriterFilesAndBootstrap(t *testing.T) {
 	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
