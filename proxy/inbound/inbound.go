@@ -499,7 +499,7 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		if an.Status == http.StatusForbidden {
 			msg = "Audiences in Jwt are not allowed"
 		}
-		http.Error(w, msg, an.Status)
+		localReply(w, ar, an.Status, msg)
 		return an.Status, false
 	}
 	if !d.Allowed {
@@ -513,9 +513,7 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		if d.Status == 400 {
 			body = "Bad Request"
 		}
-		w.Header().Set("content-type", "text/plain")
-		w.WriteHeader(d.Status)
-		_, _ = w.Write([]byte(body))
+		localReply(w, ar, d.Status, body)
 		s.log.Info("request denied", "request_id", reqID, "status", d.Status, "detail", d.ResponseCodeDetail(), "reason", d.Reason)
 		return d.Status, false
 	}

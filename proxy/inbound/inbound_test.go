@@ -412,3 +412,42 @@ dry_run_allow_policies := set()
 		t.Fatalf("a peer the TCP policy does not name read %q", got)
 	}
 }
+
+// A gRPC call the sidecar refuses gets a gRPC status, as Envoy's local replies
+// do for gRPC: HTTP 200, trailers-only, grpc-status 7 (PERMISSION_DENIED).
+func TestInboundGRPCDenialIsAGRPCStatus(t *testing.T) {
+	e := start(t, ModePermissive)
+	h2 := e.other.Clone()
+	h2.NextProtos = []string{"h2"}
+	tr := &http.Transport{TLSClientConfig: h2, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("POST", "https://"+e.addr+"/echo.Echo/Who", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("content-type", "application/grpc")
+	req.Header.Set("te", "trailers")
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.ReadAll(resp.Body)
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("answered over HTTP/%d, want HTTP/2", resp.ProtoMajor)
+	}
+	status := resp.Header.Get("grpc-status") + resp.Trailer.Get("grpc-status")
+	if resp.StatusCode != 200 || status != "7" || resp.Header.Get("grpc-message") != authz.DeniedBody ||
+		resp.Header.Get("content-type") != "application/grpc" {
+		t.Fatalf("got %d grpc-status %q grpc-message %q content-type %q; want 200, 7, %q, application/grpc",
+			resp.StatusCode, status, resp.Header.Get("grpc-message"), resp.Header.Get("content-type"), authz.DeniedBody)
+	}
+}
+
+func TestGRPCStatusMapping(t *testing.T) {
+	for http, want := range map[int]int{400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14, 418: 2} {
+		if got := grpcStatusFor(http); got != want {
+			t.Errorf("HTTP %d → gRPC %d, want %d", http, got, want)
+		}
+	}
+	if got := grpcEncode("RBAC: access denied 100%\n"); got != "RBAC: access denied 100%25%0A" {
+		t.Errorf("grpcEncode = %q", got)
+	}
+}

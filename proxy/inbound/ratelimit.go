@@ -37,14 +37,9 @@ func (s *Server) rateLimited(w http.ResponseWriter, ar *authz.Request, res ratel
 	s.log.Info("request rate limited", "request_id", ar.ID, "limit", res.Limit, "response_flags", rateLimitedFlag,
 		"response_code_details", rateLimitedDetails, "source_principal", ar.SourcePrincipal, "method", ar.Method, "path", ar.Path)
 	if ar.Protocol == authz.ProtocolGRPC {
-		h.Set("content-type", "application/grpc")
-		h.Set("grpc-status", grpcResourceExhausted)
-		h.Set("grpc-message", rateLimitedBody)
-		w.WriteHeader(http.StatusOK)
+		grpcReply(w, grpcResourceExhausted, rateLimitedBody)
 		return http.StatusTooManyRequests
 	}
-	h.Set("content-type", "text/plain")
-	w.WriteHeader(http.StatusTooManyRequests)
-	_, _ = w.Write([]byte(rateLimitedBody))
+	localReply(w, ar, http.StatusTooManyRequests, rateLimitedBody)
 	return http.StatusTooManyRequests
 }
