@@ -95,6 +95,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.satDur, "sat-duration", 15*time.Second, "length of the wrk saturation run")
 	fs.IntVar(&o.satConns, "sat-conns", 32, "wrk connections")
 	fs.IntVar(&o.satThreads, "sat-threads", 2, "wrk threads")
+	fs.BoolVar(&h2Upgrade, "h2-upgrade", false, "between the Rampart sidecars, HTTP/1.1 upgraded to multiplexed HTTP/2 (a DestinationRule with connectionPool.http.h2UpgradePolicy UPGRADE)")
 	quick := fs.Bool("quick", false, "3 s runs and a 1 s warm-up unless -duration, -sat-duration or -warmup are given: to iterate (numbers are rough)")
 	setupsFlag := fs.String("setups", strings.Join(setupNames(), ","), "setups to run, comma separated (direct always runs: latency is added over it)")
 	fs.DurationVar(&o.quietWait, "quiet-wait", time.Minute, "before each setup, wait up to this long for other processes to leave the machine idle")

@@ -90,8 +90,21 @@ spec:
     to: [{operation: {methods: [GET]}}]
 `, meshService, jwtIssuer, q(iss.JWKS), clientSA, q(jwtIssuer+"/"+jwtSubject))
 	}
+	if h2Upgrade {
+		fmt.Fprintf(&b, `---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: %[1]s-h2}
+spec:
+  host: %[1]s.default.svc.cluster.local
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
+`, meshService)
+	}
 	return b.String()
 }
+
+// h2Upgrade makes the sidecars carry HTTP/1.1 between them as HTTP/2 (-h2-upgrade).
+var h2Upgrade bool
 
 // startRampart runs `rampartctl up` on a generated DIR and waits for the mesh.
 // The returned target is non-nil whenever something was started, so that the
