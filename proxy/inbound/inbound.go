@@ -96,16 +96,17 @@ type Config struct {
 
 // Server is the inbound path.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	tlsCfg    *tls.Config
-	proxy     *httputil.ReverseProxy
-	grpcProxy *httputil.ReverseProxy
-	requests  *prometheus.CounterVec
-	resets    prometheus.Counter
-	plaintext *prometheus.CounterVec
-	refused   prometheus.Counter
-	slots     chan struct{} // one per open connection
+	cfg          Config
+	log          *slog.Logger
+	tlsCfg       *tls.Config
+	proxy        *httputil.ReverseProxy
+	appTransport *appTransport // the proxy's, to the app
+	grpcProxy    *httputil.ReverseProxy
+	requests     *prometheus.CounterVec
+	resets       prometheus.Counter
+	plaintext    *prometheus.CounterVec
+	refused      prometheus.Counter
+	slots        chan struct{} // one per open connection
 
 	mu       sync.Mutex
 	plainIPs map[string]bool // bounds the plaintext metric's cardinality
@@ -160,15 +161,16 @@ func New(cfg Config) (*Server, error) {
 	app := &url.URL{Scheme: "http", Host: cfg.App}
 	// Connections to the app are kept for reuse; net/http's default keeps only
 	// two idle per host, so concurrent clients would dial the app per request.
-	appTransport := &http.Transport{
+	dial := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	s.appTransport = &appTransport{addr: cfg.App, dial: dial, maxIdle: 1024, idleTimeout: 90 * time.Second, next: &http.Transport{
 		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         dial,
 		MaxIdleConns:        1024,
 		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     90 * time.Second,
-	}
+	}}
 	s.proxy = &httputil.ReverseProxy{
-		Transport:  appTransport,
+		Transport:  s.appTransport,
 		BufferPool: bufferPool{},
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(app)

@@ -1,0 +1,217 @@
+package inbound
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countingRT records the requests it is given (the fallback transport).
+type countingRT struct {
+	n  atomic.Int64
+	rt http.RoundTripper
+}
+
+func (c *countingRT) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.rt.RoundTrip(r)
+}
+
+func newAppTransport(t *testing.T, addr string) (*appTransport, *countingRT) {
+	next := &countingRT{rt: &http.Transport{}}
+	at := &appTransport{addr: addr, next: next, dial: (&net.Dialer{}).DialContext, maxIdle: 8, idleTimeout: time.Minute}
+	t.Cleanup(at.CloseIdleConnections)
+	return at, next
+}
+
+func do(t *testing.T, rt http.RoundTripper, method, url string, body io.Reader) (int, string, error) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, body)
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// Bodiless requests share pooled connections (one connection for sequential
+// requests, HEAD included); requests with a body go to the fallback.
+func TestAppTransportReusesConnections(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %s", r.Method, r.URL.RequestURI(), b)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	at, next := newAppTransport(t, strings.TrimPrefix(srv.URL, "http://"))
+	for i := range 20 {
+		method := []string{"GET", "HEAD", "DELETE"}[i%3]
+		code, body, err := do(t, at, method, fmt.Sprintf("%s/x/%d?q=1", srv.URL, i), nil)
+		want := fmt.Sprintf("%s /x/%d?q=1 ", method, i)
+		if method == "HEAD" {
+			want = ""
+		}
+		if err != nil || code != 200 || body != want {
+			t.Fatalf("%s %d: %d %q %v; want 200 %q", method, i, code, body, err, want)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("%d connections to the app for 20 sequential requests; want 1", n)
+	}
+	if next.n.Load() != 0 {
+		t.Fatal("bodiless requests went to the fallback transport")
+	}
+	code, body, err := do(t, at, "POST", srv.URL+"/p", strings.NewReader("payload"))
+	if err != nil || code != 200 || body != "POST /p payload" || next.n.Load() != 1 {
+		t.Fatalf("POST: %d %q %v (fallback used %d times); want the fallback to carry it", code, body, err, next.n.Load())
+	}
+}
+
+// The app closing an idle connection is not the request's failure: a
+// replayable request is sent again on a fresh connection; a non-replayable
+// one is not sent twice.
+func TestAppTransportStaleConnection(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	var served atomic.Int64
+	// Answers one request per connection with keep-alive, then closes it
+	// without saying so: the next request on it finds it dead.
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				served.Add(1)
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.Method), req.Method)
+			}()
+		}
+	}()
+	at, _ := newAppTransport(t, lis.Addr().String())
+	url := "http://" + lis.Addr().String() + "/"
+	for i := range 3 {
+		if code, body, err := do(t, at, "GET", url, nil); err != nil || code != 200 || body != "GET" {
+			t.Fatalf("GET %d over a connection the app had closed: %d %q %v", i, code, body, err)
+		}
+		time.Sleep(20 * time.Millisecond) // let the close land
+	}
+	before := served.Load()
+	if _, _, err := do(t, at, "PATCH", url, nil); err == nil {
+		t.Fatal("PATCH on a dead connection succeeded without being sent")
+	}
+	if got := served.Load() - before; got != 0 {
+		t.Fatalf("the app saw the non-replayable PATCH %d times after a stale connection; want 0", got)
+	}
+}
+
+// A request whose context ends while the app is slow returns at once with the
+// context's error, and its connection is not reused.
+func TestAppTransportCancel(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	defer srv.Close()
+	defer once.Do(func() { close(release) })
+	at, _ := newAppTransport(t, strings.TrimPrefix(srv.URL, "http://"))
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/slow", nil)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := at.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v, want the context's deadline", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a cancelled request stayed blocked on the app")
+	}
+	once.Do(func() { close(release) })
+	if code, body, err := do(t, at, "GET", srv.URL+"/fast", nil); err != nil || code != 200 || body != "ok" {
+		t.Fatalf("after a cancel: %d %q %v", code, body, err)
+	}
+}
+
+// Informational responses before the final one are skipped; an early-closed
+// body closes its connection instead of returning it half-read.
+func TestAppTransportEarlyHintsAndEarlyClose(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hints" {
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+		}
+		fmt.Fprint(w, strings.Repeat("x", 64<<10))
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	at, _ := newAppTransport(t, strings.TrimPrefix(srv.URL, "http://"))
+	code, body, err := do(t, at, "GET", srv.URL+"/hints", nil)
+	if err != nil || code != 200 || len(body) != 64<<10 {
+		t.Fatalf("after 103: %d, %d bytes, %v; want the final 200", code, len(body), err)
+	}
+	// The same connection carries the next request; closed half-read, it is
+	// not given back.
+	req, _ := http.NewRequest("GET", srv.URL+"/big", nil)
+	resp, err := at.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = resp.Body.Read(make([]byte, 10))
+	resp.Body.Close()
+	at.mu.Lock()
+	idle := len(at.idle)
+	at.mu.Unlock()
+	if idle != 0 || conns.Load() != 1 {
+		t.Fatalf("%d idle of %d connections after a half-read body; want 0 of 1 (the half-read one closed)", idle, conns.Load())
+	}
+	if code, body, err := do(t, at, "GET", srv.URL+"/again", nil); err != nil || code != 200 || len(body) != 64<<10 {
+		t.Fatalf("next request: %d, %d bytes, %v", code, len(body), err)
+	}
+	if conns.Load() != 2 {
+		t.Fatalf("%d connections; the request after a half-read body needs a fresh one (2)", conns.Load())
+	}
+}
