@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/rampart-mesh/rampart/internal/uuid"
 )
@@ -258,10 +259,13 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 	return d
 }
 
+// noMetrics: OPA otherwise makes and times a metrics set for every evaluation.
+var noMetrics = metrics.NoOp()
+
 func (e *Engine) eval(ctx context.Context, p *prepared, v ast.Value) (matchSets, error) {
 	// Keep the result as an AST value: converting it to Go maps and back costs more
 	// than the evaluation.
-	rs, err := p.query.Eval(ctx, rego.EvalParsedInput(v), rego.EvalGenerateJSON(func(t *ast.Term, _ *rego.EvalContext) (any, error) {
+	rs, err := p.query.Eval(ctx, rego.EvalParsedInput(v), rego.EvalMetrics(noMetrics), rego.EvalGenerateJSON(func(t *ast.Term, _ *rego.EvalContext) (any, error) {
 		return t.Value, nil
 	}))
 	if err != nil {
