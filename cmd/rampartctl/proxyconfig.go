@@ -108,6 +108,9 @@ func printResources(cmd *cobra.Command, stateDir, server, proxy, typ string, out
 }
 
 func listenerDestination(l *listenerv3.Listener) string {
+	if fcs := l.GetFilterChains(); len(fcs) > 1 || (len(fcs) == 1 && fcs[0].GetFilterChainMatch() != nil) {
+		return fmt.Sprintf("SNI: %d filter chains", len(fcs))
+	}
 	for _, fc := range l.GetFilterChains() {
 		for _, f := range fc.GetFilters() {
 			switch f.GetName() {

@@ -29,6 +29,7 @@ const (
 	CodeSESchema        = "SE-SCHEMA"         // ServiceEntry or WorkloadEntry problems
 	CodeVSMissingSubset = "VS-UNKNOWN-SUBSET" // warning: a subset no DestinationRule defines
 	CodeSidecarSchema   = "SIDECAR-SCHEMA"    // a Sidecar that does not decode, or an egress host not "namespace/host"
+	CodeVSSNI           = "VS-SNI"            // a tls route without matches or sniHosts, or an sniHost outside the VirtualService's hosts
 )
 
 // VirtualService is a decoded networking.istio.io VirtualService.
@@ -162,6 +163,11 @@ func DecodeNetworkingWith(objs []source.Object, mesh Mesh, defaultNS string, ext
 				fs = append(fs, n.checkDestination(vs.Object, fmt.Sprintf("spec.tcp[%d].route[%d].destination", i, j), d.GetDestination())...)
 			}
 		}
+		for i, t := range vs.Spec.GetTls() {
+			for j, d := range t.GetRoute() {
+				fs = append(fs, n.checkDestination(vs.Object, fmt.Sprintf("spec.tls[%d].route[%d].destination", i, j), d.GetDestination())...)
+			}
+		}
 	}
 	return n, fs
 }
@@ -270,8 +276,58 @@ func validateVirtualService(o source.Object, vs *networking.VirtualService) []Fi
 			sm(fmt.Sprintf("%s.corsPolicy.allowOrigins[%d]", base, j), c)
 		}
 	}
-	if len(vs.GetTls()) > 0 {
-		fs = append(fs, newFinding(o, SeverityWarning, CodeVSUnsupported, "spec.tls", "tls routes are not applied yet"))
+	weights := func(path string, ds []*networking.RouteDestination) {
+		if len(ds) < 2 {
+			return
+		}
+		sum := int32(0)
+		for _, d := range ds {
+			sum += d.GetWeight()
+		}
+		if sum != 100 && sum != 0 {
+			fs = append(fs, newFinding(o, SeverityError, CodeVSWeights, path, "weights add up to %d, not 100", sum))
+		}
+	}
+	for i, t := range vs.GetTls() {
+		fs = append(fs, validateTLSRoute(o, vs, fmt.Sprintf("spec.tls[%d]", i), t)...)
+		weights(fmt.Sprintf("spec.tls[%d].route", i), t.GetRoute())
+	}
+	return fs
+}
+
+// validateTLSRoute applies Istio's rules for tls routes: at least one match,
+// each with at least one sniHost, every sniHost within the VirtualService's
+// hosts (short names resolved in its namespace), and at least one destination.
+func validateTLSRoute(o source.Object, vs *networking.VirtualService, base string, t *networking.TLSRoute) []Finding {
+	var fs []Finding
+	if len(t.GetRoute()) == 0 {
+		fs = append(fs, newFinding(o, SeverityError, CodeVSNoAction, base+".route", "a tls route needs at least one destination"))
+	}
+	if len(t.GetMatch()) == 0 {
+		fs = append(fs, newFinding(o, SeverityError, CodeVSSNI, base+".match", "a tls route needs at least one match with sniHosts"))
+	}
+	r := &registry.Registry{Domain: registry.DefaultDomain}
+	for j, m := range t.GetMatch() {
+		mb := fmt.Sprintf("%s.match[%d]", base, j)
+		if len(m.GetSniHosts()) == 0 {
+			fs = append(fs, newFinding(o, SeverityError, CodeVSSNI, mb+".sniHosts", "at least one sniHost is required"))
+		}
+		for k, sni := range m.GetSniHosts() {
+			within := false
+			for _, h := range vs.GetHosts() {
+				if hostMatches(r.Resolve(h, o.Namespace), r.Resolve(sni, o.Namespace)) {
+					within = true
+					break
+				}
+			}
+			if !within {
+				fs = append(fs, newFinding(o, SeverityError, CodeVSSNI, fmt.Sprintf("%s.sniHosts[%d]", mb, k),
+					"%q is not within the VirtualService's hosts %v; use one of them or a name under a wildcard host", sni, vs.GetHosts()))
+			}
+		}
+		if len(m.GetDestinationSubnets()) > 0 {
+			fs = append(fs, newFinding(o, SeverityWarning, CodeVSUnsupported, mb+".destinationSubnets", "destinationSubnets is not applied: sidecars match tls routes by SNI only"))
+		}
 	}
 	return fs
 }

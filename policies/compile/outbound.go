@@ -104,6 +104,7 @@ func (b *outboundBuilder) build() (*Outbound, error) {
 	}
 	// Routes: one route configuration per HTTP port number, as Istio names them.
 	byPort := map[uint32][]*registry.Service{}
+	tlsByPort := map[uint32][]*registry.Service{}
 	var tcp []struct {
 		s *registry.Service
 		p registry.Port
@@ -112,6 +113,8 @@ func (b *outboundBuilder) build() (*Outbound, error) {
 		for _, p := range s.Ports {
 			if registry.IsHTTP(p.Protocol) {
 				byPort[p.Number] = append(byPort[p.Number], s)
+			} else if isTLS(p.Protocol) {
+				tlsByPort[p.Number] = append(tlsByPort[p.Number], s)
 			} else {
 				tcp = append(tcp, struct {
 					s *registry.Service
@@ -138,6 +141,20 @@ func (b *outboundBuilder) build() (*Outbound, error) {
 		l, err := httpListener(port)
 		if err != nil {
 			return nil, err
+		}
+		b.out.Listeners = append(b.out.Listeners, l)
+	}
+	tlsPorts := make([]uint32, 0, len(tlsByPort))
+	for p := range tlsByPort {
+		tlsPorts = append(tlsPorts, p)
+	}
+	sort.Slice(tlsPorts, func(i, j int) bool { return tlsPorts[i] < tlsPorts[j] })
+	for _, port := range tlsPorts {
+		l := b.tlsListener(port, tlsByPort[port])
+		if _, clash := byPort[port]; clash {
+			// The HTTP listener has this port's name; explicit capture serves
+			// HTTP on 15001 and TLS on the port itself, so both can exist.
+			l.Name += "_tls"
 		}
 		b.out.Listeners = append(b.out.Listeners, l)
 	}

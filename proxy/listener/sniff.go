@@ -55,6 +55,15 @@ type Conn struct {
 // Read reads through the sniffing buffer.
 func (c *Conn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// CloseWrite half-closes the connection underneath when it can, else closes
+// it, so Splice passes a half-close through a sniffed connection.
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
 // Sniff reads the first bytes of c (waiting at most timeout) and says whether the
 // client speaks TLS. The returned Conn replays those bytes, so the TLS server or
 // the HTTP server that takes over sees the stream from its start.

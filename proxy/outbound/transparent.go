@@ -72,15 +72,27 @@ func (s *Server) classify(ctx context.Context, c net.Conn, out *listener.Chan) {
 	s.proxyTCP(ctx, tc)
 }
 
-// proxyTCP sends a non-HTTP connection to the TCP route for its port, or to
-// where it was going (passthrough).
+// proxyTCP sends a non-HTTP connection to the TCP route for its original
+// port, picking the filter chain as an explicit listener does (by SNI on TLS
+// ports), or to where it was going (passthrough, Istio's ALLOW_ANY) when no
+// route or chain takes it.
 func (s *Server) proxyTCP(ctx context.Context, c *transparentConn) {
 	defer c.Close()
-	var up net.Conn
-	var err error
-	cluster := ""
+	var (
+		conn    net.Conn = c
+		up      net.Conn
+		err     error
+		cluster string
+		sni     string
+	)
 	if s.cfg.TCP != nil {
-		cluster = s.cfg.TCP.clusterFor(int(c.dst.Port()))
+		if r := s.cfg.TCP.routeFor(int(c.dst.Port())); r != nil {
+			var chain *tcpChain
+			conn, chain, sni = r.choose(c)
+			if chain != nil {
+				cluster = chain.clusterFor()
+			}
+		}
 	}
 	if cl, ok := s.cfg.Upstreams.Cluster(cluster); ok && cluster != "" {
 		up, _, err = cl.DialTCP(ctx, upstream.Request{OriginalDst: c.dst.String()})
@@ -90,12 +102,12 @@ func (s *Server) proxyTCP(ctx context.Context, c *transparentConn) {
 		up, err = d.DialContext(ctx, "tcp", c.dst.String())
 	}
 	if err != nil {
-		s.log.Info("access", "protocol", "tcp", "cluster", cluster, "destination", c.dst.String(), "flags", "UF", "err", err)
+		s.log.Info("access", "protocol", "tcp", "cluster", cluster, "sni", sni, "destination", c.dst.String(), "flags", "UF", "err", err)
 		return
 	}
 	defer up.Close()
-	s.log.Info("access", "protocol", "tcp", "cluster", cluster, "destination", c.dst.String())
-	listener.Splice(c, up)
+	s.log.Info("access", "protocol", "tcp", "cluster", cluster, "sni", sni, "destination", c.dst.String())
+	listener.Splice(conn, up)
 }
 
 // passthrough forwards an HTTP request no route knows to where it was going,
