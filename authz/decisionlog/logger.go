@@ -66,7 +66,7 @@ type Logger struct {
 	m      *metrics
 	policy *policy // nil without Config.Policy
 
-	queue    chan *Event // pointers: an idle buffer of 10,000 slots costs 80 KB, not megabytes
+	queue    chan *Event   // pointers: an idle buffer of 10,000 slots costs 80 KB, not megabytes
 	done     chan struct{} // closed when Run has drained and returns
 	started  atomic.Bool
 	closing  atomic.Bool

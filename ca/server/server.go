@@ -133,9 +133,8 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
 		grpc.ConnectionTimeout(10*time.Second),
-		// Thousands of mostly idle proxy streams: a connection gives its write
-		// buffer back after each flush, and reads through a small one.
-		grpc.SharedWriteBuffer(true),
+		// Thousands of mostly idle proxy streams: each reads through a small
+		// buffer (grpc-go already gives write buffers back after each flush).
 		grpc.ReadBufferSize(8<<10),
 	)
 	istioca.RegisterIstioCertificateServiceServer(gs, s)

@@ -187,9 +187,3 @@ func benchConvergence(b *testing.B, n int) {
 }
 
 const xdsType = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
-
-type nil2 struct{}
-
-func (nil2) Authenticate(context.Context, string) (ca.Identity, error) {
-	return ca.Identity{}, os.ErrPermission
-}
