@@ -39,7 +39,7 @@ bench: build ## benchmarks: SVID signing, sidecar RSS, authz decisions at 10..10
 	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'CreateCertificate|SidecarIdentityRSS' -benchtime $(BENCHTIME) ./test/bench/
 	$(GO) test -run '^$$' -bench 'AuthzDecision|OPAFloor' -benchmem -benchtime $(AUTHZ_BENCHTIME) ./test/bench/
 	$(GO) test -run '^$$' -bench 'Authenticate' -benchmem -benchtime $(BENCHTIME) ./authn/jwt/
-	$(GO) test -run '^$$' -bench 'XDSConvergence' -benchtime 3x ./test/bench/
+	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'XDSConvergence' -benchtime 3x ./test/bench/
 	$(GO) test -run '^$$' -bench 'Match$$' -benchmem ./proxy/route/
 	$(GO) test -run '^$$' -bench 'RoundTrip' -benchmem -benchtime 2000x ./proxy/upstream/
 	$(GO) run ./test/bench/hop --bin $(CURDIR)/$(BIN) --json $(CURDIR)/$(BIN)/bench-hop.json $(HOP_ARGS)
