@@ -20,6 +20,7 @@ import (
 	"github.com/rampart-mesh/rampart/authn/peer"
 	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/internal/uuid"
+	"github.com/rampart-mesh/rampart/proxy/h1"
 	"github.com/rampart-mesh/rampart/proxy/listener"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -100,7 +101,7 @@ type Server struct {
 	log          *slog.Logger
 	tlsCfg       *tls.Config
 	proxy        *httputil.ReverseProxy
-	appTransport *appTransport // the proxy's, to the app
+	appTransport *h1.Transport // the proxy's, to the app
 	grpcProxy    *httputil.ReverseProxy
 	requests     *prometheus.CounterVec
 	resets       prometheus.Counter
@@ -162,13 +163,19 @@ func New(cfg Config) (*Server, error) {
 	// Connections to the app are kept for reuse; net/http's default keeps only
 	// two idle per host, so concurrent clients would dial the app per request.
 	dial := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	s.appTransport = &appTransport{addr: cfg.App, dial: dial, maxIdle: 1024, idleTimeout: 90 * time.Second, next: &http.Transport{
-		Proxy:               nil,
-		DialContext:         dial,
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 1024,
-		IdleConnTimeout:     90 * time.Second,
-	}}
+	// Bodiless requests reach the app on the request's own goroutine (h1);
+	// the rest through net/http.
+	s.appTransport = &h1.Transport{
+		Dial:           func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, "tcp", addr) },
+		MaxIdlePerHost: 1024, IdleTimeout: 90 * time.Second,
+		Next: &http.Transport{
+			Proxy:               nil,
+			DialContext:         dial,
+			MaxIdleConns:        1024,
+			MaxIdleConnsPerHost: 1024,
+			IdleConnTimeout:     90 * time.Second,
+		},
+	}
 	s.proxy = &httputil.ReverseProxy{
 		Transport:  s.appTransport,
 		BufferPool: bufferPool{},

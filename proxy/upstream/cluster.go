@@ -103,7 +103,7 @@ func (c *Cluster) RoundTrip(req *http.Request, o Request) (*http.Response, Endpo
 	h.state.active.Add(1)
 	ps := &p.sockets[h.sock]
 	a := new(attempt)
-	resp, err := ps.http.RoundTrip(c.outbound(a, req, h, ps.scheme))
+	resp, err := ps.rt.RoundTrip(c.outbound(a, req, h, ps.scheme))
 	if err != nil {
 		c.release(h)
 		flag, breaker := classify(ctx, err)

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	"github.com/rampart-mesh/rampart/proxy/h1"
 )
 
 // pool is the runtime of one cluster configuration: its connection pools (one
@@ -44,6 +45,10 @@ type poolSocket struct {
 	sock   *socket
 	scheme string
 	http   *http.Transport
+	// rt carries requests: h1 in front of http for HTTP/1.1 clusters (bodiless
+	// requests on the caller's goroutine), http alone otherwise.
+	rt     http.RoundTripper
+	h1     *h1.Transport
 	tcpTLS *tls.Config // for DialTCP: the configured ALPN as it is
 }
 
@@ -120,6 +125,29 @@ func (p *pool) newSocket(s *socket) poolSocket {
 		}
 	}
 	t.Protocols = &protos
+	ps.rt = t
+	if cc.protocol == protoHTTP1 {
+		ps.h1 = &h1.Transport{Next: t, MaxIdlePerHost: t.MaxIdleConnsPerHost, IdleTimeout: cc.idleTimeout}
+		if s.tls {
+			conf := p.m.tlsConfig(s, alpnFor(s.alpn, cc.protocol))
+			ps.h1.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+				c, err := p.dialTLS(ctx, addr, conf, false)
+				if err != nil {
+					return nil, err
+				}
+				return c, nil
+			}
+		} else {
+			ps.h1.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+				c, err := p.dial(ctx, addr, false)
+				if err != nil {
+					return nil, err
+				}
+				return c, nil
+			}
+		}
+		ps.rt = ps.h1
+	}
 	return ps
 }
 
@@ -158,12 +186,21 @@ func (p *pool) dialTLS(ctx context.Context, addr string, conf *tls.Config, limit
 // idle until the next request starts.
 func (p *pool) closeIdle() {
 	for _, s := range p.sockets {
+		if s.h1 != nil {
+			s.h1.CloseIdleConnections() // and http's
+			continue
+		}
 		s.http.CloseIdleConnections()
 	}
 }
 
 func (p *pool) retire() {
 	p.retired.Store(true)
+	for _, s := range p.sockets {
+		if s.h1 != nil {
+			s.h1.Close() // connections busy now close when their request ends
+		}
+	}
 	p.closeIdle()
 }
 

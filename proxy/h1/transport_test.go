@@ -1,4 +1,4 @@
-package inbound
+package h1
 
 import (
 	"bufio"
@@ -27,9 +27,11 @@ func (c *countingRT) RoundTrip(r *http.Request) (*http.Response, error) {
 	return c.rt.RoundTrip(r)
 }
 
-func newAppTransport(t *testing.T, addr string) (*appTransport, *countingRT) {
+func newAppTransport(t *testing.T, _ string) (*Transport, *countingRT) {
 	next := &countingRT{rt: &http.Transport{}}
-	at := &appTransport{addr: addr, next: next, dial: (&net.Dialer{}).DialContext, maxIdle: 8, idleTimeout: time.Minute}
+	var d net.Dialer
+	at := &Transport{Next: next, MaxIdlePerHost: 8, IdleTimeout: time.Minute,
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }}
 	t.Cleanup(at.CloseIdleConnections)
 	return at, next
 }
@@ -203,7 +205,10 @@ func TestAppTransportEarlyHintsAndEarlyClose(t *testing.T) {
 	_, _ = resp.Body.Read(make([]byte, 10))
 	resp.Body.Close()
 	at.mu.Lock()
-	idle := len(at.idle)
+	idle := 0
+	for _, q := range at.idle {
+		idle += len(q)
+	}
 	at.mu.Unlock()
 	if idle != 0 || conns.Load() != 1 {
 		t.Fatalf("%d idle of %d connections after a half-read body; want 0 of 1 (the half-read one closed)", idle, conns.Load())

@@ -1,0 +1,267 @@
+// Package h1 is an HTTP/1.1 client transport for the proxy's hops: requests
+// without a body travel on the caller's goroutine over pooled connections.
+//
+// net/http's Transport runs two goroutines per connection and passes every
+// request and response between them and the caller; on a sidecar those
+// hand-offs were a measurable part of each hop's CPU and latency. Transport
+// here writes the request, reads the response and hands the connection back
+// when the body is done. Requests with a body, upgrades and CONNECT go to
+// Next (net/http), which streams a body while it reads the answer.
+package h1
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"sync"
+	"time"
+)
+
+// Transport carries requests without a body (GET, HEAD, DELETE, ... the bulk
+// of service traffic) over pooled HTTP/1.1 connections, one pool per
+// URL.Host. The zero value is not usable: Dial and Next are required.
+type Transport struct {
+	// Dial connects to addr (URL.Host), TLS included when the scheme needs it:
+	// the connection it returns speaks HTTP/1.1.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Next carries what Transport does not (bodies, upgrades, CONNECT).
+	Next http.RoundTripper
+	// MaxIdlePerHost bounds the idle connections kept per host (default 2).
+	MaxIdlePerHost int
+	// IdleTimeout closes a connection idle this long instead of reusing it
+	// (default 90 s).
+	IdleTimeout time.Duration
+
+	mu     sync.Mutex
+	idle   map[string][]*appConn // by host, most recently used last
+	closed bool
+	swept  time.Time // when idle connections past IdleTimeout were last closed
+}
+
+type appConn struct {
+	c    net.Conn
+	host string
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	used time.Time
+}
+
+// errStale marks a failure on a reused connection before any response byte:
+// the app closed it while idle, and the request may be sent again.
+var errStale = errors.New("idle connection to the app was closed")
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if (req.Body != nil && req.Body != http.NoBody) || req.ContentLength != 0 || req.Method == http.MethodConnect ||
+		req.Header.Get("Upgrade") != "" || req.URL == nil || req.URL.Host == "" {
+		return t.Next.RoundTrip(req)
+	}
+	for {
+		ac, reused, err := t.get(req.Context(), req.URL.Host)
+		if err != nil {
+			return nil, err
+		}
+		if trace := httptrace.ContextClientTrace(req.Context()); trace != nil && trace.GotConn != nil {
+			trace.GotConn(httptrace.GotConnInfo{Conn: ac.c, Reused: reused})
+		}
+		resp, err := t.exchange(req, ac, reused)
+		if errors.Is(err, errStale) && replayable(req) && req.Context().Err() == nil {
+			continue // a fresh connection next (get dials when the pool is empty)
+		}
+		return resp, err
+	}
+}
+
+func (t *Transport) exchange(req *http.Request, ac *appConn, reused bool) (*http.Response, error) {
+	// A cancelled request (the client went away, a timeout) unblocks the I/O.
+	stop := context.AfterFunc(req.Context(), func() { _ = ac.c.SetDeadline(time.Unix(1, 0)) })
+	fail := func(err error) (*http.Response, error) {
+		stop()
+		ac.c.Close()
+		if cerr := req.Context().Err(); cerr != nil {
+			return nil, cerr
+		}
+		return nil, err
+	}
+	if err := req.Write(ac.bw); err != nil {
+		return fail(err)
+	}
+	if err := ac.bw.Flush(); err != nil {
+		if reused {
+			return fail(errStale)
+		}
+		return fail(err)
+	}
+	for {
+		if reused {
+			if _, err := ac.br.Peek(1); err != nil {
+				return fail(errStale)
+			}
+		}
+		resp, err := http.ReadResponse(ac.br, req)
+		if err != nil {
+			return fail(err)
+		}
+		// Informational answers (103 Early Hints) precede the real one.
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			reused = false
+			continue
+		}
+		keep := !resp.Close && !req.Close
+		resp.Body = &appBody{rc: resp.Body, t: t, ac: ac, keep: keep, stop: stop, eof: resp.Body == http.NoBody}
+		return resp, nil
+	}
+}
+
+// replayable: sending the request again cannot repeat an effect (net/http's
+// rule for retrying on a connection the server closed).
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return req.Header.Get("Idempotency-Key") != "" || req.Header.Get("X-Idempotency-Key") != ""
+}
+
+func (t *Transport) idleTimeout() time.Duration {
+	if t.IdleTimeout > 0 {
+		return t.IdleTimeout
+	}
+	return 90 * time.Second
+}
+
+// get takes host's most recently used idle connection, or dials one.
+func (t *Transport) get(ctx context.Context, host string) (*appConn, bool, error) {
+	now := time.Now()
+	t.mu.Lock()
+	for q := t.idle[host]; len(q) > 0; q = t.idle[host] {
+		ac := q[len(q)-1]
+		t.idle[host] = q[:len(q)-1]
+		if now.Sub(ac.used) < t.idleTimeout() {
+			t.mu.Unlock()
+			return ac, true, nil
+		}
+		ac.c.Close()
+	}
+	t.mu.Unlock()
+	c, err := t.Dial(ctx, host)
+	if err != nil {
+		return nil, false, err
+	}
+	return &appConn{c: c, host: host, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+}
+
+func (t *Transport) put(ac *appConn) {
+	_ = ac.c.SetDeadline(time.Time{})
+	ac.used = time.Now()
+	max := t.MaxIdlePerHost
+	if max <= 0 {
+		max = 2
+	}
+	t.mu.Lock()
+	if t.closed || len(t.idle[ac.host]) >= max {
+		t.mu.Unlock()
+		ac.c.Close()
+		return
+	}
+	if t.idle == nil {
+		t.idle = map[string][]*appConn{}
+	}
+	t.idle[ac.host] = append(t.idle[ac.host], ac)
+	// Now and then, close what has idled too long (hosts no longer used
+	// included), so idle connections do not outlive IdleTimeout by much.
+	var stale []*appConn
+	if ac.used.Sub(t.swept) > t.idleTimeout()/2 {
+		t.swept = ac.used
+		for h, q := range t.idle {
+			keep := q[:0]
+			for _, c := range q {
+				if ac.used.Sub(c.used) >= t.idleTimeout() {
+					stale = append(stale, c)
+				} else {
+					keep = append(keep, c)
+				}
+			}
+			if len(keep) == 0 {
+				delete(t.idle, h)
+			} else {
+				t.idle[h] = keep
+			}
+		}
+	}
+	t.mu.Unlock()
+	for _, c := range stale {
+		c.c.Close()
+	}
+}
+
+// CloseIdleConnections closes the pooled connections (and Next's). A
+// connection busy now is closed when its request ends only if Close was
+// called; see Close.
+func (t *Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = nil
+	t.mu.Unlock()
+	for _, q := range idle {
+		for _, ac := range q {
+			ac.c.Close()
+		}
+	}
+	if ci, ok := t.Next.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
+}
+
+// Close closes the idle connections and keeps none from now on: busy ones
+// close when their request ends.
+func (t *Transport) Close() {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	t.CloseIdleConnections()
+}
+
+// appBody gives the connection back once the response body has been read to
+// its end; closed early, the connection is closed with it.
+type appBody struct {
+	rc   io.ReadCloser
+	t    *Transport
+	ac   *appConn
+	keep bool
+	stop func() bool
+	mu   sync.Mutex
+	done bool
+	eof  bool
+}
+
+func (b *appBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.mu.Lock()
+		b.eof = true
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *appBody) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return nil
+	}
+	b.done = true
+	err := b.rc.Close()
+	cancelled := !b.stop()
+	if b.keep && b.eof && !cancelled {
+		b.t.put(b.ac)
+	} else {
+		b.ac.c.Close()
+	}
+	return err
+}
