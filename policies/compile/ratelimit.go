@@ -193,7 +193,7 @@ func validateRateLimitMatch(o source.Object, path string, m *api.RequestMatch) [
 					continue
 				}
 			}
-			if len(v) > 2 && strings.Contains(v[1:len(v)-1], "*") {
+			if infixStar(v) {
 				fs = append(fs, newFinding(o, SeverityWarning, CodeRLInfixWildcard, p, "%q: '*' only matches at the start or end of a value; inside it is a literal", v))
 			}
 		}

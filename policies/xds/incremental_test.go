@@ -2,8 +2,6 @@ package xds
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,11 +16,7 @@ import (
 	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/catest"
-	"github.com/rampart-mesh/rampart/ca/server"
 	"github.com/rampart-mesh/rampart/policies/compile"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -87,41 +81,12 @@ func TestIncrementalPushOverADS(t *testing.T) {
 	if err := x.reload(true); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Authority: a, Authenticator: a2(), Listen: "127.0.0.1:0", Register: x.Register})
-	if err != nil {
-		t.Fatal(err)
-	}
-	catest.GoRun(t, "ca server", srv.Run)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	addr, err := srv.Addr(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr := serveADS(t, ctx, a, x)
 	connect := func(ns, sa string) *adsProxy {
 		t.Helper()
-		cert := catest.TLSCertificate(catest.IssueSVID(t, a, ns, sa))
-		cfg := &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			var certs []*x509.Certificate
-			for _, r := range raw {
-				c, err := x509.ParseCertificate(r)
-				if err != nil {
-					return err
-				}
-				certs = append(certs, c)
-			}
-			_, _, err := x509svid.Verify(certs, a.Bundle())
-			return err
-		}}
-		conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := adsStream(t, ctx, a, addr, catest.TLSCertificate(catest.IssueSVID(t, a, ns, sa)))
 		id := "spiffe://cluster.local/ns/" + ns + "/sa/" + sa
 		md, _ := structpb.NewStruct(map[string]any{"NAME": sa, "LABELS": map[string]any{"app": sa}})
 		if err := st.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: id + "~" + sa, Metadata: md}, TypeUrl: resource.ExtensionConfigType, ResourceNames: []string{authz.ExtensionName}}); err != nil {

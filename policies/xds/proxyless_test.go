@@ -2,8 +2,6 @@ package xds
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,12 +14,8 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/catest"
-	"github.com/rampart-mesh/rampart/ca/server"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/source"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -73,37 +67,10 @@ func TestProxylessClientServedPerName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Authority: a, Authenticator: a2(), Listen: "127.0.0.1:0", Register: x.Register})
-	if err != nil {
-		t.Fatal(err)
-	}
 	catest.GoRun(t, "xds", x.Run)
-	catest.GoRun(t, "ca server", srv.Run)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	addr, err := srv.Addr(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{catest.TLSCertificate(catest.IssueSVID(t, a, "default", "client"))}, InsecureSkipVerify: true,
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			var certs []*x509.Certificate
-			for _, r := range raw {
-				c, _ := x509.ParseCertificate(r)
-				certs = append(certs, c)
-			}
-			_, _, err := x509svid.Verify(certs, a.Bundle())
-			return err
-		}}
-	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := adsStream(t, ctx, a, serveADS(t, ctx, a, x), catest.TLSCertificate(catest.IssueSVID(t, a, "default", "client")))
 	md, _ := structpb.NewStruct(map[string]any{"GENERATOR": "grpc", "NAME": "client", "LABELS": map[string]any{"app": "client"}})
 	node := &corev3.Node{Id: "spiffe://cluster.local/ns/default/sa/client~client", Metadata: md}
 	status := func() string {

@@ -135,8 +135,10 @@ func changeScope(mesh compile.Mesh, prev, next loaded) *scope {
 		o := ch.any()
 		name := o.Kind + " " + o.Namespace + "/" + o.Name
 		switch group, kind := o.Group(), o.Kind; {
-		case group == "security.istio.io" && (kind == "AuthorizationPolicy" || kind == "RequestAuthentication"):
-			// Root-namespace policies apply everywhere, others in their namespace.
+		case group == "security.istio.io" && (kind == "AuthorizationPolicy" || kind == "RequestAuthentication"),
+			group == "policy.rampart.dev" && kind == "RateLimitPolicy":
+			// Root-namespace policies apply everywhere, others in their namespace
+			// (a RateLimitPolicy's targetRefs name ServiceEntries of its own).
 			if o.Namespace == root {
 				sc.everything(name + " is in the root namespace")
 				continue

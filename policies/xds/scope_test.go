@@ -271,6 +271,20 @@ func TestChangeRecomputesAffectedWorkloadsOnly(t *testing.T) {
 		edit:           func(f *fixture) { f.write("ra-b.yaml", raYAML("b")) },
 		wantRecompiled: []string{"b/app"}, wantChanged: []string{"b/app"},
 	}, {
+		name: "RateLimitPolicy created in b",
+		edit: func(f *fixture) {
+			f.write("rl-b.yaml", "apiVersion: policy.rampart.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: rl, namespace: b}\n"+
+				"spec:\n  limits: [{name: all, rate: {requests: 5, per: 1s}}]\n")
+		},
+		wantRecompiled: []string{"b/app"}, wantChanged: []string{"b/app"},
+	}, {
+		name: "RateLimitPolicy in the root namespace",
+		edit: func(f *fixture) {
+			f.write("rl-root.yaml", "apiVersion: policy.rampart.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: rl, namespace: rampart-system}\n"+
+				"spec:\n  limits: [{name: all, rate: {requests: 5, per: 1s}}]\n")
+		},
+		wantRecompiled: everyone, wantChanged: everyone,
+	}, {
 		name:           "VirtualService exported to its own namespace",
 		edit:           func(f *fixture) { f.write("vs.yaml", vsYAML("a", "3s", `["."]`, "")) },
 		wantRecompiled: nsA, wantChanged: nsA,

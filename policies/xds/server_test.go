@@ -3,7 +3,6 @@ package xds
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -26,9 +25,6 @@ import (
 	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/ca/server"
 	"github.com/rampart-mesh/rampart/policies/compile"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -59,43 +55,13 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Authority: a, Authenticator: a2(), Listen: "127.0.0.1:0", Register: x.Register})
-	if err != nil {
-		t.Fatal(err)
-	}
 	catest.GoRun(t, "xds", x.Run)
-	catest.GoRun(t, "ca server", srv.Run)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	addr, err := srv.Addr(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr := serveADS(t, ctx, a, x)
 	dial := func(cert tls.Certificate) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
 		t.Helper()
-		var certs []tls.Certificate
-		if cert.PrivateKey != nil {
-			certs = []tls.Certificate{cert}
-		}
-		cfg := &tls.Config{Certificates: certs, InsecureSkipVerify: true, VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			var certs []*x509.Certificate
-			for _, r := range raw {
-				c, _ := x509.ParseCertificate(r)
-				certs = append(certs, c)
-			}
-			_, _, err := x509svid.Verify(certs, a.Bundle())
-			return err
-		}}
-		conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
+		return adsStream(t, ctx, a, addr, cert)
 	}
 	md, _ := structpb.NewStruct(map[string]any{"NAME": "httpbin", "LABELS": map[string]any{"app": "httpbin"}})
 	req := func(id string) *discovery.DiscoveryRequest {

@@ -527,7 +527,7 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return d.Status, false
 	}
 	if s.cfg.RateLimit != nil {
-		if res := s.cfg.RateLimit.Check(ar); res.Limited {
+		if res := s.cfg.RateLimit.Check(ar, d.NormalizedPath); res.Limited {
 			return s.rateLimited(w, ar, res), false
 		}
 	}

@@ -10,7 +10,7 @@ import (
 // RateLimiter checks an authorized request against local rate limits
 // (proxy/ratelimit implements it).
 type RateLimiter interface {
-	Check(r *authz.Request) ratelimit.Result
+	Check(r *authz.Request, normalizedPath string) ratelimit.Result
 }
 
 var _ RateLimiter = (*ratelimit.Limiter)(nil)

@@ -194,13 +194,15 @@ func (l *Limiter) Limits() int { return len(l.cur.Load().limits) }
 
 // Check takes a token from the bucket of every limit r matches, in order, and
 // stops at the first enforced limit that has none. Dry-run limits are counted
-// and logged but never refuse.
-func (l *Limiter) Check(r *authz.Request) Result {
+// and logged but never refuse. path is r's path as authorization normalized it
+// (the mesh's pathNormalization, so a limit on /api/* sees what a policy on
+// /api/* saw); "" normalizes r.Path with the default mode.
+func (l *Limiter) Check(r *authz.Request, path string) Result {
 	s := l.cur.Load()
 	if len(s.limits) == 0 {
 		return Result{}
 	}
-	q := newRequest(r)
+	q := newRequest(r, path)
 	now := l.cfg.Clock.Now()
 	for _, lim := range s.limits {
 		if !matches(&lim.spec.Match, q) {

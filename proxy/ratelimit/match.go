@@ -18,7 +18,7 @@ type request struct {
 	headers   map[string][]string // lower-case names
 }
 
-func newRequest(r *authz.Request) *request {
+func newRequest(r *authz.Request, path string) *request {
 	q := &request{r: r, principal: strings.TrimPrefix(r.SourcePrincipal, "spiffe://")}
 	if _, rest, ok := strings.Cut(q.principal, "/ns/"); ok {
 		q.namespace, _, _ = strings.Cut(rest, "/")
@@ -29,7 +29,9 @@ func newRequest(r *authz.Request) *request {
 	if r.DestinationPort > 0 {
 		q.port = strconv.Itoa(r.DestinationPort)
 	}
-	if p, _, err := authz.NormalizePath(r.Path, ""); err == nil {
+	if path != "" {
+		q.path = path
+	} else if p, _, err := authz.NormalizePath(r.Path, ""); err == nil {
 		q.path = p
 	} else {
 		// Authorization answers 400 to paths it cannot normalize; should one

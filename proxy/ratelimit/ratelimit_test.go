@@ -63,7 +63,7 @@ func TestMatches(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := matches(&tt.m, newRequest(tt.r)); got != tt.want {
+			if got := matches(&tt.m, newRequest(tt.r, "")); got != tt.want {
 				t.Errorf("matches = %v; want %v", got, tt.want)
 			}
 		})
@@ -91,7 +91,7 @@ func TestKeys(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := keyOf(&tt.rl, newRequest(tt.r)); got != tt.want {
+			if got := keyOf(&tt.rl, newRequest(tt.r, "")); got != tt.want {
 				t.Errorf("key = %q; want %q", got, tt.want)
 			}
 		})
@@ -120,7 +120,7 @@ func install(t *testing.T, l *Limiter, rls ...authz.RateLimit) {
 // outcomes sends n requests and counts the limited ones.
 func outcomes(l *Limiter, r *authz.Request, n int) (limited int) {
 	for range n {
-		if l.Check(r).Limited {
+		if l.Check(r, "").Limited {
 			limited++
 		}
 	}
@@ -138,7 +138,7 @@ func TestLimitPerKeyRefillAndDryRun(t *testing.T) {
 	if got := outcomes(l, sleep, 5); got != 3 {
 		t.Fatalf("sleep: %d of 5 limited; want 3", got)
 	}
-	if res := l.Check(sleep); !res.Limited || res.Limit != "foo/p/get" {
+	if res := l.Check(sleep, ""); !res.Limited || res.Limit != "foo/p/get" {
 		t.Fatalf("Check = %+v; want limited by foo/p/get", res)
 	}
 	if got := outcomes(l, other, 2); got != 0 {
@@ -281,6 +281,25 @@ func BenchmarkCheck(b *testing.B) {
 	r := req()
 	b.ReportAllocs()
 	for b.Loop() {
-		l.Check(r)
+		l.Check(r, "")
+	}
+}
+
+// The path a limit matches is the one authorization normalized with the
+// mesh's mode: with MERGE_SLASHES, "//api/x" is "/api/x" to policies, so it
+// must be to limits too, or doubling a slash would escape the limit.
+func TestLimitMatchesTheNormalizedPath(t *testing.T) {
+	clk := clocktesting.NewFakePassiveClock(time.Unix(1000, 0))
+	l, _ := newLimiter(t, clk, 0)
+	install(t, l, authz.RateLimit{ID: "foo/p/api", Key: keyShared, Match: authz.RateLimitMatch{Paths: []string{"/api/*"}}, Requests: 1, Period: "1h0m0s", Burst: 1})
+	r := req(func(r *authz.Request) { r.Path = "//api/x" })
+	if l.Check(r, "/api/x").Limited {
+		t.Fatal("the first request was limited")
+	}
+	if !l.Check(r, "/api/x").Limited {
+		t.Fatal("//api/x, normalized to /api/x by authorization, escaped the /api/* limit")
+	}
+	if l.Check(r, "").Limited {
+		t.Fatal(`without authorization's path, "//api/x" stays as sent (BASE) and is not /api/*`)
 	}
 }
