@@ -54,6 +54,7 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME) ./authz/decisionlog/
 	$(GO) test -run '^$$' -fuzz '^FuzzSniff$$' -fuzztime $(FUZZTIME) ./proxy/listener/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRateLimitPolicy$$' -fuzztime $(FUZZTIME) ./policies/api/
+	$(GO) test -run '^$$' -fuzz '^FuzzServeConn$$' -fuzztime $(FUZZTIME) ./proxy/h1/
 
 demo: build ## the local mesh: rampartctl up deploy/examples/bookinfo (Bookinfo behind an ingress on 127.0.10.100:8080; Ctrl-C stops)
 	$(BIN)/rampartctl up deploy/examples/bookinfo --bin $(BIN) --state-dir .rampart $(DEMO_ARGS)

@@ -10,6 +10,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -49,6 +50,7 @@ type config struct {
 	InboundProtocol   string       `json:"inboundProtocol"`
 	Transparent       bool         `json:"transparent"`
 	Pprof             bool         `json:"pprof"`
+	GCPercent         int          `json:"gcPercent"`
 	AccessLog         string       `json:"accessLog"`
 	GatewayListen     []string     `json:"gatewayListen"`
 	Proxyless         bool         `json:"proxyless"`
@@ -143,6 +145,7 @@ names (its --listen host, localhost or a loopback address): gRPC checks it.
 	f.StringVar(&c.Labels, "labels", "", "the workload's labels, k=v,k2=v2 (policy selectors, subsets and sourceLabels match them)")
 	f.StringVar(&c.OutboundListen, "outbound-listen", "", "serve the outbound path on this address, e.g. 127.0.0.1:15001: the app uses it as HTTP_PROXY (or sends with the service's Host) and rampartd's routes and clusters take it into the mesh; empty disables it")
 	f.StringVar(&c.AccessLog, "access-log", "failures", "outbound and gateway access log: failures (requests with a response flag or a 5xx) or all")
+	f.IntVar(&c.GCPercent, "gc-percent", 200, "heap growth that triggers Go's garbage collector, in percent of the live heap (GOGC, which wins when set): the sidecar's heap is small, and collecting half as often saves CPU on every request for a few MB under load; -1 disables collection")
 	f.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-listen (for performance work; keep that address private)")
 	f.BoolVar(&c.Transparent, "transparent", false, "with --outbound-listen: take connections iptables redirected ('rampart-sidecar init'); each one's original destination picks its route, and unknown destinations pass through")
 	f.StringArrayVar(&c.GatewayListen, "gateway-listen", nil, "serve as an ingress gateway on this address (repeatable); the port picks the Istio Gateway server whose routes apply")
@@ -159,6 +162,9 @@ names (its --listen host, localhost or a loopback address): gRPC checks it.
 }
 
 func run(ctx context.Context, c config) error {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(c.GCPercent)
+	}
 	log, err := cli.NewLogger(os.Stderr, c.LogLevel, c.LogFormat)
 	if err != nil {
 		return err

@@ -246,9 +246,23 @@ func (s *Server) Run(ctx context.Context) error {
 			return context.WithValue(ctx, connKey{}, c)
 		},
 	}
+	// HTTP/1.x is served by h1.Server on each connection's goroutine; HTTP/2
+	// connections go to net/http's server through conns.
+	srv := &h1.Server{
+		Handler:        hs.Handler,
+		ConnContext:    hs.ConnContext,
+		HeaderTimeout:  hs.ReadHeaderTimeout,
+		IdleTimeout:    hs.IdleTimeout,
+		MaxHeaderBytes: hs.MaxHeaderBytes,
+		HTTP2: func(c net.Conn) {
+			if !conns.Push(c) {
+				c.Close()
+			}
+		},
+	}
 	errc := make(chan error, 2)
 	go func() { errc <- hs.Serve(conns) }()
-	go func() { errc <- s.accept(ctx, conns) }()
+	go func() { errc <- s.accept(ctx, srv) }()
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
@@ -269,7 +283,7 @@ type connKey struct{}
 
 // accept classifies each connection by the port's mode and hands the ones that
 // may proceed to the HTTP server.
-func (s *Server) accept(ctx context.Context, out *listener.Chan) error {
+func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 	for {
 		c, err := s.cfg.Listener.Accept()
 		if err != nil {
@@ -333,9 +347,7 @@ func (s *Server) accept(ctx context.Context, out *listener.Chan) error {
 				s.serveTCP(ctx, conn)
 				return
 			}
-			if !out.Push(conn) {
-				conn.Close()
-			}
+			srv.ServeConn(ctx, conn)
 		}()
 	}
 }
@@ -378,6 +390,9 @@ type sniffedTLS struct {
 	net.Conn
 	tls *tls.Conn
 }
+
+// ConnectionState is the handshake's (h1.Server sets the request's TLS from it).
+func (c *sniffedTLS) ConnectionState() tls.ConnectionState { return c.tls.ConnectionState() }
 
 // reset closes c with a TCP RST rather than a FIN, as Envoy does for STRICT.
 func reset(c net.Conn) {

@@ -30,6 +30,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rampart-mesh/rampart/internal/uuid"
+	"github.com/rampart-mesh/rampart/proxy/h1"
 	"github.com/rampart-mesh/rampart/proxy/route"
 	"github.com/rampart-mesh/rampart/proxy/upstream"
 	"github.com/rampart-mesh/rampart/proxy/xds"
@@ -73,6 +74,7 @@ type Server struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	rnd      func() uint64
+	h1       *h1.Server // serves HTTP/1.x connections (set by Run)
 }
 
 // state is one applied configuration: the route table and which route
@@ -172,31 +174,69 @@ func (s *Server) Run(ctx context.Context) error {
 		Protocols:         &protos,
 	}
 	errc := make(chan error, 2)
-	if s.cfg.Transparent {
-		conns := listener.NewChan(s.cfg.Listener.Addr())
-		hs.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-			if tc, ok := c.(*transparentConn); ok {
-				return context.WithValue(ctx, origDstKey{}, tc.dst)
-			}
-			return ctx
+	// HTTP/1.x is served by h1.Server on each connection's goroutine; HTTP/2
+	// (h2c) connections are handed to net/http's server through conns.
+	conns := listener.NewChan(s.cfg.Listener.Addr())
+	defer conns.Close()
+	connContext := func(ctx context.Context, c net.Conn) context.Context {
+		if rc, ok := c.(*h1.ReplayConn); ok {
+			c = rc.Conn
 		}
-		go func() { errc <- hs.Serve(conns) }()
-		go func() { errc <- s.acceptTransparent(ctx, conns) }()
-		defer conns.Close()
+		if tc, ok := c.(*transparentConn); ok {
+			return context.WithValue(ctx, origDstKey{}, tc.dst)
+		}
+		return ctx
+	}
+	hs.ConnContext = connContext
+	s.h1 = &h1.Server{
+		Handler:        s,
+		ConnContext:    connContext,
+		HeaderTimeout:  hs.ReadHeaderTimeout,
+		IdleTimeout:    hs.IdleTimeout,
+		MaxHeaderBytes: hs.MaxHeaderBytes,
+		HTTP2: func(c net.Conn) {
+			if !conns.Push(c) {
+				c.Close()
+			}
+		},
+	}
+	go func() { errc <- hs.Serve(conns) }()
+	if s.cfg.Transparent {
+		go func() { errc <- s.acceptTransparent(ctx) }()
 	} else {
-		go func() { errc <- hs.Serve(s.cfg.Listener) }()
+		go func() { errc <- s.acceptExplicit(ctx) }()
 	}
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
 		if !errors.Is(err, http.ErrServerClosed) {
+			s.cfg.Listener.Close()
 			return err
 		}
 	}
+	s.cfg.Listener.Close()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(sctx)
 	return nil
+}
+
+// acceptExplicit takes the app's connections to the outbound listener.
+func (s *Server) acceptExplicit(ctx context.Context) error {
+	for {
+		c, err := s.cfg.Listener.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		go s.h1.ServeConn(ctx, c)
+	}
 }
 
 // hopHeaders are removed before forwarding (RFC 9110 section 7.6.1).

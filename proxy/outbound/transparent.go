@@ -28,7 +28,7 @@ const sniffTimeout = 5 * time.Second
 
 // acceptTransparent takes redirected connections: HTTP goes to the HTTP
 // server (with its original destination), anything else is proxied as TCP.
-func (s *Server) acceptTransparent(ctx context.Context, out *listener.Chan) error {
+func (s *Server) acceptTransparent(ctx context.Context) error {
 	for {
 		c, err := s.cfg.Listener.Accept()
 		if err != nil {
@@ -41,11 +41,11 @@ func (s *Server) acceptTransparent(ctx context.Context, out *listener.Chan) erro
 			}
 			return err
 		}
-		go s.classify(ctx, c, out)
+		go s.classify(ctx, c)
 	}
 }
 
-func (s *Server) classify(ctx context.Context, c net.Conn, out *listener.Chan) {
+func (s *Server) classify(ctx context.Context, c net.Conn) {
 	dst, err := listener.OriginalDst(c)
 	if err != nil {
 		s.log.Warn("transparent connection without an original destination", "peer", c.RemoteAddr().String(), "err", err)
@@ -64,9 +64,7 @@ func (s *Server) classify(ctx context.Context, c net.Conn, out *listener.Chan) {
 	}
 	tc := &transparentConn{Conn: sc, dst: dst}
 	if isHTTP {
-		if !out.Push(tc) {
-			c.Close()
-		}
+		s.h1.ServeConn(ctx, tc)
 		return
 	}
 	s.proxyTCP(ctx, tc)

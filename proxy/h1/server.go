@@ -1,0 +1,836 @@
+package h1
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// Server serves HTTP/1.x on connections it is handed, one request at a time
+// on the connection's own goroutine.
+//
+// net/http's server, on a sidecar, paid per request for a background read
+// goroutine (to notice a client going away), a cancellable context, a copy of
+// the header map for the response and the hand-offs between them. Server
+// parses requests with net/http's own parser (http.ReadRequest, so requests
+// are held to the same rules: conflicting Content-Length and
+// Transfer-Encoding, obs-fold, bad header names and values, a missing or
+// repeated Host are refused with 400) and writes responses itself: a response
+// whose length is known leaves in one write with its headers. A request still
+// running after WatchAfter gets its connection watched, so a client that goes
+// away cancels it.
+//
+// HTTP/2 (ALPN h2, or the h2c preface on a plaintext connection) is not
+// spoken here: such a connection goes to HTTP2 with what was read replayed.
+type Server struct {
+	// Handler serves each request. The request's context carries
+	// http.LocalAddrContextKey and ConnContext's values, and ends when the
+	// handler returns or the client goes away.
+	Handler http.Handler
+	// ConnContext, if set, derives each connection's context.
+	ConnContext func(ctx context.Context, c net.Conn) context.Context
+	// HTTP2, if set, takes connections that speak HTTP/2; without it they
+	// are closed.
+	HTTP2 func(c net.Conn)
+	// HeaderTimeout bounds reading a request's headers (default 10 s).
+	HeaderTimeout time.Duration
+	// IdleTimeout bounds the wait for the next request on a kept-alive
+	// connection (default 2 min).
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request's header block (default 64 KiB); past
+	// it the answer is 431.
+	MaxHeaderBytes int
+	// WatchAfter is how long a request without a body runs before its
+	// connection is watched for the client going away (default 50 ms). A
+	// request with a body is not watched: its connection is busy with it.
+	WatchAfter time.Duration
+}
+
+// maxDrain is how much of a request body the handler left unread is read
+// and discarded to keep the connection; more, and the connection is closed
+// (net/http's limit).
+const maxDrain = 256 << 10
+
+// smallBody is how much of a response without a declared length is held
+// back to send it with a Content-Length instead of chunked.
+const smallBody = 4 << 10
+
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+// ServeConn serves c until the client closes it, it idles past IdleTimeout,
+// a response requires closing it, it is handed to HTTP2 or hijacked, or ctx
+// ends (then it is closed once idle). It closes c unless handed on.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
+	sc := &serverConn{srv: s, c: c, remote: c.RemoteAddr().String()}
+	sc.lr.r = c
+	sc.br = readers.Get().(*bufio.Reader)
+	sc.br.Reset(&sc.lr)
+	sc.bw = writers.Get().(*bufio.Writer)
+	sc.bw.Reset(c)
+	// As net/http's server: handlers may ask which local address was dialled.
+	ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
+	if s.ConnContext != nil {
+		ctx = s.ConnContext(ctx, c)
+	}
+	if cs, ok := c.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		st := cs.ConnectionState()
+		sc.tls = &st
+	}
+	if sc.tls != nil && sc.tls.NegotiatedProtocol == "h2" {
+		sc.handOff(false)
+		return
+	}
+	// Closed by ctx while idle; a request in flight finishes first.
+	stop := context.AfterFunc(ctx, func() {
+		sc.shutdown.Store(true)
+		if sc.idle.Load() {
+			_ = c.SetReadDeadline(time.Unix(1, 0))
+		}
+	})
+	defer stop()
+	sc.serve(ctx)
+}
+
+type serverConn struct {
+	srv    *Server
+	c      net.Conn
+	remote string
+	tls    *tls.ConnectionState
+	lr     limitedReader
+	br     *bufio.Reader
+	bw     *bufio.Writer
+
+	idle     atomic.Bool // waiting for the next request
+	shutdown atomic.Bool
+	hijacked bool
+}
+
+func (sc *serverConn) headerTimeout() time.Duration {
+	if sc.srv.HeaderTimeout > 0 {
+		return sc.srv.HeaderTimeout
+	}
+	return 10 * time.Second
+}
+
+func (sc *serverConn) maxHeaderBytes() int64 {
+	if sc.srv.MaxHeaderBytes > 0 {
+		return int64(sc.srv.MaxHeaderBytes)
+	}
+	return 64 << 10
+}
+
+// close closes the connection and returns the buffers to their pools.
+func (sc *serverConn) close() {
+	sc.c.Close()
+	sc.release()
+}
+
+func (sc *serverConn) release() {
+	sc.br.Reset(nil)
+	readers.Put(sc.br)
+	sc.bw.Reset(nil)
+	writers.Put(sc.bw)
+	sc.br, sc.bw = nil, nil
+}
+
+// handOff gives the connection, with whatever was read of it, to HTTP2.
+func (sc *serverConn) handOff(replay bool) {
+	if sc.srv.HTTP2 == nil {
+		sc.close()
+		return
+	}
+	if !replay || sc.br.Buffered() == 0 {
+		sc.release()
+		sc.srv.HTTP2(sc.c)
+		return
+	}
+	buffered, _ := sc.br.Peek(sc.br.Buffered())
+	rc := &ReplayConn{Conn: sc.c, pending: append([]byte(nil), buffered...)}
+	sc.release()
+	sc.srv.HTTP2(rc)
+}
+
+// ReplayConn is a connection some of whose bytes were already read: they are
+// read again first.
+type ReplayConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (r *ReplayConn) Read(p []byte) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(p, r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
+	return r.Conn.Read(p)
+}
+
+var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+func (sc *serverConn) serve(ctx context.Context) {
+	idleTimeout := sc.srv.IdleTimeout
+	if idleTimeout <= 0 {
+		idleTimeout = 2 * time.Minute
+	}
+	first := true
+	for {
+		if sc.shutdown.Load() {
+			sc.close()
+			return
+		}
+		sc.lr.n = sc.maxHeaderBytes() + 4096
+		if sc.br.Buffered() == 0 {
+			wait := idleTimeout
+			if first {
+				wait = sc.headerTimeout()
+			}
+			sc.idle.Store(true)
+			if sc.shutdown.Load() {
+				sc.close()
+				return
+			}
+			_ = sc.c.SetReadDeadline(time.Now().Add(wait))
+			_, err := sc.br.Peek(1)
+			sc.idle.Store(false)
+			if err != nil {
+				sc.close()
+				return
+			}
+		}
+		if first {
+			first = false
+			if sc.tls == nil && sc.srv.HTTP2 != nil && sc.isPreface() {
+				sc.handOff(true)
+				return
+			}
+		}
+		_ = sc.c.SetReadDeadline(time.Now().Add(sc.headerTimeout()))
+		// http.ReadRequest drops the Host header (it is in req.Host): the
+		// header block is kept to count Host lines, as net/http's server does.
+		pre, _ := sc.br.Peek(sc.br.Buffered())
+		sc.lr.rec = append(sc.lr.rec[:0], pre...)
+		sc.lr.recording = true
+		req, err := http.ReadRequest(sc.br)
+		sc.lr.recording = false
+		if err != nil {
+			var ne net.Error
+			switch {
+			case sc.lr.n <= 0:
+				sc.fail(http.StatusRequestHeaderFieldsTooLarge, "431 Request Header Fields Too Large")
+			case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.As(err, &ne):
+				sc.close() // the client went away or was too slow: no one to answer
+			default:
+				sc.fail(http.StatusBadRequest, "400 Bad Request")
+			}
+			return
+		}
+		sc.lr.n = 1<<63 - 1
+		_ = sc.c.SetReadDeadline(time.Time{})
+		if msg := validate(req, countHosts(sc.lr.rec)); msg != "" {
+			sc.fail(http.StatusBadRequest, "400 Bad Request: "+msg)
+			return
+		}
+		if !sc.serveOne(ctx, req) {
+			return
+		}
+	}
+}
+
+// isPreface says whether the connection starts with HTTP/2's preface (h2c
+// with prior knowledge). Bytes that cannot begin it answer at once.
+func (sc *serverConn) isPreface() bool {
+	b, _ := sc.br.Peek(sc.br.Buffered())
+	n := min(len(b), len(h2Preface))
+	if n == 0 || string(b[:n]) != string(h2Preface[:n]) {
+		return false
+	}
+	if n < len(h2Preface) {
+		b, err := sc.br.Peek(len(h2Preface))
+		return err == nil && string(b) == string(h2Preface)
+	}
+	return true
+}
+
+// countHosts counts the Host fields in a request's header block (the block
+// is the start of b).
+func countHosts(b []byte) int {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return 0
+	}
+	n := 0
+	for rest := b[i+1:]; len(rest) > 0; {
+		line := rest
+		if j := bytes.IndexByte(rest, '\n'); j >= 0 {
+			line, rest = rest[:j], rest[j+1:]
+		} else {
+			rest = nil
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			break
+		}
+		if len(line) >= 5 && strings.EqualFold(string(line[:5]), "host:") {
+			n++
+		}
+	}
+	return n
+}
+
+// validate applies the checks net/http's server makes beyond the parser's;
+// hosts is how many Host fields the request had.
+func validate(req *http.Request, hosts int) string {
+	if req.ProtoAtLeast(1, 1) && hosts == 0 && req.Method != http.MethodConnect {
+		return "missing required Host header"
+	}
+	if hosts > 1 {
+		return "too many Host headers"
+	}
+	if hosts == 1 && req.URL.Host == "" && !httpguts.ValidHostHeader(req.Host) {
+		return "malformed Host header"
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return "invalid header name"
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return "invalid header value"
+			}
+		}
+	}
+	delete(req.Header, "Host")
+	return ""
+}
+
+// fail answers a request that could not be read, then closes.
+func (sc *serverConn) fail(code int, msg string) {
+	_ = sc.c.SetWriteDeadline(time.Now().Add(time.Second))
+	fmt.Fprintf(sc.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		code, http.StatusText(code), len(msg), msg)
+	_ = sc.bw.Flush()
+	sc.close()
+}
+
+// serveOne runs the handler on req and finishes its response; false means
+// the connection is done (closed, handed on or hijacked).
+func (sc *serverConn) serveOne(ctx context.Context, req *http.Request) (keep bool) {
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var w *response
+	defer func() {
+		// A handler that panics (http.ErrAbortHandler: a proxied body broke
+		// off) loses its connection, not the process.
+		if p := recover(); p != nil {
+			if w != nil && w.watch != nil && !sc.hijacked {
+				w.watch.stop()
+			}
+			if sc.hijacked {
+				sc.c.Close()
+			} else {
+				sc.close()
+			}
+			keep = false
+		}
+	}()
+	req = req.WithContext(rctx)
+	req.RemoteAddr = sc.remote
+	req.TLS = sc.tls
+	w = &response{sc: sc, req: req, header: make(http.Header, 8), status: http.StatusOK, cl: -1}
+	var body *reqBody
+	if req.Body != nil && req.Body != http.NoBody {
+		body = &reqBody{rc: req.Body, w: w}
+		if ex := req.Header.Get("Expect"); ex != "" {
+			if !strings.EqualFold(ex, "100-continue") || !req.ProtoAtLeast(1, 1) {
+				w.closeAfter = true
+				w.WriteHeader(http.StatusExpectationFailed)
+				w.finish()
+				_ = sc.bw.Flush()
+				sc.close()
+				return false
+			}
+			body.cont = true
+		}
+		req.Body = body
+	} else {
+		w.watch = &watcher{sc: sc, cancel: cancel}
+		w.watch.timer = time.AfterFunc(sc.watchAfter(), w.watch.start)
+	}
+	if req.Close || !req.ProtoAtLeast(1, 1) && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "keep-alive") {
+		w.closeAfter = true
+	}
+	sc.srv.Handler.ServeHTTP(w, req)
+	if w.watch != nil && !sc.hijacked {
+		if w.watch.stop() {
+			w.closeAfter = true // the client went away
+		}
+	}
+	if sc.hijacked {
+		return false
+	}
+	w.finish()
+	if body != nil && !w.closeAfter && !body.drain() {
+		w.closeAfter = true
+	}
+	if err := sc.bw.Flush(); err != nil || w.closeAfter || w.broken {
+		sc.close()
+		return false
+	}
+	return true
+}
+
+func (sc *serverConn) watchAfter() time.Duration {
+	if sc.srv.WatchAfter > 0 {
+		return sc.srv.WatchAfter
+	}
+	return 50 * time.Millisecond
+}
+
+// watcher notices, while a request without a body runs, that the client went
+// away: it reads the connection in the background (as net/http does for every
+// request, here only for one still running after WatchAfter).
+type watcher struct {
+	sc     *serverConn
+	cancel context.CancelFunc
+	timer  *time.Timer
+	mu     sync.Mutex
+	state  int // 0 not started, 1 reading, 2 stopped
+	done   chan struct{}
+	gone   bool
+}
+
+func (wt *watcher) start() {
+	wt.mu.Lock()
+	if wt.state != 0 {
+		wt.mu.Unlock()
+		return
+	}
+	wt.state = 1
+	wt.done = make(chan struct{})
+	wt.mu.Unlock()
+	_, err := wt.sc.br.Peek(1)
+	var ne net.Error
+	if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+		wt.gone = true
+		wt.cancel()
+	}
+	close(wt.done)
+}
+
+// stop ends the watch; true means the client went away.
+func (wt *watcher) stop() bool {
+	wt.timer.Stop()
+	wt.mu.Lock()
+	started := wt.state == 1
+	wt.state = 2
+	wt.mu.Unlock()
+	if !started {
+		return false
+	}
+	_ = wt.sc.c.SetReadDeadline(time.Unix(1, 0))
+	<-wt.done
+	_ = wt.sc.c.SetReadDeadline(time.Time{})
+	return wt.gone
+}
+
+// reqBody is a request body as the handler sees it: Close does not read the
+// rest (the server drains a bounded amount afterwards), and the first read
+// answers "Expect: 100-continue".
+type reqBody struct {
+	rc     io.ReadCloser
+	w      *response
+	cont   bool
+	eof    bool
+	closed bool
+}
+
+func (b *reqBody) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	if b.cont {
+		b.cont = false
+		if !b.w.wroteHeader {
+			sc := b.w.sc
+			_, _ = sc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			_ = sc.bw.Flush()
+		}
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *reqBody) Close() error {
+	b.closed = true
+	return nil
+}
+
+// drain reads what the handler left of the body; false means too much was
+// left (or the client never sent it after asking to continue) to keep the
+// connection.
+func (b *reqBody) drain() bool {
+	if b.eof {
+		return true
+	}
+	if b.cont {
+		return false // the client waits for 100 Continue that never came
+	}
+	n, err := io.CopyN(io.Discard, b.rc, maxDrain+1)
+	return err == io.EOF && n <= maxDrain
+}
+
+// limitedReader bounds what a request's header block may take, and keeps
+// what it reads while recording.
+type limitedReader struct {
+	r         io.Reader
+	n         int64
+	recording bool
+	rec       []byte
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	if l.recording {
+		l.rec = append(l.rec, p[:n]...)
+	}
+	return n, err
+}
+
+// response is the http.ResponseWriter of one request.
+type response struct {
+	sc          *serverConn
+	req         *http.Request
+	header      http.Header
+	status      int
+	wroteHeader bool // the handler called WriteHeader or Write
+	committed   bool // the status line and headers are in the buffer
+	cl          int64
+	written     int64
+	chunked     bool
+	noBody      bool
+	closeAfter  bool
+	broken      bool // a write failed or the body came short: close
+	trailers    []string
+	held        []byte // body held back while the length is unknown
+	watch       *watcher
+}
+
+func (w *response) Header() http.Header { return w.header }
+
+func (w *response) WriteHeader(code int) {
+	if w.wroteHeader || w.sc.hijacked {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		// An informational answer (103 Early Hints) goes now; the real one follows.
+		w.writeStatusLine(code)
+		w.writeFields(w.header, false)
+		_, _ = w.sc.bw.WriteString("\r\n")
+		if err := w.sc.bw.Flush(); err != nil {
+			w.broken = true
+		}
+		return
+	}
+	w.wroteHeader = true
+	w.status = code
+	w.noBody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified || code < 200
+	if v := w.header.Get("Content-Length"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			w.cl = n
+		} else {
+			w.header.Del("Content-Length")
+		}
+	}
+	for _, v := range w.header["Trailer"] {
+		for _, k := range strings.Split(v, ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				w.trailers = append(w.trailers, http.CanonicalHeaderKey(k))
+			}
+		}
+	}
+	if w.cl >= 0 || w.noBody {
+		w.commit()
+	}
+}
+
+func (w *response) writeStatusLine(code int) {
+	bw := w.sc.bw
+	if line, ok := statusLines[code]; ok {
+		_, _ = bw.WriteString(line)
+		return
+	}
+	text := http.StatusText(code)
+	if text == "" {
+		text = "status code " + strconv.Itoa(code)
+	}
+	_, _ = bw.WriteString("HTTP/1.1 " + strconv.Itoa(code) + " " + text + "\r\n")
+}
+
+var statusLines = func() map[int]string {
+	m := map[int]string{}
+	for _, c := range []int{200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 413, 429, 431, 499, 500, 502, 503, 504} {
+		t := http.StatusText(c)
+		if t == "" {
+			t = "status code " + strconv.Itoa(c)
+		}
+		m[c] = "HTTP/1.1 " + strconv.Itoa(c) + " " + t + "\r\n"
+	}
+	return m
+}()
+
+// headerValue keeps a header value on one line (response splitting).
+var headerValue = strings.NewReplacer("\n", " ", "\r", " ")
+
+func (w *response) writeFields(h http.Header, skipFraming bool) {
+	bw := w.sc.bw
+	for k, vs := range h {
+		if skipFraming {
+			switch k {
+			case "Content-Length", "Transfer-Encoding", "Connection", "Trailer":
+				continue
+			}
+		}
+		if strings.HasPrefix(k, http.TrailerPrefix) || !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		for _, v := range vs {
+			_, _ = bw.WriteString(k)
+			_, _ = bw.WriteString(": ")
+			if strings.ContainsAny(v, "\r\n") {
+				v = headerValue.Replace(v)
+			}
+			_, _ = bw.WriteString(strings.TrimSpace(v))
+			_, _ = bw.WriteString("\r\n")
+		}
+	}
+}
+
+// commit puts the status line and headers in the buffer, choosing how the
+// body is framed: a declared length, chunks, or (HTTP/1.0) the connection's
+// end.
+func (w *response) commit() {
+	if w.committed {
+		return
+	}
+	w.committed = true
+	w.wroteHeader = true
+	h := w.header
+	if !w.noBody && w.cl < 0 || len(w.trailers) > 0 {
+		if w.req.ProtoAtLeast(1, 1) {
+			w.chunked = true
+		} else {
+			w.closeAfter = true
+		}
+	}
+	if w.chunked && w.cl >= 0 && len(w.trailers) > 0 {
+		w.cl = -1 // trailers need chunks; the length is not sent
+	}
+	if httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
+		w.closeAfter = true
+	}
+	if w.sc.shutdown.Load() {
+		w.closeAfter = true
+	}
+	w.writeStatusLine(w.status)
+	w.writeFields(h, true)
+	bw := w.sc.bw
+	if w.cl >= 0 && w.status >= 200 && w.status != http.StatusNoContent {
+		_, _ = bw.WriteString("Content-Length: ")
+		_, _ = bw.WriteString(strconv.FormatInt(w.cl, 10))
+		_, _ = bw.WriteString("\r\n")
+	}
+	if w.chunked && !w.noBody {
+		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if len(w.trailers) > 0 && w.chunked && !w.noBody {
+		_, _ = bw.WriteString("Trailer: " + strings.Join(w.trailers, ", ") + "\r\n")
+	}
+	if _, ok := h["Date"]; !ok {
+		_, _ = bw.WriteString("Date: ")
+		_, _ = bw.Write(time.Now().UTC().AppendFormat(make([]byte, 0, 32), http.TimeFormat))
+		_, _ = bw.WriteString("\r\n")
+	}
+	if w.closeAfter {
+		_, _ = bw.WriteString("Connection: close\r\n")
+	} else if !w.req.ProtoAtLeast(1, 1) {
+		_, _ = bw.WriteString("Connection: keep-alive\r\n")
+	}
+	_, _ = bw.WriteString("\r\n")
+}
+
+func (w *response) Write(p []byte) (int, error) {
+	if w.sc.hijacked {
+		return 0, http.ErrHijacked
+	}
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.noBody {
+		if w.req.Method == http.MethodHead {
+			return len(p), nil
+		}
+		return 0, http.ErrBodyNotAllowed
+	}
+	if !w.committed {
+		// Unknown length: hold a small body back to send its length.
+		if len(w.held)+len(p) <= smallBody {
+			w.held = append(w.held, p...)
+			return len(p), nil
+		}
+		w.commit()
+		if len(w.held) > 0 {
+			held := w.held
+			w.held = nil
+			if _, err := w.writeBody(held); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return w.writeBody(p)
+}
+
+func (w *response) writeBody(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if w.cl >= 0 && w.written+int64(len(p)) > w.cl {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	bw := w.sc.bw
+	if w.chunked {
+		_, _ = bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		_, _ = bw.WriteString("\r\n")
+	}
+	n, err := bw.Write(p)
+	if w.chunked && err == nil {
+		_, err = bw.WriteString("\r\n")
+	}
+	if err != nil {
+		w.broken = true
+	}
+	return n, err
+}
+
+// Flush sends what is buffered, headers included.
+func (w *response) Flush() {
+	_ = w.FlushError()
+}
+
+// FlushError is Flush that says whether it worked (http.ResponseController).
+func (w *response) FlushError() error {
+	if w.sc.hijacked {
+		return http.ErrHijacked
+	}
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		w.commit()
+		if len(w.held) > 0 {
+			held := w.held
+			w.held = nil
+			if _, err := w.writeBody(held); err != nil {
+				return err
+			}
+		}
+	}
+	if err := w.sc.bw.Flush(); err != nil {
+		w.broken = true
+		return err
+	}
+	return nil
+}
+
+// finish completes the response after the handler returned.
+func (w *response) finish() {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		w.cl = int64(len(w.held))
+		w.commit()
+		held := w.held
+		w.held = nil
+		_, _ = w.writeBody(held)
+	}
+	bw := w.sc.bw
+	if w.chunked && !w.noBody {
+		_, _ = bw.WriteString("0\r\n")
+		for _, k := range w.trailers {
+			for _, v := range w.header[k] {
+				_, _ = bw.WriteString(k + ": " + headerValue.Replace(v) + "\r\n")
+			}
+		}
+		for k, vs := range w.header {
+			if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok && httpguts.ValidHeaderFieldName(name) {
+				for _, v := range vs {
+					_, _ = bw.WriteString(name + ": " + headerValue.Replace(v) + "\r\n")
+				}
+			}
+		}
+		_, _ = bw.WriteString("\r\n")
+	}
+	if w.cl >= 0 && w.written < w.cl && !w.noBody {
+		w.broken = true // the body came short: the client must see the end
+	}
+}
+
+// Hijack hands the connection to the handler (WebSocket and other upgrades).
+func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	sc := w.sc
+	if sc.hijacked {
+		return nil, nil, http.ErrHijacked
+	}
+	if w.watch != nil {
+		w.watch.stop()
+	}
+	if w.committed {
+		if err := sc.bw.Flush(); err != nil {
+			return nil, nil, err
+		}
+	}
+	sc.hijacked = true
+	_ = sc.c.SetDeadline(time.Time{})
+	// The buffers go with the connection; new ones serve nothing else.
+	rw := bufio.NewReadWriter(sc.br, sc.bw)
+	return sc.c, rw, nil
+}
+
+// SetReadDeadline and SetWriteDeadline serve http.ResponseController.
+func (w *response) SetReadDeadline(t time.Time) error  { return w.sc.c.SetReadDeadline(t) }
+func (w *response) SetWriteDeadline(t time.Time) error { return w.sc.c.SetWriteDeadline(t) }
+
+// EnableFullDuplex: an HTTP/1 request body may always be read while the
+// response is written here.
+func (w *response) EnableFullDuplex() error { return nil }
