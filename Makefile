@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/rampart-mesh/rampart/cmd/internal/version.Version=$(VERSION)
 BIN := bin
 TOOLS := $(CURDIR)/.cache/tools
-STATICCHECK_VERSION ?= 2025.1.1
+STATICCHECK_VERSION ?= v0.8.2
 BENCHTIME ?= 2s
 AUTHZ_BENCHTIME ?= 20000x
 

@@ -344,7 +344,7 @@ func TestServerHandsHTTP2On(t *testing.T) {
 	}
 	defer c.Close()
 	// The preface arrives in two pieces, then frames.
-	io.WriteString(c, string(h2Preface[:5]))
+	c.Write(h2Preface[:5])
 	time.Sleep(50 * time.Millisecond)
 	io.WriteString(c, string(h2Preface[5:])+"more")
 	select {

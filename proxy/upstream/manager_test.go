@@ -134,6 +134,7 @@ func TestUpdateRefusesBadInputAtomically(t *testing.T) {
 	provided := staticCluster("bad")
 	provided.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED
 	pathEDS := edsCluster("bad", "")
+	//lint:ignore SA1019 the deprecated file source is what the manager must refuse
 	pathEDS.EdsClusterConfig.EdsConfig = &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Path{Path: "/etc/eds.yaml"}}
 	odPct := staticCluster("bad")
 	odPct.OutlierDetection = &clusterv3.OutlierDetection{MaxEjectionPercent: wrapperspb.UInt32(150)}
