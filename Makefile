@@ -15,7 +15,9 @@ help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build bin/rampartd, bin/rampart-sidecar, bin/rampartctl and the Bookinfo app (bin/bookinfo)
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/rampartd ./cmd/rampart-sidecar ./cmd/rampartctl
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/rampartd ./cmd/rampartctl
+	# The sidecar is static (no libc mapped into every pod's proxy; Go's own resolver).
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/rampart-sidecar
 	$(GO) build -trimpath -o $(BIN)/bookinfo ./deploy/examples/bookinfo/app
 
 test: build ## unit, conformance and e2e tests (what CI runs)

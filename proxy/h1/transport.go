@@ -13,12 +13,16 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Transport carries requests without a body (GET, HEAD, DELETE, ... the bulk
@@ -87,7 +91,7 @@ func (t *Transport) exchange(req *http.Request, ac *appConn, reused bool) (*http
 		}
 		return nil, err
 	}
-	if err := req.Write(ac.bw); err != nil {
+	if err := writeRequest(ac.bw, req); err != nil {
 		return fail(err)
 	}
 	if err := ac.bw.Flush(); err != nil {
@@ -115,6 +119,75 @@ func (t *Transport) exchange(req *http.Request, ac *appConn, reused bool) (*http
 		resp.Body = &appBody{rc: resp.Body, t: t, ac: ac, keep: keep, stop: stop, eof: resp.Body == http.NoBody}
 		return resp, nil
 	}
+}
+
+// writeRequest writes a request without a body as net/http's Request.Write
+// does (the same default User-Agent, Content-Length: 0 where a body is
+// expected, header values kept on one line), without its per-request
+// allocations. What it does not expect (an opaque URL, a Host that needs
+// punycode or is invalid) it leaves to Request.Write.
+func writeRequest(bw *bufio.Writer, req *http.Request) error {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if req.URL.Opaque != "" || !httpguts.ValidHostHeader(host) || req.Method == "" {
+		return req.Write(bw)
+	}
+	for k, vs := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("net/http: invalid header field name %q", k)
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("net/http: invalid header field value for %q", k)
+			}
+		}
+	}
+	_, _ = bw.WriteString(req.Method)
+	_ = bw.WriteByte(' ')
+	_, _ = bw.WriteString(req.URL.RequestURI())
+	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	_, _ = bw.WriteString(host)
+	_, _ = bw.WriteString("\r\n")
+	ua := "Go-http-client/1.1"
+	if vs, ok := req.Header["User-Agent"]; ok {
+		ua = ""
+		if len(vs) > 0 {
+			ua = vs[0]
+		}
+	}
+	if ua != "" {
+		writeField(bw, "User-Agent", ua)
+	}
+	if req.Close && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "close") {
+		_, _ = bw.WriteString("Connection: close\r\n")
+	}
+	switch req.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+		_, _ = bw.WriteString("Content-Length: 0\r\n")
+	}
+	for k, vs := range req.Header {
+		switch k {
+		case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
+			continue
+		}
+		for _, v := range vs {
+			writeField(bw, k, v)
+		}
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+func writeField(bw *bufio.Writer, k, v string) {
+	_, _ = bw.WriteString(k)
+	_, _ = bw.WriteString(": ")
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+	}
+	_, _ = bw.WriteString(strings.TrimSpace(v))
+	_, _ = bw.WriteString("\r\n")
 }
 
 // replayable: sending the request again cannot repeat an effect (net/http's

@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -218,5 +220,53 @@ func TestAppTransportEarlyHintsAndEarlyClose(t *testing.T) {
 	}
 	if conns.Load() != 2 {
 		t.Fatalf("%d connections; the request after a half-read body needs a fresh one (2)", conns.Load())
+	}
+}
+
+// writeRequest must say what net/http's Request.Write says.
+func TestWriteRequestMatchesNetHTTP(t *testing.T) {
+	mk := func(method, url string, h map[string][]string, close bool) *http.Request {
+		r, err := http.NewRequest(method, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range h {
+			r.Header[k] = v
+		}
+		r.Close = close
+		return r
+	}
+	cases := []*http.Request{
+		mk("GET", "http://app:8080/a/b?x=1&y=%20", map[string][]string{"X-Request-Id": {"abc"}, "Accept": {"a", "b"}}, false),
+		mk("GET", "http://app/", map[string][]string{"User-Agent": {""}}, false),
+		mk("DELETE", "http://app/item/1", map[string][]string{"User-Agent": {"curl/8"}, "X-Pad": {"  padded  "}}, true),
+		mk("POST", "http://app/empty", nil, false),
+		mk("OPTIONS", "http://[::1]:80/%2Fescaped", nil, false),
+	}
+	host := mk("GET", "http://app/", nil, false)
+	host.Host = "override.example:9080"
+	cases = append(cases, host)
+	for _, req := range cases {
+		var ours, theirs bytes.Buffer
+		bw := bufio.NewWriter(&ours)
+		if err := writeRequest(bw, req); err != nil {
+			t.Fatal(err)
+		}
+		bw.Flush()
+		if err := req.Write(&theirs); err != nil {
+			t.Fatal(err)
+		}
+		a, err := http.ReadRequest(bufio.NewReader(&ours))
+		if err != nil {
+			t.Fatalf("%s %s: ours does not parse: %v\n%s", req.Method, req.URL, err, ours.String())
+		}
+		b, _ := http.ReadRequest(bufio.NewReader(bytes.NewReader(theirs.Bytes())))
+		if a.Method != b.Method || a.RequestURI != b.RequestURI || a.Host != b.Host || a.ContentLength != b.ContentLength || a.Close != b.Close || !reflect.DeepEqual(a.Header, b.Header) {
+			t.Errorf("%s %s:\nours:   %q\ntheirs: %q", req.Method, req.URL, ours.String(), theirs.String())
+		}
+	}
+	bad := mk("GET", "http://app/", map[string][]string{"X-Bad": {"a\r\nInjected: 1"}}, false)
+	if err := writeRequest(bufio.NewWriter(io.Discard), bad); err == nil {
+		t.Fatal("a header value with CR LF was written")
 	}
 }

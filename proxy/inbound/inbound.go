@@ -25,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http/httpguts"
 )
 
 // mTLS modes (PeerAuthentication).
@@ -452,8 +453,12 @@ func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	if !ok {
 		return code
 	}
+	grpc := r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("content-type"), "application/grpc")
+	if !grpc && !httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
+		return s.forward(w, r)
+	}
 	rec := &statusRecorder{ResponseWriter: w, code: 200}
-	if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("content-type"), "application/grpc") {
+	if grpc {
 		s.grpcProxy.ServeHTTP(rec, r)
 	} else {
 		s.proxy.ServeHTTP(rec, r)

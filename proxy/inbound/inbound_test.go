@@ -451,3 +451,42 @@ func TestGRPCStatusMapping(t *testing.T) {
 		t.Errorf("grpcEncode = %q", got)
 	}
 }
+
+// The app sees what a reverse proxy hands on: hop-by-hop fields (and those
+// Connection names) dropped, "Te: trailers" kept, X-Forwarded-Host from the
+// request, and a request body delivered whole.
+func TestInboundForwardsHeadersAndBodies(t *testing.T) {
+	e := start(t, ModePermissive)
+	for len(e.seen) > 0 {
+		<-e.seen
+	}
+	resp, _, err := e.get(t, e.client, "/get", map[string]string{
+		"Connection": "X-Secret", "X-Secret": "1", "Keep-Alive": "timeout=5", "Te": "trailers",
+		"Proxy-Authorization": "Basic Zm9vOmJhcg==", "X-Forwarded-Host": "evil.example", "X-Kept": "yes",
+	})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	h := <-e.seen
+	for _, k := range []string{"X-Secret", "Keep-Alive", "Proxy-Authorization"} {
+		if v := h.Get(k); v != "" {
+			t.Errorf("the app saw hop-by-hop %s: %q", k, v)
+		}
+	}
+	if h.Get("Te") != "trailers" || h.Get("X-Kept") != "yes" || h.Get("X-Forwarded-Host") != "httpbin.foo" {
+		t.Errorf("the app saw Te %q, X-Kept %q, X-Forwarded-Host %q; want trailers, yes, httpbin.foo", h.Get("Te"), h.Get("X-Kept"), h.Get("X-Forwarded-Host"))
+	}
+	// A body goes the other way through the transport (net/http's).
+	tr := &http.Transport{TLSClientConfig: e.client, DisableKeepAlives: true}
+	req, _ := http.NewRequest("POST", "https://"+e.addr+"/post", strings.NewReader(strings.Repeat("x", 100000)))
+	req.Host = "httpbin.foo"
+	presp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(presp.Body)
+	presp.Body.Close()
+	if presp.StatusCode != 200 || string(body) != "app says hi" {
+		t.Fatalf("POST: %d %q", presp.StatusCode, body)
+	}
+}
