@@ -84,6 +84,7 @@ func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prepare bundle %q: %w", b.Revision, err)
 	}
+	b.Modules = nil // compiled now; the source is not needed again
 	p := &prepared{bundle: b, query: pq, reads: analyze(c)}
 	// The policy sets are constant for a bundle: count them once.
 	for _, q := range []struct {
@@ -127,10 +128,15 @@ func compileModules(modules map[string]string) (*ast.Compiler, error) {
 // the life of a bundle they were a third of a large bundle's memory, and an
 // evaluation error naming the rule is as useful to an operator.
 func shareLocation(r *ast.Rule) {
-	loc := r.Location
-	if loc == nil {
+	if r.Location == nil {
 		return
 	}
+	// Without its text: the text is a slice of the parser's copy of the
+	// whole source, which it would keep alive.
+	l := *r.Location
+	l.Text = nil
+	loc := &l
+	r.Location = loc
 	ast.NewGenericVisitor(func(x any) bool {
 		switch n := x.(type) {
 		case *ast.Term:

@@ -10,6 +10,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -51,6 +52,7 @@ type config struct {
 	Transparent       bool         `json:"transparent"`
 	Pprof             bool         `json:"pprof"`
 	GCPercent         int          `json:"gcPercent"`
+	Concurrency       int          `json:"concurrency"`
 	AccessLog         string       `json:"accessLog"`
 	GatewayListen     []string     `json:"gatewayListen"`
 	Proxyless         bool         `json:"proxyless"`
@@ -146,6 +148,7 @@ names (its --listen host, localhost or a loopback address): gRPC checks it.
 	f.StringVar(&c.OutboundListen, "outbound-listen", "", "serve the outbound path on this address, e.g. 127.0.0.1:15001: the app uses it as HTTP_PROXY (or sends with the service's Host) and rampartd's routes and clusters take it into the mesh; empty disables it")
 	f.StringVar(&c.AccessLog, "access-log", "failures", "outbound and gateway access log: failures (requests with a response flag or a 5xx) or all")
 	f.IntVar(&c.GCPercent, "gc-percent", 200, "heap growth that triggers Go's garbage collector, in percent of the live heap (GOGC, which wins when set): the sidecar's heap is small, and collecting half as often saves CPU on every request for a few MB under load; -1 disables collection")
+	f.IntVar(&c.Concurrency, "concurrency", 0, "how many CPUs the proxy runs on at once (Go's GOMAXPROCS; Istio's proxy concurrency); 0: all the machine's or the container's CPU limit")
 	f.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-listen (for performance work; keep that address private)")
 	f.BoolVar(&c.Transparent, "transparent", false, "with --outbound-listen: take connections iptables redirected ('rampart-sidecar init'); each one's original destination picks its route, and unknown destinations pass through")
 	f.StringArrayVar(&c.GatewayListen, "gateway-listen", nil, "serve as an ingress gateway on this address (repeatable); the port picks the Istio Gateway server whose routes apply")
@@ -164,6 +167,12 @@ names (its --listen host, localhost or a loopback address): gRPC checks it.
 func run(ctx context.Context, c config) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(c.GCPercent)
+	}
+	if c.Concurrency < 0 {
+		return fmt.Errorf("--concurrency %d: want 0 (all CPUs) or more", c.Concurrency)
+	}
+	if c.Concurrency > 0 {
+		runtime.GOMAXPROCS(c.Concurrency)
 	}
 	log, err := cli.NewLogger(os.Stderr, c.LogLevel, c.LogFormat)
 	if err != nil {

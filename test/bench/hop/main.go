@@ -52,6 +52,7 @@ type options struct {
 	keep       bool
 	profile    bool
 	strict     bool
+	sidecarArg []string
 }
 
 func main() {
@@ -102,6 +103,10 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.retries, "retries", 2, "repeat a run this many times at most when other processes took over 10% of the machine during it")
 	fs.DurationVar(&o.budget, "interference-budget", 2*time.Minute, "all the time that waiting for quiet and repeating disturbed runs may add to the whole benchmark")
 	fs.BoolVar(&o.profile, "profile", false, "run the sidecars with --pprof (needs a rampartctl with --sidecar-arg) and save their CPU profiles during the saturation run in the work directory; implies -keep")
+	fs.Func("sidecar-arg", "pass this flag to both Rampart sidecars (repeatable), e.g. -sidecar-arg=--concurrency=1", func(v string) error {
+		o.sidecarArg = append(o.sidecarArg, v)
+		return nil
+	})
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, logs, fortio JSON) even when everything passed")
 	fs.BoolVar(&o.strict, "strict", false, "exit 3 when a target is missed (by default only failures exit non-zero)")
 	fs.Usage = func() {

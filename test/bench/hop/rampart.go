@@ -137,6 +137,9 @@ func startRampart(ctx context.Context, e *env, dir, clientIP, serverIP string, a
 	if e.o.profile {
 		args = append(args, "--sidecar-arg=--pprof")
 	}
+	for _, a := range e.o.sidecarArg {
+		args = append(args, "--sidecar-arg="+a)
+	}
 	up, err := startProc("rampartctl up", upLog, syscall.SIGINT, nil, args...)
 	if err != nil {
 		return nil, err
