@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -249,6 +250,7 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 		if err := p.engine.Load(ctx, b); err != nil {
 			return fmt.Errorf("authz bundle %s: %w", in.BundleDir, err)
 		}
+		releaseMemory()
 		if err := authn.load(ctx, in.BundleDir); err != nil {
 			return err
 		}
@@ -325,6 +327,7 @@ func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn,
 	if err := p.engine.Load(ctx, b); err != nil {
 		return err
 	}
+	releaseMemory()
 	if p.cfg.Inbound != nil {
 		if err := peerMode.loadJSON(wb.Peer, p.cfg.Inbound.App); err != nil {
 			return fmt.Errorf("peer modes: %w", err)
@@ -497,6 +500,7 @@ func (p *Proxy) pollBundleDir(ctx context.Context, rev string, authn *jwtAuthn, 
 			p.log.Error("new authz bundle refused; keeping the last good one", "revision", nb.Revision, "err", err)
 			continue
 		}
+		releaseMemory()
 		if err := peerMode.load(in.BundleDir, in.App); err != nil {
 			p.log.Error("new PeerAuthentication mode refused; keeping the last good one", "revision", nb.Revision, "err", err)
 		}
@@ -642,4 +646,22 @@ func nodeID(spiffeID, workload string) string {
 		return spiffeID
 	}
 	return spiffeID + "~" + workload
+}
+
+// releasing is set while releaseMemory runs.
+var releasing atomic.Bool
+
+// releaseMemory hands the heap's free memory back to the OS. Compiling a
+// policy bundle is the sidecar's one burst of allocation; the garbage it
+// leaves would otherwise hold the heap (and the proxy's RSS) at its
+// high-water mark until the runtime's scavenger gets to it, minutes later.
+// It runs in the background, one at a time.
+func releaseMemory() {
+	if !releasing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer releasing.Store(false)
+		debug.FreeOSMemory()
+	}()
 }
