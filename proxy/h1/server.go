@@ -104,7 +104,10 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		}
 	})
 	defer stop()
-	sc.serve(ctx)
+	// Requests end with their handler or their client, not with ctx (as with
+	// net/http's Shutdown, a request in flight finishes): their contexts are
+	// not registered with ctx, which would cost a lock and a map entry each.
+	sc.serve(context.WithoutCancel(ctx))
 }
 
 type serverConn struct {
