@@ -256,6 +256,44 @@ type mesh struct {
 	exited   chan string
 }
 
+// addressesFree checks, before anything starts, that every address the mesh
+// will listen on is free: another mesh (a second 'rampartctl up') holding
+// them would otherwise answer in this one's place.
+func addressesFree(cpListen, monitoring string, plans []workloadPlan) error {
+	type want struct{ addr, what string }
+	ws := []want{{cpListen, "rampartd's --control-plane"}, {monitoring, "rampartd's --monitoring-listen"}}
+	for _, p := range plans {
+		ws = append(ws, want{net.JoinHostPort(p.Address, "15090"), p.Name + "'s sidecar metrics"})
+		if p.Gateway {
+			for _, port := range p.GatewayPorts {
+				ws = append(ws, want{net.JoinHostPort(p.Address, fmt.Sprint(port)), p.Name + " gateway"})
+			}
+			continue
+		}
+		ws = append(ws, want{net.JoinHostPort(p.Address, "15001"), p.Name + "'s outbound listener"})
+		if p.Port != 0 {
+			ws = append(ws, want{net.JoinHostPort(p.Address, fmt.Sprint(p.Port)), p.Name + "'s inbound listener"})
+		}
+	}
+	var taken []string
+	for _, w := range ws {
+		ln, err := net.Listen("tcp", w.addr)
+		if err != nil {
+			taken = append(taken, fmt.Sprintf("%s (%s)", w.addr, w.what))
+			continue
+		}
+		ln.Close()
+	}
+	if len(taken) == 0 {
+		return nil
+	}
+	if len(taken) > 4 {
+		taken = append(taken[:4], fmt.Sprintf("and %d more", len(taken)-4))
+	}
+	return fmt.Errorf("these addresses are in use, so this mesh cannot start: %s\nis another 'rampartctl up' (or 'make demo') running? Stop it first; rampartd's own addresses can also be moved with --control-plane and --monitoring-listen",
+		strings.Join(taken, ", "))
+}
+
 type upOptions struct {
 	monitoring, meshConfig string
 	sidecarArgs            []string
@@ -275,6 +313,9 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 		return err
 	}
 	if stateDir, err = filepath.Abs(stateDir); err != nil {
+		return err
+	}
+	if err := addressesFree(cpListen, o.monitoring, plans); err != nil {
 		return err
 	}
 	m := &mesh{bin: bin, out: out, exited: make(chan string, len(plans)*2+2)}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"strings"
 	"testing"
 
@@ -101,5 +102,36 @@ spec: {command: [x]}`, "share address 127.0.0.9"},
 				t.Errorf("err %v does not name the file and line", err)
 			}
 		})
+	}
+}
+
+// A second mesh is refused before it starts anything, naming what is taken.
+func TestUpRefusesTakenAddresses(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeAddr := free.Addr().String()
+	free.Close()
+	plans := []workloadPlan{{Name: "web", Address: "127.0.10.250", Port: 9080}}
+	if err := addressesFree(freeAddr, "127.0.0.1:0", plans); err != nil {
+		t.Fatalf("nothing is taken, yet: %v", err)
+	}
+	err = addressesFree(ln.Addr().String(), "127.0.0.1:0", plans)
+	if err == nil || !strings.Contains(err.Error(), ln.Addr().String()+" (rampartd's --control-plane)") {
+		t.Fatalf("err = %v; want the taken control-plane address named", err)
+	}
+	busy, err := net.Listen("tcp", "127.0.10.250:9080")
+	if err != nil {
+		t.Skipf("cannot bind 127.0.10.250 here: %v", err)
+	}
+	defer busy.Close()
+	if err := addressesFree(freeAddr, "127.0.0.1:0", plans); err == nil || !strings.Contains(err.Error(), "127.0.10.250:9080 (web's inbound listener)") {
+		t.Fatalf("err = %v; want the taken inbound listener named", err)
 	}
 }
