@@ -123,7 +123,7 @@ func (j *jwtAuthn) Authenticate(ctx context.Context, r *http.Request) inbound.Au
 	if a == nil {
 		return inbound.AuthnResult{}
 	}
-	req := jwt.Request{Method: r.Method, Path: r.URL.RequestURI()}
+	req := jwt.Request{Method: r.Method, Path: r.URL.RequestURI(), Headers: make([]jwt.Header, 0, len(r.Header)+2)}
 	for name, vals := range r.Header {
 		for _, v := range vals {
 			req.Headers = append(req.Headers, jwt.Header{Name: name, Value: v})

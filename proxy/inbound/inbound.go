@@ -503,6 +503,7 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if r.TLS != nil {
 		ar.SNI = r.TLS.ServerName
 	}
+	ar.Headers = make([]authz.Header, 0, len(r.Header)+2)
 	for name, vals := range r.Header {
 		for _, v := range vals {
 			ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: v})

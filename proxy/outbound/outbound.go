@@ -419,23 +419,28 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
 		defer cancel()
 	}
-	out := r.Clone(ctx)
+	// The request is this handler's own: the copy that leaves shares its
+	// header map (edited in place) and gets its own URL.
+	upgrade := upgradeType(r.Header)
+	// gRPC needs "te: trailers" end to end (Envoy keeps it too).
+	te := strings.Contains(strings.ToLower(r.Header.Get("Te")), "trailers")
+	out := r.WithContext(ctx)
+	u := *r.URL
+	out.URL = &u
 	out.RequestURI = ""
-	for _, h := range hopHeaders {
-		delete(out.Header, h) // canonical already
-	}
-	if c := r.Header.Get("Connection"); c != "" {
+	if c := out.Header.Get("Connection"); c != "" {
 		for _, f := range strings.Split(c, ",") {
 			out.Header.Del(strings.TrimSpace(f))
 		}
 	}
-	upgrade := upgradeType(r.Header)
+	for _, h := range hopHeaders {
+		delete(out.Header, h) // canonical already
+	}
 	if upgrade != "" {
 		out.Header.Set("Connection", "Upgrade")
 		out.Header.Set("Upgrade", upgrade)
 	}
-	// gRPC needs "te: trailers" end to end (Envoy keeps it too).
-	if strings.Contains(strings.ToLower(r.Header.Get("Te")), "trailers") {
+	if te {
 		out.Header.Set("Te", "trailers")
 	}
 	out.Header.Set("x-forwarded-proto", "http")
