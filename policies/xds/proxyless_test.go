@@ -140,6 +140,14 @@ func TestProxylessClientServedPerName(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// grpc-go enforces no Rampart policy: no authorization bundle was
+	// compiled for it, and none is offered.
+	if b, _, ok := x.Config(node.Id); !ok || b.Revision != "" || len(b.Modules) != 0 {
+		t.Fatalf("proxyless client's bundle: revision %q, %d modules (found %t); want none", b.Revision, len(b.Modules), ok)
+	}
+	if got := ask(resource.ExtensionConfigType); len(got) != 0 {
+		t.Fatalf("ECDS offered %v to a proxyless client", got)
+	}
 }
 
 func TestProxylessSynced(t *testing.T) {

@@ -510,19 +510,23 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 		defer b.done.Store(true)
 		s.compiles.Inc()
 		start := time.Now()
-		b.wb, b.err = Compile(objs, s.cfg.Mesh, n.workload)
-		if b.err != nil {
-			return
+		// A proxyless gRPC client enforces no policy (grpc-go never asks for
+		// the bundle): only sidecars get one compiled.
+		if !n.proxyless {
+			b.wb, b.err = Compile(objs, s.cfg.Mesh, n.workload)
+			if b.err != nil {
+				return
+			}
+			// Never push what a proxy would have to refuse.
+			if err := authz.CheckStrict(b.wb.Modules); err != nil {
+				b.err = fmt.Errorf("compiled bundle for %s does not compile: %w", nodeID, err)
+				return
+			}
+			if b.ext, b.err = b.wb.Extension(); b.err != nil {
+				return
+			}
 		}
 		s.compiled.Observe(time.Since(start).Seconds())
-		// Never push what a proxy would have to refuse.
-		if err := authz.CheckStrict(b.wb.Modules); err != nil {
-			b.err = fmt.Errorf("compiled bundle for %s does not compile: %w", nodeID, err)
-			return
-		}
-		if b.ext, b.err = b.wb.Extension(); b.err != nil {
-			return
-		}
 		if nw == nil {
 			nw = &compile.Networking{Registry: &registry.Registry{}}
 		}
@@ -788,8 +792,11 @@ func (s *Server) peerID(ctx context.Context) (spiffeid.ID, error) {
 // listeners, routes, clusters and endpoints.
 func outboundResources(ext *corev3.TypedExtensionConfig, out *compile.Outbound) map[resource.Type][]types.Resource {
 	// Every type is present, even empty, so a proxy's wildcard requests are answered.
-	res := map[resource.Type][]types.Resource{resource.ExtensionConfigType: {ext},
+	res := map[resource.Type][]types.Resource{resource.ExtensionConfigType: {},
 		resource.ListenerType: {}, resource.RouteType: {}, resource.ClusterType: {}, resource.EndpointType: {}}
+	if ext != nil {
+		res[resource.ExtensionConfigType] = []types.Resource{ext}
+	}
 	for _, l := range out.Listeners {
 		res[resource.ListenerType] = append(res[resource.ListenerType], l)
 	}
