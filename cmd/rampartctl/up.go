@@ -23,6 +23,7 @@ import (
 
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/jointoken"
+	"github.com/rampart-mesh/rampart/internal/freeport"
 	"github.com/rampart-mesh/rampart/policies/registry"
 	"github.com/rampart-mesh/rampart/policies/source"
 	"github.com/rampart-mesh/rampart/policies/xds"
@@ -519,14 +520,7 @@ func dialable(addr string) bool {
 	return err == nil
 }
 
-func freeLoopback() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+func freeLoopback() (string, error) { return freeport.Loopback() }
 
 func waitUntil(ctx context.Context, d time.Duration, exited <-chan string, ok func() bool) error {
 	deadline := time.Now().Add(d)

@@ -122,6 +122,16 @@ type serverConn struct {
 	idle     atomic.Bool // waiting for the next request
 	shutdown atomic.Bool
 	hijacked bool
+
+	// The watch on the connection while a request without a body runs: one
+	// timer per connection, re-armed per request.
+	wTimer   *time.Timer // touched by the connection's goroutine only
+	wmu      sync.Mutex
+	wArmed   bool
+	wRunning bool
+	wGone    bool
+	wDone    chan struct{}
+	wCancel  context.CancelFunc
 }
 
 func (sc *serverConn) headerTimeout() time.Duration {
@@ -140,6 +150,9 @@ func (sc *serverConn) maxHeaderBytes() int64 {
 
 // close closes the connection and returns the buffers to their pools.
 func (sc *serverConn) close() {
+	if sc.wTimer != nil {
+		sc.wTimer.Stop()
+	}
 	sc.c.Close()
 	sc.release()
 }
@@ -342,8 +355,8 @@ func (sc *serverConn) serveOne(ctx context.Context, req *http.Request) (keep boo
 		// A handler that panics (http.ErrAbortHandler: a proxied body broke
 		// off) loses its connection, not the process.
 		if p := recover(); p != nil {
-			if w != nil && w.watch != nil && !sc.hijacked {
-				w.watch.stop()
+			if w != nil && w.watched && !sc.hijacked {
+				sc.disarm()
 			}
 			if sc.hijacked {
 				sc.c.Close()
@@ -373,15 +386,15 @@ func (sc *serverConn) serveOne(ctx context.Context, req *http.Request) (keep boo
 		}
 		req.Body = body
 	} else {
-		w.watch = &watcher{sc: sc, cancel: cancel}
-		w.watch.timer = time.AfterFunc(sc.watchAfter(), w.watch.start)
+		w.watched = true
+		sc.arm(cancel)
 	}
 	if req.Close || !req.ProtoAtLeast(1, 1) && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "keep-alive") {
 		w.closeAfter = true
 	}
 	sc.srv.Handler.ServeHTTP(w, req)
-	if w.watch != nil && !sc.hijacked {
-		if w.watch.stop() {
+	if w.watched && !sc.hijacked {
+		if sc.disarm() {
 			w.closeAfter = true // the client went away
 		}
 	}
@@ -406,51 +419,63 @@ func (sc *serverConn) watchAfter() time.Duration {
 	return 50 * time.Millisecond
 }
 
-// watcher notices, while a request without a body runs, that the client went
-// away: it reads the connection in the background (as net/http does for every
-// request, here only for one still running after WatchAfter).
-type watcher struct {
-	sc     *serverConn
-	cancel context.CancelFunc
-	timer  *time.Timer
-	mu     sync.Mutex
-	state  int // 0 not started, 1 reading, 2 stopped
-	done   chan struct{}
-	gone   bool
+// arm starts the watch for a request without a body: after WatchAfter, the
+// connection is read in the background (as net/http does for every request,
+// here only for one still running then), so a client that goes away cancels
+// the request.
+func (sc *serverConn) arm(cancel context.CancelFunc) {
+	sc.wmu.Lock()
+	sc.wArmed, sc.wGone, sc.wCancel = true, false, cancel
+	sc.wmu.Unlock()
+	if sc.wTimer == nil {
+		sc.wTimer = time.AfterFunc(sc.watchAfter(), sc.watch)
+	} else {
+		sc.wTimer.Reset(sc.watchAfter())
+	}
 }
 
-func (wt *watcher) start() {
-	wt.mu.Lock()
-	if wt.state != 0 {
-		wt.mu.Unlock()
+// watch runs on the timer's goroutine. A late firing (its request already
+// over) finds the watch disarmed and does nothing; one that lands in the next
+// request only starts that request's watch early.
+func (sc *serverConn) watch() {
+	sc.wmu.Lock()
+	if !sc.wArmed || sc.wRunning {
+		sc.wmu.Unlock()
 		return
 	}
-	wt.state = 1
-	wt.done = make(chan struct{})
-	wt.mu.Unlock()
-	_, err := wt.sc.br.Peek(1)
+	sc.wRunning = true
+	done := make(chan struct{})
+	sc.wDone = done
+	cancel, br := sc.wCancel, sc.br
+	sc.wmu.Unlock()
+	_, err := br.Peek(1)
 	var ne net.Error
 	if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
-		wt.gone = true
-		wt.cancel()
+		sc.wmu.Lock()
+		sc.wGone = true
+		sc.wmu.Unlock()
+		cancel()
 	}
-	close(wt.done)
+	close(done)
 }
 
-// stop ends the watch; true means the client went away.
-func (wt *watcher) stop() bool {
-	wt.timer.Stop()
-	wt.mu.Lock()
-	started := wt.state == 1
-	wt.state = 2
-	wt.mu.Unlock()
-	if !started {
+// disarm ends the watch; true means the client went away.
+func (sc *serverConn) disarm() bool {
+	sc.wTimer.Stop()
+	sc.wmu.Lock()
+	sc.wArmed = false
+	running, done := sc.wRunning, sc.wDone
+	sc.wmu.Unlock()
+	if !running {
 		return false
 	}
-	_ = wt.sc.c.SetReadDeadline(time.Unix(1, 0))
-	<-wt.done
-	_ = wt.sc.c.SetReadDeadline(time.Time{})
-	return wt.gone
+	_ = sc.c.SetReadDeadline(time.Unix(1, 0))
+	<-done
+	_ = sc.c.SetReadDeadline(time.Time{})
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	sc.wRunning = false
+	return sc.wGone
 }
 
 // reqBody is a request body as the handler sees it: Close does not read the
@@ -542,7 +567,7 @@ type response struct {
 	broken      bool // a write failed or the body came short: close
 	trailers    []string
 	held        []byte // body held back while the length is unknown
-	watch       *watcher
+	watched     bool   // the connection is watched while this request runs
 }
 
 func (w *response) Header() http.Header { return w.header }
@@ -815,8 +840,8 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if sc.hijacked {
 		return nil, nil, http.ErrHijacked
 	}
-	if w.watch != nil {
-		w.watch.stop()
+	if w.watched {
+		sc.disarm()
 	}
 	if w.committed {
 		if err := sc.bw.Flush(); err != nil {

@@ -284,6 +284,10 @@ func TestServerHijack(t *testing.T) {
 func TestServerClientGoneCancels(t *testing.T) {
 	cancelled := make(chan error, 1)
 	addr, _ := serve(t, &Server{WatchAfter: 10 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/quick" {
+			time.Sleep(30 * time.Millisecond) // watched, then done: the watch is re-armed next time
+			return
+		}
 		select {
 		case <-r.Context().Done():
 			cancelled <- r.Context().Err()
@@ -294,6 +298,15 @@ func TestServerClientGoneCancels(t *testing.T) {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for i := 0; i < 3; i++ {
+		io.WriteString(c, "GET /quick HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("quick request %d: %v %v", i, resp, err)
+		}
+		resp.Body.Close()
 	}
 	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
 	time.Sleep(100 * time.Millisecond)

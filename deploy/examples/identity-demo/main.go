@@ -28,6 +28,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/rampart-mesh/rampart/internal/freeport"
 )
 
 func main() {
@@ -255,14 +257,7 @@ func (d *demo) stopAll() {
 	}
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free loopback port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort() (int, error) { return freeport.Port() }
 
 func waitFor(ctx context.Context, limit time.Duration, ok func() bool) error {
 	deadline := time.Now().Add(limit)
