@@ -28,6 +28,7 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/catest"
+	"github.com/rampart-mesh/rampart/internal/freeport"
 	"github.com/rampart-mesh/rampart/proxy/listener"
 	"github.com/rampart-mesh/rampart/proxy/upstream"
 	"github.com/rampart-mesh/rampart/proxy/xds"
@@ -160,12 +161,11 @@ func (s staticSVID) GetX509SVID() (*x509svid.SVID, error) { return s.s, nil }
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 func (e *tlsEnv) serveBackend(handle func(net.Conn)) string {

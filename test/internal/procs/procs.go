@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rampart-mesh/rampart/internal/freeport"
 )
 
 var (
@@ -167,15 +169,16 @@ func RunErr(tb testing.TB, bin string, args ...string) (string, error) {
 	return string(out), nil
 }
 
-// FreeAddr returns a loopback address with a port that was free a moment ago.
+// FreeAddr returns a loopback address with a port that was free a moment ago,
+// from below the ephemeral range (internal/freeport), so that another test's
+// :0 listener cannot take it before the process it is for binds it.
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Loopback()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // WaitTCP waits until addr accepts connections.
