@@ -511,9 +511,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		if rt.Retry != nil && rt.Retry.PerTryTimeout > 0 {
 			actx, cancel = context.WithTimeout(ctx, rt.Retry.PerTryTimeout)
 		}
-		// A shallow copy: the transport does not modify a request, and each
-		// attempt only replaces its own context and body.
-		try := out.WithContext(actx)
+		// A shallow copy when an attempt has its own context or body (the
+		// transport does not modify a request); otherwise out itself.
+		try := out
+		if actx != ctx || body != nil {
+			try = out.WithContext(actx)
+		}
 		if body != nil {
 			try.Body = io.NopCloser(bytes.NewReader(body))
 			try.ContentLength = int64(len(body))
