@@ -54,6 +54,8 @@ type prepared struct {
 	// cache remembers verdicts by everything the fast-path input holds; nil
 	// when the modules are not deterministic.
 	cache *verdictCache
+	// conns keeps the fast-path input's connection items.
+	conns connItemsCache
 }
 
 // MatchesQuery is evaluated per request: every rule that matched, tagged with
@@ -218,7 +220,7 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		res = p.cache.get(key)
 	}
 	if res == nil {
-		ms, err := e.eval(ctx, p, r.fastInput(path, &p.reads))
+		ms, err := e.eval(ctx, p, r.fastInput(path, &p.reads, &p.conns))
 		if err != nil {
 			e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
 			return d.deny(r, 403, "", -1, "error: "+err.Error())

@@ -184,3 +184,47 @@ func TestEngineAtomicSwap(t *testing.T) {
 		t.Fatal("no decisions raced the swaps")
 	}
 }
+
+// Requests share their connection's part of the input (connItemsCache): from
+// many goroutines at once, each decision still follows its own peer.
+func TestEngineConnectionItemsSharedSafely(t *testing.T) {
+	ctx := context.Background()
+	e := New(Config{CacheSize: -1}) // every request evaluated
+	policy := `package rampart.policy
+
+import rego.v1
+
+hits contains {"action": "allow", "policy": "foo/good", "rule": 0, "dry_run": false} if {
+	input.rampart.source.namespace == "good"
+	input.rampart.destination.port == 8080
+}
+
+allow_policies := {"foo/good"}
+
+dry_run_allow_policies := set()
+`
+	if err := e.Load(ctx, Bundle{Revision: "c1", Modules: map[string]string{"policy.rego": policy}}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var wrong atomic.Int64
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 300 {
+				ns := []string{"good", "bad"}[(g+i)%2]
+				port := []int{8080, 9090}[(i/2)%2]
+				r := &Request{Protocol: ProtocolHTTP, Method: "GET", Path: "/x", SourceIP: "10.0.0.1", DestinationIP: "10.0.0.2",
+					DestinationPort: port, SourcePrincipal: "spiffe://cluster.local/ns/" + ns + "/sa/client"}
+				if d := e.Decide(ctx, r); d.Allowed != (ns == "good" && port == 8080) {
+					wrong.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := wrong.Load(); n != 0 {
+		t.Fatalf("%d decisions followed another request's peer", n)
+	}
+}

@@ -3,6 +3,7 @@ package authz
 import (
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/rampart-mesh/rampart/authn"
@@ -84,8 +85,8 @@ var versionTerm = obj(item("encoding", str("protojson")), item("ext_authz", str(
 // fields of input.rampart, and those request headers the bundle names (all of
 // them if it reads one the analysis cannot name). This is the per-request path;
 // the key of the verdict cache (reads.key) must cover everything it builds.
-func (r *Request) fastInput(path string, rd *reads) ast.Value {
-	rampart := r.rampartItems(false)
+func (r *Request) fastInput(path string, rd *reads, cc *connItemsCache) ast.Value {
+	rampart := cc.get(r)
 	if r.Protocol == ProtocolTCP {
 		return ast.NewObject(item("rampart", obj(r.appendAuth(rampart)...)))
 	}
@@ -302,4 +303,46 @@ func validHeaderName(n string) bool {
 		}
 	}
 	return true
+}
+
+// connKey is what input.rampart holds of a request's connection (its peer,
+// addresses and protocol): the same for every request on a connection.
+type connKey struct {
+	protocol, principal, sourceIP, remoteIP, destinationIP, sni string
+	destinationPort                                             int
+}
+
+// connItemsCache keeps input.rampart's connection items (built from the peer
+// principal, which is parsed for them) by connKey, so that the requests of a
+// connection share them. The terms are never changed once built; evaluation
+// only reads its input.
+type connItemsCache struct {
+	mu sync.Mutex
+	m  map[connKey][][2]*ast.Term
+}
+
+// maxConnItems bounds connItemsCache; past it, it starts again.
+const maxConnItems = 4096
+
+// get returns a new slice (the caller appends to it) of r's connection items.
+func (c *connItemsCache) get(r *Request) [][2]*ast.Term {
+	if c == nil {
+		return r.rampartItems(false)
+	}
+	k := connKey{r.Protocol, r.SourcePrincipal, r.SourceIP, r.RemoteIP, r.DestinationIP, r.SNI, r.DestinationPort}
+	c.mu.Lock()
+	items, ok := c.m[k]
+	c.mu.Unlock()
+	if !ok {
+		items = r.rampartItems(false)
+		c.mu.Lock()
+		if c.m == nil || len(c.m) >= maxConnItems {
+			c.m = make(map[connKey][][2]*ast.Term)
+		}
+		c.m[k] = items
+		c.mu.Unlock()
+	}
+	out := make([][2]*ast.Term, len(items), len(items)+4)
+	copy(out, items)
+	return out
 }
