@@ -184,7 +184,7 @@ func writeField(bw *bufio.Writer, k, v string) {
 	_, _ = bw.WriteString(k)
 	_, _ = bw.WriteString(": ")
 	if strings.ContainsAny(v, "\r\n") {
-		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+		v = headerValue.Replace(v)
 	}
 	_, _ = bw.WriteString(strings.TrimSpace(v))
 	_, _ = bw.WriteString("\r\n")

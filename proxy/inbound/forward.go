@@ -8,27 +8,9 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/rampart-mesh/rampart/proxy/h1"
 	"golang.org/x/net/http/httpguts"
 )
-
-// hopHeaders are not forwarded (RFC 9110 section 7.6.1), in either direction.
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-// removeHopHeaders drops the hop-by-hop fields and those Connection names.
-func removeHopHeaders(h http.Header) {
-	for _, v := range h["Connection"] {
-		for f := range strings.SplitSeq(v, ",") {
-			if f = textprotoTrim(f); f != "" {
-				h.Del(f)
-			}
-		}
-	}
-	for _, k := range hopHeaders {
-		delete(h, k)
-	}
-}
-
-func textprotoTrim(s string) string { return strings.Trim(s, " \t") }
 
 // forward sends an authorized request to the app and copies the answer back,
 // as httputil.ReverseProxy with the inbound Rewrite does (the same headers
@@ -46,7 +28,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) int {
 	}
 	h := r.Header // the request is this handler's own: its header is reused
 	te := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
-	removeHopHeaders(h)
+	h1.RemoveHopHeaders(h)
 	if te {
 		h["Te"] = []string{"trailers"}
 	}
@@ -78,7 +60,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) int {
 		return http.StatusServiceUnavailable
 	}
 	defer resp.Body.Close()
-	removeHopHeaders(resp.Header)
+	h1.RemoveHopHeaders(resp.Header)
 	wh := w.Header()
 	for k, vs := range resp.Header {
 		wh[k] = append(wh[k], vs...)

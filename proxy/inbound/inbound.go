@@ -255,11 +255,7 @@ func (s *Server) Run(ctx context.Context) error {
 		HeaderTimeout:  hs.ReadHeaderTimeout,
 		IdleTimeout:    hs.IdleTimeout,
 		MaxHeaderBytes: hs.MaxHeaderBytes,
-		HTTP2: func(c net.Conn) {
-			if !conns.Push(c) {
-				c.Close()
-			}
-		},
+		HTTP2:          conns.Hand,
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- hs.Serve(conns) }()
@@ -285,18 +281,7 @@ type connKey struct{}
 // accept classifies each connection by the port's mode and hands the ones that
 // may proceed to the HTTP server.
 func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
-	for {
-		c, err := s.cfg.Listener.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
+	return listener.Serve(ctx, s.cfg.Listener, func(c net.Conn) {
 		mode := s.cfg.Mode
 		if s.cfg.ModeFunc != nil {
 			if m := s.cfg.ModeFunc(); m == ModeDisable || m == ModePermissive || m == ModeStrict {
@@ -308,7 +293,7 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 		default:
 			s.refused.Inc()
 			c.Close()
-			continue
+			return
 		}
 		c = &slotConn{Conn: c, release: func() { <-s.slots }}
 		go func() {
@@ -350,7 +335,7 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 			}
 			srv.ServeConn(ctx, conn)
 		}()
-	}
+	})
 }
 
 // ProtocolAuto detects each connection's protocol.

@@ -1,6 +1,8 @@
 package listener
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -68,4 +70,31 @@ func Splice(a, b net.Conn) {
 	go cp(b, a)
 	<-done
 	<-done
+}
+
+// Hand gives c to Accept, or closes it once the listener is closed.
+func (l *Chan) Hand(c net.Conn) {
+	if !l.Push(c) {
+		c.Close()
+	}
+}
+
+// Serve accepts connections from ln until ctx ends (nil) or Accept fails for
+// good (the error), calling handle for each on the accepting goroutine:
+// handle starts what serves the connection. Accept timeouts are retried.
+func Serve(ctx context.Context, ln net.Listener, handle func(net.Conn)) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		handle(c)
+	}
 }

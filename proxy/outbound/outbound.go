@@ -194,17 +194,15 @@ func (s *Server) Run(ctx context.Context) error {
 		HeaderTimeout:  hs.ReadHeaderTimeout,
 		IdleTimeout:    hs.IdleTimeout,
 		MaxHeaderBytes: hs.MaxHeaderBytes,
-		HTTP2: func(c net.Conn) {
-			if !conns.Push(c) {
-				c.Close()
-			}
-		},
+		HTTP2:          conns.Hand,
 	}
 	go func() { errc <- hs.Serve(conns) }()
 	if s.cfg.Transparent {
 		go func() { errc <- s.acceptTransparent(ctx) }()
 	} else {
-		go func() { errc <- s.acceptExplicit(ctx) }()
+		go func() {
+			errc <- listener.Serve(ctx, s.cfg.Listener, func(c net.Conn) { go s.h1.ServeConn(ctx, c) })
+		}()
 	}
 	select {
 	case <-ctx.Done():
@@ -220,27 +218,6 @@ func (s *Server) Run(ctx context.Context) error {
 	_ = hs.Shutdown(sctx)
 	return nil
 }
-
-// acceptExplicit takes the app's connections to the outbound listener.
-func (s *Server) acceptExplicit(ctx context.Context) error {
-	for {
-		c, err := s.cfg.Listener.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		go s.h1.ServeConn(ctx, c)
-	}
-}
-
-// hopHeaders are removed before forwarding (RFC 9110 section 7.6.1).
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
 // result is what the access log and metrics record of one request.
 type result struct {
@@ -428,14 +405,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	u := *r.URL
 	out.URL = &u
 	out.RequestURI = ""
-	if c := out.Header.Get("Connection"); c != "" {
-		for _, f := range strings.Split(c, ",") {
-			out.Header.Del(strings.TrimSpace(f))
-		}
-	}
-	for _, h := range hopHeaders {
-		delete(out.Header, h) // canonical already
-	}
+	h1.RemoveHopHeaders(out.Header)
 	if upgrade != "" {
 		out.Header.Set("Connection", "Upgrade")
 		out.Header.Set("Upgrade", upgrade)
@@ -576,9 +546,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		res.host = ep.Address
 		return res
 	}
-	for _, h := range hopHeaders {
-		resp.Header.Del(h)
-	}
+	h1.RemoveHopHeaders(resp.Header)
 	rt.ApplyResponseFor(resp.Header, clusterName)
 	for k, vs := range resp.Header {
 		w.Header()[k] = vs

@@ -2,7 +2,6 @@ package outbound
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -29,20 +28,7 @@ const sniffTimeout = 5 * time.Second
 // acceptTransparent takes redirected connections: HTTP goes to the HTTP
 // server (with its original destination), anything else is proxied as TCP.
 func (s *Server) acceptTransparent(ctx context.Context) error {
-	for {
-		c, err := s.cfg.Listener.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		go s.classify(ctx, c)
-	}
+	return listener.Serve(ctx, s.cfg.Listener, func(c net.Conn) { go s.classify(ctx, c) })
 }
 
 func (s *Server) classify(ctx context.Context, c net.Conn) {
