@@ -157,6 +157,23 @@ func (sc *serverConn) close() {
 	sc.release()
 }
 
+// rstAvoidance is how long a connection closed with request body still
+// unread keeps reading (and discarding) after its response, as net/http's
+// server does: closing a socket with unread data makes the kernel reset it,
+// and a reset can reach the client before it has read the response.
+const rstAvoidance = 500 * time.Millisecond
+
+// closeUnread half-closes the connection, so the client sees the end of the
+// response, then discards what it still sends for a bounded time before
+// closing.
+func (sc *serverConn) closeUnread() {
+	if cw, ok := sc.c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		_ = sc.c.SetReadDeadline(time.Now().Add(rstAvoidance))
+		_, _ = io.Copy(io.Discard, sc.c)
+	}
+	sc.close()
+}
+
 func (sc *serverConn) release() {
 	sc.br.Reset(nil)
 	readers.Put(sc.br)
@@ -401,11 +418,23 @@ func (sc *serverConn) serveOne(ctx context.Context, req *http.Request) (keep boo
 	if sc.hijacked {
 		return false
 	}
-	w.finish()
-	if body != nil && !w.closeAfter && !body.drain() {
-		w.closeAfter = true
+	// What the handler left of the body is read before the response is
+	// finished, so a response that was held back can still say
+	// "Connection: close" when too much is left to keep the connection.
+	unread := false
+	switch {
+	case body == nil || body.eof:
+	case body.cont:
+		w.closeAfter = true // the client waits for a 100 Continue that never came
+	case w.closeAfter || !body.drain():
+		w.closeAfter, unread = true, true
 	}
+	w.finish()
 	if err := sc.bw.Flush(); err != nil || w.closeAfter || w.broken {
+		if unread && err == nil && !w.broken {
+			sc.closeUnread()
+			return false
+		}
 		sc.close()
 		return false
 	}
