@@ -39,7 +39,7 @@ lint: ## gofmt, go vet, staticcheck
 bench: build ## benchmarks: SVID signing, sidecar RSS, authz decisions at 10..10,000 policies, JWT verification, xDS convergence, route match, upstream round trip, and the proxy hop against nginx/HAProxy (fortio, wrk)
 	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'SignCSR' -benchmem -benchtime $(BENCHTIME) ./ca/
 	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'CreateCertificate|SidecarIdentityRSS' -benchtime $(BENCHTIME) ./test/bench/
-	$(GO) test -run '^$$' -bench 'AuthzDecision|OPAFloor' -benchmem -benchtime $(AUTHZ_BENCHTIME) ./test/bench/
+	$(GO) test -run '^$$' -bench 'AuthzDecision|OPAFloor|MachineFloor' -benchmem -benchtime $(AUTHZ_BENCHTIME) ./test/bench/
 	$(GO) test -run '^$$' -bench 'Authenticate' -benchmem -benchtime $(BENCHTIME) ./authn/jwt/
 	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'XDSConvergence' -benchtime 3x ./test/bench/
 	$(GO) test -run '^$$' -bench 'Match$$' -benchmem ./proxy/route/

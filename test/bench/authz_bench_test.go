@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"crypto/sha256"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/rampart-mesh/rampart/authz"
@@ -118,6 +119,13 @@ func benchDecision(b *testing.B, n int, miss bool) {
 	for i := range reqs {
 		reqs[i] = req(i)
 	}
+	// A sidecar decides at steady state: its heap has been through garbage
+	// collections and its pages are mapped. FreeOSMemory above gave every free
+	// page back, and on this VM each page touched again costs a fault of about
+	// 20 µs, which would land in the timed loop as a periodic stall that no
+	// running sidecar sees. So decisions of the same shape (their own paths and
+	// ids, not the timed ones) run first until two collections have passed.
+	warm(b, eng, func(i int) *authz.Request { return req(b.N + i) })
 	h0, m0 := eng.CacheStats()
 	lat := make([]time.Duration, 0, b.N)
 	b.ReportAllocs()
@@ -143,6 +151,26 @@ func benchDecision(b *testing.B, n int, miss bool) {
 	b.ReportMetric(float64(rss)/(1<<20), "MB-rss")
 }
 
+// warm runs decisions until two garbage collections have passed (at most
+// 1,000,000 decisions or 5 s).
+func warm(b *testing.B, eng *authz.Engine, req func(int) *authz.Request) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	gc0, deadline := ms.NumGC, time.Now().Add(5*time.Second)
+	ctx := context.Background()
+	for i := 0; i < 1_000_000; i++ {
+		if i%1000 == 0 {
+			runtime.ReadMemStats(&ms)
+			if ms.NumGC >= gc0+2 || time.Now().After(deadline) {
+				return
+			}
+		}
+		if d := eng.Decide(ctx, req(i)); !d.Allowed {
+			b.Fatal("denied while warming up")
+		}
+	}
+}
+
 // BenchmarkOPAFloor is the reference point for BenchmarkAuthzDecision on this
 // machine: one prepared evaluation of a constant rule, the least any OPA-based
 // decision costs here.
@@ -160,6 +188,28 @@ func BenchmarkOPAFloor(b *testing.B) {
 		if _, err := pq.Eval(context.Background(), rego.EvalParsedInput(in)); err != nil {
 			b.Fatal(err)
 		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+}
+
+// BenchmarkMachineFloor is the other reference point: a fixed piece of CPU
+// work with no allocation and no system call (SHA-256 over 16 KiB, about as
+// long as a first-seen decision's median), timed the same way. Its p99 is
+// what this machine adds by itself: on a 2-CPU VM each timer tick or
+// hypervisor exit stalls the running thread for 20-30 µs, so any operation
+// of about 10 µs has a p99 above 20 µs here, whatever it does.
+func BenchmarkMachineFloor(b *testing.B) {
+	buf := make([]byte, 16<<10)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		sum := sha256.Sum256(buf)
+		buf[0] = sum[0]
 		lat = append(lat, time.Since(t0))
 	}
 	b.StopTimer()
