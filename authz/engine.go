@@ -78,7 +78,7 @@ func New(cfg Config) *Engine {
 
 // Prepare compiles b (with OPA's strict checks) without installing it.
 func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
-	c, err := compileModules(b.Modules)
+	c, err := compile(b.Modules, true)
 	if err != nil {
 		return nil, fmt.Errorf("bundle %q: %w", b.Revision, err)
 	}
@@ -104,25 +104,63 @@ func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
 }
 
 func compileModules(modules map[string]string) (*ast.Compiler, error) {
+	return compile(modules, false)
+}
+
+// compile parses and compiles modules with OPA's strict checks. lean compiles
+// for evaluation: every node of a rule shares the rule's location before the
+// compiler copies the rules into its modules, indexes and rule tree, so none
+// of those copies keeps a location per term or the parser's copy of the
+// source. A bundle that fails to compile that way is compiled again with full
+// locations, so its errors point at the exact term.
+func compile(modules map[string]string, lean bool) (*ast.Compiler, error) {
 	parsed := make(map[string]*ast.Module, len(modules))
 	for n, src := range modules {
 		m, err := ast.ParseModuleWithOpts(n, src, ast.ParserOptions{RegoVersion: ast.RegoV1})
 		if err != nil {
 			return nil, err
 		}
+		if lean {
+			leanModule(m)
+		}
 		parsed[n] = m
 	}
 	c := ast.NewCompiler().WithStrict(true).WithEnablePrintStatements(false)
 	if c.Compile(parsed); c.Failed() {
+		if lean {
+			return compile(modules, false)
+		}
 		return nil, c.Errors
 	}
 	for _, m := range c.Modules {
-		m.Comments = nil // evaluation never reads them
-		for _, r := range m.Rules {
-			shareLocation(r)
-		}
+		leanModule(m)
 	}
 	return c, nil
+}
+
+// leanModule drops a module's comments (evaluation never reads them) and
+// gives each rule, and the package and imports, one location without text.
+func leanModule(m *ast.Module) {
+	m.Comments = nil
+	if m.Package != nil && m.Package.Location != nil {
+		l := *m.Package.Location
+		l.Text = nil
+		loc := &l
+		m.Package.Location = loc
+		for _, t := range m.Package.Path {
+			t.Location = loc
+		}
+		for _, imp := range m.Imports {
+			imp.Location = loc
+			ast.WalkTerms(imp, func(t *ast.Term) bool {
+				t.Location = loc
+				return false
+			})
+		}
+	}
+	for _, r := range m.Rules {
+		shareLocation(r)
+	}
 }
 
 // shareLocation points every node of a compiled rule at the rule's own

@@ -105,9 +105,15 @@ func TestEngineKeepsLastGoodBundle(t *testing.T) {
 	if err := e.Load(ctx, bad); err == nil {
 		t.Fatal("a bundle that does not parse was loaded")
 	}
-	unused := Bundle{Revision: "bad2", Modules: map[string]string{"p.rego": "package rampart.policy\n\nimport rego.v1\n\nhits := set() if { y := 1 }\n"}}
-	if err := e.Load(ctx, unused); err == nil {
+	unused := Bundle{Revision: "bad2", Modules: map[string]string{"p.rego": "package rampart.policy\n\nimport rego.v1\n\nhits := set() if {\n\tinput.x == 1\n\ty := 1\n}\n"}}
+	err := e.Load(ctx, unused)
+	if err == nil {
 		t.Fatal("a bundle that fails the strict compile (unused variable) was loaded")
+	}
+	// The error points at the expression's own line (7), not at its rule's
+	// (5): a bundle that fails is compiled again with every location.
+	if !strings.Contains(err.Error(), "p.rego:7:") {
+		t.Fatalf("compile error without the term's position: %v", err)
 	}
 	if d := e.Decide(ctx, httpReq("GET", "/ok")); !d.Allowed || d.Revision != "good" {
 		t.Fatalf("after refused loads: %+v", d)
