@@ -100,6 +100,9 @@ func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
 		n, _ := rs[0].Expressions[0].Value.(json.Number).Int64()
 		*q.dst = int(n)
 	}
+	// The rule dependency graph orders compilation; evaluation of prepared
+	// queries never reads it, and at 10,000 policies it holds about 4 MB.
+	c.Graph = nil
 	return p, nil
 }
 
