@@ -11,6 +11,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/rampart-mesh/rampart/internal/opacancel"
 	"github.com/rampart-mesh/rampart/internal/uuid"
 )
 
@@ -314,7 +315,9 @@ var noMetrics = metrics.NoOp()
 func (e *Engine) eval(ctx context.Context, p *prepared, v ast.Value) (matchSets, error) {
 	// Keep the result as an AST value: converting it to Go maps and back costs more
 	// than the evaluation.
-	rs, err := p.query.Eval(ctx, rego.EvalParsedInput(v), rego.EvalMetrics(noMetrics), rego.EvalGenerateJSON(func(t *ast.Term, _ *rego.EvalContext) (any, error) {
+	cancel, release := opacancel.Option(ctx)
+	defer release()
+	rs, err := p.query.Eval(ctx, rego.EvalParsedInput(v), cancel, rego.EvalMetrics(noMetrics), rego.EvalGenerateJSON(func(t *ast.Term, _ *rego.EvalContext) (any, error) {
 		return t.Value, nil
 	}))
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
 	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/rampart-mesh/rampart/internal/opacancel"
 )
 
 // RegoProviderConfig configures an in-process Rego CUSTOM provider.
@@ -102,7 +103,9 @@ func (p *RegoProvider) Revision() string { return p.revision }
 
 // Check implements Provider. An error or undefined decision denies.
 func (p *RegoProvider) Check(ctx context.Context, req *Request, input ast.Value) ProviderResult {
-	rs, err := p.query.Eval(ctx, rego.EvalParsedInput(input))
+	cancel, release := opacancel.Option(ctx)
+	rs, err := p.query.Eval(ctx, rego.EvalParsedInput(input), cancel)
+	release()
 	if err != nil {
 		return ProviderResult{Reason: "provider error: " + err.Error()}
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/rampart-mesh/rampart/internal/opacancel"
 )
 
 // Queries of a decision-log policy, OPA's defaults.
@@ -86,8 +87,10 @@ func (p *policy) eval(ctx context.Context, doc any) (drop bool, rules []maskRule
 	if err != nil {
 		return false, nil, fmt.Errorf("decision log policy input: %w", err)
 	}
+	cancel, release := opacancel.Option(ctx)
+	defer release()
 	if p.hasDrop {
-		rs, err := p.drop.Eval(ctx, rego.EvalParsedInput(in))
+		rs, err := p.drop.Eval(ctx, rego.EvalParsedInput(in), cancel)
 		if err != nil {
 			return false, nil, fmt.Errorf("evaluate %s: %w", dropQuery, err)
 		}
@@ -98,7 +101,7 @@ func (p *policy) eval(ctx context.Context, doc any) (drop bool, rules []maskRule
 	if !p.hasMask {
 		return false, nil, nil
 	}
-	rs, err := p.mask.Eval(ctx, rego.EvalParsedInput(in))
+	rs, err := p.mask.Eval(ctx, rego.EvalParsedInput(in), cancel)
 	if err != nil {
 		return false, nil, fmt.Errorf("evaluate %s: %w", maskQuery, err)
 	}
