@@ -7,7 +7,7 @@ BIN := bin
 TOOLS := $(CURDIR)/.cache/tools
 STATICCHECK_VERSION ?= v0.8.2
 BENCHTIME ?= 2s
-AUTHZ_BENCHTIME ?= 20000x
+AUTHZ_BENCHTIME ?= 100000x
 
 .PHONY: help build test test-unit test-e2e lint bench demo demo-identity fuzz clean
 

@@ -115,9 +115,17 @@ func benchDecision(b *testing.B, n int, miss bool) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	rss, _ := procs.RSS(os.Getpid())
-	reqs := make([]*authz.Request, b.N)
-	for i := range reqs {
-		reqs[i] = req(i)
+	// The requests' paths and ids are made before the loop; the requests
+	// themselves come from a small ring, so the benchmark's own live heap
+	// stays small and its collections look like a sidecar's.
+	paths, ids := make([]string, b.N), make([]string, b.N)
+	for i := range b.N {
+		r := req(i)
+		paths[i], ids[i] = r.Path, r.Headers[1].Value
+	}
+	var ring [64]*authz.Request
+	for i := range ring {
+		ring[i] = req(i)
 	}
 	// A sidecar decides at steady state: its heap has been through garbage
 	// collections and its pages are mapped. FreeOSMemory above gave every free
@@ -131,8 +139,10 @@ func benchDecision(b *testing.B, n int, miss bool) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
+		r := ring[i%len(ring)]
+		r.Path, r.Headers[1].Value = paths[i], ids[i]
 		t0 := time.Now()
-		d := eng.Decide(ctx, reqs[i])
+		d := eng.Decide(ctx, r)
 		lat = append(lat, time.Since(t0))
 		if !d.Allowed {
 			b.Fatal("denied")
