@@ -114,36 +114,53 @@ func parseMatches(v ast.Value) (matchSets, error) {
 	return ms, err
 }
 
+// parseMatch reads one element of hits: [action, policy, rule, dry_run] with
+// the provider fifth for CUSTOM, as the compiler writes it, or the object
+// {"action", "policy", "rule", "dry_run", "provider"} that bundles compiled
+// before that carry.
 func parseMatch(v ast.Value) (Match, error) {
-	o, ok := v.(ast.Object)
-	if !ok {
-		return Match{}, fmt.Errorf("match is %T, want an object", v)
+	var action, policy, rule, dryRun, provider *ast.Term
+	switch x := v.(type) {
+	case *ast.Array:
+		if x.Len() != 4 && x.Len() != 5 {
+			return Match{}, fmt.Errorf("match has %d elements, want 4 or 5", x.Len())
+		}
+		action, policy, rule, dryRun = x.Elem(0), x.Elem(1), x.Elem(2), x.Elem(3)
+		if x.Len() == 5 {
+			provider = x.Elem(4)
+		}
+	case ast.Object:
+		action, policy, rule = x.Get(ast.InternedTerm("action")), x.Get(ast.InternedTerm("policy")), x.Get(ast.InternedTerm("rule"))
+		dryRun, provider = x.Get(ast.InternedTerm("dry_run")), x.Get(ast.InternedTerm("provider"))
+	default:
+		return Match{}, fmt.Errorf("match is %T, want an array", v)
 	}
 	var m Match
-	if t := o.Get(ast.InternedTerm("action")); t != nil {
-		if s, ok := t.Value.(ast.String); ok {
+	if action != nil {
+		if s, ok := action.Value.(ast.String); ok {
 			m.action = string(s)
 		}
 	}
-	if t := o.Get(ast.InternedTerm("policy")); t == nil {
-		return m, fmt.Errorf("match without a policy")
-	} else if s, ok := t.Value.(ast.String); ok {
-		m.Policy = string(s)
-	} else {
+	s, ok := ast.String(""), false
+	if policy != nil {
+		s, ok = policy.Value.(ast.String)
+	}
+	if !ok {
 		return m, fmt.Errorf("match without a policy")
 	}
-	if t := o.Get(ast.InternedTerm("rule")); t != nil {
-		if n, ok := t.Value.(ast.Number); ok {
+	m.Policy = string(s)
+	if rule != nil {
+		if n, ok := rule.Value.(ast.Number); ok {
 			m.Rule, _ = n.Int()
 		}
 	}
-	if t := o.Get(ast.InternedTerm("dry_run")); t != nil {
-		if b, ok := t.Value.(ast.Boolean); ok {
+	if dryRun != nil {
+		if b, ok := dryRun.Value.(ast.Boolean); ok {
 			m.DryRun = bool(b)
 		}
 	}
-	if t := o.Get(ast.InternedTerm("provider")); t != nil {
-		if s, ok := t.Value.(ast.String); ok {
+	if provider != nil {
+		if s, ok := provider.Value.(ast.String); ok {
 			m.Provider = string(s)
 		}
 	}

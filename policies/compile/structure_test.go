@@ -49,15 +49,15 @@ func checkStructure(module string, policies []*AuthzPolicy, m Mesh, wl Workload)
 				}
 				continue
 			}
-			obj, ok := r.Head.Key.Value.(ast.Object)
-			if !ok {
-				return fmt.Errorf("%v: hits key %v is not an object", r.Location, r.Head.Key)
+			obj, err := hitObject(r.Head.Key)
+			if err != nil {
+				return fmt.Errorf("%v: %w", r.Location, err)
 			}
 			action, ok := obj.Get(ast.StringTerm("action")).Value.(ast.String)
 			if !ok {
 				return fmt.Errorf("%v: hits key %v has no action", r.Location, r.Head.Key)
 			}
-			if err := checkMatch(string(action), r.Head.Key, applied); err != nil {
+			if err := checkMatch(string(action), ast.NewTerm(obj), applied); err != nil {
 				return fmt.Errorf("%v: %s rule: %w", r.Location, action, err)
 			}
 		case strings.HasPrefix(name, "r_"):
@@ -77,6 +77,24 @@ func checkStructure(module string, policies []*AuthzPolicy, m Mesh, wl Workload)
 		}
 	}
 	return nil
+}
+
+// hitObject reads a hits element, [action, policy, rule, dry_run] with the
+// provider fifth for CUSTOM, as an object with those keys.
+func hitObject(key *ast.Term) (ast.Object, error) {
+	arr, ok := key.Value.(*ast.Array)
+	if !ok || (arr.Len() != 4 && arr.Len() != 5) {
+		return nil, fmt.Errorf("hits key %v is not an array of 4 or 5", key)
+	}
+	obj := ast.NewObject(
+		[2]*ast.Term{ast.StringTerm("action"), arr.Elem(0)},
+		[2]*ast.Term{ast.StringTerm("policy"), arr.Elem(1)},
+		[2]*ast.Term{ast.StringTerm("rule"), arr.Elem(2)},
+		[2]*ast.Term{ast.StringTerm("dry_run"), arr.Elem(3)})
+	if arr.Len() == 5 {
+		obj.Insert(ast.StringTerm("provider"), arr.Elem(4))
+	}
+	return obj, nil
 }
 
 // checkMatch checks the head of a match-set rule against the policies of the

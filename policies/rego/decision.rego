@@ -10,19 +10,26 @@ import rego.v1
 
 import data.rampart.policy
 
-# The compiled module puts every matching rule into one set, hits, each element
-# tagged with its action (one indexed lookup per request).
+# The compiled module puts every matching rule into one set, hits (one indexed
+# lookup per request). Each element is [action, policy, rule index, dry run],
+# with the provider fifth for CUSTOM; below it is read as an object.
 default hits := set()
 
 hits := policy.hits
 
-deny_set := {m | some m in hits; m.action == "deny"}
+matches := {as_object(m) | some m in hits}
 
-allow_set := {m | some m in hits; m.action == "allow"}
+as_object(m) := {"action": m[0], "policy": m[1], "rule": m[2], "dry_run": m[3]} if count(m) == 4
 
-audit_set := {m | some m in hits; m.action == "audit"}
+as_object(m) := {"action": m[0], "policy": m[1], "rule": m[2], "dry_run": m[3], "provider": m[4]} if count(m) == 5
 
-custom_set := {m | some m in hits; m.action == "custom"}
+deny_set := {m | some m in matches; m.action == "deny"}
+
+allow_set := {m | some m in matches; m.action == "allow"}
+
+audit_set := {m | some m in matches; m.action == "audit"}
+
+custom_set := {m | some m in matches; m.action == "custom"}
 
 default allow_policies := set()
 

@@ -10,9 +10,13 @@ hit(policy, rule) := {"policy": policy, "rule": rule, "dry_run": false}
 
 dry(policy, rule) := {"policy": policy, "rule": rule, "dry_run": true}
 
-# mock turns per-action sets into the compiled module's shape: one hits set whose
-# elements carry their action.
-tag(p, action) := {object.union(m, {"action": action}) | some m in object.get(p, action, set())}
+# mock turns per-action sets into the compiled module's shape: one hits set of
+# [action, policy, rule, dry_run] (and the provider, when there is one).
+tag(p, action) := {element(m, action) | some m in object.get(p, action, set())}
+
+element(m, action) := [action, m.policy, m.rule, m.dry_run, m.provider] if "provider" in object.keys(m)
+
+element(m, action) := [action, m.policy, m.rule, m.dry_run] if not "provider" in object.keys(m)
 
 mock(p) := {
 	"hits": ((tag(p, "deny") | tag(p, "allow")) | tag(p, "audit")) | tag(p, "custom"),
