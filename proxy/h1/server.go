@@ -59,6 +59,8 @@ type Server struct {
 	WatchAfter time.Duration
 }
 
+var headerEnd = []byte("\r\n\r\n")
+
 // maxDrain is how much of a request body the handler left unread is read
 // and discarded to keep the connection; more, and the connection is closed
 // (net/http's limit).
@@ -254,10 +256,15 @@ func (sc *serverConn) serve(ctx context.Context) {
 				return
 			}
 		}
-		_ = sc.c.SetReadDeadline(time.Now().Add(sc.headerTimeout()))
 		// http.ReadRequest drops the Host header (it is in req.Host): the
 		// header block is kept to count Host lines, as net/http's server does.
 		pre, _ := sc.br.Peek(sc.br.Buffered())
+		// A header block already read whole needs no deadline to read it (the
+		// first empty line ends it, and one is there); otherwise the rest
+		// must come within the header timeout.
+		if !bytes.Contains(pre, headerEnd) {
+			_ = sc.c.SetReadDeadline(time.Now().Add(sc.headerTimeout()))
+		}
 		sc.lr.rec = append(sc.lr.rec[:0], pre...)
 		sc.lr.recording = true
 		req, err := http.ReadRequest(sc.br)

@@ -332,6 +332,30 @@ func TestServerSurvivesPanicAndSlowClients(t *testing.T) {
 	if got != "" || time.Since(start) > 3*time.Second {
 		t.Fatalf("slow client: got %q after %v, want the connection closed at the header timeout", got, time.Since(start))
 	}
+	// So is one that, after a first request on a kept-alive connection,
+	// starts a second and never finishes its headers: the header timeout
+	// applies then too, not the idle timeout (two minutes).
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET /first HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	start = time.Now()
+	_, _ = io.WriteString(c, "GET /second HTTP/1.1\r\nHost: x\r\n")
+	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 || time.Since(start) > 3*time.Second {
+		t.Fatalf("slow second request: got %q, %v after %v; want the connection closed at the header timeout", rest, err, time.Since(start))
+	}
 	// And the server still answers.
 	if got := raw(t, addr, "GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 2*time.Second); !strings.Contains(got, "GET /ok") {
 		t.Fatalf("after a panic: %q", got)

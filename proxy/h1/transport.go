@@ -228,8 +228,9 @@ func (t *Transport) get(ctx context.Context, host string) (*appConn, bool, error
 	return &appConn{c: c, host: host, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
 }
 
+// put pools ac. Only appBody.Close calls it, and only when the request's
+// cancellation hook never ran, so ac carries no deadline to clear.
 func (t *Transport) put(ac *appConn) {
-	_ = ac.c.SetDeadline(time.Time{})
 	ac.used = time.Now()
 	max := t.MaxIdlePerHost
 	if max <= 0 {
