@@ -183,6 +183,8 @@ func shareLocation(r *ast.Rule) {
 	r.Location = loc
 	ast.NewGenericVisitor(func(x any) bool {
 		switch n := x.(type) {
+		case *ast.Rule: // the rule itself and its else branches
+			n.Location = loc
 		case *ast.Term:
 			n.Location = loc
 		case *ast.Expr:

@@ -425,16 +425,28 @@ func (sc *serverConn) serveOne(ctx context.Context, req *http.Request) (keep boo
 	if sc.hijacked {
 		return false
 	}
+	// A connection that closes after this response (the handler said so, or
+	// the server is shutting down) has no use for the rest of the body.
+	if !w.committed && (httpguts.HeaderValuesContainsToken(w.header["Connection"], "close") || sc.shutdown.Load()) {
+		w.closeAfter = true
+	}
 	// What the handler left of the body is read before the response is
 	// finished, so a response that was held back can still say
-	// "Connection: close" when too much is left to keep the connection.
+	// "Connection: close" when too much is left to keep the connection. The
+	// rest must come within the header timeout: a client that stalls in its
+	// body gets its answer and a closed connection, not a wait.
 	unread := false
 	switch {
 	case body == nil || body.eof:
 	case body.cont:
 		w.closeAfter = true // the client waits for a 100 Continue that never came
-	case w.closeAfter || !body.drain():
-		w.closeAfter, unread = true, true
+	case w.closeAfter:
+		unread = true
+	default:
+		_ = sc.c.SetReadDeadline(time.Now().Add(sc.headerTimeout()))
+		if !body.drain() {
+			w.closeAfter, unread = true, true
+		}
 	}
 	w.finish()
 	if err := sc.bw.Flush(); err != nil || w.closeAfter || w.broken {

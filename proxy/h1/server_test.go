@@ -72,6 +72,9 @@ func echoHandler() http.Handler {
 			w.Write(b)
 		case "/ignore-body":
 			io.WriteString(w, "ignored")
+		case "/close":
+			w.Header().Set("Connection", "close")
+			io.WriteString(w, "bye")
 		case "/trailer":
 			w.Header().Set("Trailer", "Grpc-Status")
 			w.WriteHeader(200)
@@ -186,6 +189,38 @@ func TestServerRequestBodies(t *testing.T) {
 	post("/", nil, false)
 	if n := accepted.Load(); n != 2 {
 		t.Fatalf("after a 2 MiB body left unread the connection should close: %d connections, want 2", n)
+	}
+}
+
+// A client that stalls in a body the handler never reads still gets its
+// answer: at once when the response closes the connection anyway, and at the
+// header timeout otherwise, with the connection closed.
+func TestServerStalledUnreadBody(t *testing.T) {
+	addr, _ := serve(t, &Server{Handler: echoHandler(), HeaderTimeout: 300 * time.Millisecond})
+	for _, c := range []struct {
+		path, want string
+		within     time.Duration
+	}{{"/close", "bye", 200 * time.Millisecond}, {"/ignore-body", "ignored", 2 * time.Second}} {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		start := time.Now()
+		// 1,000 bytes announced, 10 sent, then nothing.
+		if _, err := io.WriteString(conn, "POST "+c.path+" HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%s: %v after %v", c.path, err, time.Since(start))
+		}
+		b, _ := io.ReadAll(resp.Body)
+		took := time.Since(start)
+		conn.Close()
+		if string(b) != c.want || !resp.Close || took > c.within {
+			t.Fatalf("%s: %q (close %v) after %v; want %q, the connection closed, within %v", c.path, b, resp.Close, took, c.want, c.within)
+		}
 	}
 }
 
