@@ -115,7 +115,9 @@ func (t *Transport) exchange(req *http.Request, ac *appConn, reused bool) (*http
 			reused = false
 			continue
 		}
-		keep := !resp.Close && !req.Close
+		// A 101 switches the connection to another protocol: it is the
+		// caller's now, never pooled again.
+		keep := !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols
 		resp.Body = &appBody{rc: resp.Body, t: t, ac: ac, keep: keep, stop: stop, eof: resp.Body == http.NoBody}
 		return resp, nil
 	}

@@ -223,6 +223,52 @@ func TestAppTransportEarlyHintsAndEarlyClose(t *testing.T) {
 	}
 }
 
+// An app that answers 101 to a request that asked for no upgrade has switched
+// its connection to another protocol: the connection is not pooled, and the
+// next request gets a fresh one.
+func TestAppTransportDoesNotPoolSwitchedConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := conns.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					if n == 1 {
+						// Switch, then speak something that is not HTTP.
+						io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\nRAW-PROTOCOL-BYTES\r\n")
+						continue
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	at, _ := newAppTransport(t, ln.Addr().String())
+	if code, _, err := do(t, at, "GET", "http://"+ln.Addr().String()+"/switch", nil); err != nil || code != http.StatusSwitchingProtocols {
+		t.Fatalf("first request: %d, %v; want the 101", code, err)
+	}
+	if code, body, err := do(t, at, "GET", "http://"+ln.Addr().String()+"/next", nil); err != nil || code != 200 || body != "ok" {
+		t.Fatalf("request after a 101: %d %q, %v; want 200 ok on a fresh connection", code, body, err)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2 (the switched one not reused)", n)
+	}
+}
+
 // writeRequest must say what net/http's Request.Write says.
 func TestWriteRequestMatchesNetHTTP(t *testing.T) {
 	mk := func(method, url string, h map[string][]string, close bool) *http.Request {
