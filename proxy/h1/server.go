@@ -100,8 +100,10 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	}
 	// Closed by ctx while idle; a request in flight finishes first.
 	stop := context.AfterFunc(ctx, func() {
+		sc.imu.Lock()
+		defer sc.imu.Unlock()
 		sc.shutdown.Store(true)
-		if sc.idle.Load() {
+		if sc.idle {
 			_ = c.SetReadDeadline(time.Unix(1, 0))
 		}
 	})
@@ -121,7 +123,11 @@ type serverConn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 
-	idle     atomic.Bool // waiting for the next request
+	// imu orders the idle state and its read deadline against shutdown: a
+	// shutdown sets an expired deadline only on a connection still idle, and
+	// a connection never starts waiting after a shutdown.
+	imu      sync.Mutex
+	idle     bool // waiting for the next request
 	shutdown atomic.Bool
 	hijacked bool
 
@@ -236,14 +242,19 @@ func (sc *serverConn) serve(ctx context.Context) {
 			if first {
 				wait = sc.headerTimeout()
 			}
-			sc.idle.Store(true)
+			sc.imu.Lock()
 			if sc.shutdown.Load() {
+				sc.imu.Unlock()
 				sc.close()
 				return
 			}
+			sc.idle = true
 			_ = sc.c.SetReadDeadline(time.Now().Add(wait))
+			sc.imu.Unlock()
 			_, err := sc.br.Peek(1)
-			sc.idle.Store(false)
+			sc.imu.Lock()
+			sc.idle = false
+			sc.imu.Unlock()
 			if err != nil {
 				sc.close()
 				return
