@@ -8,6 +8,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/rampart-mesh/rampart/internal/replay"
 )
 
 // http2Preface is what every gRPC client sends first.
@@ -74,7 +76,7 @@ func (p *prefaceListener) check(c net.Conn) {
 		return
 	}
 	select {
-	case p.conns <- &replayConn{Conn: c, head: buf}:
+	case p.conns <- &replay.Conn{Conn: c, Head: buf}:
 	case <-p.done:
 		c.Close()
 	}
@@ -95,19 +97,4 @@ func (p *prefaceListener) Accept() (net.Conn, error) {
 func (p *prefaceListener) Close() error {
 	p.once.Do(func() { close(p.done) })
 	return p.Listener.Close()
-}
-
-// replayConn returns the bytes already read before reading on.
-type replayConn struct {
-	net.Conn
-	head []byte
-}
-
-func (c *replayConn) Read(b []byte) (int, error) {
-	if len(c.head) > 0 {
-		n := copy(b, c.head)
-		c.head = c.head[n:]
-		return n, nil
-	}
-	return c.Conn.Read(b)
 }

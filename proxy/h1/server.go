@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/rampart-mesh/rampart/internal/replay"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -191,36 +192,20 @@ func (sc *serverConn) release() {
 }
 
 // handOff gives the connection, with whatever was read of it, to HTTP2.
-func (sc *serverConn) handOff(replay bool) {
+func (sc *serverConn) handOff(readAgain bool) {
 	if sc.srv.HTTP2 == nil {
 		sc.close()
 		return
 	}
-	if !replay || sc.br.Buffered() == 0 {
+	if !readAgain || sc.br.Buffered() == 0 {
 		sc.release()
 		sc.srv.HTTP2(sc.c)
 		return
 	}
 	buffered, _ := sc.br.Peek(sc.br.Buffered())
-	rc := &ReplayConn{Conn: sc.c, pending: append([]byte(nil), buffered...)}
+	rc := &replay.Conn{Conn: sc.c, Head: append([]byte(nil), buffered...)}
 	sc.release()
 	sc.srv.HTTP2(rc)
-}
-
-// ReplayConn is a connection some of whose bytes were already read: they are
-// read again first.
-type ReplayConn struct {
-	net.Conn
-	pending []byte
-}
-
-func (r *ReplayConn) Read(p []byte) (int, error) {
-	if len(r.pending) > 0 {
-		n := copy(p, r.pending)
-		r.pending = r.pending[n:]
-		return n, nil
-	}
-	return r.Conn.Read(p)
 }
 
 var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -711,13 +696,7 @@ func (w *response) writeFields(h http.Header, skipFraming bool) {
 			continue
 		}
 		for _, v := range vs {
-			_, _ = bw.WriteString(k)
-			_, _ = bw.WriteString(": ")
-			if strings.ContainsAny(v, "\r\n") {
-				v = headerValue.Replace(v)
-			}
-			_, _ = bw.WriteString(strings.TrimSpace(v))
-			_, _ = bw.WriteString("\r\n")
+			writeField(bw, k, v)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/rampart-mesh/rampart/internal/replay"
 	"github.com/rampart-mesh/rampart/proxy/listener"
 	"io"
 	"log/slog"
@@ -179,7 +180,7 @@ func (s *Server) Run(ctx context.Context) error {
 	conns := listener.NewChan(s.cfg.Listener.Addr())
 	defer conns.Close()
 	connContext := func(ctx context.Context, c net.Conn) context.Context {
-		if rc, ok := c.(*h1.ReplayConn); ok {
+		if rc, ok := c.(*replay.Conn); ok {
 			c = rc.Conn
 		}
 		if tc, ok := c.(*transparentConn); ok {
