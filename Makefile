@@ -4,6 +4,11 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/rampart-mesh/rampart/cmd/internal/version.Version=$(VERSION)
 BIN := bin
+# grpc's request tracing (golang.org/x/net/trace) is never turned on here, and
+# linking it brings in html/template, whose reflection by method name stops the
+# linker from dropping any exported method: without it the sidecar is 50 MB, not
+# 59, and idles 2 MB smaller. Every go command below builds with the tag.
+export GOFLAGS := $(strip $(GOFLAGS) -tags=grpcnotrace)
 TOOLS := $(CURDIR)/.cache/tools
 STATICCHECK_VERSION ?= v0.8.2
 BENCHTIME ?= 2s

@@ -21,6 +21,10 @@ import (
 	"github.com/rampart-mesh/rampart/internal/freeport"
 )
 
+// BuildTags are the tags the Makefile builds the binaries with (see its
+// GOFLAGS): grpcnotrace leaves out grpc's request tracing.
+const BuildTags = "grpcnotrace"
+
 var (
 	buildOnce sync.Once
 	binDir    string
@@ -44,8 +48,8 @@ func BinDir(tb testing.TB) string {
 			return
 		}
 		for _, args := range [][]string{
-			{"build", "-o", dir + "/", "./cmd/rampartd", "./cmd/rampart-sidecar", "./cmd/rampartctl"},
-			{"build", "-o", dir + "/bookinfo", "./deploy/examples/bookinfo/app"},
+			{"build", "-tags=" + BuildTags, "-o", dir + "/", "./cmd/rampartd", "./cmd/rampart-sidecar", "./cmd/rampartctl"},
+			{"build", "-tags=" + BuildTags, "-o", dir + "/bookinfo", "./deploy/examples/bookinfo/app"},
 		} {
 			cmd := exec.Command("go", args...)
 			cmd.Dir = repo
