@@ -51,6 +51,7 @@ type prepared struct {
 	query               rego.PreparedEvalQuery
 	allowPolicies       int // enforced ALLOW policies on the workload
 	dryRunAllowPolicies int
+	custom              bool  // the bundle has CUSTOM policies
 	reads               reads // what the modules read from the input
 	// cache remembers verdicts by everything the fast-path input holds; nil
 	// when the modules are not deterministic.
@@ -88,7 +89,7 @@ func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
 		return nil, fmt.Errorf("prepare bundle %q: %w", b.Revision, err)
 	}
 	b.Modules = nil // compiled now; the source is not needed again
-	p := &prepared{bundle: b, query: pq, reads: analyze(c)}
+	p := &prepared{bundle: b, query: pq, reads: analyze(c), custom: hasCustom(c)}
 	// The policy sets are constant for a bundle: count them once.
 	for _, q := range []struct {
 		q   string
@@ -242,9 +243,14 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		if !validMethod(r.Method) {
 			return d.deny(r, 400, "", -1, fmt.Sprintf("bad request: method %q", r.Method))
 		}
-		for _, h := range r.Headers {
-			if !validHeaderName(h.Name) {
-				return d.deny(r, 400, "", -1, fmt.Sprintf("bad request: header name %q", h.Name))
+		for _, v := range []*Request{r, r.BeforeAuthn} {
+			if v == nil {
+				continue
+			}
+			for _, h := range v.Headers {
+				if !validHeaderName(h.Name) {
+					return d.deny(r, 400, "", -1, fmt.Sprintf("bad request: header name %q", h.Name))
+				}
 			}
 		}
 		var err error
@@ -255,40 +261,41 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 	}
 	d.req, d.query = r, query
 	d.Stage = "error"
-	// The same input gets the same verdict from the same bundle: a request that
-	// looks, to the policy, like one already decided is not evaluated again.
-	var key cacheKey
-	var res *result
-	if p.cache != nil {
-		key = cacheKey{s: p.reads.key(r, path), auth: r.Auth}
-		res = p.cache.get(key)
-	}
-	if res == nil {
-		ms, err := e.eval(ctx, p, r.fastInput(path, &p.reads, &p.conns))
-		if err != nil {
-			e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
-			return d.deny(r, 403, "", -1, "error: "+err.Error())
-		}
-		v := p.verdict(ms)
-		res = &v
-		if p.cache != nil {
-			p.cache.put(key, res)
-		}
+	res, err := e.result(ctx, p, r, path)
+	if err != nil {
+		e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
+		return d.deny(r, 403, "", -1, "error: "+err.Error())
 	}
 	d.Stage = "custom"
 	d.DryRun = res.DryRun
 	d.Audit = res.Audit
+	// CUSTOM policies see the request as the client sent it: Istio's ext_authz
+	// filter runs before jwt_authn, so neither the token's identity nor the
+	// headers authentication sets or strips are there yet.
+	pre, custom := r, res.Custom
+	if r.BeforeAuthn != nil && p.custom {
+		pre = r.BeforeAuthn
+		pres, err := e.result(ctx, p, pre, path)
+		if err != nil {
+			e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
+			return d.deny(r, 403, "", -1, "error: "+err.Error())
+		}
+		custom = pres.Custom
+		d.DryRun = customDryRunFrom(res.DryRun, pres.DryRun)
+	}
 	// CUSTOM first: a provider that says no denies, whatever DENY and ALLOW say.
 	var full ast.Value
-	for _, m := range res.Custom {
+	for _, m := range custom {
 		if full == nil {
-			full = d.Document()
+			dp := d
+			dp.req = pre
+			full = dp.Document()
 		}
 		prov, ok := p.bundle.Providers[m.Provider]
 		if !ok {
 			return d.deny(r, 403, m.Policy, m.Rule, fmt.Sprintf("denied: CUSTOM policy %s names provider %q, which is not configured", m.Policy, m.Provider))
 		}
-		out := prov.Check(ctx, r, full)
+		out := prov.Check(ctx, pre, full)
 		if !out.Allowed {
 			status := out.Status
 			if status == 0 {
@@ -309,6 +316,81 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		d.Status = 0
 	}
 	return d
+}
+
+// result is the verdict of the policies for r before CUSTOM providers run,
+// from the verdict cache when the bundle has answered the same input before.
+func (e *Engine) result(ctx context.Context, p *prepared, r *Request, path string) (*result, error) {
+	// The same input gets the same verdict from the same bundle: a request that
+	// looks, to the policy, like one already decided is not evaluated again.
+	var key cacheKey
+	if p.cache != nil {
+		key = cacheKey{s: p.reads.key(r, path), auth: r.Auth}
+		if res := p.cache.get(key); res != nil {
+			return res, nil
+		}
+	}
+	ms, err := e.eval(ctx, p, r.fastInput(path, &p.reads, &p.conns))
+	if err != nil {
+		return nil, err
+	}
+	v := p.verdict(ms)
+	if p.cache != nil {
+		p.cache.put(key, &v)
+	}
+	return &v, nil
+}
+
+// customDryRunFrom is post's dry-run result with its CUSTOM matches taken from
+// pre, the request before authentication, which is what CUSTOM policies see.
+// CUSTOM matches do not change what the dry-run policies would have decided.
+func customDryRunFrom(post, pre DryRun) DryRun {
+	out := DryRun{Allowed: post.Allowed, Matches: []Match{}}
+	for _, m := range post.Matches {
+		if m.action != "custom" {
+			out.Matches = append(out.Matches, m)
+		}
+	}
+	for _, m := range pre.Matches {
+		if m.action == "custom" {
+			out.Matches = append(out.Matches, m)
+		}
+	}
+	sortMatches(out.Matches)
+	return out
+}
+
+// hasCustom reports whether a compiled bundle has CUSTOM policy rules: a hits
+// rule whose action is "custom" or not a constant.
+func hasCustom(c *ast.Compiler) bool {
+	for _, m := range c.Modules {
+		if m.Package == nil || m.Package.Path.String() != "data.rampart.policy" {
+			continue
+		}
+		for _, r := range m.Rules {
+			if r.Head == nil || r.Head.Ref().String() != "hits" {
+				continue
+			}
+			var action *ast.Term
+			if k := r.Head.Key; k != nil {
+				switch v := k.Value.(type) {
+				case *ast.Array:
+					if v.Len() > 0 {
+						action = v.Elem(0)
+					}
+				case ast.Object:
+					action = v.Get(ast.InternedTerm("action"))
+				}
+			}
+			if action == nil {
+				return true
+			}
+			if s, ok := action.Value.(ast.String); !ok || s == "custom" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // noMetrics: OPA otherwise makes and times a metrics set for every evaluation.

@@ -49,6 +49,54 @@ type Request struct {
 	// Auth is the validated JWT, if request authentication produced one.
 	Auth     *authn.RequestAuth
 	Workload Workload
+	// BeforeAuthn, when set, is this request as the client sent it, before
+	// request authentication: what CUSTOM policies and their providers see,
+	// since Istio runs ext_authz ahead of jwt_authn. The request itself, with
+	// authentication's header changes applied and Auth set, is what AUDIT, DENY
+	// and ALLOW policies see. AfterAuthn builds it.
+	BeforeAuthn *Request
+}
+
+// AfterAuthn returns r as authorization's AUDIT, DENY and ALLOW policies see it
+// after request authentication (Envoy's jwt_authn runs before its RBAC
+// filters): Auth set, every header named in remove dropped (names in any
+// case), then set added in place of any header of the same name. So a client
+// cannot forge a header that authentication writes (outputClaimToHeaders,
+// outputPayloadToHeader), and a token header authentication removes is not
+// there for policies to read. The result keeps r as its BeforeAuthn. With
+// nothing to change, r itself is returned.
+func (r *Request) AfterAuthn(auth *authn.RequestAuth, remove []string, set []Header) *Request {
+	if auth == nil && len(remove) == 0 && len(set) == 0 {
+		return r
+	}
+	out := *r
+	out.BeforeAuthn, out.Auth = r, auth
+	out.Headers = make([]Header, 0, len(r.Headers)+len(set))
+	for _, h := range r.Headers {
+		if !namedIn(h.Name, remove) && !setIn(h.Name, set) {
+			out.Headers = append(out.Headers, h)
+		}
+	}
+	out.Headers = append(out.Headers, set...)
+	return &out
+}
+
+func namedIn(name string, names []string) bool {
+	for _, n := range names {
+		if strings.EqualFold(n, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func setIn(name string, set []Header) bool {
+	for _, h := range set {
+		if strings.EqualFold(h.Name, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // headerObject joins repeated headers with "," under lower-case names, as Envoy's

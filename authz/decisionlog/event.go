@@ -7,7 +7,9 @@ import (
 )
 
 // DefaultPath is the query path recorded for decisions of the compiled mesh
-// policy (the bundle's query, data.rampart.authz.decision).
+// policy: the Rego reference decision, data.rampart.authz.decision
+// (policies/rego/decision.rego), which the sidecar computes in Go from the
+// bundle's match sets.
 const DefaultPath = "rampart/authz/decision"
 
 // DefaultBundle is the bundle name under which a decision's revision is

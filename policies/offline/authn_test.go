@@ -163,3 +163,83 @@ spec:
 		}
 	}
 }
+
+// AUDIT, DENY and ALLOW policies see the request after request authentication,
+// as Envoy's RBAC filter runs after jwt_authn: the headers authentication writes
+// cannot be forged by the client, and the token header it removes is gone.
+// CUSTOM policies run before authentication and see the request as sent.
+func TestAuthorizationSeesAuthenticatedRequest(t *testing.T) {
+	s, jwks := signer(t)
+	jwksJSON, _ := json.Marshal(jwks)
+	ra := `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  jwtRules:
+  - issuer: https://issuer.example.com
+    jwks: ` + string(jwksJSON) + `
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+`
+	mesh, err := compile.ParseMesh([]byte("extensionProviders:\n- name: ext\n  envoyExtAuthzGrpc: {service: ext.foo.svc.cluster.local, port: 9000}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := "Bearer " + token(t, s, "httpbin", time.Hour, nil)
+	for _, tc := range []struct {
+		name     string
+		policy   string
+		headers  map[string]any
+		extDeny  bool
+		status   int
+		policyID string
+	}{
+		{"a forged output header without a token does not satisfy ALLOW", `
+spec:
+  rules: [{when: [{key: "request.headers[x-user]", values: [admin]}]}]`, map[string]any{"x-user": "admin"}, false, 403, ""},
+		{"a forged output header beside a valid token does not satisfy ALLOW", `
+spec:
+  rules: [{when: [{key: "request.headers[x-user]", values: [admin]}]}]`, map[string]any{"x-user": "admin", "authorization": alice}, false, 403, ""},
+		{"the output header authentication sets satisfies ALLOW", `
+spec:
+  rules: [{when: [{key: "request.headers[x-user]", values: [alice]}]}]`, map[string]any{"authorization": alice}, false, 200, "foo/p"},
+		{"the token header removed after success is not seen by DENY", `
+spec:
+  action: DENY
+  rules: [{when: [{key: "request.headers[authorization]", values: ["*"]}]}]`, map[string]any{"authorization": alice}, false, 200, ""},
+		{"CUSTOM does not see the token's identity", `
+spec:
+  action: CUSTOM
+  provider: {name: ext}
+  rules: [{from: [{source: {requestPrincipals: ["*"]}}]}]`, map[string]any{"authorization": alice}, true, 200, ""},
+		{"CUSTOM does not see headers authentication sets", `
+spec:
+  action: CUSTOM
+  provider: {name: ext}
+  rules: [{when: [{key: "request.headers[x-user]", values: [alice]}]}]`, map[string]any{"authorization": alice}, true, 200, ""},
+		{"CUSTOM sees the token header authentication removes", `
+spec:
+  action: CUSTOM
+  provider: {name: ext}
+  rules: [{when: [{key: "request.headers[authorization]", values: ["*"]}]}]`, map[string]any{"authorization": alice}, true, 403, "foo/p"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, err := source.Parse("p.yaml", []byte(ra+"---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}"+tc.policy+"\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var req RequestSpec
+			req.Workload.Namespace = "foo"
+			req.Headers = tc.headers
+			if tc.extDeny {
+				req.ExtAuthz = "deny"
+			}
+			res, err := Check(context.Background(), objs, mesh, "", req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Status != tc.status || res.Policy != tc.policyID {
+				t.Fatalf("status %d policy %q (%s); want %d %q", res.Status, res.Policy, res.Reason, tc.status, tc.policyID)
+			}
+		})
+	}
+}

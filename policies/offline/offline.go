@@ -180,7 +180,13 @@ func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir
 		ar.SourcePrincipal = ""
 	}
 	// RequestAuthentication: a JWT in the request is validated unless the request
-	// gives an already-validated identity (auth:).
+	// gives an already-validated identity (auth:), which is then what
+	// authentication produced: CUSTOM policies, ahead of it, do not see it.
+	if ar.Auth != nil {
+		given := ar.Auth
+		ar.Auth = nil
+		ar = ar.AfterAuthn(given, nil, nil)
+	}
 	up := UpstreamHeaders{Added: map[string]string{}, Changed: map[string]string{}, Removed: []string{}}
 	var jwtFail *jwt.Result
 	rules, raf := RequestAuthRules(objs, mesh, wl)
@@ -193,9 +199,14 @@ func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir
 		if res.Status != 0 {
 			jwtFail = &res
 		} else {
-			ar.Auth = res.Auth
 			up = upstream(ar.Headers, res)
 		}
+		// What AUDIT, DENY and ALLOW see (CUSTOM sees the request as sent).
+		set := make([]authz.Header, len(res.SetHeaders))
+		for i, h := range res.SetHeaders {
+			set[i] = authz.Header{Name: h.Name, Value: h.Value}
+		}
+		ar = ar.AfterAuthn(res.Auth, res.RemoveHeaders, set)
 	}
 	d := eng.Decide(ctx, ar)
 	// CUSTOM runs before JWT validation in Istio's filter chain, so its denial

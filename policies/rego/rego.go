@@ -27,5 +27,9 @@ func Modules() map[string]string {
 	return out
 }
 
+// DecisionModule is the name Modules gives the reference decision (package
+// rampart.authz), which combines the policies' matches in Rego.
+const DecisionModule = "rampart/decision.rego"
+
 // DecisionQuery is the query whose value is the decision.
 const DecisionQuery = "data.rampart.authz.decision"

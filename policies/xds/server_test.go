@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -82,6 +83,15 @@ spec:
 	}
 	if !strings.Contains(wb.Modules["rampart/policy.rego"], "foo/only-httpbin") {
 		t.Fatalf("the bundle lacks the workload's policy:\n%s", wb.Modules["rampart/policy.rego"])
+	}
+	// The sidecar combines matches in Go: the Rego reference decision is not shipped.
+	var names []string
+	for n := range wb.Modules {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if got := strings.Join(names, " "); got != "rampart/lib.rego rampart/policy.rego" {
+		t.Errorf("the bundle's modules are %s; want rampart/lib.rego rampart/policy.rego", got)
 	}
 	// The ACK makes the proxy SYNCED and records how long the change took to converge.
 	ack := req("")

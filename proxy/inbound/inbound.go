@@ -495,11 +495,17 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		}
 	}
 	// Request authentication. CUSTOM runs before it (Istio's filter order), so a
-	// CUSTOM denial wins over a JWT failure.
+	// CUSTOM denial wins over a JWT failure, and CUSTOM policies see the request
+	// as it came (ar.BeforeAuthn); AUDIT, DENY and ALLOW see it with the token's
+	// identity and authentication's header changes, as Envoy's RBAC does.
 	var an AuthnResult
 	if s.cfg.Authn != nil {
 		an = s.cfg.Authn.Authenticate(ctx, r)
-		ar.Auth = an.Auth
+		set := make([]authz.Header, len(an.SetHeaders))
+		for i, h := range an.SetHeaders {
+			set[i] = authz.Header{Name: h[0], Value: h[1]}
+		}
+		ar = ar.AfterAuthn(an.Auth, an.RemoveHeaders, set)
 	}
 	d := s.cfg.Engine.Decide(ctx, ar)
 	if s.cfg.OnDecide != nil {

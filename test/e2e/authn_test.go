@@ -23,7 +23,8 @@ import (
 )
 
 // A PERMISSIVE sidecar with RequestAuthentication: a JWT from the test issuer
-// passes with outputClaimToHeaders applied, a bad one gets 401; plaintext and
+// passes with outputClaimToHeaders applied (the client's forged copy of that
+// header is gone before authorization), a bad one gets 401; plaintext and
 // mTLS callers are both served and the metrics tell them apart.
 func TestSidecarJWTAndPermissive(t *testing.T) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -55,6 +56,15 @@ spec:
   - issuer: https://issuer.test
     jwks: `+string(jwksJSON)+`
     outputClaimToHeaders: [{header: x-jwt-group, claim: group}]
+---
+# Authorization sees the request after authentication: the header it writes
+# cannot be forged, so this never matches the client's copy.
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-forged, namespace: foo}
+spec:
+  action: DENY
+  rules: [{when: [{key: "request.headers[x-jwt-group]", values: [forged]}]}]
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
