@@ -176,10 +176,14 @@ const rstAvoidance = 500 * time.Millisecond
 // response, then discards what it still sends for a bounded time before
 // closing.
 func (sc *serverConn) closeUnread() {
-	if cw, ok := sc.c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		_ = sc.c.SetReadDeadline(time.Now().Add(rstAvoidance))
-		_, _ = io.Copy(io.Discard, sc.c)
+	if cw, ok := sc.c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
 	}
+	// Without a half-close the client still has its response, framed and
+	// marked Connection: close; reading on keeps the kernel from resetting
+	// the connection under it.
+	_ = sc.c.SetReadDeadline(time.Now().Add(rstAvoidance))
+	_, _ = io.Copy(io.Discard, sc.c)
 	sc.close()
 }
 
@@ -371,10 +375,14 @@ func (sc *serverConn) serveOne(ctx context.Context, req *http.Request) (keep boo
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var w *response
+	var body *reqBody
 	defer func() {
 		// A handler that panics (http.ErrAbortHandler: a proxied body broke
 		// off) loses its connection, not the process.
 		if p := recover(); p != nil {
+			if body != nil {
+				body.detach()
+			}
 			if w != nil && w.watched && !sc.hijacked {
 				sc.disarm()
 			}
@@ -390,7 +398,6 @@ func (sc *serverConn) serveOne(ctx context.Context, req *http.Request) (keep boo
 	req.RemoteAddr = sc.remote
 	req.TLS = sc.tls
 	w = &response{sc: sc, req: req, header: make(http.Header, 8), status: http.StatusOK, cl: -1}
-	var body *reqBody
 	if req.Body != nil && req.Body != http.NoBody {
 		body = &reqBody{rc: req.Body, w: w}
 		if ex := req.Header.Get("Expect"); ex != "" {
@@ -413,6 +420,8 @@ func (sc *serverConn) serveOne(ctx context.Context, req *http.Request) (keep boo
 		w.closeAfter = true
 	}
 	sc.srv.Handler.ServeHTTP(w, req)
+	// From here on the server alone reads the connection.
+	interrupted := body != nil && body.detach()
 	if w.watched && !sc.hijacked {
 		if sc.disarm() {
 			w.closeAfter = true // the client went away
@@ -420,6 +429,13 @@ func (sc *serverConn) serveOne(ctx context.Context, req *http.Request) (keep boo
 	}
 	if sc.hijacked {
 		return false
+	}
+	if interrupted {
+		// A read of the body was cut short where it stood: the rest of the
+		// body cannot be told from the next request.
+		_ = sc.c.SetReadDeadline(time.Time{})
+		body.eof = false
+		w.closeAfter = true
 	}
 	// A connection that closes after this response (the handler said so, or
 	// the server is shutting down) has no use for the rest of the body.
@@ -524,26 +540,36 @@ func (sc *serverConn) disarm() bool {
 
 // reqBody is a request body as the handler sees it: Close does not read the
 // rest (the server drains a bounded amount afterwards), and the first read
-// answers "Expect: 100-continue".
+// answers "Expect: 100-continue". It may be read from another goroutine than
+// the handler's, even after the handler returned (net/http's Transport sends
+// a request body from its own goroutine and may still be at it when
+// RoundTrip has returned): mu orders those reads with detach, which ends them
+// before the server reads on or gives the connection's buffers back.
 type reqBody struct {
-	rc     io.ReadCloser
-	w      *response
-	cont   bool
-	eof    bool
-	closed bool
+	mu       sync.Mutex
+	rc       io.ReadCloser
+	w        *response
+	cont     bool
+	eof      bool
+	closed   bool
+	detached bool
 }
 
+// errBodyDetached is what a read of a body gets once its handler has returned.
+var errBodyDetached = errors.New("h1: request body read after its handler returned")
+
 func (b *reqBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.detached {
+		return 0, errBodyDetached
+	}
 	if b.closed {
 		return 0, http.ErrBodyReadAfterClose
 	}
 	if b.cont {
 		b.cont = false
-		if !b.w.wroteHeader {
-			sc := b.w.sc
-			_, _ = sc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-			_ = sc.bw.Flush()
-		}
+		b.w.continueOnce()
 	}
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
@@ -553,8 +579,26 @@ func (b *reqBody) Read(p []byte) (int, error) {
 }
 
 func (b *reqBody) Close() error {
+	b.mu.Lock()
 	b.closed = true
+	b.mu.Unlock()
 	return nil
+}
+
+// detach ends every read of the body from the handler's side; the server
+// calls it when the handler has returned, before it reads the connection
+// again or releases it. A read still blocked on another goroutine is cut
+// short with an expired read deadline; interrupted says so, and what is left
+// of the body is then unknown, so the connection must close.
+func (b *reqBody) detach() (interrupted bool) {
+	if !b.mu.TryLock() {
+		_ = b.w.sc.c.SetReadDeadline(time.Unix(1, 0))
+		b.mu.Lock()
+		interrupted = true
+	}
+	b.detached = true
+	b.mu.Unlock()
+	return interrupted
 }
 
 // drain reads what the handler left of the body; false means too much was
@@ -612,11 +656,29 @@ type response struct {
 	trailers    []string
 	held        []byte // body held back while the length is unknown
 	watched     bool   // the connection is watched while this request runs
+	// wmu orders a 100 Continue, written by whichever goroutine first reads
+	// the body, with the handler's own status line (WriteHeader).
+	wmu sync.Mutex
+}
+
+// continueOnce answers "Expect: 100-continue" unless the response has
+// started (a final status makes the client's body unnecessary).
+func (w *response) continueOnce() {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	if w.wroteHeader || w.sc.hijacked {
+		return
+	}
+	sc := w.sc
+	_, _ = sc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+	_ = sc.bw.Flush()
 }
 
 func (w *response) Header() http.Header { return w.header }
 
 func (w *response) WriteHeader(code int) {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
 	if w.wroteHeader || w.sc.hijacked {
 		return
 	}
@@ -886,7 +948,9 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 			return nil, nil, err
 		}
 	}
+	w.wmu.Lock()
 	sc.hijacked = true
+	w.wmu.Unlock()
 	_ = sc.c.SetDeadline(time.Time{})
 	// The buffers go with the connection; new ones serve nothing else.
 	rw := bufio.NewReadWriter(sc.br, sc.bw)

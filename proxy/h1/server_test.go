@@ -522,3 +522,94 @@ func FuzzServeConn(f *testing.F) {
 		}
 	})
 }
+
+// A handler may leave a goroutine reading its request body after it returned,
+// as net/http's Transport does when it forwards the body from its own
+// goroutine. That goroutine must then get an error: not read the connection's
+// buffer after the server has given it back (the process used to crash on a
+// nil reader, and a reused buffer would have fed it another client's bytes).
+// The connections here cannot half-close, as none could through the inbound
+// listener's wrappers, so the server closes them at once.
+func TestServerBodyReadAfterHandlerReturns(t *testing.T) {
+	errs := make(chan error, 8)
+	srv := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ok" {
+			_, _ = io.WriteString(w, "ok")
+			return
+		}
+		reading := make(chan struct{})
+		go func() {
+			buf := make([]byte, 512)
+			_, err := r.Body.Read(buf)
+			close(reading)
+			if err != nil {
+				errs <- err
+				return
+			}
+			time.Sleep(200 * time.Millisecond) // the handler has returned and the server answered
+			for err == nil {
+				_, err = r.Body.Read(buf)
+			}
+			errs <- err
+		}()
+		<-reading
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go srv.ServeConn(ctx, noHalfClose{c})
+		}
+	}()
+	addr := ln.Addr().String()
+	for i := range 3 {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		go func() {
+			// Far more body than the server drains, as fast as it takes it.
+			_, _ = io.WriteString(conn, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n")
+			chunk := make([]byte, 64<<10)
+			for {
+				if _, err := conn.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
+			t.Fatalf("request %d: %d (close %v); want 413 and the connection closed", i, resp.StatusCode, resp.Close)
+		}
+		// Other connections take the buffers while the late reader waits.
+		if out := raw(t, addr, "GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", time.Second); !strings.Contains(out, "\r\n\r\nok") {
+			t.Fatalf("request %d: another client got %q", i, out)
+		}
+		select {
+		case err := <-errs:
+			if err == nil || err == io.EOF {
+				t.Fatalf("request %d: the late reader got %v, as if the body had ended", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("request %d: the late reader is still reading", i)
+		}
+		conn.Close()
+	}
+}
+
+// noHalfClose hides the connection's CloseWrite.
+type noHalfClose struct{ net.Conn }

@@ -20,6 +20,7 @@ import (
 	"net/http/httptrace"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -49,6 +50,7 @@ type Transport struct {
 type appConn struct {
 	c    net.Conn
 	host string
+	lim  *headLimit // under br
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	used time.Time
@@ -100,18 +102,21 @@ func (t *Transport) exchange(req *http.Request, ac *appConn, reused bool) (*http
 		}
 		return fail(err)
 	}
-	for {
+	for informational := 0; ; informational++ {
 		if reused {
 			if _, err := ac.br.Peek(1); err != nil {
 				return fail(errStale)
 			}
 		}
-		resp, err := http.ReadResponse(ac.br, req)
+		resp, err := readResponse(ac, req)
 		if err != nil {
 			return fail(err)
 		}
 		// Informational answers (103 Early Hints) precede the real one.
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			if informational == maxInformational {
+				return fail(fmt.Errorf("more than %d informational responses to one request", maxInformational))
+			}
 			reused = false
 			continue
 		}
@@ -121,6 +126,90 @@ func (t *Transport) exchange(req *http.Request, ac *appConn, reused bool) (*http
 		resp.Body = &appBody{rc: resp.Body, t: t, ac: ac, keep: keep, stop: stop, eof: resp.Body == http.NoBody}
 		return resp, nil
 	}
+}
+
+// maxResponseHeaderBytes bounds a response's status line and header block,
+// and maxInformational the 1xx answers before the final one (net/http's
+// Transport limits: 10 MB and 5): without them one answer could take the
+// sidecar's memory.
+const (
+	maxResponseHeaderBytes = 10 << 20
+	maxInformational       = 5
+)
+
+// readResponse reads a response with its head (status line and header
+// block, as they come off the connection) limited to maxResponseHeaderBytes;
+// the body is read without that limit.
+func readResponse(ac *appConn, req *http.Request) (*http.Response, error) {
+	ac.lim.n = maxResponseHeaderBytes
+	resp, err := http.ReadResponse(ac.br, req)
+	ac.lim.n = -1
+	return resp, err
+}
+
+var errResponseHeadTooLarge = fmt.Errorf("response headers exceed %d bytes", maxResponseHeaderBytes)
+
+// headLimit is the connection as an appConn's reader sees it: while n is not
+// negative, at most n more bytes.
+type headLimit struct {
+	r io.Reader
+	n int64
+}
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return l.r.Read(p)
+	}
+	if l.n == 0 {
+		return 0, errResponseHeadTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+// quiet says whether an idle connection may carry a request: the app has
+// neither closed it nor sent anything unasked. It peeks at the socket without
+// waiting (one system call); a connection whose socket it cannot reach is
+// taken as it is.
+func quiet(c net.Conn) bool {
+	sc := socketOf(c)
+	if sc == nil {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	ok := true
+	var b [1]byte
+	if cerr := rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		ok = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true
+	}); cerr != nil {
+		return false
+	}
+	return ok
+}
+
+// socketOf finds the socket under c, through TLS and wrappers that give
+// their connection with NetConn.
+func socketOf(c net.Conn) syscall.Conn {
+	for range 8 {
+		if sc, ok := c.(syscall.Conn); ok {
+			return sc
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
+		c = u.NetConn()
+	}
+	return nil
 }
 
 // writeRequest writes a request without a body as net/http's Request.Write
@@ -218,7 +307,12 @@ func (t *Transport) get(ctx context.Context, host string) (*appConn, bool, error
 		t.idle[host] = q[:len(q)-1]
 		if now.Sub(ac.used) < t.idleTimeout() {
 			t.mu.Unlock()
-			return ac, true, nil
+			if quiet(ac.c) {
+				return ac, true, nil
+			}
+			ac.c.Close()
+			t.mu.Lock()
+			continue
 		}
 		ac.c.Close()
 	}
@@ -227,12 +321,20 @@ func (t *Transport) get(ctx context.Context, host string) (*appConn, bool, error
 	if err != nil {
 		return nil, false, err
 	}
-	return &appConn{c: c, host: host, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+	lim := &headLimit{r: c, n: -1}
+	return &appConn{c: c, host: host, lim: lim, br: bufio.NewReaderSize(lim, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
 }
 
 // put pools ac. Only appBody.Close calls it, and only when the request's
 // cancellation hook never ran, so ac carries no deadline to clear.
 func (t *Transport) put(ac *appConn) {
+	if ac.br.Buffered() > 0 {
+		// The app sent more than its response's framing said (a body on a
+		// HEAD answer or a 204, a short Content-Length): those bytes would
+		// be read as the next request's response.
+		ac.c.Close()
+		return
+	}
 	ac.used = time.Now()
 	max := t.MaxIdlePerHost
 	if max <= 0 {

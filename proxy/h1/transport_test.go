@@ -89,18 +89,137 @@ func TestAppTransportReusesConnections(t *testing.T) {
 	}
 }
 
-// The app closing an idle connection is not the request's failure: a
-// replayable request is sent again on a fresh connection; a non-replayable
-// one is not sent twice.
+// The app closing an idle connection is not the request's failure: the
+// transport sees the close before it reuses the connection and sends the
+// request, whatever its method, on a fresh one. When the app closes a reused
+// connection after the request went out, a replayable request is sent again; a
+// non-replayable one is not sent twice.
 func TestAppTransportStaleConnection(t *testing.T) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lis.Close()
-	var served atomic.Int64
+	var served, dropped atomic.Int64
+	var dropSecond atomic.Bool
 	// Answers one request per connection with keep-alive, then closes it
-	// without saying so: the next request on it finds it dead.
+	// without saying so: the next request on it finds it dead. With
+	// dropSecond, it reads a second request first and closes unanswered.
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				served.Add(1)
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.Method), req.Method)
+				if dropSecond.Load() {
+					if _, err := http.ReadRequest(br); err == nil {
+						dropped.Add(1)
+					}
+				}
+			}()
+		}
+	}()
+	at, _ := newAppTransport(t, lis.Addr().String())
+	url := "http://" + lis.Addr().String() + "/"
+	for _, method := range []string{"GET", "GET", "PATCH", "POST", "DELETE"} {
+		before := served.Load()
+		if code, body, err := do(t, at, method, url, nil); err != nil || code != 200 || body != method {
+			t.Fatalf("%s after the app closed the idle connection: %d %q %v; want it sent on a fresh one", method, code, body, err)
+		}
+		if got := served.Load() - before; got != 1 {
+			t.Fatalf("the app saw %s %d times; want once", method, got)
+		}
+		time.Sleep(20 * time.Millisecond) // let the close land
+	}
+	// Now the app takes the next request on a kept connection, then drops it.
+	dropSecond.Store(true)
+	if code, _, err := do(t, at, "GET", url, nil); err != nil || code != 200 {
+		t.Fatalf("GET: %d %v", code, err)
+	}
+	if code, body, err := do(t, at, "GET", url, nil); err != nil || code != 200 || body != "GET" {
+		t.Fatalf("GET dropped unanswered on a reused connection: %d %q %v; want it sent again", code, body, err)
+	}
+	d0 := dropped.Load()
+	if _, _, err := do(t, at, "PATCH", url, nil); err == nil {
+		t.Fatal("PATCH dropped unanswered on a reused connection succeeded")
+	}
+	if got := dropped.Load() - d0; got != 1 {
+		t.Fatalf("the app received the dropped PATCH %d times; want once (not sent again)", got)
+	}
+}
+
+// An app that sends more than its response's framing says (a body on a HEAD
+// answer, here) must not have those bytes read as the next request's
+// response, whether they came with the response or after it.
+func TestAppTransportUnsolicitedBytes(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lis.Close()
+		go func() {
+			for {
+				c, err := lis.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					br := bufio.NewReader(c)
+					for {
+						req, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						body := "for " + req.URL.Path
+						if req.Method != "HEAD" {
+							fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+							continue
+						}
+						injected := "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Injected: yes\r\n\r\ninjected"
+						if late {
+							io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+							time.Sleep(50 * time.Millisecond)
+							io.WriteString(c, injected)
+						} else {
+							io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n"+injected)
+						}
+					}
+				}()
+			}
+		}()
+		at, _ := newAppTransport(t, lis.Addr().String())
+		url := "http://" + lis.Addr().String()
+		if code, _, err := do(t, at, "HEAD", url+"/head", nil); err != nil || code != 200 {
+			t.Fatalf("late=%v: HEAD: %d %v", late, code, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		for _, path := range []string{"/b", "/c"} {
+			if code, body, err := do(t, at, "GET", url+path, nil); err != nil || code != 200 || body != "for "+path {
+				t.Fatalf("late=%v: GET %s after a HEAD answered with a body: %d %q %v; want its own answer", late, path, code, body, err)
+			}
+		}
+	}
+}
+
+// A response's head is bounded (10 MB, five informational answers), so one
+// answer cannot take the sidecar's memory.
+func TestAppTransportResponseHeadLimits(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
 	go func() {
 		for {
 			c, err := lis.Accept()
@@ -113,25 +232,30 @@ func TestAppTransportStaleConnection(t *testing.T) {
 				if err != nil {
 					return
 				}
-				served.Add(1)
-				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.Method), req.Method)
+				if req.URL.Path == "/hints" {
+					for range 6 {
+						io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n")
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Big: ")
+				line := strings.Repeat("a", 64<<10)
+				for range 12 << 4 { // 12 MiB, no end of line
+					if _, err := io.WriteString(c, line); err != nil {
+						return
+					}
+				}
 			}()
 		}
 	}()
 	at, _ := newAppTransport(t, lis.Addr().String())
-	url := "http://" + lis.Addr().String() + "/"
-	for i := range 3 {
-		if code, body, err := do(t, at, "GET", url, nil); err != nil || code != 200 || body != "GET" {
-			t.Fatalf("GET %d over a connection the app had closed: %d %q %v", i, code, body, err)
-		}
-		time.Sleep(20 * time.Millisecond) // let the close land
+	url := "http://" + lis.Addr().String()
+	if _, _, err := do(t, at, "GET", url+"/big", nil); err == nil || !strings.Contains(err.Error(), "exceed") {
+		t.Fatalf("a 12 MiB header: %v; want refused as too large", err)
 	}
-	before := served.Load()
-	if _, _, err := do(t, at, "PATCH", url, nil); err == nil {
-		t.Fatal("PATCH on a dead connection succeeded without being sent")
-	}
-	if got := served.Load() - before; got != 0 {
-		t.Fatalf("the app saw the non-replayable PATCH %d times after a stale connection; want 0", got)
+	if _, _, err := do(t, at, "GET", url+"/hints", nil); err == nil || !strings.Contains(err.Error(), "informational") {
+		t.Fatalf("six 103 answers: %v; want refused", err)
 	}
 }
 

@@ -602,6 +602,17 @@ func (c *slotConn) Close() error {
 	return err
 }
 
+// CloseWrite half-closes the connection underneath, so the HTTP/1 server can
+// linger over unread request bytes (rather than have the kernel reset a
+// response the client has not read) and TCP splicing passes a half-close on.
+// The slot is kept until Close.
+func (c *slotConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}
+
 // serveTCP authorizes a TCP connection on its attributes (peer identity, IPs,
 // ports, SNI) and, if allowed, splices it to the app; a denied connection is
 // closed, as Envoy's network RBAC filter does.

@@ -233,6 +233,10 @@ func (c *trackedConn) Close() error {
 	return c.Conn.Close()
 }
 
+// NetConn is the connection underneath (the HTTP/1 transport peeks at its
+// socket before reusing it).
+func (c *trackedConn) NetConn() net.Conn { return c.Conn }
+
 // CloseWrite half-closes, for TCP proxying.
 func (c *trackedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
