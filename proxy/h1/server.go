@@ -26,10 +26,14 @@ import (
 // net/http's server, on a sidecar, paid per request for a background read
 // goroutine (to notice a client going away), a cancellable context, a copy of
 // the header map for the response and the hand-offs between them. Server
-// parses requests with net/http's own parser (http.ReadRequest, so requests
-// are held to the same rules: conflicting Content-Length and
-// Transfer-Encoding, obs-fold, bad header names and values, a missing or
-// repeated Host are refused with 400) and writes responses itself: a response
+// parses requests with net/http's own parser (http.ReadRequest), so requests
+// are held to the same rules: differing Content-Length values, an unknown
+// Transfer-Encoding, bad header names and values, a missing or repeated Host
+// are refused with 400, a version other than 1.x with 505; with both
+// Transfer-Encoding: chunked and Content-Length the chunks frame the body and
+// the length is dropped, and a folded header line is joined to the one
+// before (RFC 9112 6.3 and 5.2; the request goes on re-framed). It writes
+// responses itself: a response
 // whose length is known leaves in one write with its headers. A request still
 // running after WatchAfter gets its connection watched, so a client that goes
 // away cancels it.
@@ -283,6 +287,10 @@ func (sc *serverConn) serve(ctx context.Context) {
 		}
 		sc.lr.n = 1<<63 - 1
 		_ = sc.c.SetReadDeadline(time.Time{})
+		if req.ProtoMajor != 1 {
+			sc.fail(http.StatusHTTPVersionNotSupported, "505 HTTP Version Not Supported")
+			return
+		}
 		if msg := validate(req, countHosts(sc.lr.rec)); msg != "" {
 			sc.fail(http.StatusBadRequest, "400 Bad Request: "+msg)
 			return

@@ -231,6 +231,8 @@ func TestServerRawProtocol(t *testing.T) {
 		want      []string // substrings, in order
 		not       []string
 	}{
+		{"HTTP/2.0 on an HTTP/1 connection", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", []string{"HTTP/1.1 505"}, []string{"GET / host=x"}},
+		{"HTTP/3.7", "GET / HTTP/3.7\r\nHost: x\r\n\r\n", []string{"HTTP/1.1 505"}, []string{"GET / host=x"}},
 		{"pipelined", "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
 			[]string{"HTTP/1.1 200", "GET /a host=x", "HTTP/1.1 200", "Connection: close", "GET /b host=x"}, nil},
 		// Transfer-Encoding wins over Content-Length (RFC 9112 6.3), as in net/http.
