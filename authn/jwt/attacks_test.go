@@ -141,7 +141,7 @@ var attackBuilders = map[string]func(f *attackFixture) Request{
 		return req(authz(f.validK1Token + "." + b64("extra")))
 	},
 	"garbage_base64": func(f *attackFixture) Request {
-		return req(authz("e$J!.p@y*.s~g"))
+		return req(Header{"x-weak-token", "e$J!.p@y*.s~g"})
 	},
 	"payload_array": func(f *attackFixture) Request {
 		return req(authz(signRaw(f.t, jose.RS256, f.k1.priv, "k1", []byte(`["iss","sub"]`), nil)))

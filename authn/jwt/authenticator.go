@@ -18,7 +18,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/rampart-mesh/rampart/authn"
 	"golang.org/x/time/rate"
@@ -87,7 +86,6 @@ type rule struct {
 	Rule
 	idx       int
 	src       *keySource
-	verifier  *oidc.IDTokenVerifier
 	audiences map[string]bool
 	spaceDel  []string
 }
@@ -115,7 +113,6 @@ func New(cfg Config) (*Authenticator, error) {
 		refresh:    cfg.RefreshInterval,
 		minRefresh: cfg.MinRefreshInterval,
 	}
-	ks := keySetAdapter{a}
 	sources := map[string]*keySource{}
 	seen := map[string]bool{}
 	for i, r := range cfg.Rules {
@@ -137,19 +134,6 @@ func New(cfg Config) (*Authenticator, error) {
 			return nil, fmt.Errorf("%w: jwtRules[%d] (issuer %q): jwks: %w", ErrInvalidConfig, i, r.Issuer, err)
 		}
 		r.src = src
-		r.verifier = oidc.NewVerifier(r.Issuer, ks, &oidc.Config{
-			SkipClientIDCheck: true,           // audiences are ours: 403, several allowed
-			SkipExpiryCheck:   true,           // exp/nbf are ours: configurable skew, exp optional
-			SkipIssuerCheck:   r.Issuer == "", // any issuer
-			SupportedSigningAlgs: func() []string {
-				s := make([]string, len(allowedAlgs))
-				for i, a := range allowedAlgs {
-					s[i] = string(a)
-				}
-				return s
-			}(),
-			Now: cfg.Clock.Now,
-		})
 		for _, h := range append([]string{r.OutputPayloadToHeader}, outputHeaders(r.OutputClaimToHeaders)...) {
 			if h = strings.ToLower(h); h != "" && !seen[h] {
 				seen[h] = true
@@ -186,15 +170,20 @@ func (a *Authenticator) sourceFor(r *Rule, i int, shared map[string]*keySource, 
 	switch {
 	case r.JWKS != "":
 		keys, ignored, err := parseJWKS([]byte(r.JWKS))
-		if err != nil {
-			return nil, err
-		}
 		for _, why := range ignored {
 			a.log.Warn("inline jwks key ignored", "rule", i, "issuer", label, "reason", why)
 		}
+		up := 1.0
+		if err != nil {
+			// As Envoy does with an inline JWKS it cannot use (and Istio
+			// accepts the policy): the rule stands with no keys, so every
+			// token it would verify gets 401 and requests without one pass.
+			a.log.Warn("inline jwks unusable; every token for this rule is rejected", "rule", i, "issuer", label, "err", err)
+			keys, up = nil, 0
+		}
 		s.inline = true
 		s.publish(keys)
-		a.m.up.WithLabelValues(label).Set(1)
+		a.m.up.WithLabelValues(label).Set(up)
 		a.sources = append(a.sources, s)
 		return s, nil
 	case r.JWKSURI != "":
@@ -307,9 +296,9 @@ func invalid(format string, args ...any) outcome {
 	return outcome{status: http.StatusUnauthorized, reason: "jwt is invalid: " + fmt.Sprintf(format, args...)}
 }
 
-// verify checks one token in Envoy's order (format, issuer allowed at the
-// location, exp/nbf) and then, differently, the signature before the audience:
-// a forged token is 401 whatever its aud says.
+// verify checks one token in Envoy's order (format and claim types, issuer
+// allowed at the location, exp/nbf) and then, differently, the signature
+// before the audience: a forged token is 401 whatever its aud says.
 func (a *Authenticator) verify(ctx context.Context, t token) outcome {
 	if len(t.raw) > a.maxToken {
 		return invalid("longer than %d bytes", a.maxToken)
@@ -344,22 +333,14 @@ func (a *Authenticator) verify(ctx context.Context, t token) outcome {
 	if err != nil {
 		return invalid("payload: %v", err)
 	}
-	iss, ok := claims["iss"].(string)
-	if _, present := claims["iss"]; present && !ok {
-		return invalid("iss is not a string")
+	std, err := standardClaims(claims)
+	if err != nil {
+		return invalid("%v", err)
 	}
-	if !t.loc.allows(iss) {
+	if !t.loc.allows(std.iss) {
 		return invalid("issuer is not configured for %s", t.loc)
 	}
-	exp, hasExp, err := numericDate(claims, "exp")
-	if err != nil {
-		return invalid("%v", err)
-	}
-	nbf, hasNbf, err := numericDate(claims, "nbf")
-	if err != nil {
-		return invalid("%v", err)
-	}
-	if o, ok := a.checkTime(hasExp, exp, hasNbf, nbf, now); !ok {
+	if o, ok := a.checkTime(std.hasExp, std.exp, std.hasNbf, std.nbf, now); !ok {
 		return o
 	}
 
@@ -370,10 +351,10 @@ func (a *Authenticator) verify(ctx context.Context, t token) outcome {
 	for pass := 0; pass < 2; pass++ {
 		for _, ri := range t.loc.rules {
 			rl := a.rules[ri]
-			if (pass == 0 && (rl.Issuer == "" || rl.Issuer != iss)) || (pass == 1 && rl.Issuer != "") {
+			if (pass == 0 && (rl.Issuer == "" || rl.Issuer != std.iss)) || (pass == 1 && rl.Issuer != "") {
 				continue
 			}
-			o := a.verifyWith(ctx, rl, t, jws, hdr, claims, payload, exp, hasExp, nbf, hasNbf, key, now)
+			o := a.verifyWith(ctx, rl, t, jws, hdr, claims, &std, payload, key, now)
 			if o.status == 0 {
 				return o
 			}
@@ -386,7 +367,7 @@ func (a *Authenticator) verify(ctx context.Context, t token) outcome {
 }
 
 func (a *Authenticator) verifyWith(ctx context.Context, rl *rule, t token, jws *jose.JSONWebSignature, hdr jose.Header,
-	claims map[string]any, payload []byte, exp int64, hasExp bool, nbf int64, hasNbf bool, key [32]byte, now int64) outcome {
+	claims map[string]any, std *stdClaims, payload []byte, key [32]byte, now int64) outcome {
 	snap := rl.src.current()
 	cands := snap.candidates(hdr.KeyID, jose.SignatureAlgorithm(hdr.Algorithm), nil)
 	if len(cands) == 0 {
@@ -406,32 +387,38 @@ func (a *Authenticator) verifyWith(ctx context.Context, rl *rule, t token, jws *
 			}
 		}
 	}
-	st := &verifyState{raw: t.raw, jws: jws, keys: cands}
-	idt, err := rl.verifier.Verify(context.WithValue(ctx, verifyStateKey{}, st), t.raw)
-	if err != nil {
-		a.log.Debug("jwt verification failed", "issuer", rl.src.label, "err", err)
-		if st.verified {
-			// go-oidc refused a standard claim after the signature verified;
-			// its message may quote token content, so it stays in the log.
-			return invalid("malformed standard claims (iss, sub, aud, exp, nbf or iat)")
+	// go-jose checks the signature, and refuses unknown crit headers, against
+	// each candidate key in turn, as jwt_verify_lib tries every key that
+	// matches kid and alg. Not go-oidc's IDTokenVerifier: it decodes the claims
+	// into a struct, and encoding/json matches keys case-insensitively, so a
+	// token's "ISS", "AUD" or "EXP" would be taken for, or fail in place of,
+	// the iss, aud or exp that Envoy reads.
+	verified := false
+	for _, c := range cands {
+		a.sigChecks.Add(1)
+		if _, err := jws.Verify(c.key); err == nil {
+			verified = true
+			break
 		}
+	}
+	if !verified {
 		return invalid("signature verification failed")
 	}
-	if len(rl.audiences) > 0 && !slices.ContainsFunc(idt.Audience, func(s string) bool { return rl.audiences[s] }) {
+	if len(rl.audiences) > 0 && !slices.ContainsFunc(std.aud, func(s string) bool { return rl.audiences[s] }) {
 		return outcome{status: http.StatusForbidden, reason: "jwt audiences are not allowed"}
 	}
 	presenter, _ := claims["azp"].(string)
 	auth := &authn.RequestAuth{
-		Principal: idt.Issuer + "/" + idt.Subject,
-		Issuer:    idt.Issuer,
-		Subject:   idt.Subject,
-		Audiences: idt.Audience,
+		Principal: std.iss + "/" + std.sub,
+		Issuer:    std.iss,
+		Subject:   std.sub,
+		Audiences: std.aud,
 		Presenter: presenter,
 		Claims:    claims,
 	}
 	e := &cacheEntry{
 		rule: rl.idx, gen: snap.gen,
-		exp: exp, hasExp: hasExp, nbf: nbf, hasNbf: hasNbf,
+		exp: std.exp, hasExp: std.hasExp, nbf: std.nbf, hasNbf: std.hasNbf,
 		auth: auth,
 		set:  outputs(rl, payload, claims),
 	}
@@ -448,40 +435,6 @@ func (a *Authenticator) checkTime(hasExp bool, exp int64, hasNbf bool, nbf int64
 		return invalid("expired"), false
 	}
 	return outcome{}, true
-}
-
-type verifyStateKey struct{}
-
-// verifyState hands go-oidc's KeySet call the token already parsed and the
-// keys chosen for it, so neither is redone.
-type verifyState struct {
-	raw      string
-	jws      *jose.JSONWebSignature
-	keys     []publicKey
-	verified bool
-}
-
-// keySetAdapter is the oidc.KeySet behind every rule's verifier; go-jose
-// checks the signature against each candidate key.
-type keySetAdapter struct{ a *Authenticator }
-
-var _ oidc.KeySet = keySetAdapter{}
-
-var errSignature = errors.New("no candidate key verifies the signature")
-
-func (k keySetAdapter) VerifySignature(ctx context.Context, raw string) ([]byte, error) {
-	st, ok := ctx.Value(verifyStateKey{}).(*verifyState)
-	if !ok || st.raw != raw {
-		return nil, errors.New("jwt: key set used outside Authenticate")
-	}
-	for _, key := range st.keys {
-		k.a.sigChecks.Add(1)
-		if payload, err := st.jws.Verify(key.key); err == nil {
-			st.verified = true
-			return payload, nil
-		}
-	}
-	return nil, errSignature
 }
 
 // decodeClaims decodes the payload keeping numbers as json.Number, so large
@@ -502,6 +455,64 @@ func decodeClaims(payload []byte) (map[string]any, error) {
 	return claims, nil
 }
 
+// stdClaims are the registered claims jwt_verify_lib parses, read from the
+// payload's exact keys only: "SUB", "Sub" or "ſub" are ordinary claims, never
+// the subject (encoding/json into a struct would fold them onto sub).
+type stdClaims struct {
+	iss, sub       string
+	aud            []string // a string aud as a one-element list; nil if absent
+	exp, nbf       int64
+	hasExp, hasNbf bool
+}
+
+// standardClaims checks the types jwt_verify_lib checks, so a token Envoy
+// rejects as malformed is 401 here too: iss, sub and jti strings, aud a string
+// or a list of strings, exp, nbf and iat non-negative numbers, each only when
+// present.
+func standardClaims(claims map[string]any) (stdClaims, error) {
+	var c stdClaims
+	var err error
+	for _, s := range []struct {
+		name string
+		dst  *string
+	}{{"iss", &c.iss}, {"sub", &c.sub}, {"jti", new(string)}} {
+		if v, ok := claims[s.name]; ok {
+			if *s.dst, ok = v.(string); !ok {
+				return c, fmt.Errorf("%s is not a string", s.name)
+			}
+		}
+	}
+	switch v := claims["aud"].(type) {
+	case nil:
+		if _, ok := claims["aud"]; ok {
+			return c, errors.New("aud is not a string or a list of strings")
+		}
+	case string:
+		c.aud = []string{v}
+	case []any:
+		c.aud = make([]string, len(v))
+		for i, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return c, fmt.Errorf("aud[%d] is not a string", i)
+			}
+			c.aud[i] = s
+		}
+	default:
+		return c, errors.New("aud is not a string or a list of strings")
+	}
+	if c.exp, c.hasExp, err = numericDate(claims, "exp"); err != nil {
+		return c, err
+	}
+	if c.nbf, c.hasNbf, err = numericDate(claims, "nbf"); err != nil {
+		return c, err
+	}
+	if _, _, err = numericDate(claims, "iat"); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
 // numericDate reads an optional NumericDate claim in whole seconds.
 func numericDate(claims map[string]any, name string) (int64, bool, error) {
 	v, ok := claims[name]
@@ -512,14 +523,19 @@ func numericDate(claims map[string]any, name string) (int64, bool, error) {
 	if !ok {
 		return 0, false, fmt.Errorf("%s is not a number", name)
 	}
-	if i, err := n.Int64(); err == nil {
-		return i, true, nil
+	i, err := n.Int64()
+	if err != nil {
+		f, ferr := n.Float64()
+		if ferr != nil || f > 1e18 {
+			return 0, false, fmt.Errorf("%s is out of range", name)
+		}
+		i = int64(f)
 	}
-	f, err := n.Float64()
-	if err != nil || f < -1e18 || f > 1e18 {
+	// jwt_verify_lib reads these as unsigned integers: a negative one is malformed.
+	if i < 0 {
 		return 0, false, fmt.Errorf("%s is out of range", name)
 	}
-	return int64(f), true, nil
+	return i, true, nil
 }
 
 // outputs are the headers a rule sets for a verified token.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -485,8 +486,35 @@ rampart_jwt_requests_total{result="valid"} 1
 	}
 }
 
-func TestNewRejects(t *testing.T) {
+// A rule whose inline JWK Set the authenticator cannot use (not a set, only
+// a symmetric or weak key, no key) loads, as in Envoy: every token for it
+// gets 401, a request without a token passes, and the issuer's key gauge
+// says 0.
+func TestUnusableInlineJWKSRejectsEveryToken(t *testing.T) {
+	k := keyES("e1", ec1)
 	weak := jwksJSON(t, keyRS("w", rsaWeak).jwk())
+	for name, jwks := range map[string]string{
+		"not JSON":        "{",
+		"only a weak key": weak,
+		"HS256 only":      `{"keys":[{"kty":"oct","kid":"h","alg":"HS256","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}]}`,
+		"no keys":         `{"keys":[]}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, Config{Rules: []Rule{{Issuer: issA, JWKS: jwks}}})
+			if r := e.auth(t, bearer(sign(t, k, "e1", claims(issA)))); r.Status != http.StatusUnauthorized {
+				t.Fatalf("a signed token: status %d (%s); want 401", r.Status, r.Reason)
+			}
+			if r := e.auth(t, Request{Method: "GET", Path: "/"}); r.Status != 0 || r.Auth != nil {
+				t.Fatalf("no token: status %d; want it passed on", r.Status)
+			}
+			if up := e.up(issA); up != 0 {
+				t.Fatalf("key gauge %v; want 0", up)
+			}
+		})
+	}
+}
+
+func TestNewRejects(t *testing.T) {
 	good := jwksJSON(t, keyES("e", ec1).jwk())
 	for _, tc := range []struct {
 		name string
@@ -497,8 +525,6 @@ func TestNewRejects(t *testing.T) {
 		{"empty issuer without jwksUri", Config{Rules: []Rule{{JWKS: good}}}, "needs jwksUri"},
 		{"discovery needs a URL issuer", Config{Rules: []Rule{{Issuer: "accounts"}}}, "discovery"},
 		{"bad jwksUri", Config{Rules: []Rule{{Issuer: issA, JWKSURI: "ftp://x"}}}, "jwksUri"},
-		{"inline jwks not JSON", Config{Rules: []Rule{{Issuer: issA, JWKS: "{"}}}, "JWK Set"},
-		{"inline jwks with only a weak key", Config{Rules: []Rule{{Issuer: issA, JWKS: weak}}}, "1024 bits"},
 		{"bad header name", Config{Rules: []Rule{{Issuer: issA, JWKS: good, FromHeaders: []HeaderLocation{{"x y", ""}}}}}, "fromHeaders[0]"},
 		{"bad output header", Config{Rules: []Rule{{Issuer: issA, JWKS: good, OutputClaimToHeaders: []ClaimToHeader{{"x:y", "sub"}}}}}, "outputClaimToHeaders[0]"},
 		{"negative skew", Config{ClockSkew: -time.Second}, "negative"},
@@ -508,6 +534,89 @@ func TestNewRejects(t *testing.T) {
 			_, err := New(tc.cfg)
 			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("New: %v, want ErrInvalidConfig mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// signAppended signs c with raw JSON members appended after its own. The order
+// matters: encoding/json decoding into a struct (go-oidc's IDToken) matches keys
+// case-insensitively and the last match wins, so "SUB" after "sub" would become
+// the subject. Envoy's jwt_verify_lib reads only the exact keys.
+func signAppended(t *testing.T, k *signingKey, c map[string]any, members string) string {
+	t.Helper()
+	b := mustJSON(t, c)
+	return signRaw(t, k.alg, k.priv, k.kid, append(b[:len(b)-1], ","+members+"}"...), nil)
+}
+
+// The registered claims are the exact keys iss, sub, aud, exp, nbf and iat, as
+// in jwt_verify_lib: case variants are ordinary claims, and a malformed
+// registered claim makes the token invalid.
+func TestStandardClaimsExactKeys(t *testing.T) {
+	k := keyES("e1", ec1)
+	fixed := inlineRule(t, issA, k)
+	fixed.Audiences = []string{"svc"}
+	fe := newEnv(t, Config{Rules: []Rule{fixed}})
+	is := newIssuer(t, k)
+	ae := newEnv(t, Config{Rules: []Rule{{JWKSURI: is.URL + "/jwks"}}})
+
+	const tenant, trusted = "https://tenant.example", "https://trusted.example"
+	svc := claims(issA, "aud", "svc")
+	for _, tc := range []struct {
+		name      string
+		anyIssuer bool // the any-issuer rule instead of issA's
+		tok       string
+		status    int
+		reason    string // substring of Reason
+		principal string
+		auds      []string
+	}{
+		{name: "SUB after sub", tok: signAppended(t, k, svc, `"SUB":"admin"`), principal: issA + "/alice", auds: []string{"svc"}},
+		{name: "Sub after sub", tok: signAppended(t, k, svc, `"Sub":"admin"`), principal: issA + "/alice", auds: []string{"svc"}},
+		{name: "long s (U+017F) sub after sub", tok: signAppended(t, k, svc, `"ſub":"admin"`), principal: issA + "/alice", auds: []string{"svc"}},
+		{name: "SUB without sub: no subject", tok: signAppended(t, k, claims(issA, "aud", "svc", "sub", nil), `"SUB":"admin"`), principal: issA + "/", auds: []string{"svc"}},
+		{name: "AUD with the allowed audience beside a wrong aud: 403",
+			tok: signAppended(t, k, claims(issA, "aud", "other"), `"AUD":"svc"`), status: http.StatusForbidden, reason: "audiences are not allowed"},
+		{name: "AUD of the wrong type beside a good aud is ignored", tok: signAppended(t, k, svc, `"AUD":5`), principal: issA + "/alice", auds: []string{"svc"}},
+		{name: "ISS beside iss under an issuer rule", tok: signAppended(t, k, svc, `"ISS":"`+trusted+`"`), principal: issA + "/alice", auds: []string{"svc"}},
+		{name: "ISS beside iss under an any-issuer rule", anyIssuer: true,
+			tok: signAppended(t, k, claims(tenant), `"ISS":"`+trusted+`"`), principal: tenant + "/alice", auds: []string{"rampart"}},
+		{name: "ISS naming the configured issuer beside another iss: 401",
+			tok: signAppended(t, k, claims("https://evil.example", "aud", "svc"), `"ISS":"`+issA+`"`), status: http.StatusUnauthorized, reason: "issuer is not configured"},
+		{name: "EXP in the future beside an expired exp: 401",
+			tok:    signAppended(t, k, claims(issA, "aud", "svc", "exp", t0.Add(-time.Hour).Unix()), `"EXP":`+strconv.FormatInt(t0.Add(time.Hour).Unix(), 10)),
+			status: http.StatusUnauthorized, reason: "expired"},
+		{name: "EXP not a number beside a good exp is ignored", tok: signAppended(t, k, svc, `"EXP":"never"`), principal: issA + "/alice", auds: []string{"svc"}},
+		{name: "IAT not a number beside a good iat is ignored", tok: signAppended(t, k, svc, `"IAT":"x"`), principal: issA + "/alice", auds: []string{"svc"}},
+		{name: "sub a number", tok: sign(t, k, "e1", claims(issA, "aud", "svc", "sub", 42)), status: http.StatusUnauthorized, reason: "sub is not a string"},
+		{name: "sub null", tok: signAppended(t, k, claims(issA, "aud", "svc", "sub", nil), `"sub":null`), status: http.StatusUnauthorized, reason: "sub is not a string"},
+		{name: "aud list with a number", tok: sign(t, k, "e1", claims(issA, "aud", []any{"svc", 5})), status: http.StatusUnauthorized, reason: "aud[1] is not a string"},
+		{name: "aud an object", tok: sign(t, k, "e1", claims(issA, "aud", map[string]any{"svc": true})), status: http.StatusUnauthorized, reason: "aud is not a string or a list of strings"},
+		{name: "aud list", tok: sign(t, k, "e1", claims(issA, "aud", []string{"x", "svc"})), principal: issA + "/alice", auds: []string{"x", "svc"}},
+		{name: "iat a numeric string", tok: sign(t, k, "e1", claims(issA, "aud", "svc", "iat", "1772366400")), status: http.StatusUnauthorized, reason: "iat is not a number"},
+		{name: "nbf a string", tok: sign(t, k, "e1", claims(issA, "aud", "svc", "nbf", "0")), status: http.StatusUnauthorized, reason: "nbf is not a number"},
+		{name: "iat negative", tok: sign(t, k, "e1", claims(issA, "aud", "svc", "iat", -5)), status: http.StatusUnauthorized, reason: "iat is out of range"},
+		{name: "jti a number", tok: sign(t, k, "e1", claims(issA, "aud", "svc", "jti", 7)), status: http.StatusUnauthorized, reason: "jti is not a string"},
+		{name: "jti a string", tok: sign(t, k, "e1", claims(issA, "aud", "svc", "jti", "id-1")), principal: issA + "/alice", auds: []string{"svc"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := fe
+			if tc.anyIssuer {
+				e = ae
+			}
+			res := e.auth(t, bearer(tc.tok))
+			if res.Status != tc.status || !strings.Contains(res.Reason, tc.reason) {
+				t.Fatalf("status %d (%s), want %d (%s)", res.Status, res.Reason, tc.status, tc.reason)
+			}
+			if tc.status != 0 {
+				if res.Auth != nil {
+					t.Errorf("denied token produced a principal %q", res.Auth.Principal)
+				}
+				return
+			}
+			got := [3]any{res.Auth.Principal, res.Auth.Issuer + "/" + res.Auth.Subject, res.Auth.Audiences}
+			if diff := cmp.Diff([3]any{tc.principal, tc.principal, tc.auds}, got); diff != "" {
+				t.Errorf("principal, issuer/subject, audiences (-want +got):\n%s", diff)
 			}
 		})
 	}

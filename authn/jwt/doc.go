@@ -5,10 +5,14 @@
 // change. It owns JWKS fetching, OpenID discovery, key caching and refresh, and a
 // cache of verified tokens.
 //
-// Signature checks, JWK decoding and discovery are go-oidc's and go-jose's; this
-// package adds Istio's location, issuer, audience, clock-skew and header
-// semantics around them. It produces authn.RequestAuth and must not import the
-// proxy, authz or any control-plane package.
+// Signature checks and JWK decoding are go-jose's and OpenID discovery is
+// go-oidc's; this package adds Istio's location, issuer, audience, clock-skew
+// and header semantics around them. The registered claims (iss, sub, aud, exp,
+// nbf, iat) are read from the payload's exact keys, as jwt_verify_lib reads
+// them, never through go-oidc's IDToken: its struct decode matches keys
+// case-insensitively, so "SUB" or "ſub" could stand in for sub. It produces
+// authn.RequestAuth and must not import the proxy, authz or any control-plane
+// package.
 //
 // Where Istio's documentation and Envoy disagree, Envoy wins:
 //   - a fromHeaders prefix missing from the header value means no token there

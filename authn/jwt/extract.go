@@ -166,12 +166,18 @@ func (e *extractor) extract(r Request, out []token) ([]token, *location, error) 
 	return out, nil, nil
 }
 
-// jwtAfter is Envoy's extractJWT: skip to the first base64url-or-dot character
-// at or after i and take the rest; with none, the whole value.
+// jwtAfter is Envoy's extractJWT: the token is the run of base64url-or-dot
+// characters that starts at the first such character at or after i, so
+// "Bearer <jwt> extra" and "Bearer <jwt>," yield <jwt> as in Envoy. With no
+// such character it is the whole value, which then fails as malformed.
 func jwtAfter(v string, i int) string {
 	for ; i < len(v); i++ {
 		if isJWTChar(v[i]) {
-			return v[i:]
+			j := i + 1
+			for j < len(v) && isJWTChar(v[j]) {
+				j++
+			}
+			return v[i:j]
 		}
 	}
 	return v

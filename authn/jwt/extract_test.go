@@ -2,6 +2,8 @@ package jwt
 
 import (
 	"errors"
+	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -37,6 +39,12 @@ func TestExtract(t *testing.T) {
 			want: []string{`header authorization (prefix "Bearer ")=Bearer `}},
 		{name: "defaults: spaces after the prefix are skipped", rules: defaults, headers: []Header{{"Authorization", "Bearer    t.u.v"}},
 			want: []string{`header authorization (prefix "Bearer ")=t.u.v`}},
+		{name: "defaults: the token ends at a space (Envoy)", rules: defaults, headers: []Header{{"Authorization", "Bearer abc.def.ghi extra"}},
+			want: []string{`header authorization (prefix "Bearer ")=abc.def.ghi`}},
+		{name: "defaults: the token ends at a comma (Envoy)", rules: defaults, headers: []Header{{"Authorization", "Bearer abc.def.ghi,"}},
+			want: []string{`header authorization (prefix "Bearer ")=abc.def.ghi`}},
+		{name: "defaults: a non-base64url character inside ends the token there", rules: defaults, headers: []Header{{"Authorization", "Bearer abc$def.ghi.jkl"}},
+			want: []string{`header authorization (prefix "Bearer ")=abc`}},
 		{name: "defaults: two Authorization headers", rules: defaults, headers: []Header{{"Authorization", "Bearer a"}, {"authorization", "Bearer b"}},
 			wantErr: errDuplicateToken},
 		{name: "defaults: a second Authorization without the prefix is not a token", rules: defaults,
@@ -44,12 +52,16 @@ func TestExtract(t *testing.T) {
 			want:    []string{`header authorization (prefix "Bearer ")=b`}},
 		{name: "fromHeaders without prefix: whole value", rules: headerNoPrefix, headers: []Header{{"x-jwt", "a.b.c"}},
 			want: []string{"header x-jwt=a.b.c"}},
+		{name: "fromHeaders without prefix: the whole value, trailing text too (Envoy)", rules: headerNoPrefix, headers: []Header{{"x-jwt", "a.b.c extra"}},
+			want: []string{"header x-jwt=a.b.c extra"}},
 		{name: "fromHeaders without prefix: empty value is an (invalid) token", rules: headerNoPrefix, headers: []Header{{"x-jwt", ""}},
 			want: []string{"header x-jwt="}},
 		{name: "fromHeaders: defaults no longer apply", rules: headerNoPrefix, path: "/?access_token=p", headers: []Header{{"Authorization", "Bearer h"}}},
 		{name: "fromHeaders prefix present", rules: headerPrefix, headers: []Header{{"x-auth", "Token a.b.c"}},
 			want: []string{`header x-auth (prefix "Token ")=a.b.c`}},
 		{name: "fromHeaders prefix found mid-value (Envoy searches anywhere)", rules: headerPrefix, headers: []Header{{"x-auth", "v1 Token a.b.c"}},
+			want: []string{`header x-auth (prefix "Token ")=a.b.c`}},
+		{name: "fromHeaders prefix present, the token ends at ';'", rules: headerPrefix, headers: []Header{{"x-auth", "Token a.b.c; v=1"}},
 			want: []string{`header x-auth (prefix "Token ")=a.b.c`}},
 		{name: "fromHeaders prefix absent: header skipped, no token", rules: headerPrefix, headers: []Header{{"x-auth", "a.b.c"}}},
 		{name: "fromParams: first value wins", rules: params, path: "/?jwt=first&jwt=second",
@@ -140,5 +152,40 @@ func TestAuthenticateLocations(t *testing.T) {
 		if res.Status != 0 || (res.Auth != nil) != tc.authed {
 			t.Errorf("%s: status %d (%s) authenticated %v, want 0 and %v", tc.name, res.Status, res.Reason, res.Auth != nil, tc.authed)
 		}
+	}
+}
+
+// Text after a Bearer token does not make it invalid, as in Envoy, whose
+// extractor stops at the first character outside base64url and '.'; a token
+// with such a character inside is cut there and fails.
+func TestAuthenticateBearerTokenEnds(t *testing.T) {
+	k := keyES("e1", ec1)
+	e := newEnv(t, Config{Rules: []Rule{inlineRule(t, issA, k)}})
+	tok := sign(t, k, "e1", claims(issA))
+	for _, tc := range []struct {
+		name   string
+		value  string
+		status int
+		reason string
+	}{
+		{"followed by a space and text", "Bearer " + tok + " extra", 0, ""},
+		{"followed by a comma", "Bearer " + tok + ",", 0, ""},
+		{"followed by a comma and another scheme", "Bearer " + tok + ", Basic dXNlcjpwdw==", 0, ""},
+		{"'$' inside the header segment", "Bearer " + tok[:5] + "$" + tok[5:], http.StatusUnauthorized, "not in the form"},
+		{"'$' inside the signature", "Bearer " + tok[:len(tok)-5] + "$" + tok[len(tok)-5:], http.StatusUnauthorized, "jwt is invalid"},
+		{"abc$def.ghi.jkl", "Bearer abc$def.ghi.jkl", http.StatusUnauthorized, "not in the form"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := e.auth(t, Request{Method: "GET", Path: "/", Headers: []Header{{"Authorization", tc.value}}})
+			if res.Status != tc.status || !strings.Contains(res.Reason, tc.reason) {
+				t.Fatalf("status %d (%s), want %d (%s)", res.Status, res.Reason, tc.status, tc.reason)
+			}
+			if (res.Auth != nil) != (tc.status == 0) {
+				t.Fatalf("auth %+v with status %d", res.Auth, res.Status)
+			}
+			if tc.status == 0 && res.Auth.Principal != issA+"/alice" {
+				t.Errorf("principal %q, want %q", res.Auth.Principal, issA+"/alice")
+			}
+		})
 	}
 }

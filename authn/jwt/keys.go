@@ -289,6 +289,14 @@ func (s *keySource) discover(ctx context.Context) (string, error) {
 // parseJWKS decodes a JWK Set with go-jose one key at a time, so that one key
 // of an unsupported type or a weak one is skipped (reported in ignored) rather
 // than failing the set. A set with no usable key is an error.
+// CheckJWKS says why an inline JWK Set has no key the authenticator can use,
+// or nil when it has one. A rule with such a set still loads (as in Envoy):
+// every token it would verify gets 401.
+func CheckJWKS(jwks string) error {
+	_, _, err := parseJWKS([]byte(jwks))
+	return err
+}
+
 func parseJWKS(data []byte) (keys []publicKey, ignored []string, err error) {
 	var set struct {
 		Keys []json.RawMessage `json:"keys"`
