@@ -37,6 +37,9 @@ type WireBundle struct {
 	// RateLimits are the local rate limits (RateLimitPolicy) that apply to the
 	// workload, in the order they are checked.
 	RateLimits []RateLimit `json:"rateLimits,omitempty"`
+	// PathNormalization is the mesh's pathNormalization (NONE, BASE,
+	// MERGE_SLASHES, DECODE_AND_MERGE_SLASHES); empty means Istio's default.
+	PathNormalization string `json:"pathNormalization,omitempty"`
 }
 
 // WireProvider is one Rego CUSTOM provider: its bundle (an OPA bundle
@@ -158,5 +161,5 @@ func WireBundleFrom(res *anypb.Any) (WireBundle, error) {
 
 // Bundle is the engine bundle of a wire bundle.
 func (b WireBundle) Bundle() Bundle {
-	return Bundle{Revision: b.Revision, Modules: b.Modules}
+	return Bundle{Revision: b.Revision, Modules: b.Modules, PathNormalization: b.PathNormalization}
 }

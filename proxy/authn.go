@@ -32,39 +32,64 @@ type jwtAuthn struct {
 
 var _ inbound.Authenticator = (*jwtAuthn)(nil)
 
-func (j *jwtAuthn) load(ctx context.Context, dir string) error {
-	data, err := os.ReadFile(filepath.Join(dir, "authn.json"))
-	if errors.Is(err, fs.ErrNotExist) {
-		data = []byte("[]")
-	} else if err != nil {
-		return err
-	}
-	if err := j.loadJSON(ctx, data); err != nil {
-		return fmt.Errorf("%s/authn.json: %w", dir, err)
-	}
-	return nil
+// jwtRules is a request authentication rule set that has been parsed and
+// validated, with its authenticator built but not in force: install
+// publishes it. Building does no I/O and starts nothing, so a bundle whose
+// other parts are refused can drop it.
+type jwtRules struct {
+	n   int
+	a   *jwt.Authenticator // nil: no rules, tokens are ignored
+	reg *prometheus.Registry
 }
 
-// loadJSON installs the rules in data (a JSON list of jwt.Rule).
-func (j *jwtAuthn) loadJSON(ctx context.Context, data []byte) error {
+// buildDir builds the rules in dir/authn.json; a missing file means no rules.
+func (j *jwtAuthn) buildDir(dir string) (*jwtRules, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "authn.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		data = nil
+	} else if err != nil {
+		return nil, err
+	}
+	r, err := j.build(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s/authn.json: %w", dir, err)
+	}
+	return r, nil
+}
+
+// build parses data (a JSON list of jwt.Rule) and builds its authenticator
+// without installing it. jwt.New validates every rule (and parses inline JWKS)
+// and does no I/O; remote key sets are fetched once install runs it.
+func (j *jwtAuthn) build(data []byte) (*jwtRules, error) {
 	if len(data) == 0 {
 		data = []byte("[]")
 	}
 	var rules []jwt.Rule
 	if err := json.Unmarshal(data, &rules); err != nil {
-		return err
+		return nil, err
 	}
-	var err error
-	var a *jwt.Authenticator
+	r := &jwtRules{n: len(rules)}
+	if len(rules) == 0 {
+		return r, nil
+	}
+	// Each authenticator gets its own registry: metrics cannot be registered twice.
+	r.reg = prometheus.NewRegistry()
+	a, err := jwt.New(jwt.Config{Rules: rules, Log: j.log, Metrics: r.reg})
+	if err != nil {
+		return nil, err
+	}
+	r.a = a
+	return r, nil
+}
+
+// install makes r the rules in force, starts its JWKS refresh and stops the
+// previous authenticator's. It cannot fail: everything that can was done by
+// build.
+func (j *jwtAuthn) install(ctx context.Context, r *jwtRules) {
 	var runCtx context.Context
 	var cancel context.CancelFunc
 	done := make(chan struct{})
-	if len(rules) > 0 {
-		// Each authenticator gets its own registry: metrics cannot be registered twice.
-		reg := prometheus.NewRegistry()
-		if a, err = jwt.New(jwt.Config{Rules: rules, Log: j.log, Metrics: reg}); err != nil {
-			return err
-		}
+	if a := r.a; a != nil {
 		runCtx, cancel = context.WithCancel(context.WithoutCancel(ctx))
 		go func() {
 			defer close(done)
@@ -72,22 +97,21 @@ func (j *jwtAuthn) loadJSON(ctx context.Context, data []byte) error {
 				j.log.Error("JWKS refresh stopped", "err", err)
 			}
 		}()
-		j.mu.Lock()
-		j.metricR = reg
-		j.mu.Unlock()
 	} else {
 		close(done)
 	}
 	j.mu.Lock()
+	if r.reg != nil {
+		j.metricR = r.reg
+	}
 	oldCancel, oldDone := j.cancel, j.done
-	j.cur, j.cancel, j.done = a, cancel, done
+	j.cur, j.cancel, j.done = r.a, cancel, done
 	j.mu.Unlock()
 	if oldCancel != nil {
 		oldCancel()
 		<-oldDone
 	}
-	j.log.Info("request authentication rules loaded", "rules", len(rules))
-	return nil
+	j.log.Info("request authentication rules loaded", "rules", r.n)
 }
 
 // Describe implements prometheus.Collector. It describes nothing: the metrics

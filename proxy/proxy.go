@@ -247,14 +247,7 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := p.engine.Load(ctx, b); err != nil {
-			return fmt.Errorf("authz bundle %s: %w", in.BundleDir, err)
-		}
-		releaseMemory()
-		if err := authn.load(ctx, in.BundleDir); err != nil {
-			return err
-		}
-		if err := peerMode.load(in.BundleDir, in.App); err != nil {
+		if err := p.loadBundleDir(ctx, b, authn, peerMode); err != nil {
 			return err
 		}
 		source = func(ctx context.Context) error { return p.pollBundleDir(ctx, b.Revision, authn, peerMode) }
@@ -304,9 +297,15 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 	return g.Wait()
 }
 
-// apply installs a bundle: the Rego first (refused if it does not compile), then
-// the PeerAuthentication modes and RequestAuthentication rules, then the rate
-// limits (validated before anything changes; unchanged limits keep their buckets).
+// apply installs a bundle whole or not at all: build, validate, publish.
+// The rate limits, CUSTOM providers, PeerAuthentication mode and
+// RequestAuthentication rules are built and validated first, with nothing in
+// force changed; the Rego is compiled and installed last, as it is the one
+// part the engine cannot prepare without installing; only once it is in
+// force are the other parts, which can no longer fail, published. A bundle
+// with any part refused returns an error (the update is NACKed) and leaves
+// every part at its last good value, so the sidecar never runs one bundle's
+// authorization policy with another's authentication rules.
 func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn, peerMode *peerModes) error {
 	if p.engine == nil {
 		return nil // neither inbound nor gateway: nothing here evaluates policy
@@ -324,18 +323,24 @@ func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn,
 		return err
 	}
 	b.Providers = provs
+	var mode string
+	if p.cfg.Inbound != nil {
+		if mode, err = parsePeerMode(wb.Peer, p.cfg.Inbound.App); err != nil {
+			return fmt.Errorf("peer modes: %w", err)
+		}
+	}
+	rules, err := authn.build(wb.JWTRules)
+	if err != nil {
+		return fmt.Errorf("request authentication rules: %w", err)
+	}
 	if err := p.engine.Load(ctx, b); err != nil {
 		return err
 	}
 	releaseMemory()
 	if p.cfg.Inbound != nil {
-		if err := peerMode.loadJSON(wb.Peer, p.cfg.Inbound.App); err != nil {
-			return fmt.Errorf("peer modes: %w", err)
-		}
+		peerMode.set(mode)
 	}
-	if err := authn.loadJSON(ctx, wb.JWTRules); err != nil {
-		return fmt.Errorf("request authentication rules: %w", err)
-	}
+	authn.install(ctx, rules)
 	if limits != nil {
 		p.limiter.Swap(limits)
 	}
@@ -482,7 +487,6 @@ func (p *Proxy) listenOutbound() error {
 
 // pollBundleDir reloads the bundle directory when its revision changes.
 func (p *Proxy) pollBundleDir(ctx context.Context, rev string, authn *jwtAuthn, peerMode *peerModes) error {
-	in := p.cfg.Inbound
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
@@ -491,23 +495,46 @@ func (p *Proxy) pollBundleDir(ctx context.Context, rev string, authn *jwtAuthn, 
 			return nil
 		case <-t.C:
 		}
-		nb, err := authz.LoadBundleDir(in.BundleDir)
-		if err != nil || nb.Revision == rev {
-			continue
-		}
-		rev = nb.Revision
-		if err := p.engine.Load(ctx, nb); err != nil {
-			p.log.Error("new authz bundle refused; keeping the last good one", "revision", nb.Revision, "err", err)
-			continue
-		}
-		releaseMemory()
-		if err := peerMode.load(in.BundleDir, in.App); err != nil {
-			p.log.Error("new PeerAuthentication mode refused; keeping the last good one", "revision", nb.Revision, "err", err)
-		}
-		if err := authn.load(ctx, in.BundleDir); err != nil {
-			p.log.Error("new RequestAuthentication rules refused; keeping the last good ones", "revision", nb.Revision, "err", err)
-		}
+		rev = p.reloadBundleDir(ctx, rev, authn, peerMode)
 	}
+}
+
+// reloadBundleDir installs the bundle directory if its revision is not rev and
+// returns the revision it saw. A bundle that is refused is logged and not
+// retried until the revision changes again; the last good one stays in force.
+func (p *Proxy) reloadBundleDir(ctx context.Context, rev string, authn *jwtAuthn, peerMode *peerModes) string {
+	nb, err := authz.LoadBundleDir(p.cfg.Inbound.BundleDir)
+	if err != nil || nb.Revision == rev {
+		return rev
+	}
+	if err := p.loadBundleDir(ctx, nb, authn, peerMode); err != nil {
+		p.log.Error("new bundle refused; keeping the last good one", "revision", nb.Revision, "err", err)
+	}
+	return nb.Revision
+}
+
+// loadBundleDir installs b, read from the bundle directory, with the
+// directory's PeerAuthentication mode (peer.json) and RequestAuthentication
+// rules (authn.json), whole or not at all, as apply does: the mode and rules
+// are read and validated first, the Rego is installed last, and only then are
+// the mode and rules published. On error nothing changed.
+func (p *Proxy) loadBundleDir(ctx context.Context, b authz.Bundle, authn *jwtAuthn, peerMode *peerModes) error {
+	in := p.cfg.Inbound
+	mode, err := readPeerMode(in.BundleDir, in.App)
+	if err != nil {
+		return err
+	}
+	rules, err := authn.buildDir(in.BundleDir)
+	if err != nil {
+		return err
+	}
+	if err := p.engine.Load(ctx, b); err != nil {
+		return fmt.Errorf("authz bundle %s: %w", in.BundleDir, err)
+	}
+	releaseMemory()
+	peerMode.set(mode)
+	authn.install(ctx, rules)
+	return nil
 }
 
 // Agent returns the identity agent.
@@ -596,33 +623,37 @@ func (p *peerModes) get() string {
 	return inbound.ModePermissive
 }
 
-func (p *peerModes) load(dir, app string) error {
+func (p *peerModes) set(mode string) { p.mode.Store(mode) }
+
+// readPeerMode returns the mode for app's port from dir/peer.json; PERMISSIVE
+// without one.
+func readPeerMode(dir, app string) (string, error) {
 	data, err := os.ReadFile(filepath.Join(dir, "peer.json"))
 	if errors.Is(err, fs.ErrNotExist) {
-		p.mode.Store(inbound.ModePermissive)
-		return nil
+		return inbound.ModePermissive, nil
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
-	if err := p.loadJSON(data, app); err != nil {
-		return fmt.Errorf("%s/peer.json: %w", dir, err)
+	mode, err := parsePeerMode(data, app)
+	if err != nil {
+		return "", fmt.Errorf("%s/peer.json: %w", dir, err)
 	}
-	return nil
+	return mode, nil
 }
 
-// loadJSON installs the modes in data (compile.PeerPolicy as JSON) for app's port.
-func (p *peerModes) loadJSON(data []byte, app string) error {
+// parsePeerMode returns the mode in data (compile.PeerPolicy as JSON) for
+// app's port; PERMISSIVE when data is empty.
+func parsePeerMode(data []byte, app string) (string, error) {
 	if len(data) == 0 {
-		p.mode.Store(inbound.ModePermissive)
-		return nil
+		return inbound.ModePermissive, nil
 	}
 	var pol struct {
 		Mode  string            `json:"mode"`
 		Ports map[string]string `json:"ports"`
 	}
 	if err := json.Unmarshal(data, &pol); err != nil {
-		return err
+		return "", err
 	}
 	mode := pol.Mode
 	if _, port, err := net.SplitHostPort(app); err == nil {
@@ -633,10 +664,9 @@ func (p *peerModes) loadJSON(data []byte, app string) error {
 	switch mode {
 	case inbound.ModeDisable, inbound.ModePermissive, inbound.ModeStrict:
 	default:
-		return fmt.Errorf("unknown mode %q", mode)
+		return "", fmt.Errorf("unknown mode %q", mode)
 	}
-	p.mode.Store(mode)
-	return nil
+	return mode, nil
 }
 
 // nodeID is the xDS node id: the SPIFFE ID, and the workload's name after "~"

@@ -435,6 +435,10 @@ func (s *Server) reload(first bool) error {
 	}
 	nw, nfs := compile.DecodeNetworkingWith(objs, s.cfg.Mesh, "default", kreg)
 	nfs = append(nfs, rateLimitFindings(objs)...)
+	// A JWT rule every sidecar it reaches would refuse (and so NACK its whole
+	// bundle) is refused here, where the last good one can stay.
+	ras, rfs := compile.DecodeRequestAuthentications(objs, "default")
+	nfs = append(append(nfs, rfs...), compile.ValidateRequestAuthentications(ras)...)
 	for _, f := range nfs {
 		if f.Severity == compile.SeverityError {
 			s.rejects.WithLabelValues("invalid").Inc()
@@ -647,7 +651,13 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 			fmt.Fprintf(h, "%s\x00%s\x00%t\x00%d\x00", x.Target, x.Timeout, x.FailOpen, x.StatusOnError)
 		}
 	}
-	return authz.WireBundle{Revision: hex.EncodeToString(h.Sum(nil))[:16], Modules: mods, JWTRules: rj, Peer: pj, Providers: provs, RateLimits: rls}, nil
+	pn := ""
+	if mesh.PathNormalization != nil {
+		pn = mesh.PathNormalization.Normalization
+	}
+	fmt.Fprintf(h, "pathNormalization\x00%s\x00", pn)
+	return authz.WireBundle{Revision: hex.EncodeToString(h.Sum(nil))[:16], Modules: mods, JWTRules: rj, Peer: pj, Providers: provs, RateLimits: rls,
+		PathNormalization: pn}, nil
 }
 
 func (s *Server) onOpen(ctx context.Context, streamID int64, _ string) error {
