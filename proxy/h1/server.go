@@ -92,6 +92,10 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	sc.bw.Reset(c)
 	// As net/http's server: handlers may ask which local address was dialled.
 	ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
+	// httputil.ReverseProxy aborts a response whose upstream body broke off
+	// (http.ErrAbortHandler) only under a server: otherwise it returns, and
+	// the response would be finished as if whole.
+	ctx = context.WithValue(ctx, http.ServerContextKey, serverMarker)
 	if s.ConnContext != nil {
 		ctx = s.ConnContext(ctx, c)
 	}
@@ -215,6 +219,9 @@ func (sc *serverConn) handOff(readAgain bool) {
 	sc.release()
 	sc.srv.HTTP2(rc)
 }
+
+// serverMarker is the http.ServerContextKey value of requests served here.
+var serverMarker = &http.Server{}
 
 var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 

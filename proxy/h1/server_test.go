@@ -6,8 +6,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -615,3 +618,41 @@ func TestServerBodyReadAfterHandlerReturns(t *testing.T) {
 
 // noHalfClose hides the connection's CloseWrite.
 type noHalfClose struct{ net.Conn }
+
+// A reverse proxy whose upstream dies in the middle of a chunked body aborts
+// the response (the client sees the connection cut, no last chunk), as under
+// net/http's server: ReverseProxy aborts only when it sees a server in the
+// request's context.
+func TestServerReverseProxyAbortsBrokenBody(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					c.Close()
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nfirst half of th")
+				time.Sleep(50 * time.Millisecond)
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+			}()
+		}
+	}()
+	target, _ := url.Parse("http://" + lis.Addr().String())
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	addr, _ := serve(t, &Server{Handler: rp})
+	out := raw(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 2*time.Second)
+	if !strings.Contains(out, "first half of th") || strings.Contains(out, "\r\n0\r\n") {
+		t.Fatalf("got %q; want the first half and the connection cut, without a last chunk", out)
+	}
+}

@@ -227,6 +227,9 @@ type result struct {
 	cluster string
 	host    string
 	detail  string
+	// abort: the upstream's body broke off after the response started. The
+	// handler panics with http.ErrAbortHandler once the request is recorded.
+	abort bool
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -245,6 +248,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.Log(r.Context(), level, "access", "method", r.Method, "authority", r.Host, "path", r.URL.RequestURI(), "status", res.code,
 			"flags", flagOrDash(res.flags), "detail", res.detail, "cluster", res.cluster, "upstream", res.host,
 			"duration_ms", time.Since(start).Milliseconds(), "request_id", r.Header.Get("x-request-id"))
+	}
+	if res.abort {
+		// Returning would let the server end the message (the last chunk,
+		// END_STREAM) and the client would take a short body for a whole
+		// one; the abort cuts the connection (or resets the stream) instead.
+		panic(http.ErrAbortHandler)
 	}
 }
 
@@ -456,14 +465,18 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	var ep upstream.Endpoint
 	var err error
 	flags := ""
+	permitted := false // the retry budget already let this attempt go
 	for i := 0; i < attempts; i++ {
-		if i > 0 {
+		if i > 0 && !permitted {
 			release, ok := cl.TryRetry()
 			if !ok {
 				flags = "UO"
 				break
 			}
 			release()
+		}
+		permitted = false
+		if i > 0 {
 			// Envoy's backoff: fully jittered, the ceiling doubling from the base.
 			base := rt.Retry.BackOffBase
 			if base <= 0 {
@@ -530,10 +543,18 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			return reply(w, http.StatusServiceUnavailable, f, "upstream_reset_before_response_started{"+err.Error()+"}")
 		}
 		if retriable && i+1 < attempts && rt.Retry.ShouldRetry(resp.StatusCode, route.AttemptOK) {
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-			resp.Body.Close()
-			cancel()
-			continue
+			// The budget is asked before this response is thrown away: when
+			// it says no, the client gets this response (flag UO), as Envoy
+			// forwards the upstream's answer on a retry overflow.
+			if release, ok := cl.TryRetry(); ok {
+				release()
+				permitted = true
+				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+				resp.Body.Close()
+				cancel()
+				continue
+			}
+			flags = strings.TrimPrefix(flags+",UO", ",")
 		}
 		defer cancel()
 		break
@@ -557,21 +578,22 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		w.Header().Add("Trailer", k)
 	}
 	w.WriteHeader(resp.StatusCode)
+	var flush http.Flusher
 	if f, ok := w.(http.Flusher); ok && (resp.ContentLength == -1 || strings.HasPrefix(resp.Header.Get("content-type"), "text/event-stream")) {
 		f.Flush() // a streaming client needs the headers before the first message
-		copyFlushing(w, f, resp.Body)
-	} else {
-		bp := copyBufs.Get().(*[]byte)
-		// writerOnly hides the ResponseWriter's ReadFrom, which would ignore
-		// the pooled buffer and allocate its own for every response.
-		_, _ = io.CopyBuffer(writerOnly{w}, resp.Body, *bp)
-		copyBufs.Put(bp)
+		flush = f
+	}
+	if flags != "URX" && flags != "UO" && flags != "URX,UO" {
+		flags = ""
+	}
+	// A read that failed because the client's own request ended (it went
+	// away) is not the upstream's doing, and there is no one left to abort.
+	if err := copyBody(w, flush, resp.Body); err != nil && r.Context().Err() == nil {
+		return result{code: resp.StatusCode, cluster: clusterName, host: ep.Address, flags: strings.TrimPrefix(flags+",UC", ","),
+			detail: "upstream_reset_after_response_started{" + err.Error() + "}", abort: true}
 	}
 	for k, vs := range resp.Trailer {
 		w.Header()[http.TrailerPrefix+k] = vs
-	}
-	if flags != "URX" {
-		flags = ""
 	}
 	return result{code: resp.StatusCode, cluster: clusterName, host: ep.Address, flags: flags, detail: "via_upstream"}
 }
@@ -617,7 +639,11 @@ func (s *Server) tunnel(w http.ResponseWriter, resp *http.Response, cluster stri
 	return result{code: http.StatusSwitchingProtocols, cluster: cluster, detail: "via_upstream"}
 }
 
-func copyFlushing(w io.Writer, f http.Flusher, r io.Reader) {
+// copyBody copies an upstream's response body to the client, flushing after
+// each read when f is set (a stream). It returns the upstream's read error,
+// io.EOF excepted. A write that fails means the client went away: the copy
+// ends without an error, as there is no one left to tell.
+func copyBody(w io.Writer, f http.Flusher, r io.Reader) error {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -625,12 +651,17 @@ func copyFlushing(w io.Writer, f http.Flusher, r io.Reader) {
 		n, err := r.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
+				return nil
 			}
-			f.Flush()
+			if f != nil {
+				f.Flush()
+			}
+		}
+		if err == io.EOF {
+			return nil
 		}
 		if err != nil {
-			return
+			return err
 		}
 	}
 }
@@ -687,6 +718,3 @@ func (c *codeRecorder) WriteHeader(code int) {
 	c.code = code
 	c.ResponseWriter.WriteHeader(code)
 }
-
-// writerOnly is an io.Writer and nothing else.
-type writerOnly struct{ io.Writer }

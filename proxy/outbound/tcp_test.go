@@ -114,6 +114,31 @@ type tlsEnv struct {
 
 func newTLSEnv(t *testing.T) *tlsEnv {
 	t.Helper()
+	e := &tlsEnv{t: t, log: &catest.SyncBuffer{}, addrs: map[string]string{}, plain: make(chan []byte, 8)}
+	for _, name := range []string{"a.example.com", "b.example.com"} {
+		e.addrs[name] = e.tlsBackend(name)
+	}
+	e.addrs["plain"] = e.plainBackend()
+	e.ups = newUpstreams(t, e.addrs)
+	e.tcp = NewTCP("127.0.0.1", e.ups, slog.New(slog.NewTextHandler(e.log, nil)))
+	e.port = freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = e.tcp.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return e
+}
+
+// newUpstreams is an upstream manager with a client identity from a test CA
+// and a static plaintext cluster for each name → address in addrs.
+func newUpstreams(t *testing.T, addrs map[string]string) *upstream.Manager {
+	t.Helper()
+	return newUpstreamsWith(t, addrs, nil)
+}
+
+// newUpstreamsWith is newUpstreams with each cluster changed by mod (if set).
+func newUpstreamsWith(t *testing.T, addrs map[string]string, mod func(*clusterv3.Cluster)) *upstream.Manager {
+	t.Helper()
 	a, err := ca.New(ca.Config{StateDir: t.TempDir(), TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")})
 	if err != nil {
 		t.Fatal(err)
@@ -127,13 +152,8 @@ func newTLSEnv(t *testing.T) *tlsEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(ups.Close)
-	e := &tlsEnv{t: t, ups: ups, log: &catest.SyncBuffer{}, addrs: map[string]string{}, plain: make(chan []byte, 8)}
-	for _, name := range []string{"a.example.com", "b.example.com"} {
-		e.addrs[name] = e.tlsBackend(name)
-	}
-	e.addrs["plain"] = e.plainBackend()
 	var clusters []*clusterv3.Cluster
-	for name, addr := range e.addrs {
+	for name, addr := range addrs {
 		host, port, _ := net.SplitHostPort(addr)
 		p, _ := strconv.Atoi(port)
 		clusters = append(clusters, &clusterv3.Cluster{Name: name, ConnectTimeout: durationpb.New(5 * time.Second),
@@ -143,16 +163,15 @@ func newTLSEnv(t *testing.T) *tlsEnv {
 					SocketAddress: &corev3.SocketAddress{Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)}}}}}}}}}}},
 		})
 	}
+	if mod != nil {
+		for _, c := range clusters {
+			mod(c)
+		}
+	}
 	if err := ups.Update(clusters, nil); err != nil {
 		t.Fatal(err)
 	}
-	e.tcp = NewTCP("127.0.0.1", ups, slog.New(slog.NewTextHandler(e.log, nil)))
-	e.port = freePort(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = e.tcp.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return e
+	return ups
 }
 
 type staticSVID struct{ s *x509svid.SVID }

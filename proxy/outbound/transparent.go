@@ -21,6 +21,17 @@ type transparentConn struct {
 	dst netip.AddrPort
 }
 
+// CloseWrite half-closes the connection underneath when it can, else closes
+// it. Embedding net.Conn would hide it, and the HTTP/1 server's lingering
+// close (half-close, then drain what the client still sends, so no reset
+// destroys a response it has not read) and Splice's half-close both look for it.
+func (c *transparentConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
 // sniffTimeout bounds the wait for a client's first bytes; protocols where
 // the server speaks first get TCP handling after it.
 const sniffTimeout = 5 * time.Second
