@@ -779,31 +779,59 @@ func (l *lowering) trustDomains(field string, vals []string, negate bool) string
 	return neg2(strMatch(refTrustDomain, pats), negate)
 }
 
-// requestPrincipals compiles <iss>/<sub> patterns, split at the last '/'.
+// requestPrincipals compiles <iss>/<sub> values as Istio's generator reads
+// them: the value splits at its last '/'; only a leading '*' of the whole value
+// is a wildcard, on the issuer's side (a suffix), or a trailing one, on the
+// subject's side (a prefix); whatever it does not touch is exact. Without a
+// '/', a leading '*' makes a subject suffix (any issuer) and a trailing one an
+// issuer prefix (any non-empty subject). So "*/*" wants the subject "*", and
+// "iss/*@example.com" is exact on both halves.
 func (l *lowering) requestPrincipals(field string, vals []string, negate bool) string {
 	vals = l.values(field, vals, nil)
 	if len(vals) == 0 {
 		return ""
 	}
 	var pairs []string
+	pattern := func(im, iss, sm, sub string) string {
+		return "[" + quote(im) + ", " + quote(iss) + ", " + quote(sm) + ", " + quote(sub) + "]"
+	}
 	for _, v := range vals {
-		var iss, sub string
-		switch i := strings.LastIndex(v, "/"); {
+		switch {
 		case v == "*":
-			iss, sub = "*", "*"
-		case i >= 0:
-			iss, sub = v[:i], v[i+1:]
-			if iss == "" || sub == "" {
-				continue // can never match: the principal is iss/sub with both non-empty
+			pairs = append(pairs, pattern("present", "", "present", ""))
+		case strings.HasPrefix(v, "*"):
+			rest := v[1:]
+			if i := strings.LastIndex(rest, "/"); i >= 0 {
+				iss, sub := rest[:i], rest[i+1:]
+				if sub == "" {
+					continue // the principal's subject is never empty
+				}
+				pairs = append(pairs, pattern("suffix", iss, "exact", sub))
+			} else {
+				pairs = append(pairs, pattern("any", "", "suffix", rest))
 			}
 		case strings.HasSuffix(v, "*"):
-			iss, sub = v, "*"
-		case strings.HasPrefix(v, "*"):
-			iss, sub = "*", v
+			rest := v[:len(v)-1]
+			if i := strings.LastIndex(rest, "/"); i >= 0 {
+				iss, sub := rest[:i], rest[i+1:]
+				if iss == "" {
+					continue
+				}
+				mode := "prefix"
+				if sub == "" {
+					mode = "present"
+				}
+				pairs = append(pairs, pattern("exact", iss, mode, sub))
+			} else {
+				pairs = append(pairs, pattern("prefix", rest, "present", ""))
+			}
 		default:
-			continue // no '/' and no wildcard: never equal to iss/sub
+			i := strings.LastIndex(v, "/")
+			if i < 0 || i == 0 || i == len(v)-1 {
+				continue // no '/', or an empty half: never equal to iss/sub
+			}
+			pairs = append(pairs, pattern("exact", v[:i], "exact", v[i+1:]))
 		}
-		pairs = append(pairs, "["+quote(iss)+", "+quote(sub)+"]")
 	}
 	if len(pairs) == 0 {
 		return neg2("false", negate)

@@ -100,10 +100,32 @@ metadata_match(v, _, list_patterns) if {
 	match_any(e, list_patterns)
 }
 
-# request_principal_match: the JWT's iss and sub each match the halves of one
-# <iss>/<sub> pattern (split at its last "/"). A token without sub never matches.
-request_principal_match(auth, pairs) if {
-	some pair in pairs
-	match(auth.issuer, pair[0])
-	match(auth.subject, pair[1])
+# request_principal_match: the JWT's iss and sub match one pattern
+# [iss_mode, iss, sub_mode, sub], which the compiler makes from an <iss>/<sub>
+# value the way Istio reads it: only a leading or trailing "*" of the whole
+# value is a wildcard, on the half it touches; the other half is exact. Modes:
+# "exact", "prefix", "suffix", "present" (non-empty) and "any".
+request_principal_match(auth, patterns) if {
+	some p in patterns
+	principal_half(auth.issuer, p[0], p[1])
+	principal_half(auth.subject, p[2], p[3])
+}
+
+principal_half(_, "any", _)
+
+principal_half(v, "present", _) if {
+	is_string(v)
+	v != ""
+}
+
+principal_half(v, "exact", p) if v == p
+
+principal_half(v, "prefix", p) if {
+	is_string(v)
+	startswith(v, p)
+}
+
+principal_half(v, "suffix", p) if {
+	is_string(v)
+	endswith(v, p)
 }

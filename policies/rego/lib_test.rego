@@ -218,44 +218,53 @@ test_claim_match_split_non_string if {
 	not lib.claim_match_split(input.n, ["*"]) with input as {"n": null}
 }
 
-# request_principal_match: iss and sub against the halves of <iss>/<sub>.
+# request_principal_match: iss and sub against [iss_mode, iss, sub_mode, sub].
 
 auth := {"issuer": "https://issuer.example.com", "subject": "alice", "principal": "https://issuer.example.com/alice"}
 
 test_request_principal_exact if {
-	lib.request_principal_match(auth, [["https://issuer.example.com", "alice"]])
-	not lib.request_principal_match(auth, [["https://issuer.example.com", "bob"]])
-	not lib.request_principal_match(auth, [["https://other.example.com", "alice"]])
+	lib.request_principal_match(auth, [["exact", "https://issuer.example.com", "exact", "alice"]])
+	not lib.request_principal_match(auth, [["exact", "https://issuer.example.com", "exact", "bob"]])
+	not lib.request_principal_match(auth, [["exact", "https://other.example.com", "exact", "alice"]])
 }
 
-test_request_principal_any if lib.request_principal_match(auth, [["*", "*"]])
+test_request_principal_any if lib.request_principal_match(auth, [["present", "", "present", ""]])
 
-test_request_principal_wildcards if {
-	lib.request_principal_match(auth, [["https://issuer.example.com", "*"]])
-	lib.request_principal_match(auth, [["https://issuer.example.com", "al*"]])
-	lib.request_principal_match(auth, [["*", "alice"]])
-	lib.request_principal_match(auth, [["*.example.com", "alice"]])
-	lib.request_principal_match(auth, [["https://issuer*", "*"]])
-	lib.request_principal_match(auth, [["*", "*ice"]])
-	not lib.request_principal_match(auth, [["*.example.org", "alice"]])
+test_request_principal_modes if {
+	lib.request_principal_match(auth, [["exact", "https://issuer.example.com", "present", ""]])
+	lib.request_principal_match(auth, [["exact", "https://issuer.example.com", "prefix", "al"]])
+	lib.request_principal_match(auth, [["any", "", "exact", "alice"]])
+	lib.request_principal_match(auth, [["suffix", ".example.com", "exact", "alice"]])
+	lib.request_principal_match(auth, [["prefix", "https://issuer", "present", ""]])
+	lib.request_principal_match(auth, [["any", "", "suffix", "ice"]])
+	not lib.request_principal_match(auth, [["suffix", ".example.org", "exact", "alice"]])
 }
 
-test_request_principal_any_pair if lib.request_principal_match(auth, [["x", "y"], ["https://issuer.example.com", "alice"]])
+# A '*' that the mode does not make a wildcard is a literal.
+test_request_principal_literal_star if {
+	star := {"issuer": "https://iss*", "subject": "ali*"}
+	lib.request_principal_match(star, [["exact", "https://iss*", "exact", "ali*"]])
+	not lib.request_principal_match(auth, [["exact", "https://issuer.example.com", "exact", "*"]])
+	not lib.request_principal_match(auth, [["exact", "https://iss*", "exact", "alice"]])
+}
+
+test_request_principal_any_pair if lib.request_principal_match(auth, [["exact", "x", "exact", "y"], ["exact", "https://issuer.example.com", "exact", "alice"]])
 
 test_request_principal_missing_sub if {
 	no_sub := {"issuer": "https://issuer.example.com", "subject": ""}
-	not lib.request_principal_match(no_sub, [["*", "*"]])
-	not lib.request_principal_match(no_sub, [["https://issuer.example.com", "*"]])
-	not lib.request_principal_match(no_sub, [["*", "*x"]])
+	not lib.request_principal_match(no_sub, [["present", "", "present", ""]])
+	not lib.request_principal_match(no_sub, [["exact", "https://issuer.example.com", "present", ""]])
+	not lib.request_principal_match(no_sub, [["any", "", "suffix", "x"]])
 	absent := {"issuer": "https://issuer.example.com"}
-	not lib.request_principal_match(absent, [["*", "*"]])
+	not lib.request_principal_match(absent, [["present", "", "present", ""]])
+	not lib.request_principal_match(absent, [["any", "", "suffix", ""]])
 }
 
 test_request_principal_no_token if {
-	not lib.request_principal_match(input.auth, [["*", "*"]]) with input as {"auth": null}
+	not lib.request_principal_match(input.auth, [["present", "", "present", ""]]) with input as {"auth": null}
 
 	# The compiled form: object.get makes the negation hold without a token.
-	not lib.request_principal_match(object.get(input, "auth", null), [["*", "*"]]) with input as {}
+	not lib.request_principal_match(object.get(input, "auth", null), [["any", "", "suffix", ""]]) with input as {}
 }
 
 test_request_principal_no_pairs if not lib.request_principal_match(auth, [])
