@@ -179,6 +179,11 @@ func (rd *reads) key(r *Request, path string) string {
 		b.WriteByte(0)
 	}
 	b.WriteString(strconv.Itoa(r.DestinationPort))
+	if rd.allHeaders || rd.headers[":path"] {
+		// :path carries the query, which path does not.
+		b.WriteByte(0)
+		b.WriteString(r.Path)
+	}
 	for _, h := range r.Headers {
 		n := strings.ToLower(h.Name)
 		if rd.allHeaders || rd.headers[n] {

@@ -36,6 +36,7 @@ spec:
   action: DENY
   rules:
   - when: [{key: "request.headers[x-evil]", values: ["*"]}]
+  - when: [{key: "request.headers[:path]", values: ["*debug=1"]}]
   - from: [{source: {remoteIpBlocks: ["192.168.0.0/16"]}}]
     to: [{operation: {methods: ["DELETE"]}}]
 ---
@@ -111,7 +112,7 @@ func TestVerdictCacheAgreesWithEvaluation(t *testing.T) {
 			RemoteIP:        pick(rng, "", "192.168.3.4"),
 			DestinationIP:   "10.0.0.1", DestinationPort: []int{8000, 9000}[rng.IntN(2)],
 			Method: pick(rng, "GET", "POST", "DELETE"), Host: pick(rng, "api.foo", "API.FOO.svc", "other"),
-			Path:     pick(rng, "/api/1", "/api/2", "/private/x", "/api/../private/x", "/"),
+			Path:     pick(rng, "/api/1", "/api/2", "/private/x", "/api/../private/x", "/", "/api/1?debug=1", "/api/1?debug=0"),
 			Workload: authz.Workload{Namespace: "foo", Name: "api", Labels: map[string]string{"app": "api"}},
 			Headers:  []authz.Header{{Name: "x-request-id", Value: fmt.Sprint(i)}},
 		}

@@ -145,10 +145,10 @@ func (r *Request) fastInput(path string, rd *reads, cc *connItemsCache) ast.Valu
 	}
 	var headers ast.Object
 	if rd.allHeaders {
-		headers = headerObject(r.Headers)
+		headers = headerObject(r.withPseudo(path))
 	} else {
 		var sel []Header
-		for _, h := range r.Headers {
+		for _, h := range r.withPseudo(path) {
 			if rd.headers[strings.ToLower(h.Name)] {
 				sel = append(sel, h)
 			}
@@ -232,8 +232,8 @@ func (r *Request) input(path, query string) ast.Value {
 	}
 	top := []([2]*ast.Term){item("version", versionTerm)}
 	if l7 {
-		headers := headerObject(r.Headers)
-		host := r.hostFrom(headers)
+		host := r.fastHost()
+		headers := headerObject(r.withPseudo(path))
 		rampart = append(rampart, item("request", obj(item("method", str(r.Method)), item("host", str(strings.ToLower(host))), item("path", str(path)))))
 		scheme := r.Scheme
 		if scheme == "" {
@@ -254,16 +254,23 @@ func (r *Request) input(path, query string) ast.Value {
 	return ast.NewObject(top...)
 }
 
-func (r *Request) hostFrom(headers ast.Object) string {
-	if r.Host != "" {
-		return r.Host
+// withPseudo is the request's headers as Envoy's header map holds them, which
+// its RBAC header matchers and ext_authz see: the pseudo-headers :authority,
+// :method and :path (the normalized path, with the query) first, then the
+// rest; pseudo-headers the request lists itself are replaced.
+func (r *Request) withPseudo(path string) []Header {
+	p := path
+	if _, q, ok := strings.Cut(r.Path, "?"); ok {
+		p += "?" + q
 	}
-	for _, k := range []string{":authority", "host"} {
-		if t := headers.Get(ast.StringTerm(k)); t != nil {
-			return string(t.Value.(ast.String))
+	hs := make([]Header, 0, len(r.Headers)+3)
+	hs = append(hs, Header{Name: ":authority", Value: r.fastHost()}, Header{Name: ":method", Value: r.Method}, Header{Name: ":path", Value: p})
+	for _, h := range r.Headers {
+		if !strings.HasPrefix(h.Name, ":") {
+			hs = append(hs, h)
 		}
 	}
-	return ""
+	return hs
 }
 
 // appendAuth adds the validated JWT, if any, to the rampart object's items.

@@ -509,7 +509,11 @@ func (l *lowering) condition(c *security.Condition) []cond {
 			l.bad = append(l.bad, fmt.Sprintf("%s: malformed key", field))
 			continue
 		case base == "request.headers":
-			expr = headerMatch(strings.ToLower(args[0]), l.values(f, vals, nil), neg)
+			name := strings.ToLower(args[0])
+			if name == "host" {
+				name = ":authority" // Envoy's header map answers "host" with :authority
+			}
+			expr = headerMatch(name, l.values(f, vals, nil), neg)
 		case key == "source.ip":
 			expr = l.ips(f, refSourceIP, vals, neg)
 		case key == "remote.ip":
