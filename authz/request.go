@@ -185,15 +185,7 @@ func (r *Request) rampartItems(workload bool) [][2]*ast.Term {
 	ns, identity, td := "", "", ""
 	if id, err := spiffeid.FromString(r.SourcePrincipal); err == nil {
 		td = id.TrustDomain().Name()
-		parts := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
-		for i := 0; i+1 < len(parts); i += 2 {
-			if parts[i] == "ns" {
-				ns = parts[i+1]
-			}
-		}
-		if len(parts) == 4 && parts[0] == "ns" && parts[2] == "sa" {
-			identity = parts[1] + "/" + parts[3]
-		}
+		ns, identity = peerNamespace(strings.Split(strings.TrimPrefix(id.Path(), "/"), "/"))
 	}
 	rampart := []([2]*ast.Term){
 		item("protocol", str(r.Protocol)),
@@ -252,6 +244,29 @@ func (r *Request) input(path, query string) ast.Value {
 	rampart = r.appendAuth(rampart)
 	top = append(top, item("attributes", obj(attrs...)), item("rampart", obj(rampart...)))
 	return ast.NewObject(top...)
+}
+
+// peerNamespace reads a peer's SPIFFE ID path (its segments) as Istio's
+// regular expressions do: the namespace is the segment after the first "ns"
+// that has another segment after it (namespaces: ".*/ns/<ns>/.*"), and the
+// service account the segment after the first "sa" past it
+// (serviceAccounts: "spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?"), so
+// "ns/foo/cluster/c1/sa/bar" and "x/ns/foo/sa/bar/pod/p" are foo's bar too.
+// identity is "ns/sa", or "" without a service account.
+func peerNamespace(parts []string) (ns, identity string) {
+	for i := 0; i+2 < len(parts); i++ {
+		if parts[i] != "ns" {
+			continue
+		}
+		ns = parts[i+1]
+		for j := i + 2; j+1 < len(parts); j++ {
+			if parts[j] == "sa" && parts[j+1] != "" {
+				return ns, ns + "/" + parts[j+1]
+			}
+		}
+		return ns, ""
+	}
+	return "", ""
 }
 
 // withPseudo is the request's headers as Envoy's header map holds them, which
