@@ -313,8 +313,15 @@ func (r *RequestSpec) authzRequest() (*authz.Request, error) {
 		}
 		ar.SourcePrincipal = p
 	}
-	for name, v := range r.Headers {
-		switch v := v.(type) {
+	// In name order, so headers whose names differ only in case join in the
+	// same order on every run.
+	names := make([]string, 0, len(r.Headers))
+	for name := range r.Headers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		switch v := r.Headers[name].(type) {
 		case string:
 			ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: v})
 		case []any:
