@@ -20,10 +20,17 @@ var ErrBadPath = errors.New("invalid request path")
 // Istio configures Envoy for mode:
 //
 //	NONE                      nothing
-//	BASE                      decode %-encoded unreserved characters, '\' → '/',
-//	                          remove dot segments (RFC 3986 5.2.4); %2F and %5C stay encoded
+//	BASE                      decode %-encoded unreserved characters and keep every
+//	                          other escape as written (%2f stays %2f, %2F stays %2F),
+//	                          escape the raw bytes Envoy escapes ('|' → %7C), '\' → '/',
+//	                          remove dot segments (RFC 3986 5.2.4)
 //	MERGE_SLASHES             BASE, then '//' → '/'
 //	DECODE_AND_MERGE_SLASHES  %2F → '/' and %5C → '\' first, then MERGE_SLASHES
+//
+// BASE is Envoy's normalize_path (Chromium's path canonicalizer, see
+// canonicalEscapes); MERGE_SLASHES adds merge_slashes and DECODE_AND_MERGE_SLASHES
+// path_with_escaped_slashes_action UNESCAPE_AND_FORWARD, in the order Envoy's
+// ConnectionManagerUtility::maybeNormalizePath applies them.
 //
 // A NUL (raw or %00), a fragment, or a path that does not start with '/' is ErrBadPath.
 func NormalizePath(raw, mode string) (path, query string, err error) {
@@ -46,7 +53,7 @@ func NormalizePath(raw, mode string) (path, query string, err error) {
 	if mode == NormalizeDecodeAndMergeSlashes {
 		path = replaceEncoded(path, map[string]string{"2f": "/", "5c": `\`})
 	}
-	path, err = decodeUnreserved(path)
+	path, err = canonicalEscapes(path)
 	if err != nil {
 		return "", "", err
 	}
@@ -75,24 +82,42 @@ func replaceEncoded(s string, m map[string]string) string {
 	return b.String()
 }
 
-// decodeUnreserved decodes %XX where XX is an unreserved character (ALPHA, DIGIT,
-// '-', '.', '_', '~') and upper-cases the hex of the others. %00 is refused.
+// canonicalEscapes does to escapes and raw bytes what Envoy's normalize_path
+// does: Chromium's path canonicalizer, DoPartialPath with kPathCharLookup in
+// Envoy's source/common/chromium_url/url_canon_path.cc.
 //
-// A '%' that does not start an escape is kept, but if a decoded character lands
-// within two places of it ("%%34%31" would become "%41") it is written as "%25",
-// as Chromium's URL canonicalizer (which Envoy uses) does: otherwise the policy
-// would see "%41" while a backend that decodes once sees "A", and the result
-// would change if normalized again.
-func decodeUnreserved(s string) (string, error) {
-	if !strings.Contains(s, "%") {
+//   - %XX of an unreserved character (ALPHA, DIGIT, '-', '.', '_', '~') is decoded;
+//   - %00 fails the request (400);
+//   - any other valid escape is copied exactly as written, hex case included
+//     ("in case the server is sensitive to changing the case of any hex
+//     letters"), so %2f stays %2f and %2F stays %2F;
+//   - a '%' that does not start an escape is kept;
+//   - a raw byte the table marks ESCAPE is written as %XX with upper-case hex
+//     (escapeInPath).
+//
+// If a decoded character completes a valid escape with a '%' that did not start
+// one ("%%34%31" would become "%41"), that '%' is written as "%25", as Chromium's
+// CheckForNestedEscapes does: otherwise the policy would see "%41" while a
+// backend that decodes once sees "A", and normalizing again would change it.
+// A '%' that still does not start a valid escape ("%%41" → "%A") is left alone.
+func canonicalEscapes(s string) (string, error) {
+	clean := true
+	for i := 0; i < len(s) && clean; i++ {
+		clean = s[i] != '%' && !escapeInPath(s[i])
+	}
+	if clean {
 		return s, nil
 	}
-	out := make([]byte, 0, len(s)+4)
+	out := make([]byte, 0, len(s)+8)
 	lastInvalid := -1 // index in out of the last '%' that did not start an escape
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c != '%' {
-			out = append(out, c)
+			if escapeInPath(c) {
+				out = append(out, '%', upperHexDigits[c>>4], upperHexDigits[c&0xf])
+			} else {
+				out = append(out, c)
+			}
 			continue
 		}
 		if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
@@ -101,28 +126,48 @@ func decodeUnreserved(s string) (string, error) {
 			continue
 		}
 		v := unhex(s[i+1])<<4 | unhex(s[i+2])
-		if v == 0 {
+		switch {
+		case v == 0:
 			return "", ErrBadPath
-		}
-		if isUnreserved(v) {
+		case isUnreserved(v):
 			out = append(out, v)
-			if lastInvalid >= 0 && lastInvalid >= len(out)-3 {
+			if lastInvalid >= 0 && lastInvalid >= len(out)-3 && nestedEscape(out, lastInvalid, s, i+3) {
 				out = append(out[:lastInvalid+1], append([]byte("25"), out[lastInvalid+1:]...)...)
 				lastInvalid = -1
 			}
-		} else {
-			out = append(out, '%', upperHex(s[i+1]), upperHex(s[i+2]))
+		default:
+			out = append(out, s[i:i+3]...)
 		}
 		i += 2
 	}
 	return string(out), nil
 }
 
-func upperHex(c byte) byte {
-	if 'a' <= c && c <= 'f' {
-		return c - 'a' + 'A'
+// nestedEscape reports whether the '%' at out[pct], which did not start an
+// escape in the input, now does: out ends in "%h" and the next input byte
+// s[next] is a hex digit, or out ends in "%hh".
+func nestedEscape(out []byte, pct int, s string, next int) bool {
+	if pct == len(out)-2 {
+		return isHex(out[pct+1]) && next < len(s) && isHex(s[next])
 	}
-	return c
+	return isHex(out[pct+1]) && isHex(out[pct+2])
+}
+
+const upperHexDigits = "0123456789ABCDEF"
+
+// escapeInPath reports whether Chromium's kPathCharLookup marks the raw byte c
+// ESCAPE, so that the canonical path has it as %XX: the controls 0x01-0x1F,
+// ' ', '"', '<', '>', '^', '`', '{', '|', '}', 0x7F and every byte from 0x80.
+// NUL, '#', '%', '?' and '\' are ESCAPE or INVALID there too, but NormalizePath
+// refuses, splits off or converts them before this is asked.
+func escapeInPath(c byte) bool {
+	switch {
+	case c == 0 || c == '#' || c == '%' || c == '?' || c == '\\':
+		return false
+	case c < 0x20 || c >= 0x7f:
+		return true
+	}
+	return strings.IndexByte(" \"<>^`{|}", c) >= 0
 }
 
 func isHex(c byte) bool {

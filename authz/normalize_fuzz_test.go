@@ -8,8 +8,8 @@ import (
 
 // FuzzNormalizePath: for any raw path and mode NormalizePath never panics, fails
 // only with ErrBadPath, and what it returns is safe to match policies on: an
-// absolute path (or "*") without dot segments or NUL, stable under BASE
-// normalization, and without "//" in the merging modes.
+// absolute path (or "*") without dot segments, NUL or a raw byte Envoy escapes,
+// stable under BASE normalization, and without "//" in the merging modes.
 func FuzzNormalizePath(f *testing.F) {
 	modes := []string{NormalizeNone, NormalizeBase, NormalizeMergeSlashes, NormalizeDecodeAndMergeSlashes, ""}
 	for _, s := range []string{
@@ -17,6 +17,7 @@ func FuzzNormalizePath(f *testing.F) {
 		"/a%00", "/a?x=1#f", "/a#f", "//a//b/", "/a%2Fb%5c/../c", "/a/../../..", "/%%34%31", "/%2",
 		"/%zz%2f", "/.a/..b/...", "/a//..//b", "/%6%31dmin", "/a%2%66b", "/..%2f..%5c", "/%2e%2e%2f",
 		"/a/%2e%2e%5c%2e%2e/b", "/\\..\\..", "/a/..?/../",
+		"/a|b", "/%%41", "/%%41b", "/%z%41", "/caf\xc3\xa9", "/\x01\x7f\xff", "/%2f%2F%5c%5C", "/\"<>^`{|}",
 	} {
 		for i := range modes {
 			f.Add(s, uint8(i))
@@ -57,6 +58,10 @@ func FuzzNormalizePath(f *testing.F) {
 		}
 		if strings.Contains(path, `\`) {
 			t.Fatalf("NormalizePath(%q, %q) = %q has a backslash", raw, mode, path)
+		}
+		// Envoy's canonicalizer (chromium_url kPathCharLookup) writes these as %XX.
+		if i := strings.IndexFunc(path, func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune("\"<>^`{|}", r) }); i >= 0 {
+			t.Fatalf("NormalizePath(%q, %q) = %q has a byte Envoy escapes at %d", raw, mode, path, i)
 		}
 		if (mode == NormalizeMergeSlashes || mode == NormalizeDecodeAndMergeSlashes) && strings.Contains(path, "//") {
 			t.Fatalf("NormalizePath(%q, %q) = %q has //", raw, mode, path)
