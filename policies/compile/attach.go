@@ -2,7 +2,6 @@ package compile
 
 import (
 	"github.com/rampart-mesh/rampart/policies/source"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	typev1beta1 "istio.io/api/type/v1beta1"
 )
@@ -10,11 +9,13 @@ import (
 // Finding codes for RequestAuthentication and PeerAuthentication.
 const (
 	CodeRASchema       = "RA-SCHEMA"
-	CodeRAIssuer       = "RA-ISSUER" // issuer empty without jwksUri
-	CodeRAJWKS         = "RA-JWKS"   // both jwks and jwksUri, or a bad jwksUri
-	CodeRAHeader       = "RA-HEADER" // empty header name in fromHeaders / outputClaimToHeaders
+	CodeRAUnknownField = "RA-UNKNOWN-FIELD" // a field the schema does not declare: dropped, the rest kept
+	CodeRAIssuer       = "RA-ISSUER"        // issuer empty without jwksUri
+	CodeRAJWKS         = "RA-JWKS"          // both jwks and jwksUri, or a bad jwksUri
+	CodeRAHeader       = "RA-HEADER"        // empty header name in fromHeaders / outputClaimToHeaders
 	CodeRADuplicate    = "RA-DUPLICATE-ISSUER"
 	CodePASchema       = "PA-SCHEMA"
+	CodePAUnknownField = "PA-UNKNOWN-FIELD"         // a field the schema does not declare: dropped, the rest kept
 	CodePAPortNoSelect = "PA-PORT-WITHOUT-SELECTOR" // portLevelMtls needs a selector
 	CodePABadPort      = "PA-BAD-PORT"
 	CodePARootSelector = "PA-ROOT-SELECTOR" // warning: selector policies in the root namespace are ignored
@@ -37,7 +38,10 @@ func attaches(o source.Object, sel *typev1beta1.WorkloadSelector, refs int, m Me
 	return true
 }
 
-func decodeSpec(objs []source.Object, kind, defaultNS, schemaCode string, newSpec func() proto.Message, keep func(source.Object, proto.Message)) []Finding {
+// decodeSpec decodes the objects of a security.istio.io kind as
+// DecodeAuthorizationPolicies does: unknown fields dropped with an unknownCode
+// finding, a spec that still does not decode left out with a schemaCode one.
+func decodeSpec(objs []source.Object, kind, defaultNS, schemaCode, unknownCode string, newSpec func() proto.Message, keep func(source.Object, proto.Message)) []Finding {
 	var fs []Finding
 	for _, o := range objs {
 		if o.Kind != kind || o.Group() != "security.istio.io" {
@@ -47,13 +51,11 @@ func decodeSpec(objs []source.Object, kind, defaultNS, schemaCode string, newSpe
 			o.Namespace = defaultNS
 		}
 		spec := newSpec()
-		if len(o.Spec) > 0 && string(o.Spec) != "null" {
-			if err := protojson.Unmarshal(o.Spec, spec); err != nil {
-				fs = append(fs, newFinding(o, SeverityError, schemaCode, "spec", "%v", err))
-				continue
-			}
+		dfs, ok := decodeIstioSpec(o, spec, schemaCode, unknownCode)
+		fs = append(fs, dfs...)
+		if ok {
+			keep(o, spec)
 		}
-		keep(o, spec)
 	}
 	return fs
 }

@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/rampart-mesh/rampart/policies/source"
-	"google.golang.org/protobuf/encoding/protojson"
 	security "istio.io/api/security/v1beta1"
 )
 
@@ -39,8 +38,11 @@ func IsAuthorizationPolicy(o source.Object) bool {
 }
 
 // DecodeAuthorizationPolicies decodes every AuthorizationPolicy in objs, giving
-// those without a namespace defaultNS. A spec that does not decode (unknown field,
-// wrong type) is reported and left out, as the API server would refuse it.
+// those without a namespace defaultNS. An unknown field is reported
+// (CodeUnknownField) and dropped, the rest of the policy kept, as the API server
+// prunes it and istiod ignores it; a spec that still does not decode (wrong
+// type, unknown enum value) is reported and left out, as the API server would
+// refuse it.
 func DecodeAuthorizationPolicies(objs []source.Object, defaultNS string) ([]*AuthzPolicy, []Finding) {
 	var out []*AuthzPolicy
 	var findings []Finding
@@ -52,11 +54,10 @@ func DecodeAuthorizationPolicies(objs []source.Object, defaultNS string) ([]*Aut
 			o.Namespace = defaultNS
 		}
 		spec := &security.AuthorizationPolicy{}
-		if len(o.Spec) > 0 && string(o.Spec) != "null" {
-			if err := (protojson.UnmarshalOptions{}).Unmarshal(o.Spec, spec); err != nil {
-				findings = append(findings, newFinding(o, SeverityError, CodeSchema, "spec", "%v", err))
-				continue
-			}
+		fs, ok := decodeIstioSpec(o, spec, CodeSchema, CodeUnknownField)
+		findings = append(findings, fs...)
+		if !ok {
+			continue
 		}
 		p := &AuthzPolicy{Object: o, Spec: spec}
 		if v, ok := o.Annotations["istio.io/dry-run"]; ok {
@@ -90,11 +91,20 @@ func (p *AuthzPolicy) Applies(m Mesh, wl Workload) bool {
 	return true
 }
 
-// knownKey classifies a when.key. It returns the base key ("request.headers" for
-// "request.headers[x]"), the bracketed arguments, and whether the key is known.
+// parseKey splits a when.key into the base key ("request.headers" for
+// "request.headers[x]") and the bracketed arguments; ok is false when the
+// brackets are malformed. request.headers and experimental.envoy.filters.<f>
+// take one argument, everything between the first '[' and the final ']', as
+// Istio's translator reads it: request.headers[a][b] names the header "a][b".
 func parseKey(key string) (base string, args []string, ok bool) {
 	if i := strings.IndexByte(key, '['); i >= 0 {
 		base = key[:i]
+		if base == "request.headers" || strings.HasPrefix(base, "experimental.envoy.filters.") {
+			if !strings.HasSuffix(key, "]") || len(key)-i < 3 {
+				return base, nil, false
+			}
+			return base, []string{key[i+1 : len(key)-1]}, true
+		}
 		rest := key[i:]
 		for rest != "" {
 			if rest[0] != '[' {
@@ -279,11 +289,15 @@ func ValidateAuthorizationPolicy(p *AuthzPolicy, m Mesh) []Finding {
 				for k, v := range vals {
 					fpath := fmt.Sprintf("%s.%s[%d]", tp, field, k)
 					if v == "" {
-						add(SeverityError, CodeEmptyValue, fpath, "empty value")
+						add(SeverityError, CodeEmptyValue, fpath, emptyValueMessage)
 					} else if isTemplate(v) {
 						if _, err := templateRegex(v); err != nil {
 							add(SeverityError, CodeBadPathTemplate, fpath, "%q: %v", v, err)
 						}
+					} else if strings.ContainsAny(v, "{}") {
+						// Admission (CheckValidPathTemplate) refuses '{' and '}' outside
+						// {*} and {**}; the translator matches such a path as a string.
+						add(SeverityError, CodeBadPathTemplate, fpath, "%q: '{' and '}' may only appear as a whole {*} or {**} segment; this is no template but a literal path, which requests never carry (named variables like {id} are not supported)", v)
 					} else if infixStar(v) {
 						add(SeverityWarning, CodeInfixWildcard, fpath, "%q: only a leading or trailing '*' is a wildcard; this one is a literal character", v)
 					}
@@ -293,7 +307,7 @@ func ValidateAuthorizationPolicy(p *AuthzPolicy, m Mesh) []Finding {
 		for j, c := range r.GetWhen() {
 			cp := fmt.Sprintf("%s.when[%d]", rp, j)
 			key := c.GetKey()
-			base, _, ok := parseKey(key)
+			base, args, ok := parseKey(key)
 			switch {
 			case key == "":
 				add(SeverityError, CodeUnknownKey, cp+".key", "key is required")
@@ -306,6 +320,10 @@ func ValidateAuthorizationPolicy(p *AuthzPolicy, m Mesh) []Finding {
 				continue
 			case keyMalformed(key):
 				add(SeverityError, CodeBadKeyFormat, cp+".key", "%q must have the form request.headers[name], request.auth.claims[name]... or experimental.envoy.filters.<filter>[key]", key)
+			case base == "request.headers" && strings.ContainsAny(args[0], "[]"):
+				add(SeverityWarning, CodeLiteralKeyName, cp+".key", "%q names the header %q: Istio reads everything between the first '[' and the last ']' as the name; no request carries such a header, so values never match and notValues always do", key, args[0])
+			case strings.HasPrefix(base, "experimental.envoy.filters.") && strings.ContainsAny(args[0], "[]"):
+				add(SeverityWarning, CodeLiteralKeyName, cp+".key", "%q names the metadata key %q: Istio reads everything between the first '[' and the last ']' as the key; nested keys are not supported", key, args[0])
 			}
 			if httpOnlyKey(base) {
 				hasHTTP = true
@@ -321,7 +339,7 @@ func ValidateAuthorizationPolicy(p *AuthzPolicy, m Mesh) []Finding {
 					vp := fmt.Sprintf("%s.%s[%d]", cp, field, k)
 					switch {
 					case v == "":
-						add(SeverityError, CodeEmptyValue, vp, "empty value")
+						add(SeverityError, CodeEmptyValue, vp, emptyValueMessage)
 					case key == "source.ip" || key == "remote.ip" || key == "destination.ip":
 						if _, err := parseCIDR(v); err != nil {
 							add(SeverityError, CodeBadIP, vp, "%q is not an IP address or CIDR", v)
@@ -340,6 +358,12 @@ func ValidateAuthorizationPolicy(p *AuthzPolicy, m Mesh) []Finding {
 	}
 	return fs
 }
+
+// emptyValueMessage explains an empty value: admission refuses it, and
+// Istio's translator matches it like any other value (the exact empty string,
+// which a path, method or peer identity never is), so it neither widens a DENY
+// rule nor drops an ALLOW rule.
+const emptyValueMessage = "empty value: admission refuses it; if loaded, it matches only an empty attribute (never a path, method or peer identity)"
 
 func slicesContains(xs []string, s string) bool {
 	for _, x := range xs {
@@ -362,7 +386,7 @@ func checkValues(o source.Object, prefix string, fields map[string][]string) []F
 			p := fmt.Sprintf("%s.%s[%d]", prefix, field, k)
 			switch {
 			case v == "":
-				fs = append(fs, newFinding(o, SeverityError, CodeEmptyValue, p, "empty value"))
+				fs = append(fs, newFinding(o, SeverityError, CodeEmptyValue, p, emptyValueMessage))
 			case infixStar(v) && !strings.HasSuffix(field, "amespaces") && !strings.HasSuffix(field, "amespaces"):
 				fs = append(fs, newFinding(o, SeverityWarning, CodeInfixWildcard, p, "%q: only a leading or trailing '*' is a wildcard; this one is a literal character", v))
 			}
@@ -409,15 +433,20 @@ func parseCIDR(v string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
+// parsePort reads a port as Istio does (strconv.ParseUint in base 10, at most
+// 65535): no sign, no space.
 func parsePort(v string) (int, error) {
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 || n > 65535 || strings.TrimSpace(v) != v {
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil || n > 65535 {
 		return 0, fmt.Errorf("bad port %q", v)
 	}
-	return n, nil
+	return int(n), nil
 }
 
-func isTemplate(v string) bool { return strings.Contains(v, "{") || strings.Contains(v, "}") }
+// isTemplate reports whether Istio's translator reads a path as a URI template
+// (security.ContainsPathTemplate): only {*} and {**} make one. Any other path,
+// braces and all, is matched as a string.
+func isTemplate(v string) bool { return strings.Contains(v, "{*}") || strings.Contains(v, "{**}") }
 
 // templateRegex turns an Istio path template into an anchored regex: {*} is
 // exactly one non-empty segment, {**} zero or more segments; no operator may follow

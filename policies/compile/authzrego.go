@@ -380,14 +380,12 @@ type lowering struct {
 }
 
 // values filters vals through check; bad ones are recorded. For ALLOW the caller
-// then skips the rule; for the others they are simply not used.
+// then skips the rule; for the others they are simply not used. An empty value
+// is not bad in itself: Istio's translator matches it like any other (the exact
+// empty string), unless check refuses it (a port, an IP).
 func (l *lowering) values(field string, vals []string, check func(string) error) []string {
 	var good []string
 	for _, v := range vals {
-		if v == "" {
-			l.bad = append(l.bad, fmt.Sprintf("%s: empty value", field))
-			continue
-		}
 		if check != nil {
 			if err := check(v); err != nil {
 				l.bad = append(l.bad, fmt.Sprintf("%s: %v", field, err))
@@ -730,7 +728,9 @@ func (l *lowering) namespaces(field string, vals []string, negate bool) string {
 	}
 	exact := true
 	for _, v := range vals {
-		exact = exact && !strings.Contains(v, "*")
+		// "" takes the regex (".*/ns//.*", as Istio's): compared with the
+		// namespace it would match every request without a peer identity.
+		exact = exact && v != "" && !strings.Contains(v, "*")
 	}
 	if exact {
 		return neg2(strMatch(refNamespace, vals), negate)
@@ -774,11 +774,19 @@ func (l *lowering) trustDomains(field string, vals []string, negate bool) string
 	}
 	var pats []string
 	for _, v := range vals {
+		if v == "" {
+			// Istio's prefix "spiffe:///" matches no identity; compared with the
+			// trust domain, "" would match every request without one.
+			continue
+		}
 		if !strings.Contains(v, "*") && (v == "cluster.local" || slicesContains(l.m.TrustDomains(), v)) {
 			pats = append(pats, l.m.TrustDomains()...)
 			continue
 		}
 		pats = append(pats, v)
+	}
+	if len(pats) == 0 {
+		return neg2("false", negate)
 	}
 	return neg2(strMatch(refTrustDomain, pats), negate)
 }

@@ -43,7 +43,8 @@ func newFinding(o source.Object, severity, code, path, format string, args ...an
 
 // Finding codes for AuthorizationPolicy.
 const (
-	CodeSchema            = "AP-SCHEMA"              // the spec does not decode (unknown field, wrong type)
+	CodeSchema            = "AP-SCHEMA"              // the spec does not decode (wrong type, unknown enum value)
+	CodeUnknownField      = "AP-UNKNOWN-FIELD"       // a field the schema does not declare: dropped, the rest of the policy kept
 	CodeUnknownKey        = "AP-UNKNOWN-KEY"         // unknown when.key
 	CodeUnsupportedKey    = "AP-UNSUPPORTED-KEY"     // destination.labels / namespace / name / user
 	CodeEmptyCondition    = "AP-EMPTY-CONDITION"     // neither values nor notValues
@@ -51,6 +52,7 @@ const (
 	CodeBadIP             = "AP-BAD-IP"              // not an IP or CIDR
 	CodeBadPort           = "AP-BAD-PORT"            // not a port number
 	CodeBadKeyFormat      = "AP-BAD-KEY-FORMAT"      // request.headers / claims / experimental key not of the form a[b]
+	CodeLiteralKeyName    = "AP-LITERAL-KEY-NAME"    // warning: request.headers[a][b] names the header "a][b"
 	CodeEmptySource       = "AP-EMPTY-SOURCE"        // from[].source empty or missing
 	CodeEmptyOperation    = "AP-EMPTY-OPERATION"     // to[].operation empty or missing
 	CodeMissingRules      = "AP-MISSING-RULES"       // DENY or CUSTOM without rules

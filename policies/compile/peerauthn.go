@@ -18,7 +18,7 @@ type PeerAuthn struct {
 // DecodePeerAuthentications decodes every PeerAuthentication in objs.
 func DecodePeerAuthentications(objs []source.Object, defaultNS string) ([]*PeerAuthn, []Finding) {
 	var out []*PeerAuthn
-	fs := decodeSpec(objs, "PeerAuthentication", defaultNS, CodePASchema,
+	fs := decodeSpec(objs, "PeerAuthentication", defaultNS, CodePASchema, CodePAUnknownField,
 		func() proto.Message { return &security.PeerAuthentication{} },
 		func(o source.Object, m proto.Message) {
 			out = append(out, &PeerAuthn{Object: o, Spec: m.(*security.PeerAuthentication)})

@@ -35,7 +35,7 @@ type RequestAuthn struct {
 // DecodeRequestAuthentications decodes every RequestAuthentication in objs.
 func DecodeRequestAuthentications(objs []source.Object, defaultNS string) ([]*RequestAuthn, []Finding) {
 	var out []*RequestAuthn
-	fs := decodeSpec(objs, "RequestAuthentication", defaultNS, CodeRASchema,
+	fs := decodeSpec(objs, "RequestAuthentication", defaultNS, CodeRASchema, CodeRAUnknownField,
 		func() proto.Message { return &security.RequestAuthentication{} },
 		func(o source.Object, m proto.Message) {
 			out = append(out, &RequestAuthn{Object: o, Spec: m.(*security.RequestAuthentication)})

@@ -126,10 +126,37 @@ rules:
 - from:
   - source: {serviceAccounts: ["sa", "ns/sa"], notServiceAccounts: ["other"]}`},
 
-	// AP-SCHEMA
-	{name: "schema unknown field", spec: `rulez: []`, want: []string{"error AP-SCHEMA spec"}},
+	// AP-SCHEMA / AP-UNKNOWN-FIELD
 	{name: "schema wrong type", spec: `rules: {from: []}`, want: []string{"error AP-SCHEMA spec"}},
 	{name: "schema unknown action", spec: `action: PERMIT`, want: []string{"error AP-SCHEMA spec"}},
+	{name: "unknown top-level field", spec: `rulez: []`, want: []string{"error AP-UNKNOWN-FIELD spec.rulez"}},
+	{name: "unknown nested fields", spec: `
+action: DENY
+selector: {matchLabels: {app: httpbin}, matchLabel: {x: y}}
+rules:
+- from:
+  - source: {namespaces: [bar], principal: [x]}
+  to:
+  - operation: {paths: [/admin], pathz: [/x]}
+    op: {}
+  when:
+  - {key: source.ip, values: [10.0.0.1], value: [x]}`, want: []string{
+		"error AP-UNKNOWN-FIELD spec.rules[0].from[0].source.principal",
+		"error AP-UNKNOWN-FIELD spec.rules[0].to[0].op",
+		"error AP-UNKNOWN-FIELD spec.rules[0].to[0].operation.pathz",
+		"error AP-UNKNOWN-FIELD spec.rules[0].when[0].value",
+		"error AP-UNKNOWN-FIELD spec.selector.matchLabel",
+		// The rest of the policy is kept, and validated.
+		"warning AP-DENY-HTTP-ONLY spec.rules",
+	}},
+	{name: "proto field names are known", spec: `
+rules:
+- from:
+  - source: {ip_blocks: [10.0.0.0/8], not_namespaces: [bar]}`},
+	{name: "unknown field and a wrong type", spec: "rulez: []\nrules: {from: []}", want: []string{
+		"error AP-SCHEMA spec",
+		"error AP-UNKNOWN-FIELD spec.rulez",
+	}},
 
 	// AP-UNKNOWN-KEY / AP-UNSUPPORTED-KEY
 	{name: "unknown key", spec: `
@@ -217,15 +244,18 @@ rules:
 	{name: "bad ports", spec: `
 rules:
 - to:
-  - operation: {ports: ["http", "65536"], notPorts: ["-1", " 80", "80"]}
+  - operation: {ports: ["http", "65536", "+8080", "08080"], notPorts: ["-1", " 80", "80", "-0"]}
   when:
-  - {key: destination.port, values: ["8o"], notValues: ["99999"]}`, want: []string{
+  - {key: destination.port, values: ["8o", "+80"], notValues: ["99999"]}`, want: []string{
 		"error AP-BAD-PORT spec.rules[0].to[0].operation.notPorts[0]",
 		"error AP-BAD-PORT spec.rules[0].to[0].operation.notPorts[1]",
+		"error AP-BAD-PORT spec.rules[0].to[0].operation.notPorts[3]",
 		"error AP-BAD-PORT spec.rules[0].to[0].operation.ports[0]",
 		"error AP-BAD-PORT spec.rules[0].to[0].operation.ports[1]",
+		"error AP-BAD-PORT spec.rules[0].to[0].operation.ports[2]",
 		"error AP-BAD-PORT spec.rules[0].when[0].notValues[0]",
 		"error AP-BAD-PORT spec.rules[0].when[0].values[0]",
+		"error AP-BAD-PORT spec.rules[0].when[0].values[1]",
 	}},
 
 	// AP-BAD-KEY-FORMAT
@@ -234,13 +264,13 @@ rules:
 - when:
   - {key: request.headers, values: ["x"]}
   - {key: "request.headers[]", values: ["x"]}
-  - {key: "request.headers[a][b]", values: ["x"]}
   - {key: "request.headers[a", values: ["x"]}
   - {key: request.auth.claims, values: ["x"]}
   - {key: "request.auth.claims[a][]", values: ["x"]}
   - {key: experimental.envoy.filters.a, values: ["x"]}
-  - {key: "experimental.envoy.filters.a[b][c]", values: ["x"]}
-  - {key: "request.headersx[a]", values: ["x"]}`, want: []string{
+  - {key: "experimental.envoy.filters.a[]", values: ["x"]}
+  - {key: "request.headersx[a]", values: ["x"]}
+  - {key: "request.headers[a]x", values: ["x"]}`, want: []string{
 		"error AP-BAD-KEY-FORMAT spec.rules[0].when[0].key",
 		"error AP-BAD-KEY-FORMAT spec.rules[0].when[1].key",
 		"error AP-BAD-KEY-FORMAT spec.rules[0].when[2].key",
@@ -250,6 +280,21 @@ rules:
 		"error AP-BAD-KEY-FORMAT spec.rules[0].when[6].key",
 		"error AP-BAD-KEY-FORMAT spec.rules[0].when[7].key",
 		"error AP-BAD-KEY-FORMAT spec.rules[0].when[8].key",
+	}},
+
+	// AP-LITERAL-KEY-NAME: admission takes a[b][c] (validateMapKey), and the
+	// translator names the header or metadata key "b][c".
+	{name: "literal key names", spec: `
+rules:
+- when:
+  - {key: "request.headers[a][b]", values: ["x"]}
+  - {key: "request.headers[a]]", notValues: ["x"]}
+  - {key: "experimental.envoy.filters.a[b][c]", values: ["x"]}
+  - {key: "request.auth.claims[a][b]", values: ["x"]}
+  - {key: "request.headers[x-a]", values: ["x"]}`, want: []string{
+		"warning AP-LITERAL-KEY-NAME spec.rules[0].when[0].key",
+		"warning AP-LITERAL-KEY-NAME spec.rules[0].when[1].key",
+		"warning AP-LITERAL-KEY-NAME spec.rules[0].when[2].key",
 	}},
 
 	// AP-EMPTY-SOURCE / AP-EMPTY-OPERATION
@@ -356,9 +401,11 @@ rules:
 	{name: "bad path templates", spec: `
 rules:
 - to:
-  - operation: {paths: ["/a/{**}/{*}", "/a/{x}", "a/{*}", "/a/{*}b", "/a/{**}/b"], notPaths: ["/{**}/{**}", "/{*}*"]}`, want: []string{
+  - operation: {paths: ["/a/{**}/{*}", "/a/{x}", "a/{*}", "/a/{*}b", "/a/{**}/b"], notPaths: ["/{**}/{**}", "/{*}*", "/a}", "{"]}`, want: []string{
 		"error AP-BAD-PATH-TEMPLATE spec.rules[0].to[0].operation.notPaths[0]",
 		"error AP-BAD-PATH-TEMPLATE spec.rules[0].to[0].operation.notPaths[1]",
+		"error AP-BAD-PATH-TEMPLATE spec.rules[0].to[0].operation.notPaths[2]",
+		"error AP-BAD-PATH-TEMPLATE spec.rules[0].to[0].operation.notPaths[3]",
 		"error AP-BAD-PATH-TEMPLATE spec.rules[0].to[0].operation.paths[0]",
 		"error AP-BAD-PATH-TEMPLATE spec.rules[0].to[0].operation.paths[1]",
 		"error AP-BAD-PATH-TEMPLATE spec.rules[0].to[0].operation.paths[2]",

@@ -417,11 +417,13 @@ func (s *Server) reload(first bool) error {
 			objs[i].Namespace = "default"
 		}
 	}
-	// Refuse a change that would make any policy undecodable (an error finding
-	// on decode), as the API server would.
+	// Refuse a change that would make any policy undecodable, as the API server
+	// would, or that has a field the schema does not declare: the API server
+	// would prune it (kubectl's strict field validation refuses it), and a
+	// misspelt field changes what the policy matches.
 	_, fs := compile.DecodeAuthorizationPolicies(objs, "default")
 	for _, f := range fs {
-		if f.Code == compile.CodeSchema {
+		if f.Code == compile.CodeSchema || f.Code == compile.CodeUnknownField {
 			s.rejects.WithLabelValues("invalid").Inc()
 			s.mu.Lock()
 			s.stamp = stamp

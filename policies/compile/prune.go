@@ -1,0 +1,156 @@
+package compile
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/rampart-mesh/rampart/policies/source"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// decodeIstioSpec decodes o's spec into m the way istiod receives it: the API
+// server prunes the fields a CRD's schema does not declare, and istio/api's
+// unmarshalers skip unknown fields (AllowUnknownFields), so a stray or misspelt
+// field is dropped and the rest of the object stays in force. Each dropped
+// field gets an unknownCode error finding with its path. What is left must
+// decode strictly: a wrong type or an unknown enum value, which the API server
+// refuses, gets a schemaCode finding and ok is false.
+func decodeIstioSpec(o source.Object, m proto.Message, schemaCode, unknownCode string) (fs []Finding, ok bool) {
+	if len(o.Spec) == 0 || string(o.Spec) == "null" {
+		return nil, true
+	}
+	err := protojson.Unmarshal(o.Spec, m)
+	if err == nil {
+		return nil, true
+	}
+	pruned, dropped := pruneUnknown(o.Spec, m.ProtoReflect().Descriptor(), "spec")
+	for _, d := range dropped {
+		fs = append(fs, newFinding(o, SeverityError, unknownCode, d.path,
+			"%s has no field %q here: Kubernetes prunes it and istiod ignores it, so the rest of the object is enforced without it; correct its name or remove it",
+			o.Kind, d.name))
+	}
+	if len(dropped) > 0 {
+		proto.Reset(m)
+		err = protojson.Unmarshal(pruned, m)
+	}
+	if err != nil {
+		return append(fs, newFinding(o, SeverityError, schemaCode, "spec", "%v", err)), false
+	}
+	return fs, true
+}
+
+// droppedField is a field pruneUnknown removed: its path and its name.
+type droppedField struct{ path, name string }
+
+// pruneUnknown removes from js, a JSON object for a message of type md, every
+// field md does not declare (by JSON or proto name, as protojson accepts), at
+// any depth. It returns the pruned JSON and the paths of the removed fields
+// under path, e.g. spec.rules[0].to[0].operation.pathz. JSON of the wrong
+// shape is left alone for the decoder to refuse.
+func pruneUnknown(js []byte, md protoreflect.MessageDescriptor, path string) ([]byte, []droppedField) {
+	var dropped []droppedField
+	out, changed := pruneMessage(js, md, path, &dropped)
+	if !changed {
+		return js, nil
+	}
+	return out, dropped
+}
+
+func pruneMessage(raw []byte, md protoreflect.MessageDescriptor, path string, dropped *[]droppedField) ([]byte, bool) {
+	// Well-known types have their own JSON forms (a Struct takes any key).
+	if strings.HasPrefix(string(md.FullName()), "google.protobuf.") {
+		return raw, false
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
+		return raw, false
+	}
+	keys := make([]string, 0, len(obj))
+	for k := range obj {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	changed := false
+	for _, k := range keys {
+		fd := md.Fields().ByJSONName(k)
+		if fd == nil {
+			fd = md.Fields().ByTextName(k)
+		}
+		if fd == nil {
+			*dropped = append(*dropped, droppedField{path: path + "." + k, name: k})
+			delete(obj, k)
+			changed = true
+			continue
+		}
+		if v, ok := pruneField(obj[k], fd, path+"."+k, dropped); ok {
+			obj[k] = v
+			changed = true
+		}
+	}
+	if !changed {
+		return raw, false
+	}
+	out, err := json.Marshal(obj)
+	if err != nil {
+		return raw, false
+	}
+	return out, true
+}
+
+func pruneField(raw []byte, fd protoreflect.FieldDescriptor, path string, dropped *[]droppedField) ([]byte, bool) {
+	switch {
+	case fd.IsMap():
+		vd := fd.MapValue()
+		if vd.Kind() != protoreflect.MessageKind {
+			return raw, false
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+			return raw, false
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		changed := false
+		for _, k := range keys {
+			if v, ok := pruneMessage(m[k], vd.Message(), fmt.Sprintf("%s[%s]", path, k), dropped); ok {
+				m[k] = v
+				changed = true
+			}
+		}
+		return remarshal(raw, m, changed)
+	case fd.Kind() != protoreflect.MessageKind:
+		return raw, false
+	case fd.IsList():
+		var l []json.RawMessage
+		if err := json.Unmarshal(raw, &l); err != nil {
+			return raw, false
+		}
+		changed := false
+		for i := range l {
+			if v, ok := pruneMessage(l[i], fd.Message(), fmt.Sprintf("%s[%d]", path, i), dropped); ok {
+				l[i] = v
+				changed = true
+			}
+		}
+		return remarshal(raw, l, changed)
+	}
+	return pruneMessage(raw, fd.Message(), path, dropped)
+}
+
+func remarshal(raw []byte, v any, changed bool) ([]byte, bool) {
+	if !changed {
+		return raw, false
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return raw, false
+	}
+	return out, true
+}
