@@ -109,7 +109,7 @@ func analyze(objs []source.Object, mesh compile.Mesh) []compile.Finding {
 	// Rampart's own kinds: RateLimitPolicy.
 	_, lf := compile.DecodeRateLimitPolicies(objs, "default")
 	fs = append(fs, lf...)
-	return fs
+	return append(fs, compile.RootNamespaceFindings(objs, mesh)...)
 }
 
 func reachJWKS(ctx context.Context, objs []source.Object) []compile.Finding {

@@ -163,7 +163,7 @@ func Check(ctx context.Context, objs []source.Object, mesh compile.Mesh, meshDir
 	// does not terminate mTLS, so no peer identity reaches authorization.
 	pas, pf := compile.DecodePeerAuthentications(objs, wl.Namespace)
 	peer, rf := compile.ResolvePeerAuthentication(mesh, wl, ar.DestinationPort, pas)
-	findings = append(append(findings, pf...), rf...)
+	findings = append(append(append(findings, pf...), rf...), compile.RootNamespaceFindings(objs, mesh)...)
 	if findings == nil {
 		findings = []compile.Finding{}
 	}
