@@ -54,8 +54,6 @@ spec:
 `
 	issuerA = "https://a.example"
 	issuerB = "https://b.example"
-	// hs256JWKS is a symmetric key set: the sidecar never accepts one.
-	hs256JWKS = `{"keys":[{"kty":"oct","kid":"h","alg":"HS256","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}]}`
 )
 
 // issuer is a JWT issuer with an EC signing key.
