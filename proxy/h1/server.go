@@ -443,6 +443,9 @@ func (sc *serverConn) serveOne(ctx context.Context, req *http.Request) (keep boo
 		}
 	}
 	if sc.hijacked {
+		if interrupted {
+			_ = sc.c.SetReadDeadline(time.Time{}) // the handler owns the connection now
+		}
 		return false
 	}
 	if interrupted {
@@ -566,8 +569,11 @@ type reqBody struct {
 	w        *response
 	cont     bool
 	eof      bool
-	closed   bool
 	detached bool
+	// closed is set by Close without mu: a handler closing its body (as
+	// httputil.ReverseProxy always does) must not wait behind a read still
+	// blocked on another goroutine; detach ends that read.
+	closed atomic.Bool
 }
 
 // errBodyDetached is what a read of a body gets once its handler has returned.
@@ -579,7 +585,7 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	if b.detached {
 		return 0, errBodyDetached
 	}
-	if b.closed {
+	if b.closed.Load() {
 		return 0, http.ErrBodyReadAfterClose
 	}
 	if b.cont {
@@ -594,9 +600,7 @@ func (b *reqBody) Read(p []byte) (int, error) {
 }
 
 func (b *reqBody) Close() error {
-	b.mu.Lock()
-	b.closed = true
-	b.mu.Unlock()
+	b.closed.Store(true)
 	return nil
 }
 

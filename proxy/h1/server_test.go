@@ -656,3 +656,53 @@ func TestServerReverseProxyAbortsBrokenBody(t *testing.T) {
 		t.Fatalf("got %q; want the first half and the connection cut, without a last chunk", out)
 	}
 }
+
+// A handler whose body is still being read on another goroutine (net/http's
+// Transport, proxying) can close the body and return, as
+// httputil.ReverseProxy does, while the client has sent only part of its
+// body: Close must not wait behind that read (it used to, and the handler
+// never returned).
+func TestServerBodyCloseWhileReadInFlight(t *testing.T) {
+	reading, closed := make(chan struct{}), make(chan struct{})
+	addr, _ := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		go func() {
+			buf := make([]byte, 1)
+			_, _ = r.Body.Read(buf)
+			close(reading)
+			_, _ = io.Copy(io.Discard, r.Body) // blocks: the rest never comes
+		}()
+		<-reading
+		time.Sleep(50 * time.Millisecond) // the copy is blocked in Read by now
+		w.Header().Set("Content-Length", "2")
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = w.Write([]byte("no"))
+		r.Body.Close()
+		close(closed)
+	})})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Body.Close still blocked after 5 s: the handler cannot return")
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no response: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusForbidden || string(b) != "no" {
+		t.Fatalf("%d %q; want 403 no", resp.StatusCode, b)
+	}
+	// The rest of the body cannot be told from a next request: the server
+	// closes the connection (its status line had gone out already).
+	if _, err := br.Peek(1); err != io.EOF {
+		t.Fatalf("after the response: %v; want the connection closed", err)
+	}
+}
