@@ -18,7 +18,7 @@ import (
 // hop-by-hop fields dropped, a body that breaks off aborts the response),
 // without its per-request copies. Upgrades and gRPC go through
 // ReverseProxy.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request) int {
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, sent *int) int {
 	out := new(http.Request)
 	*out = *r
 	out.RequestURI = ""
@@ -73,6 +73,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) int {
 		wh.Add("Trailer", strings.Join(keys, ", "))
 	}
 	w.WriteHeader(resp.StatusCode)
+	*sent = resp.StatusCode
 	bp := proxyBufs.Get().(*[]byte)
 	err = copyBody(w, resp, *bp)
 	proxyBufs.Put(bp)

@@ -411,7 +411,22 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		reqID = uuid.New()
 		r.Header.Set("x-request-id", reqID)
 	}
-	code := s.handle(ctx, w, r, principal, reqID)
+	// A response that broke off after its status went out ends in a panic
+	// (http.ErrAbortHandler, so the client sees it cut short); it still
+	// counts, with the status it was sent with, as Envoy counts it.
+	var sent int
+	defer func() {
+		if p := recover(); p != nil {
+			s.count(r, principal, security, sent)
+			panic(p)
+		}
+	}()
+	s.count(r, principal, security, s.handle(ctx, w, r, principal, reqID, &sent))
+}
+
+// count records a served request in istio_requests_total (and a plaintext
+// caller's address, for mtls readiness).
+func (s *Server) count(r *http.Request, principal, security string, code int) {
 	if security == "none" {
 		ip, _, _ := net.SplitHostPort(r.RemoteAddr)
 		s.mu.Lock()
@@ -433,16 +448,18 @@ func principalLabel(p string) string {
 	return p
 }
 
-func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Request, principal, reqID string) int {
+// handle serves one request; *sent is the status once it has gone out.
+func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Request, principal, reqID string, sent *int) int {
 	code, ok := s.check(ctx, w, r, principal, reqID)
 	if !ok {
 		return code
 	}
 	grpc := r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("content-type"), "application/grpc")
 	if !grpc && !httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
-		return s.forward(w, r)
+		return s.forward(w, r, sent)
 	}
 	rec := &statusRecorder{ResponseWriter: w, code: 200}
+	defer func() { *sent = rec.code }()
 	if grpc {
 		s.grpcProxy.ServeHTTP(rec, r)
 	} else {

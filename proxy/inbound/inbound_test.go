@@ -144,6 +144,14 @@ func start(t *testing.T, mode string, tweak ...func(*Config)) *env {
 		case paths <- r.URL.EscapedPath():
 		default:
 		}
+		if r.URL.Path == "/public/broken" {
+			// A response that breaks off: 10 of the 100 bytes it announced.
+			c, bw, _ := w.(http.Hijacker).Hijack()
+			_, _ = bw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+			_ = bw.Flush()
+			c.Close()
+			return
+		}
 		fmt.Fprint(w, "app says hi")
 	}))
 	t.Cleanup(app.Close)
@@ -488,5 +496,22 @@ func TestInboundForwardsHeadersAndBodies(t *testing.T) {
 	presp.Body.Close()
 	if presp.StatusCode != 200 || string(body) != "app says hi" {
 		t.Fatalf("POST: %d %q", presp.StatusCode, body)
+	}
+}
+
+// A response the app breaks off is cut short for the client and still
+// counted in istio_requests_total, with the status that went out.
+func TestInboundCountsBrokenResponse(t *testing.T) {
+	e := start(t, "PERMISSIVE")
+	resp, body, err := e.get(t, nil, "/public/broken", nil)
+	if err == nil && resp.StatusCode == 200 && len(body) == 100 {
+		t.Fatalf("the client got a whole body %q", body)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for requestsWith(t, e.reg, "none", "200") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("istio_requests_total{none,200} = %v; want 1", requestsWith(t, e.reg, "none", "200"))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
