@@ -441,6 +441,10 @@ func (s *Server) reload(first bool) error {
 	// bundle) is refused here, where the last good one can stay.
 	ras, rfs := compile.DecodeRequestAuthentications(objs, "default")
 	nfs = append(append(nfs, rfs...), compile.ValidateRequestAuthentications(ras)...)
+	// A PeerAuthentication that does not decode would be left out, and a
+	// STRICT with a typo would quietly fall back to PERMISSIVE.
+	_, pfs := compile.DecodePeerAuthentications(objs, "default")
+	nfs = append(nfs, pfs...)
 	for _, f := range nfs {
 		if f.Severity == compile.SeverityError {
 			s.rejects.WithLabelValues("invalid").Inc()

@@ -15,6 +15,11 @@ kind: AuthorizationPolicy
 metadata: {name: p, namespace: a}
 spec: {rules: [{to: [{operation: {paths: ["/x"], pathz: ["/y"]}}]}]}
 `,
+		"pa": `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: a}
+spec: {mtls: {mode: STRICT}, portLevelMtlz: {}}
+`,
 		"ra": `apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: a}
@@ -34,5 +39,20 @@ spec: {jwtRules: [{issuer: "https://issuer.example", jwks: '{"keys":[]}', jwksUR
 				t.Errorf("a's bundle is not the last good policy:\n%s", wb.Modules["rampart/policy.rego"])
 			}
 		})
+	}
+}
+
+// A PeerAuthentication that does not decode (here a mode misspelt) is
+// refused whole, as the API server would refuse it: left out, a STRICT would
+// quietly fall back to PERMISSIVE.
+func TestUndecodablePeerAuthenticationRefused(t *testing.T) {
+	f := newFixture(t, baseConfig, nil)
+	f.write("pa-typo.yaml", `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: a}
+spec: {mtls: {mode: STRICTT}}
+`)
+	if _, _, err := f.change(); err == nil || !strings.Contains(err.Error(), "PA-SCHEMA") {
+		t.Fatalf("reload: err = %v, want a PA-SCHEMA refusal", err)
 	}
 }
