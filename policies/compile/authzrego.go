@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	security "istio.io/api/security/v1beta1"
 )
@@ -321,12 +322,30 @@ func ident(s string) string { return nonIdent.ReplaceAllString(s, "_") }
 
 // comment makes s safe inside a one-line Rego comment: names, keys and values
 // come from the input, and a line break in one would end the comment and turn
-// the rest into code.
+// the rest into code, while a byte that is not UTF-8 (or U+FFFD, which OPA's
+// scanner takes for one) makes the module fail to parse.
 func comment(s string) string {
-	if !strings.ContainsAny(s, "\r\n") {
+	if !strings.ContainsAny(s, "\r\n\uFFFD") && utf8.ValidString(s) {
 		return s
 	}
-	return strings.NewReplacer("\r", `\r`, "\n", `\n`).Replace(s)
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == utf8.RuneError:
+			for _, c := range []byte(s[i : i+n]) {
+				fmt.Fprintf(&b, `\x%02x`, c)
+			}
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 func quote(s string) string {
