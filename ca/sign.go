@@ -42,11 +42,13 @@ func (a *Authority) SignCSR(csrDER []byte, ident Identity, ttl time.Duration) (c
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidCSR, err)
 	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("%w: signature: %v", ErrInvalidCSR, err)
-	}
+	// The key is checked before the signature: verifying with a huge RSA
+	// modulus is what would cost (a 60,000-bit one fits in MaxCSRBytes).
 	if err := checkPublicKey(csr.PublicKey); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidCSR, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: signature: %v", ErrInvalidCSR, err)
 	}
 	if len(csr.URIs) != 1 {
 		return nil, fmt.Errorf("%w: it must carry exactly one URI SAN (the SPIFFE ID), found %d", ErrInvalidCSR, len(csr.URIs))
@@ -137,6 +139,11 @@ func checkPublicKey(pub any) error {
 	case *rsa.PublicKey:
 		if k.N.BitLen() < 2048 {
 			return fmt.Errorf("RSA key of %d bits is too weak (at least 2048)", k.N.BitLen())
+		}
+		// crypto/tls refuses peers' RSA keys over 8192 bits, and each bit
+		// costs the CA time to verify the CSR's signature.
+		if k.N.BitLen() > 8192 {
+			return fmt.Errorf("RSA key of %d bits is too large (at most 8192)", k.N.BitLen())
 		}
 	default:
 		return fmt.Errorf("public key type %T is not allowed (ECDSA P-256/P-384 or RSA)", pub)

@@ -1,10 +1,15 @@
 package ca
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+	"math/big"
 	"net"
 	"path/filepath"
 	"strings"
@@ -228,6 +233,8 @@ func TestSignCSRRejects(t *testing.T) {
 		{name: "invalid credential identity", csr: valid, ident: Identity{Namespace: "Default", ServiceAccount: "web"}, wantErr: ErrIdentityMismatch},
 		{name: "RSA 1024", csr: csrFor(t, testKey(t, "rsa1024"), testID.String()), wantErr: ErrInvalidCSR, wantMsg: "1024 bits is too weak"},
 		{name: "P-224", csr: csrFor(t, testKey(t, "p224"), testID.String()), wantErr: ErrInvalidCSR, wantMsg: "P-224 is not allowed"},
+		// Refused on its size before its (junk) signature costs a verification.
+		{name: "RSA 60000 bits", csr: hugeRSACSR(t, 60000), wantErr: ErrInvalidCSR, wantMsg: "60000 bits is too large"},
 		{name: "oversized", csr: oversized, wantErr: ErrInvalidCSR, wantMsg: "limit"},
 	}
 	for _, tt := range tests {
@@ -280,4 +287,37 @@ func TestIssueServingCert(t *testing.T) {
 	if id, _, err := x509svid.ParseAndVerify(cert.Certificate, a.Bundle(), x509svid.WithTime(clk.Now())); err != nil || id != wantID {
 		t.Errorf("ParseAndVerify = %s, %v; want %s", id, err, wantID)
 	}
+}
+
+// hugeRSACSR is a CSR for a random RSA modulus of the given size with a junk
+// signature (no such key is generated): what a client could send to make the
+// CA verify a signature with a huge key.
+func hugeRSACSR(t *testing.T, bits int) []byte {
+	t.Helper()
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(bits)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.SetBit(n, bits-1, 1)
+	n.SetBit(n, 0, 1)
+	spki, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: n, E: 65537})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := make([]byte, (bits+7)/8)
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1Int64(0)
+			b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
+			b.AddBytes(spki)
+			b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(*cryptobyte.Builder) {})
+		})
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1ObjectIdentifier(asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11})
+			b.AddASN1NULL()
+		})
+		b.AddASN1BitString(sig)
+	})
+	return b.BytesOrPanic()
 }

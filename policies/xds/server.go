@@ -47,6 +47,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
@@ -338,7 +340,17 @@ func (s *Server) Register(ctx context.Context, gs *grpc.Server) {
 		StreamClosedFunc:  s.onClosed,
 		StreamRequestFunc: s.onRequest,
 	})
-	discovery.RegisterAggregatedDiscoveryServiceServer(gs, s.ads)
+	discovery.RegisterAggregatedDiscoveryServiceServer(gs, sotwOnly{s.ads})
+}
+
+// sotwOnly serves state-of-the-world ADS and refuses incremental (delta) xDS:
+// go-control-plane runs none of the callbacks above on a delta stream, so it
+// would serve any node id's configuration without the client certificate and
+// node id checks. No client of rampartd speaks delta.
+type sotwOnly struct{ serverv3.Server }
+
+func (sotwOnly) DeltaAggregatedResources(discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return status.Error(codes.Unimplemented, "incremental (delta) xDS is not served; use the state-of-the-world ADS stream")
 }
 
 // KubeChanged tells the server the Kubernetes caches changed; the next poll
