@@ -132,14 +132,7 @@ func limits(n int) []authz.RateLimit {
 // newTestProxy builds an inbound sidecar with New; nothing runs.
 func newTestProxy(t *testing.T, log *slog.Logger, bundleDir string) *Proxy {
 	t.Helper()
-	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
+	a := catest.Authority(t)
 	p, err := New(Config{
 		Agent:   agent.Config{ControlPlane: "127.0.0.1:1", RootCerts: a.Roots(), Identity: ca.Identity{Namespace: "foo", ServiceAccount: "httpbin"}},
 		Inbound: &InboundConfig{Listen: "127.0.0.1:0", App: "127.0.0.1:8080", BundleDir: bundleDir, Workload: testWorkload},

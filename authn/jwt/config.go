@@ -3,6 +3,7 @@ package jwt
 import (
 	"errors"
 	"fmt"
+	"golang.org/x/net/http/httpguts"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -151,7 +152,7 @@ func (r *Rule) validate() error {
 		}
 	}
 	for j, h := range r.FromHeaders {
-		if !validHeaderName(h.Name) {
+		if !httpguts.ValidHeaderFieldName(h.Name) {
 			return fmt.Errorf("fromHeaders[%d]: %q is not a valid header name", j, h.Name)
 		}
 	}
@@ -165,11 +166,11 @@ func (r *Rule) validate() error {
 			return fmt.Errorf("fromCookies[%d]: %q is not a valid cookie name", j, c)
 		}
 	}
-	if r.OutputPayloadToHeader != "" && !validHeaderName(r.OutputPayloadToHeader) {
+	if r.OutputPayloadToHeader != "" && !httpguts.ValidHeaderFieldName(r.OutputPayloadToHeader) {
 		return fmt.Errorf("outputPayloadToHeader: %q is not a valid header name", r.OutputPayloadToHeader)
 	}
 	for j, ch := range r.OutputClaimToHeaders {
-		if !validHeaderName(ch.Header) {
+		if !httpguts.ValidHeaderFieldName(ch.Header) {
 			return fmt.Errorf("outputClaimToHeaders[%d].header: %q is not a valid header name", j, ch.Header)
 		}
 		if ch.Claim == "" {
@@ -188,23 +189,6 @@ func checkHTTPURL(s string) error {
 		return fmt.Errorf("%q is not an absolute http(s) URL", s)
 	}
 	return nil
-}
-
-// validHeaderName reports whether s is an RFC 9110 token.
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // validHeaderValue rejects control characters, so a claim cannot smuggle a line

@@ -48,6 +48,21 @@ type Options struct {
 	RunAuthority bool
 }
 
+// Authority is a new CA with its state in a temporary directory, loaded, and
+// closed when the test ends.
+func Authority(t testing.TB) *ca.Authority {
+	t.Helper()
+	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Load(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
 // Start starts a CA for the test; everything stops when the test ends.
 func Start(t *testing.T, o Options) *ControlPlane {
 	t.Helper()

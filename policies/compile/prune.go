@@ -3,7 +3,8 @@ package compile
 import (
 	"encoding/json"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/rampart-mesh/rampart/policies/source"
@@ -69,13 +70,8 @@ func pruneMessage(raw []byte, md protoreflect.MessageDescriptor, path string, dr
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
 		return raw, false
 	}
-	keys := make([]string, 0, len(obj))
-	for k := range obj {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	changed := false
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
 		fd := md.Fields().ByJSONName(k)
 		if fd == nil {
 			fd = md.Fields().ByTextName(k)
@@ -112,13 +108,8 @@ func pruneField(raw []byte, fd protoreflect.FieldDescriptor, path string, droppe
 		if err := json.Unmarshal(raw, &m); err != nil || m == nil {
 			return raw, false
 		}
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
 		changed := false
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			if v, ok := pruneMessage(m[k], vd.Message(), fmt.Sprintf("%s[%s]", path, k), dropped); ok {
 				m[k] = v
 				changed = true

@@ -2,6 +2,7 @@ package compile
 
 import (
 	"fmt"
+	"golang.org/x/net/http/httpguts"
 	"net/url"
 	"sort"
 	"strings"
@@ -105,7 +106,7 @@ func jwtRule(o source.Object, p string, r *security.JWTRule) (jr jwt.Rule, fs []
 			fs = append(fs, newFinding(o, SeverityError, CodeRAHeader, fmt.Sprintf("%s.fromHeaders[%d].name", p, j), "header name is required"))
 			bad = true
 		}
-		if h.GetName() != "" && !headerToken(h.GetName()) {
+		if h.GetName() != "" && !httpguts.ValidHeaderFieldName(h.GetName()) {
 			fs = append(fs, newFinding(o, SeverityError, CodeRAHeader, fmt.Sprintf("%s.fromHeaders[%d].name", p, j), "%q is not a valid header name", h.GetName()))
 		}
 		jr.FromHeaders = append(jr.FromHeaders, jwt.HeaderLocation{Name: h.GetName(), Prefix: h.GetPrefix()})
@@ -115,7 +116,7 @@ func jwtRule(o source.Object, p string, r *security.JWTRule) (jr jwt.Rule, fs []
 			fs = append(fs, newFinding(o, SeverityError, CodeRAHeader, fmt.Sprintf("%s.outputClaimToHeaders[%d]", p, j), "header and claim are required"))
 			continue
 		}
-		if !headerToken(c.GetHeader()) {
+		if !httpguts.ValidHeaderFieldName(c.GetHeader()) {
 			fs = append(fs, newFinding(o, SeverityError, CodeRAHeader, fmt.Sprintf("%s.outputClaimToHeaders[%d].header", p, j), "%q is not a valid header name", c.GetHeader()))
 		}
 		jr.OutputClaimToHeaders = append(jr.OutputClaimToHeaders, jwt.ClaimToHeader{Header: c.GetHeader(), Claim: c.GetClaim()})
@@ -173,7 +174,7 @@ func refusedRule(o source.Object, p string, jr jwt.Rule, found bool) []Finding {
 			add(CodeRALocation, fmt.Sprintf("%s.fromCookies[%d]", p, j), "%q is not a valid cookie name", c)
 		}
 	}
-	if h := jr.OutputPayloadToHeader; h != "" && !headerToken(h) {
+	if h := jr.OutputPayloadToHeader; h != "" && !httpguts.ValidHeaderFieldName(h) {
 		add(CodeRAHeader, p+".outputPayloadToHeader", "%q is not a valid header name", h)
 	}
 	if len(fs) > 0 || found {
@@ -201,23 +202,6 @@ func jwtCause(err error) string {
 func httpURL(s string) bool {
 	u, err := url.Parse(s)
 	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
-}
-
-// headerToken reports whether s is an RFC 9110 token, as a header name must be.
-func headerToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 func btoi(b bool) int {

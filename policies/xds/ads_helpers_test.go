@@ -4,6 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rampart-mesh/rampart/policies/compile"
+	"os"
+	"path/filepath"
 	"testing"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -62,4 +66,21 @@ func adsStream(t *testing.T, ctx context.Context, a *ca.Authority, addr string, 
 		t.Fatal(err)
 	}
 	return st
+}
+
+// startServer runs an xDS server, with the default mesh, over a directory
+// holding policies (as p.yaml) until the test ends.
+func startServer(t *testing.T, a *ca.Authority, reg *prometheus.Registry, policies string) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(policies), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle(), Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	catest.GoRun(t, "xds", x.Run)
+	return x
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -13,9 +11,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rampart-mesh/rampart/authz"
-	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/catest"
-	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,30 +25,14 @@ import (
 // without a certificate, naming a connected proxy's node id, was served that
 // proxy's bundle and clusters (found in review).
 func TestDeltaADSRefused(t *testing.T) {
-	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: security.istio.io/v1
+	a := catest.Authority(t)
+	x := startServer(t, a, prometheus.NewRegistry(), `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: secret-policy, namespace: foo}
 spec:
   selector: {matchLabels: {app: httpbin}}
   rules: [{from: [{source: {namespaces: [bar]}}]}]
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mesh, _ := compile.Mesh{}.WithDefaults()
-	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle(), Metrics: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	catest.GoRun(t, "xds", x.Run)
+`)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	addr := serveADS(t, ctx, a, x)

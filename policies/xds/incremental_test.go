@@ -14,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rampart-mesh/rampart/authz"
-	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -53,14 +52,7 @@ func (p *adsProxy) recv(t *testing.T) authz.WireBundle {
 // gets it, b's keeps its version; an edit in the root namespace recompiles and
 // pushes all three.
 func TestIncrementalPushOverADS(t *testing.T) {
-	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := catest.Authority(t)
 	dir := t.TempDir()
 	write := func(name, content string) {
 		t.Helper()

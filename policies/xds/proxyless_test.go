@@ -12,7 +12,6 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/source"
@@ -50,14 +49,7 @@ spec: {address: 127.0.50.1, labels: {app: echo}, serviceAccount: echo}
 // a request that leaves out other listeners in the snapshot), and it is
 // SYNCED once it has ACKed everything its subscriptions lead to.
 func TestProxylessClientServedPerName(t *testing.T) {
-	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := catest.Authority(t)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(proxylessMesh), 0o644); err != nil {
 		t.Fatal(err)

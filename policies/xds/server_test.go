@@ -32,31 +32,15 @@ import (
 // A proxy gets the bundle compiled for its own workload, and only for the
 // identity in its certificate.
 func TestServerServesOwnIdentityOnly(t *testing.T) {
-	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: security.istio.io/v1
+	a := catest.Authority(t)
+	reg := prometheus.NewRegistry()
+	x := startServer(t, a, reg, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: only-httpbin, namespace: foo}
 spec:
   selector: {matchLabels: {app: httpbin}}
   rules: [{from: [{source: {namespaces: [bar]}}]}]
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mesh, _ := compile.Mesh{}.WithDefaults()
-	reg := prometheus.NewRegistry()
-	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle(), Metrics: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	catest.GoRun(t, "xds", x.Run)
+`)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	addr := serveADS(t, ctx, a, x)
@@ -147,14 +131,7 @@ func (refuseAll) Authenticate(context.Context, string) (ca.Identity, error) {
 // TestServerPushesOnlyAffectedProxies: a change in one namespace gives new
 // snapshots to that namespace's proxies only.
 func TestServerPushesOnlyAffectedProxies(t *testing.T) {
-	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := catest.Authority(t)
 	dir := t.TempDir()
 	policy := func(path string) []byte {
 		return []byte(`apiVersion: security.istio.io/v1
@@ -232,14 +209,7 @@ func (f *fakeKube) HasSynced() bool { return true }
 // Objects and services from Kubernetes reach proxies like the files' do, and a
 // change there (KubeChanged) is reloaded.
 func TestServerKubernetesSource(t *testing.T) {
-	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := catest.Authority(t)
 	ap, err := source.Parse("kubernetes", []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: from-kube, namespace: foo}\nspec: {}\n"))
 	if err != nil {
 		t.Fatal(err)

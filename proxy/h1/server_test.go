@@ -624,30 +624,17 @@ type noHalfClose struct{ net.Conn }
 // net/http's server: ReverseProxy aborts only when it sees a server in the
 // request's context.
 func TestServerReverseProxyAbortsBrokenBody(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
-					c.Close()
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nfirst half of th")
-				time.Sleep(50 * time.Millisecond)
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close()
-			}()
+	upstream := rawApp(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			c.Close()
+			return
 		}
-	}()
-	target, _ := url.Parse("http://" + lis.Addr().String())
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nfirst half of th")
+		time.Sleep(50 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	})
+	target, _ := url.Parse("http://" + upstream)
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.ErrorLog = log.New(io.Discard, "", 0)
 	addr, _ := serve(t, &Server{Handler: rp})

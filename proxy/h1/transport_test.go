@@ -95,41 +95,28 @@ func TestAppTransportReusesConnections(t *testing.T) {
 // connection after the request went out, a replayable request is sent again; a
 // non-replayable one is not sent twice.
 func TestAppTransportStaleConnection(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
 	var served, dropped atomic.Int64
 	var dropSecond atomic.Bool
 	// Answers one request per connection with keep-alive, then closes it
 	// without saying so: the next request on it finds it dead. With
 	// dropSecond, it reads a second request first and closes unanswered.
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				served.Add(1)
-				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.Method), req.Method)
-				if dropSecond.Load() {
-					if _, err := http.ReadRequest(br); err == nil {
-						dropped.Add(1)
-					}
-				}
-			}()
+	addr := rawApp(t, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
 		}
-	}()
-	at, _ := newAppTransport(t, lis.Addr().String())
-	url := "http://" + lis.Addr().String() + "/"
+		served.Add(1)
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.Method), req.Method)
+		if dropSecond.Load() {
+			if _, err := http.ReadRequest(br); err == nil {
+				dropped.Add(1)
+			}
+		}
+	})
+	at, _ := newAppTransport(t, addr)
+	url := "http://" + addr + "/"
 	for _, method := range []string{"GET", "GET", "PATCH", "POST", "DELETE"} {
 		before := served.Load()
 		if code, body, err := do(t, at, method, url, nil); err != nil || code != 200 || body != method {
@@ -162,44 +149,31 @@ func TestAppTransportStaleConnection(t *testing.T) {
 // response, whether they came with the response or after it.
 func TestAppTransportUnsolicitedBytes(t *testing.T) {
 	for _, late := range []bool{false, true} {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lis.Close()
-		go func() {
+		addr := rawApp(t, func(c net.Conn) {
+			defer c.Close()
+			br := bufio.NewReader(c)
 			for {
-				c, err := lis.Accept()
+				req, err := http.ReadRequest(br)
 				if err != nil {
 					return
 				}
-				go func() {
-					defer c.Close()
-					br := bufio.NewReader(c)
-					for {
-						req, err := http.ReadRequest(br)
-						if err != nil {
-							return
-						}
-						body := "for " + req.URL.Path
-						if req.Method != "HEAD" {
-							fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-							continue
-						}
-						injected := "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Injected: yes\r\n\r\ninjected"
-						if late {
-							io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
-							time.Sleep(50 * time.Millisecond)
-							io.WriteString(c, injected)
-						} else {
-							io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n"+injected)
-						}
-					}
-				}()
+				body := "for " + req.URL.Path
+				if req.Method != "HEAD" {
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+					continue
+				}
+				injected := "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Injected: yes\r\n\r\ninjected"
+				if late {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+					time.Sleep(50 * time.Millisecond)
+					io.WriteString(c, injected)
+				} else {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n"+injected)
+				}
 			}
-		}()
-		at, _ := newAppTransport(t, lis.Addr().String())
-		url := "http://" + lis.Addr().String()
+		})
+		at, _ := newAppTransport(t, addr)
+		url := "http://" + addr
 		if code, _, err := do(t, at, "HEAD", url+"/head", nil); err != nil || code != 200 {
 			t.Fatalf("late=%v: HEAD: %d %v", late, code, err)
 		}
@@ -215,42 +189,29 @@ func TestAppTransportUnsolicitedBytes(t *testing.T) {
 // A response's head is bounded (10 MB, five informational answers), so one
 // answer cannot take the sidecar's memory.
 func TestAppTransportResponseHeadLimits(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
+	addr := rawApp(t, func(c net.Conn) {
+		defer c.Close()
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		if req.URL.Path == "/hints" {
+			for range 6 {
+				io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n")
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Big: ")
+		line := strings.Repeat("a", 64<<10)
+		for range 12 << 4 { // 12 MiB, no end of line
+			if _, err := io.WriteString(c, line); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				if req.URL.Path == "/hints" {
-					for range 6 {
-						io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n")
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Big: ")
-				line := strings.Repeat("a", 64<<10)
-				for range 12 << 4 { // 12 MiB, no end of line
-					if _, err := io.WriteString(c, line); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	at, _ := newAppTransport(t, lis.Addr().String())
-	url := "http://" + lis.Addr().String()
+	})
+	at, _ := newAppTransport(t, addr)
+	url := "http://" + addr
 	if _, _, err := do(t, at, "GET", url+"/big", nil); err == nil || !strings.Contains(err.Error(), "exceed") {
 		t.Fatalf("a 12 MiB header: %v; want refused as too large", err)
 	}
@@ -351,41 +312,28 @@ func TestAppTransportEarlyHintsAndEarlyClose(t *testing.T) {
 // its connection to another protocol: the connection is not pooled, and the
 // next request gets a fresh one.
 func TestAppTransportDoesNotPoolSwitchedConnection(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	var conns atomic.Int64
-	go func() {
+	addr := rawApp(t, func(c net.Conn) {
+		n := conns.Add(1)
+		defer c.Close()
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := http.ReadRequest(br); err != nil {
 				return
 			}
-			n := conns.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if _, err := http.ReadRequest(br); err != nil {
-						return
-					}
-					if n == 1 {
-						// Switch, then speak something that is not HTTP.
-						io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\nRAW-PROTOCOL-BYTES\r\n")
-						continue
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				}
-			}()
+			if n == 1 {
+				// Switch, then speak something that is not HTTP.
+				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\nRAW-PROTOCOL-BYTES\r\n")
+				continue
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
-	}()
-	at, _ := newAppTransport(t, ln.Addr().String())
-	if code, _, err := do(t, at, "GET", "http://"+ln.Addr().String()+"/switch", nil); err != nil || code != http.StatusSwitchingProtocols {
+	})
+	at, _ := newAppTransport(t, addr)
+	if code, _, err := do(t, at, "GET", "http://"+addr+"/switch", nil); err != nil || code != http.StatusSwitchingProtocols {
 		t.Fatalf("first request: %d, %v; want the 101", code, err)
 	}
-	if code, body, err := do(t, at, "GET", "http://"+ln.Addr().String()+"/next", nil); err != nil || code != 200 || body != "ok" {
+	if code, body, err := do(t, at, "GET", "http://"+addr+"/next", nil); err != nil || code != 200 || body != "ok" {
 		t.Fatalf("request after a 101: %d %q, %v; want 200 ok on a fresh connection", code, body, err)
 	}
 	if n := conns.Load(); n != 2 {
@@ -439,4 +387,25 @@ func TestWriteRequestMatchesNetHTTP(t *testing.T) {
 	if err := writeRequest(bufio.NewWriter(io.Discard), bad); err == nil {
 		t.Fatal("a header value with CR LF was written")
 	}
+}
+
+// rawApp serves every connection accepted on a loopback listener with serve,
+// each on its own goroutine, until the test ends; it returns the address.
+func rawApp(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(c)
+		}
+	}()
+	return ln.Addr().String()
 }

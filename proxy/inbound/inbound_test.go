@@ -20,7 +20,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rampart-mesh/rampart/authn/peer"
 	"github.com/rampart-mesh/rampart/authz"
-	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/offline"
@@ -97,14 +96,7 @@ func (e *env) drainPaths() []string {
 
 func start(t *testing.T, mode string, tweak ...func(*Config)) *env {
 	t.Helper()
-	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
+	a := catest.Authority(t)
 	td := a.TrustDomain()
 
 	bundleDir := t.TempDir()

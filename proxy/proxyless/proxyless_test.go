@@ -64,14 +64,7 @@ func (s *source) TrustDomain() spiffeid.TrustDomain {
 }
 
 func TestWriterFilesAndBootstrap(t *testing.T) {
-	a, err := ca.New(ca.Config{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := catest.Authority(t)
 	src := &source{ready: make(chan struct{}), changed: make(chan struct{})}
 	dir := t.TempDir()
 	certs, boot := filepath.Join(dir, "certs"), filepath.Join(dir, "grpc", "bootstrap.json")
