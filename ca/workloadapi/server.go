@@ -83,13 +83,9 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		_ = os.Remove(path) // stale socket from a previous run
 	}
-	lis, err := net.Listen("unix", path)
+	lis, err := listenPrivate(path, s.cfg.SocketMode)
 	if err != nil {
-		return fmt.Errorf("listen on workload API socket: %w", err)
-	}
-	if err := os.Chmod(path, s.cfg.SocketMode); err != nil {
-		lis.Close()
-		return fmt.Errorf("chmod workload API socket: %w", err)
+		return err
 	}
 	gs := grpc.NewServer(
 		grpc.UnaryInterceptor(s.unaryGuard),
@@ -112,6 +108,37 @@ func (s *Server) Run(ctx context.Context) error {
 	gs.Stop()
 	_ = os.Remove(path)
 	return nil
+}
+
+// listenPrivate listens on a Unix socket at path that no one but mode allows
+// has ever been able to connect to. bind(2) creates the socket file with the
+// process's umask, so a socket bound at path and chmod-ed afterwards is open
+// to anyone for the moment between the two (with a umask of 0, to every local
+// user, who would be handed the workload's SVID and key). It is bound instead
+// in a fresh directory only this user can enter, given its mode there, and
+// renamed into place.
+func listenPrivate(path string, mode os.FileMode) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".workload-api-")
+	if err != nil {
+		return nil, fmt.Errorf("workload API socket directory: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	lis, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, fmt.Errorf("listen on workload API socket: %w", err)
+	}
+	// The name changes under the listener: it must not unlink the old one on close.
+	lis.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, mode); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("chmod workload API socket: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("workload API socket %s: %w", path, err)
+	}
+	return lis, nil
 }
 
 // The SPIFFE Workload Endpoint spec requires this header on every call, so that a
