@@ -91,6 +91,12 @@ type Server struct {
 
 	mu      sync.Mutex
 	objs    []source.Object // last good configuration
+	// loaded is set once the first configuration has loaded. Until then no
+	// proxy is sent anything: a bundle compiled from no configuration has no
+	// policy in it, and a sidecar that applied one (one reconnecting to a
+	// restarting rampartd, say, while the Kubernetes caches sync) would allow
+	// every request.
+	loaded bool
 	net     *compile.Networking
 	stamp   string // what the files looked like when objs was read
 	nodes   map[string]*node
@@ -477,7 +483,7 @@ func (s *Server) reload(first bool) error {
 	s.mu.Unlock()
 	sc := changeScope(s.cfg.Mesh, prev, next)
 	s.mu.Lock()
-	s.objs, s.net, s.providers, s.stamp = objs, nw, next.providers, stamp
+	s.objs, s.net, s.providers, s.stamp, s.loaded = objs, nw, next.providers, stamp, true
 	s.version++
 	kept := map[string]*built{}
 	for k, b := range s.built {
@@ -514,7 +520,9 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 	// one version is never filed under another.
 	s.mu.Lock()
 	n := s.nodes[nodeID]
-	if n == nil {
+	if n == nil || !s.loaded {
+		// Not loaded yet: the proxy's requests wait in go-control-plane's
+		// watch; the first load pushes to every proxy connected by then.
 		s.mu.Unlock()
 		return nil
 	}

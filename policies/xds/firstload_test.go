@@ -1,0 +1,87 @@
+package xds
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/ca/catest"
+	"github.com/rampart-mesh/rampart/policies/compile"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// A sidecar that connects before rampartd has loaded its configuration (a
+// restart, the Kubernetes caches still syncing) must be sent nothing until
+// the configuration is in: a bundle compiled from no configuration has no
+// policy, and the sidecar would allow every request.
+func TestNothingServedBeforeFirstLoad(t *testing.T) {
+	a := catest.Authority(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-bar, namespace: foo}
+spec:
+  rules: [{from: [{source: {namespaces: [bar]}}]}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st := adsStream(t, ctx, a, serveADS(t, ctx, a, x), catest.TLSCertificate(catest.IssueSVID(t, a, "foo", "httpbin")))
+	md, _ := structpb.NewStruct(map[string]any{"NAME": "httpbin", "LABELS": map[string]any{"app": "httpbin"}})
+	if err := st.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "spiffe://cluster.local/ns/foo/sa/httpbin", Metadata: md},
+		TypeUrl: "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig", ResourceNames: []string{authz.ExtensionName}}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *discovery.DiscoveryResponse, 1)
+	go func() {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Error(err)
+			close(got)
+			return
+		}
+		got <- resp
+	}()
+	// The proxy is registered (its request reached the server) and waits.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(x.Status()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy never registered")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case resp := <-got:
+		wb, _ := authz.WireBundleFrom(resp.GetResources()[0])
+		t.Fatalf("a bundle was served before the configuration loaded (modules %d, policy:\n%s)", len(wb.Modules), wb.Modules["rampart/policy.rego"])
+	case <-time.After(300 * time.Millisecond):
+	}
+	catest.GoRun(t, "xds", x.Run)
+	select {
+	case resp, ok := <-got:
+		if !ok {
+			return
+		}
+		wb, err := authz.WireBundleFrom(resp.GetResources()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(wb.Modules["rampart/policy.rego"], "foo/only-bar") {
+			t.Fatalf("the first bundle lacks the workload's policy:\n%s", wb.Modules["rampart/policy.rego"])
+		}
+	case <-ctx.Done():
+		t.Fatal("no bundle after the configuration loaded")
+	}
+}
