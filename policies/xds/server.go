@@ -89,14 +89,14 @@ type Server struct {
 	mux       cachev3.Cache
 	ads       serverv3.Server
 
-	mu      sync.Mutex
-	objs    []source.Object // last good configuration
+	mu   sync.Mutex
+	objs []source.Object // last good configuration
 	// loaded is set once the first configuration has loaded. Until then no
 	// proxy is sent anything: a bundle compiled from no configuration has no
 	// policy in it, and a sidecar that applied one (one reconnecting to a
 	// restarting rampartd, say, while the Kubernetes caches sync) would allow
 	// every request.
-	loaded bool
+	loaded  bool
 	net     *compile.Networking
 	stamp   string // what the files looked like when objs was read
 	nodes   map[string]*node
