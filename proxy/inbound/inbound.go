@@ -295,7 +295,7 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 			c.Close()
 			return
 		}
-		c = &slotConn{Conn: c, release: func() { <-s.slots }}
+		c = &slotConn{Conn: c, release: func() { <-s.slots }, local: originalDst(c)}
 		go func() {
 			sc, kind, err := listener.Sniff(c, s.cfg.SniffTimeout)
 			if err != nil {
@@ -611,6 +611,44 @@ type slotConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+	// local is the address the client connected to when iptables redirected
+	// the connection to this listener (transparent capture); nil otherwise.
+	local net.Addr
+}
+
+// LocalAddr is the address the client connected to: with transparent
+// capture, the app's port the client dialled (which authorization's
+// destination.port and to.operation.ports mean), not the listener's 15006.
+func (c *slotConn) LocalAddr() net.Addr {
+	if c.local != nil {
+		return c.local
+	}
+	return c.Conn.LocalAddr()
+}
+
+// originalDst is c's destination before an iptables REDIRECT, or nil when
+// the connection was not redirected (or the kernel cannot say: no
+// connection tracking). Only the kernel sets it; a client cannot.
+func originalDst(c net.Conn) net.Addr {
+	for range 8 {
+		if _, ok := c.(*net.TCPConn); ok {
+			break
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
+		c = u.NetConn()
+	}
+	dst, err := listener.OriginalDst(c)
+	if err != nil {
+		return nil
+	}
+	local, ok := c.LocalAddr().(*net.TCPAddr)
+	if ok && local.Port == int(dst.Port()) && local.AddrPort().Addr().Unmap() == dst.Addr() {
+		return nil
+	}
+	return net.TCPAddrFromAddrPort(dst)
 }
 
 func (c *slotConn) Close() error {

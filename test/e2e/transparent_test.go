@@ -86,6 +86,16 @@ apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: rampart-system}
 spec: {mtls: {mode: STRICT}}
+---
+# The port a policy names is the one the client dialled (9080), not the
+# inbound listener's 15006 that iptables redirected the connection to.
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-details-1, namespace: default}
+spec:
+  selector: {matchLabels: {app: b}}
+  action: DENY
+  rules: [{to: [{operation: {ports: ["9080"], paths: [/details/1]}}]}]
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +160,9 @@ spec: {mtls: {mode: STRICT}}
 	procs.Eventually(t, 30*time.Second, "a's app reaches b through both sidecars", func() bool {
 		return strings.Contains(curl("--resolve", "b:9080:"+ipB, "http://b:9080/details/0"), "William Shakespeare")
 	})
+	if out := curl("-w", " %{http_code}", "--resolve", "b:9080:"+ipB, "http://b:9080/details/1"); !strings.HasSuffix(out, " 403") {
+		t.Errorf("a DENY on port 9080 did not stop a request to b:9080 (authorization saw another port): %q", out)
+	}
 	// Without the sidecars' mTLS the STRICT port refuses: a plaintext client
 	// from the proxy's own uid (not captured) is reset.
 	direct, _ := exec.Command("ip", "netns", "exec", nsA, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
