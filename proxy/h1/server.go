@@ -209,21 +209,45 @@ func (sc *serverConn) handOff(readAgain bool) {
 		sc.close()
 		return
 	}
-	if !readAgain || sc.br.Buffered() == 0 {
-		sc.release()
-		sc.srv.HTTP2(sc.c)
-		return
+	c := sc.c
+	if readAgain && sc.br.Buffered() > 0 {
+		buffered, _ := sc.br.Peek(sc.br.Buffered())
+		c = &replay.Conn{Conn: sc.c, Head: append([]byte(nil), buffered...)}
 	}
-	buffered, _ := sc.br.Peek(sc.br.Buffered())
-	rc := &replay.Conn{Conn: sc.c, Head: append([]byte(nil), buffered...)}
+	if sc.tls != nil && sc.tls.NegotiatedProtocol != "h2" {
+		// HTTP/2 on a TLS connection whose ALPN did not say so (Istio's
+		// "istio"): net/http's server would read a *tls.Conn by its ALPN,
+		// so it gets the stream as h2c, with the handshake's state kept.
+		c = &TLSView{Conn: c, State: *sc.tls}
+	}
 	sc.release()
-	sc.srv.HTTP2(rc)
+	sc.srv.HTTP2(c)
 }
+
+// TLSView is a connection whose TLS the sidecar has already ended, handed on
+// as its decrypted stream with the handshake's State (the peer's
+// certificate). It has no ConnectionState method on purpose: net/http's
+// server serves h2c only on connections without one. A handler finds it as
+// the connection of its request's context and takes the request's TLS state
+// from it.
+type TLSView struct {
+	net.Conn
+	State tls.ConnectionState
+}
+
+// NetConn is the connection underneath.
+func (c *TLSView) NetConn() net.Conn { return c.Conn }
 
 // serverMarker is the http.ServerContextKey value of requests served here.
 var serverMarker = &http.Server{}
 
 var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+// http1ALPN are the ALPN names that promise HTTP/1.x. Any other (none, or
+// Istio's "istio", which its sidecars offer for whatever they carry) leaves
+// the first bytes to say: a connection that opens with HTTP/2's preface is
+// served as HTTP/2.
+var http1ALPN = map[string]bool{"http/1.1": true, "http/1.0": true, "istio-http/1.0": true, "istio-http/1.1": true}
 
 func (sc *serverConn) serve(ctx context.Context) {
 	idleTimeout := sc.srv.IdleTimeout
@@ -262,7 +286,7 @@ func (sc *serverConn) serve(ctx context.Context) {
 		}
 		if first {
 			first = false
-			if sc.tls == nil && sc.srv.HTTP2 != nil && sc.isPreface() {
+			if (sc.tls == nil || !http1ALPN[sc.tls.NegotiatedProtocol]) && sc.srv.HTTP2 != nil && sc.isPreface() {
 				sc.handOff(true)
 				return
 			}

@@ -238,7 +238,14 @@ func New(cfg Config) (*Server, error) {
 // Run serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
 	conns := listener.NewChan(s.cfg.Listener.Addr())
+	// HTTP/2 comes here from h1.Server: over TLS with ALPN h2, or as h2c
+	// (plaintext with prior knowledge, or TLS whose ALPN said otherwise).
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true)
+	protocols.SetUnencryptedHTTP2(true)
 	hs := &http.Server{
+		Protocols:         protocols,
 		Handler:           http.HandlerFunc(s.serveHTTP),
 		ReadHeaderTimeout: s.cfg.HeaderTimeout,
 		MaxHeaderBytes:    64 << 10,
@@ -394,9 +401,17 @@ func reset(c net.Conn) {
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	if c, ok := ctx.Value(connKey{}).(*sniffedTLS); ok && r.TLS == nil {
-		st := c.tls.ConnectionState()
-		r.TLS = &st
+	if r.TLS == nil {
+		// A TLS connection served as HTTP/2 whose ALPN did not say h2
+		// (h1.TLSView), or one sniffed on an auto port (sniffedTLS).
+		switch c := ctx.Value(connKey{}).(type) {
+		case *h1.TLSView:
+			st := c.State
+			r.TLS = &st
+		case *sniffedTLS:
+			st := c.tls.ConnectionState()
+			r.TLS = &st
+		}
 	}
 	security := "none"
 	principal := ""

@@ -1,0 +1,64 @@
+package inbound
+
+import (
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// HTTP/2 with prior knowledge, on connections whose ALPN did not say h2: a
+// peer's mTLS with Istio's ALPN "istio" (what an Istio sidecar offers for
+// any stream), on an auto port and on an HTTP port, and plaintext h2c on a
+// PERMISSIVE port. Each is served as HTTP/2, and authorization still sees
+// the peer's certificate.
+func TestInboundHTTP2WithoutH2ALPN(t *testing.T) {
+	istio := func(c *tls.Config) *tls.Config { c = c.Clone(); c.NextProtos = []string{"istio"}; return c }
+	for _, proto := range []string{ProtocolAuto, "http"} {
+		e := start(t, ModePermissive, func(c *Config) { c.Protocol = proto })
+		for _, tc := range []struct {
+			name   string
+			tls    *tls.Config
+			path   string
+			status int
+		}{
+			{"mTLS with ALPN istio, the peer the policy allows", istio(e.client), "/get", 200},
+			{"mTLS with ALPN istio, a peer the policy does not name", istio(e.other), "/get", 403},
+			{"plaintext h2c on a public path", nil, "/public/x", 200},
+			{"plaintext h2c, no peer identity", nil, "/get", 403},
+		} {
+			t.Run(proto+"/"+tc.name, func(t *testing.T) {
+				var c net.Conn
+				var err error
+				if tc.tls != nil {
+					c, err = tls.Dial("tcp", e.addr, tc.tls)
+				} else {
+					c, err = net.Dial("tcp", e.addr)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				cc, err := (&http2.Transport{}).NewClientConn(c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				req, _ := http.NewRequest("GET", "http://httpbin.foo"+tc.path, nil)
+				resp, err := cc.RoundTrip(req)
+				if err != nil {
+					t.Fatalf("HTTP/2: %v", err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tc.status || resp.ProtoMajor != 2 {
+					t.Fatalf("status %d (HTTP/%d) %q, want %d over HTTP/2", resp.StatusCode, resp.ProtoMajor, body, tc.status)
+				}
+			})
+		}
+	}
+}
