@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,5 +61,36 @@ func TestInboundHTTP2WithoutH2ALPN(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// The app is down: a gRPC client gets what Envoy's local reply for gRPC
+// gives, a trailers-only UNAVAILABLE, not an HTTP 503 in text.
+func TestInboundGRPCAppDownIsUnavailable(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := dead.Addr().String()
+	dead.Close()
+	e := start(t, ModePermissive, func(c *Config) { c.App = addr })
+	h2 := e.client.Clone()
+	h2.NextProtos = []string{"h2"}
+	tr := &http.Transport{TLSClientConfig: h2, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("POST", "https://"+e.addr+"/echo.Echo/Who", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Host = "httpbin.foo"
+	req.Header.Set("content-type", "application/grpc")
+	req.Header.Set("te", "trailers")
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.ReadAll(resp.Body)
+	status := resp.Header.Get("grpc-status") + resp.Trailer.Get("grpc-status")
+	if resp.StatusCode != 200 || status != "14" || resp.Header.Get("content-type") != "application/grpc" {
+		t.Fatalf("got %d grpc-status %q content-type %q; want 200, 14 (UNAVAILABLE), application/grpc",
+			resp.StatusCode, status, resp.Header.Get("content-type"))
 	}
 }

@@ -195,6 +195,11 @@ func New(cfg Config) (*Server, error) {
 				return
 			}
 			s.log.Warn("app unreachable", "app", cfg.App, "err", err)
+			if strings.HasPrefix(r.Header.Get("content-type"), "application/grpc") {
+				// As Envoy's local replies to gRPC: a trailers-only UNAVAILABLE.
+				grpcReply(w, strconv.Itoa(grpcStatusFor(http.StatusServiceUnavailable)), "upstream connect error")
+				return
+			}
 			http.Error(w, "upstream connect error", http.StatusServiceUnavailable)
 		},
 	}
