@@ -2,14 +2,19 @@ package compile
 
 import (
 	"fmt"
-	"regexp"
+	"math"
+	"regexp/syntax"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/rampart-mesh/rampart/policies/registry"
 	"github.com/rampart-mesh/rampart/policies/source"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	networking "istio.io/api/networking/v1alpha3"
 )
 
@@ -19,7 +24,8 @@ const (
 	CodeVSNoHosts       = "VS-NO-HOSTS"
 	CodeVSNoAction      = "VS-NO-ACTION"    // an http route with neither route, redirect nor directResponse
 	CodeVSBadRegex      = "VS-BAD-REGEX"    // a regex that RE2 does not accept
-	CodeVSWeights       = "VS-WEIGHTS"      // weights that do not add up to 100
+	CodeVSWeights       = "VS-WEIGHTS"      // a negative weight, or several destinations whose weights add up to 0
+	CodeVSBadValue      = "VS-BAD-VALUE"    // a duration, status code or retry condition the sidecar refuses
 	CodeVSUnknownHost   = "VS-UNKNOWN-HOST" // warning: a destination host not in the registry
 	CodeVSUnsupported   = "VS-UNSUPPORTED"  // a field Rampart does not implement (delegate, ...)
 	CodeVSPercent       = "VS-BAD-PERCENT"  // a percentage outside 0..100
@@ -202,14 +208,120 @@ func hasError(fs []Finding) bool {
 	return false
 }
 
+// checkWeights applies Istio's rules for destination weights: none negative
+// and, with several destinations, a sum above 0 (a destination receives
+// weight/sum of the traffic; with one destination the weight is ignored).
+func checkWeights(o source.Object, path string, ws []int32) []Finding {
+	var fs []Finding
+	var sum int64
+	for i, w := range ws {
+		if w < 0 {
+			fs = append(fs, newFinding(o, SeverityError, CodeVSWeights, fmt.Sprintf("%s[%d].weight", path, i), "%d is negative", w))
+		}
+		sum += int64(w)
+	}
+	if len(ws) > 1 && len(fs) == 0 && sum == 0 {
+		fs = append(fs, newFinding(o, SeverityError, CodeVSWeights, path,
+			"%d destinations and no weights: give each destination its share (a weight), or list one destination", len(ws)))
+	}
+	if sum > math.MaxUint32 {
+		fs = append(fs, newFinding(o, SeverityError, CodeVSWeights, path, "weights add up to %d, more than %d", sum, uint64(math.MaxUint32)))
+	}
+	return fs
+}
+
+// Limits the sidecar's route compiler puts on regexes (proxy/route); the
+// control plane may not import it, so the rule is repeated here and a test
+// keeps the two in step.
+const (
+	maxRegexLen  = 1024
+	maxRegexProg = 10_000
+)
+
+// checkRegex accepts what the sidecar accepts: an RE2 pattern parsed on its
+// own (so "a)|(b" cannot escape the anchoring group), within the limits.
+func checkRegex(pat string) error {
+	if len(pat) > maxRegexLen {
+		return fmt.Errorf("regex of %d bytes is longer than the limit of %d", len(pat), maxRegexLen)
+	}
+	parsed, err := syntax.Parse(pat, syntax.Perl)
+	if err != nil {
+		return fmt.Errorf("invalid regex %q: %w", pat, err)
+	}
+	prog, err := syntax.Compile(parsed.Simplify())
+	if err != nil {
+		return fmt.Errorf("invalid regex %q: %w", pat, err)
+	}
+	if len(prog.Inst) > maxRegexProg {
+		return fmt.Errorf("regex %q compiles to %d instructions, more than the limit of %d", pat, len(prog.Inst), maxRegexProg)
+	}
+	return nil
+}
+
+// checkDuration refuses invalid and negative durations, as the sidecar does.
+func checkDuration(d *durationpb.Duration) error {
+	if d == nil {
+		return nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return err
+	}
+	if d.GetSeconds() < 0 || d.GetNanos() < 0 {
+		return fmt.Errorf("%v is negative", d.AsDuration())
+	}
+	if d.GetSeconds() > math.MaxInt64/int64(time.Second)-1 {
+		return fmt.Errorf("%ds is too long", d.GetSeconds())
+	}
+	return nil
+}
+
+// retryOnTokens are the retry conditions the sidecar implements (Envoy's
+// router and gRPC conditions); a test checks them against proxy/route.
+var retryOnTokens = []string{
+	"5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "envoy-ratelimited",
+	"retriable-4xx", "refused-stream", "retriable-status-codes", "retriable-headers",
+	"http3-post-connect-failure", "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+}
+
+// checkRetryOn refuses an unknown retryOn condition: the sidecar would refuse
+// the whole route set for it. Numbers are retriable status codes.
+func checkRetryOn(s string) error {
+	for _, t := range strings.Split(s, ",") {
+		t = strings.TrimSpace(t)
+		if t == "" {
+			continue
+		}
+		if n, err := strconv.Atoi(t); err == nil {
+			if n < 100 || n > 599 {
+				return fmt.Errorf("%d is not an HTTP status", n)
+			}
+			continue
+		}
+		if !slices.Contains(retryOnTokens, t) {
+			return fmt.Errorf("unknown retry condition %q; known: %s and HTTP status codes", t, strings.Join(retryOnTokens, ", "))
+		}
+	}
+	return nil
+}
+
 func validateVirtualService(o source.Object, vs *networking.VirtualService) []Finding {
 	var fs []Finding
 	if len(vs.GetHosts()) == 0 {
 		fs = append(fs, newFinding(o, SeverityError, CodeVSNoHosts, "spec.hosts", "at least one host is required"))
 	}
 	re := func(path, expr string) {
-		if _, err := regexp.Compile("^(?:" + expr + ")$"); err != nil {
-			fs = append(fs, newFinding(o, SeverityError, CodeVSBadRegex, path, "%q: %v", expr, err))
+		if err := checkRegex(expr); err != nil {
+			fs = append(fs, newFinding(o, SeverityError, CodeVSBadRegex, path, "%v", err))
+		}
+	}
+	dur := func(path string, d *durationpb.Duration) {
+		if err := checkDuration(d); err != nil {
+			fs = append(fs, newFinding(o, SeverityError, CodeVSBadValue, path, "%v", err))
+		}
+	}
+	status := func(path string, code int32) {
+		if code < 200 || code > 599 {
+			fs = append(fs, newFinding(o, SeverityError, CodeVSBadValue, path, "%d is not an HTTP status in [200, 599]", code))
 		}
 	}
 	sm := func(path string, m *networking.StringMatch) {
@@ -246,14 +358,34 @@ func validateVirtualService(o source.Object, vs *networking.VirtualService) []Fi
 				sm(fmt.Sprintf("%s.withoutHeaders[%s]", mb, k), v)
 			}
 		}
-		if len(h.GetRoute()) > 1 {
-			sum := int32(0)
-			for _, d := range h.GetRoute() {
-				sum += d.GetWeight()
+		hw := make([]int32, len(h.GetRoute()))
+		for j, d := range h.GetRoute() {
+			hw[j] = d.GetWeight()
+		}
+		fs = append(fs, checkWeights(o, base+".route", hw)...)
+		dur(base+".timeout", h.GetTimeout())
+		if r := h.GetRetries(); r != nil {
+			if r.GetAttempts() < 0 {
+				fs = append(fs, newFinding(o, SeverityError, CodeVSBadValue, base+".retries.attempts", "%d is negative", r.GetAttempts()))
 			}
-			if sum != 100 && sum != 0 {
-				fs = append(fs, newFinding(o, SeverityError, CodeVSWeights, base+".route", "weights add up to %d, not 100", sum))
+			if err := checkRetryOn(r.GetRetryOn()); err != nil {
+				fs = append(fs, newFinding(o, SeverityError, CodeVSBadValue, base+".retries.retryOn", "%v", err))
 			}
+			dur(base+".retries.perTryTimeout", r.GetPerTryTimeout())
+		}
+		if rd := h.GetRedirect(); rd != nil {
+			switch rd.GetRedirectCode() {
+			case 0, 301, 302, 303, 307, 308:
+			default:
+				fs = append(fs, newFinding(o, SeverityError, CodeVSBadValue, base+".redirect.redirectCode",
+					"%d is not supported: use 301, 302, 303, 307 or 308", rd.GetRedirectCode()))
+			}
+		}
+		if dr := h.GetDirectResponse(); dr != nil {
+			status(base+".directResponse.status", int32(min(dr.GetStatus(), math.MaxInt32)))
+		}
+		if mo := h.GetCorsPolicy().GetMaxAge(); mo != nil {
+			dur(base+".corsPolicy.maxAge", mo)
 		}
 		if rr := h.GetRewrite().GetUriRegexRewrite(); rr != nil {
 			re(base+".rewrite.uriRegexRewrite.match", rr.GetMatch())
@@ -263,9 +395,17 @@ func validateVirtualService(o source.Object, vs *networking.VirtualService) []Fi
 			pct(base+".fault.abort.percentage", f.GetAbort().GetPercentage())
 			if f.GetDelay() != nil && f.GetDelay().GetFixedDelay() == nil {
 				fs = append(fs, newFinding(o, SeverityError, CodeVSUnsupported, base+".fault.delay", "only fixedDelay is supported"))
+			} else if f.GetDelay() != nil {
+				dur(base+".fault.delay.fixedDelay", f.GetDelay().GetFixedDelay())
+			}
+			//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it
+			if p := f.GetDelay().GetPercent(); p < 0 || p > 100 {
+				fs = append(fs, newFinding(o, SeverityError, CodeVSPercent, base+".fault.delay.percent", "%d is not a percentage", p))
 			}
 			if f.GetAbort() != nil && f.GetAbort().GetHttpStatus() == 0 {
 				fs = append(fs, newFinding(o, SeverityError, CodeVSUnsupported, base+".fault.abort", "only httpStatus aborts are supported"))
+			} else if f.GetAbort() != nil {
+				status(base+".fault.abort.httpStatus", f.GetAbort().GetHttpStatus())
 			}
 		}
 		pct(base+".mirrorPercentage", h.GetMirrorPercentage())
@@ -277,16 +417,14 @@ func validateVirtualService(o source.Object, vs *networking.VirtualService) []Fi
 		}
 	}
 	weights := func(path string, ds []*networking.RouteDestination) {
-		if len(ds) < 2 {
-			return
+		ws := make([]int32, len(ds))
+		for i, d := range ds {
+			ws[i] = d.GetWeight()
 		}
-		sum := int32(0)
-		for _, d := range ds {
-			sum += d.GetWeight()
-		}
-		if sum != 100 && sum != 0 {
-			fs = append(fs, newFinding(o, SeverityError, CodeVSWeights, path, "weights add up to %d, not 100", sum))
-		}
+		fs = append(fs, checkWeights(o, path, ws)...)
+	}
+	for i, t := range vs.GetTcp() {
+		weights(fmt.Sprintf("spec.tcp[%d].route", i), t.GetRoute())
 	}
 	for i, t := range vs.GetTls() {
 		fs = append(fs, validateTLSRoute(o, vs, fmt.Sprintf("spec.tls[%d]", i), t)...)

@@ -499,10 +499,17 @@ func applyTrafficPolicy(c *clusterv3.Cluster, tp *networking.TrafficPolicy, p re
 		}
 		//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it
 		legacy := uint32(od.GetConsecutiveErrors()) // deprecated: gateway errors
-		if v := od.GetConsecutive_5XxErrors(); v != nil && v.GetValue() > 0 {
+		// consecutive5xxErrors defaults to 5; only an explicit 0 turns it
+		// off. The deprecated consecutiveErrors, when set alone, asks for
+		// gateway errors instead, as Istio translates it.
+		switch v := od.GetConsecutive_5XxErrors(); {
+		case v != nil && v.GetValue() > 0:
 			o.Consecutive_5Xx, o.EnforcingConsecutive_5Xx = wrapperspb.UInt32(v.GetValue()), wrapperspb.UInt32(100)
-		} else if legacy > 0 {
+		case v != nil:
+		case legacy > 0:
 			o.ConsecutiveGatewayFailure, o.EnforcingConsecutiveGatewayFailure = wrapperspb.UInt32(legacy), wrapperspb.UInt32(100)
+		default:
+			o.Consecutive_5Xx, o.EnforcingConsecutive_5Xx = wrapperspb.UInt32(5), wrapperspb.UInt32(100)
 		}
 		if v := od.GetConsecutiveGatewayErrors(); v != nil && v.GetValue() > 0 {
 			o.ConsecutiveGatewayFailure, o.EnforcingConsecutiveGatewayFailure = wrapperspb.UInt32(v.GetValue()), wrapperspb.UInt32(100)
@@ -511,9 +518,8 @@ func applyTrafficPolicy(c *clusterv3.Cluster, tp *networking.TrafficPolicy, p re
 			o.MaxEjectionPercent = wrapperspb.UInt32(uint32(od.GetMaxEjectionPercent()))
 		}
 		c.OutlierDetection = o
-		if od.GetMinHealthPercent() > 0 {
-			c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: float64(od.GetMinHealthPercent())}}
-		}
+		// Istio's minHealthPercent defaults to 0 (panic mode off), not Envoy's 50%.
+		c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: float64(max(od.GetMinHealthPercent(), 0))}}
 	}
 }
 
@@ -722,13 +728,18 @@ func defaultRetry() *routev3.RetryPolicy {
 }
 
 func stringMatcher(m *networking.StringMatch, ignoreCase bool) *matcherv3.StringMatcher {
-	switch {
-	case m.GetExact() != "":
-		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: m.GetExact()}, IgnoreCase: ignoreCase}
-	case m.GetPrefix() != "":
-		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: m.GetPrefix()}, IgnoreCase: ignoreCase}
-	case m.GetRegex() != "":
-		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: m.GetRegex()}}}
+	// The oneof that is set decides, not whether its value is empty:
+	// `exact: ""` matches an empty value, not any value.
+	switch mt := m.GetMatchType().(type) {
+	case *networking.StringMatch_Exact:
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: mt.Exact}, IgnoreCase: ignoreCase}
+	case *networking.StringMatch_Prefix:
+		if mt.Prefix == "" { // every value: presence
+			return nil
+		}
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: mt.Prefix}, IgnoreCase: ignoreCase}
+	case *networking.StringMatch_Regex:
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: mt.Regex}}}
 	}
 	return nil
 }
@@ -771,11 +782,8 @@ func (b *outboundBuilder) routeMatches(ms []*networking.HTTPMatchRequest, port u
 		case u.GetPrefix() != "":
 			rm.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: u.GetPrefix()}
 		case u.GetRegex() != "":
-			re := u.GetRegex()
-			if m.GetIgnoreUriCase() { // Envoy ignores case_sensitive for regex paths
-				re = "(?i)" + re
-			}
-			rm.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: re}}
+			// ignoreUriCase applies to exact and prefix matches only (Istio).
+			rm.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: u.GetRegex()}}
 		default:
 			rm.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: "/"}
 		}
@@ -817,14 +825,29 @@ func sortedKeys[V any](m map[string]V) []string {
 	return ks
 }
 
-func fraction(p *networking.Percent, legacy int32) *corev3.RuntimeFractionalPercent {
-	v := float64(100)
+// percent is p's value, else legacy's when set, else unset: Istio's
+// percentages default to 100 for mirrors and to 0 for faults.
+func percent(p *networking.Percent, legacy *float64, unset float64) float64 {
 	switch {
 	case p != nil:
-		v = p.GetValue()
-	case legacy > 0:
-		v = float64(legacy)
+		return p.GetValue()
+	case legacy != nil:
+		return *legacy
 	}
+	return unset
+}
+
+// legacyPercent is a deprecated integer percentage: nil when unset.
+func legacyPercent[T int32 | uint32](v T, set bool) *float64 {
+	if !set {
+		return nil
+	}
+	f := float64(v)
+	return &f
+}
+
+func fraction(v float64) *corev3.RuntimeFractionalPercent {
+	v = min(max(v, 0), 100)
 	// Millionths keep Istio's fractional percentages exact enough.
 	return &corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{
 		Numerator: uint32(math.Round(v * 10000)), Denominator: typev3.FractionalPercent_MILLION}}
@@ -952,12 +975,13 @@ func (b *outboundBuilder) httpRoute(vs *VirtualService, idx int, h *networking.H
 		}
 		if m := h.GetMirror(); m != nil {
 			ra.RequestMirrorPolicies = append(ra.RequestMirrorPolicies, &routev3.RouteAction_RequestMirrorPolicy{
-				//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it
-				Cluster: b.destCluster(vs, m, port), RuntimeFraction: fraction(h.GetMirrorPercentage(), int32(h.GetMirrorPercent().GetValue()))})
+				Cluster: b.destCluster(vs, m, port), RuntimeFraction: fraction(percent(h.GetMirrorPercentage(),
+					//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it (an explicit 0 mirrors nothing)
+					legacyPercent(h.GetMirrorPercent().GetValue(), h.GetMirrorPercent() != nil), 100))})
 		}
 		for _, m := range h.GetMirrors() {
 			ra.RequestMirrorPolicies = append(ra.RequestMirrorPolicies, &routev3.RouteAction_RequestMirrorPolicy{
-				Cluster: b.destCluster(vs, m.GetDestination(), port), RuntimeFraction: fraction(m.GetPercentage(), 0)})
+				Cluster: b.destCluster(vs, m.GetDestination(), port), RuntimeFraction: fraction(percent(m.GetPercentage(), nil, 100))})
 		}
 		tmpl.Action = &routev3.Route_Route{Route: ra}
 	}
@@ -973,12 +997,14 @@ func (b *outboundBuilder) httpRoute(vs *VirtualService, idx int, h *networking.H
 		hf := &faultv3.HTTPFault{}
 		if d := f.GetDelay(); d != nil {
 			hf.Delay = &faultcommon.FaultDelay{FaultDelaySecifier: &faultcommon.FaultDelay_FixedDelay{FixedDelay: d.GetFixedDelay()},
+				// Istio: "If left unspecified, no request will be delayed."
 				//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it
-				Percentage: fraction(d.GetPercentage(), d.GetPercent()).DefaultValue}
+				Percentage: fraction(percent(d.GetPercentage(), legacyPercent(d.GetPercent(), d.GetPercent() != 0), 0)).DefaultValue}
 		}
 		if a := f.GetAbort(); a != nil {
 			hf.Abort = &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: uint32(a.GetHttpStatus())},
-				Percentage: fraction(a.GetPercentage(), 0).DefaultValue}
+				// Istio: "If not specified, no request will be aborted."
+				Percentage: fraction(percent(a.GetPercentage(), nil, 0)).DefaultValue}
 		}
 		tmpl.TypedPerFilterConfig[FaultFilter] = typed(hf)
 	}
@@ -987,11 +1013,19 @@ func (b *outboundBuilder) httpRoute(vs *VirtualService, idx int, h *networking.H
 			AllowMethods: strings.Join(c.GetAllowMethods(), ","), AllowHeaders: strings.Join(c.GetAllowHeaders(), ","),
 			ExposeHeaders: strings.Join(c.GetExposeHeaders(), ","), AllowCredentials: c.GetAllowCredentials(),
 		}
+		// Istio forwards preflights whose origin does not match unless told to IGNORE them.
+		if c.GetUnmatchedPreflights() == networking.CorsPolicy_IGNORE {
+			cp.ForwardNotMatchingPreflights = wrapperspb.Bool(false)
+		}
 		if c.GetMaxAge() != nil {
 			cp.MaxAge = strconv.FormatInt(int64(c.GetMaxAge().AsDuration()/time.Second), 10)
 		}
 		for _, o := range c.GetAllowOrigins() {
-			cp.AllowOriginStringMatch = append(cp.AllowOriginStringMatch, stringMatcher(o, false))
+			sm := stringMatcher(o, false)
+			if sm == nil { // an empty prefix: every origin
+				sm = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: ".*"}}}
+			}
+			cp.AllowOriginStringMatch = append(cp.AllowOriginStringMatch, sm)
 		}
 		//lint:ignore SA1019 users' YAML still sets the deprecated field; Istio honours it
 		for _, o := range c.GetAllowOrigin() {

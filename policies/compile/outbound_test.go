@@ -290,7 +290,15 @@ spec: {hosts: [reviews], http: [{match: [{uri: {regex: "a("}}], route: [{destina
 		{"weights", `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: x}
-spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}, weight: 50}, {destination: {host: reviews}, weight: 20}]}]}`, CodeVSWeights, "spec.http[0].route"},
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}, weight: -50}, {destination: {host: reviews}, weight: 150}]}]}`, CodeVSWeights, "spec.http[0].route[0].weight"},
+		{"no weights", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: x}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}, {destination: {host: ratings}}]}]}`, CodeVSWeights, "spec.http[0].route"},
+		{"redirect code", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: x}
+spec: {hosts: [reviews], http: [{redirect: {uri: /x, redirectCode: 300}}]}`, CodeVSBadValue, "spec.http[0].redirect.redirectCode"},
 		{"no action", `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: x}

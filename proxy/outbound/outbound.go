@@ -76,6 +76,9 @@ type Server struct {
 	duration *prometheus.HistogramVec
 	rnd      func() uint64
 	h1       *h1.Server // serves HTTP/1.x connections (set by Run)
+	// mirrorsSkipped counts mirrors not sent because the request body was
+	// larger than MaxRetryBody (the copy would need all of it).
+	mirrorsSkipped prometheus.Counter
 }
 
 // state is one applied configuration: the route table and which route
@@ -116,6 +119,17 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 		s.requests = are.ExistingCollector.(*prometheus.CounterVec)
+	}
+	s.mirrorsSkipped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rampart_outbound_mirrors_skipped_total",
+		Help: "Mirrored requests not sent because the request body was larger than the buffer limit.",
+	})
+	if err := cfg.Metrics.Register(s.mirrorsSkipped); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, err
+		}
+		s.mirrorsSkipped = are.ExistingCollector.(prometheus.Counter)
 	}
 	if err := cfg.Metrics.Register(s.duration); err != nil {
 		var are prometheus.AlreadyRegisteredError
@@ -294,7 +308,7 @@ func target(r *http.Request) (string, int) {
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 	st := s.state.Load()
 	if st == nil {
-		return reply(w, http.StatusServiceUnavailable, "NC", "no configuration from the control plane yet")
+		return reply(w, r, http.StatusServiceUnavailable, "NC", "no configuration from the control plane yet")
 	}
 	if s.cfg.Guard != nil {
 		rec := &codeRecorder{ResponseWriter: w}
@@ -303,7 +317,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 		}
 	}
 	if r.Method == http.MethodConnect {
-		return reply(w, http.StatusMethodNotAllowed, "NR", "CONNECT is not supported on the outbound listener")
+		return reply(w, r, http.StatusMethodNotAllowed, "NR", "CONNECT is not supported on the outbound listener")
 	}
 	authority, port := target(r)
 	r.Host = authority
@@ -324,7 +338,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 		return s.passthrough(w, r, dst)
 	}
 	if !ok {
-		return reply(w, http.StatusNotFound, "NR", fmt.Sprintf("no listener for port %d", port))
+		return reply(w, r, http.StatusNotFound, "NR", fmt.Sprintf("no listener for port %d", port))
 	}
 	// The route is matched on what the app asked for; absolute-form targets become origin-form.
 	if r.URL.IsAbs() {
@@ -335,10 +349,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 		return s.passthrough(w, r, dst)
 	}
 	if rt == nil {
-		return reply(w, http.StatusNotFound, "NR", "route_not_found")
+		return reply(w, r, http.StatusNotFound, "NR", "route_not_found")
 	}
 	if r.Header.Get("x-request-id") == "" {
 		r.Header.Set("x-request-id", uuid.New())
+	}
+	// CORS comes before fault injection, as in Istio's filter chain.
+	cors := http.Header{}
+	if res, done := s.cors(w, r, rt.Cors, cors); done {
+		return res
 	}
 	if f := rt.Fault; f != nil {
 		delayed := false
@@ -352,10 +371,18 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 				return result{code: 499, flags: "DI,DC", detail: "downstream_remote_disconnect"}
 			}
 		}
-		if f.ShouldAbort(s.rnd()) && f.AbortStatus != 0 {
+		if f.ShouldAbort(s.rnd()) {
 			body := f.AbortBody
 			if body == "" {
 				body = "fault filter abort"
+			}
+			if f.AbortGRPC {
+				writeGRPCStatus(w, f.AbortGRPCStatus, body)
+				return result{code: http.StatusOK, flags: "FI", detail: "fault_filter_abort"}
+			}
+			if isGRPC(r) {
+				writeGRPCStatus(w, httpToGRPCStatus(f.AbortStatus), body)
+				return result{code: http.StatusOK, flags: "FI", detail: "fault_filter_abort"}
 			}
 			w.Header().Set("content-type", "text/plain")
 			w.WriteHeader(f.AbortStatus)
@@ -363,43 +390,164 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 			return result{code: f.AbortStatus, flags: "FI", detail: "fault_filter_abort"}
 		}
 		if delayed {
-			res := s.forwardOrReply(w, r, rt)
+			res := s.forwardOrReply(w, r, rt, cors)
 			res.flags = strings.TrimPrefix(res.flags+",DI", ",")
 			return res
 		}
 	}
-	return s.forwardOrReply(w, r, rt)
+	return s.forwardOrReply(w, r, rt, cors)
+}
+
+// cors is Envoy's CORS filter for a route's policy c. A preflight (OPTIONS
+// with Origin and Access-Control-Request-Method) from an origin c allows is
+// answered here; one from another origin goes on to the route when c forwards
+// unmatched preflights (Istio's unmatchedPreflights FORWARD, the default),
+// else gets an empty 200. Any other request from an allowed origin gets
+// access-control-allow-origin, -expose-headers and -allow-credentials on its
+// response: they are set on w's header now (local replies) and in extra,
+// which forward sets again over the upstream's. done means w was answered.
+func (s *Server) cors(w http.ResponseWriter, r *http.Request, c *route.Cors, extra http.Header) (res result, done bool) {
+	if c == nil || !c.Enabled.Hit(s.rnd()) {
+		return result{}, false
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return result{}, false
+	}
+	allowed := c.AllowsOrigin(origin)
+	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+		if !allowed {
+			if c.ForwardNotMatchingPreflights {
+				return result{}, false
+			}
+			w.WriteHeader(http.StatusOK)
+			return result{code: http.StatusOK, detail: "cors_preflight_origin_not_allowed"}, true
+		}
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", origin)
+		if c.AllowCredentials {
+			h.Set("Access-Control-Allow-Credentials", "true")
+		}
+		if c.AllowMethods != "" {
+			h.Set("Access-Control-Allow-Methods", c.AllowMethods)
+		}
+		if c.AllowHeaders != "" {
+			h.Set("Access-Control-Allow-Headers", c.AllowHeaders)
+		}
+		if c.MaxAge != "" {
+			h.Set("Access-Control-Max-Age", c.MaxAge)
+		}
+		if c.AllowPrivateNetworkAccess && r.Header.Get("Access-Control-Request-Private-Network") == "true" {
+			h.Set("Access-Control-Allow-Private-Network", "true")
+		}
+		w.WriteHeader(http.StatusOK)
+		return result{code: http.StatusOK, detail: "cors_preflight"}, true
+	}
+	if !allowed {
+		return result{}, false
+	}
+	extra.Set("Access-Control-Allow-Origin", origin)
+	if c.AllowCredentials {
+		extra.Set("Access-Control-Allow-Credentials", "true")
+	}
+	if c.ExposeHeaders != "" {
+		extra.Set("Access-Control-Expose-Headers", c.ExposeHeaders)
+	}
+	for k, vs := range extra {
+		w.Header()[k] = vs
+	}
+	return result{}, false
 }
 
 // forwardOrReply answers a redirect or direct response route itself and
 // forwards the rest.
-func (s *Server) forwardOrReply(w http.ResponseWriter, r *http.Request, rt *route.Route) result {
+func (s *Server) forwardOrReply(w http.ResponseWriter, r *http.Request, rt *route.Route, extra http.Header) result {
+	// The route's response header operations apply to the answers the
+	// sidecar makes for it too, as Envoy's.
 	switch {
 	case rt.Redirect != nil:
 		loc := rt.Redirect.Location(r)
 		w.Header().Set("Location", loc)
+		rt.ApplyResponse(w.Header())
 		w.WriteHeader(rt.Redirect.Code)
 		return result{code: rt.Redirect.Code, detail: "direct_response"}
 	case rt.Direct != nil:
 		if rt.Direct.Body != "" {
 			w.Header().Set("content-type", "text/plain")
 		}
+		rt.ApplyResponse(w.Header())
 		w.WriteHeader(rt.Direct.Status)
 		_, _ = io.WriteString(w, rt.Direct.Body)
 		return result{code: rt.Direct.Status, detail: "direct_response"}
 	}
-	return s.forward(w, r, rt)
+	return s.forward(w, r, rt, extra)
 }
 
-func reply(w http.ResponseWriter, code int, flags, detail string) result {
-	w.Header().Set("content-type", "text/plain")
+// reply answers a request with an error of the sidecar's own. A gRPC request
+// (r may be nil: not one) gets it as Envoy sends a local reply to one: a
+// trailers-only response, HTTP 200, with the gRPC status for code.
+func reply(w http.ResponseWriter, r *http.Request, code int, flags, detail string) result {
 	w.Header().Set("x-rampart-response-flags", flags)
+	if r != nil && isGRPC(r) {
+		writeGRPCStatus(w, httpToGRPCStatus(code), detail)
+		return result{code: http.StatusOK, flags: flags, detail: detail}
+	}
+	w.Header().Set("content-type", "text/plain")
 	w.WriteHeader(code)
 	_, _ = io.WriteString(w, detail+"\n")
 	return result{code: code, flags: flags, detail: detail}
 }
 
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route) result {
+// isGRPC reports whether r is a gRPC request (content-type application/grpc...).
+func isGRPC(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+}
+
+// httpToGRPCStatus is Envoy's Grpc::Utility::httpToGrpcStatus.
+func httpToGRPCStatus(code int) int {
+	switch code {
+	case http.StatusBadRequest:
+		return 13 // INTERNAL
+	case http.StatusUnauthorized:
+		return 16 // UNAUTHENTICATED
+	case http.StatusForbidden:
+		return 7 // PERMISSION_DENIED
+	case http.StatusNotFound:
+		return 12 // UNIMPLEMENTED
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return 14 // UNAVAILABLE
+	}
+	return 2 // UNKNOWN
+}
+
+// writeGRPCStatus sends a trailers-only gRPC response: HTTP 200 with
+// grpc-status and grpc-message (percent-encoded, as gRPC's spec says) in the
+// headers and no body.
+func writeGRPCStatus(w http.ResponseWriter, status int, message string) {
+	h := w.Header()
+	h.Del("Content-Length")
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", strconv.Itoa(status))
+	if message != "" {
+		h.Set("Grpc-Message", grpcPercentEncode(message))
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func grpcPercentEncode(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c <= 0x7e && c != '%' {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "%%%02X", c)
+	}
+	return b.String()
+}
+
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route, extra http.Header) result {
 	ctx := r.Context()
 	if rt.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -430,30 +578,75 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	out.URL.Host = out.Host
 	cl, ok := s.cfg.Upstreams.Cluster(clusterName)
 	if !ok {
-		return reply(w, http.StatusServiceUnavailable, "NC", "cluster_not_found "+clusterName)
+		return reply(w, r, http.StatusServiceUnavailable, "NC", "cluster_not_found "+clusterName)
 	}
-	// A body small enough is kept so a retry can send it again.
+	// A body up to MaxRetryBody is kept so that a retry or a mirror can send
+	// it again. One of known length is read first; one of unknown length
+	// (chunked, HTTP/2 without content-length) streams to the first attempt
+	// through a tee that keeps a copy: reading it all first would stall a
+	// stream whose client waits for answers before it ends its request.
 	var body []byte
+	var tee *bodyTee
 	retriable := rt.Retry != nil && rt.Retry.NumRetries > 0 && upgrade == ""
-	if out.Body != nil && out.Body != http.NoBody {
-		if retriable && (r.ContentLength >= 0 && r.ContentLength <= s.cfg.MaxRetryBody) {
+	var mirrors []route.Mirror
+	for _, m := range rt.Mirrors {
+		if m.ShouldMirror(s.rnd()) {
+			mirrors = append(mirrors, m)
+		}
+	}
+	if out.Body != nil && out.Body != http.NoBody && (retriable || len(mirrors) > 0) {
+		switch {
+		case r.ContentLength >= 0 && r.ContentLength <= s.cfg.MaxRetryBody:
 			b, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxRetryBody+1))
 			if err != nil {
-				return reply(w, http.StatusBadRequest, "DPE", "downstream body: "+err.Error())
+				return reply(w, r, http.StatusBadRequest, "DPE", "downstream body: "+err.Error())
 			}
 			body = b
-		} else {
+		case r.ContentLength < 0:
+			tee = &bodyTee{r: r.Body, limit: s.cfg.MaxRetryBody}
+			out.Body = tee
+		default:
 			retriable = false
 		}
 	}
-	for _, m := range rt.Mirrors {
-		if m.ShouldMirror(s.rnd()) {
+	sendMirrors := func() {
+		if tee != nil {
+			b, ok := tee.complete()
+			if !ok {
+				s.mirrorsSkipped.Add(float64(len(mirrors)))
+				s.log.Debug("mirror skipped: request body over the limit or not read to its end", "limit", s.cfg.MaxRetryBody)
+				return
+			}
+			body = b
+		} else if out.Body != nil && out.Body != http.NoBody && body == nil {
+			s.mirrorsSkipped.Add(float64(len(mirrors)))
+			s.log.Debug("mirror skipped: request body over the limit", "limit", s.cfg.MaxRetryBody)
+			return
+		}
+		for _, m := range mirrors {
 			s.mirror(out, m, body)
 		}
 	}
+	if tee == nil && len(mirrors) > 0 {
+		sendMirrors()
+		mirrors = nil
+	}
+	// replayable reports whether another attempt can send the body again:
+	// a streamed body must have been read to its end within the limit.
+	replayable := func() bool {
+		if tee == nil {
+			return true
+		}
+		b, ok := tee.complete()
+		if ok {
+			body = b
+		}
+		return ok
+	}
 	var hashKey uint64
 	var hasHash bool
-	if hk, ok := rt.HashKey(r, hostOnly(r.RemoteAddr)); ok {
+	hk, ok, setCookies := rt.HashKeyCookie(r, hostOnly(r.RemoteAddr), r.RemoteAddr)
+	if ok {
 		hashKey, hasHash = hk, true
 	}
 	var tried []string
@@ -505,6 +698,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			try.Body = io.NopCloser(bytes.NewReader(body))
 			try.ContentLength = int64(len(body))
 		}
+		if i == 0 && tee != nil {
+			try.Body = tee
+		}
 		req := upstream.Request{HashKey: hashKey, HasHash: hasHash}
 		if rt.Retry != nil && rt.Retry.AvoidPreviousHosts {
 			req.Exclude = tried
@@ -512,6 +708,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		resp, ep, err = cl.RoundTrip(try, req)
 		if ep.Address != "" {
 			tried = append(tried, ep.Address)
+		}
+		if i == 0 && len(mirrors) > 0 {
+			sendMirrors() // a streamed body: the copy is complete once the attempt read it
 		}
 		if err != nil {
 			cancel()
@@ -525,9 +724,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 				kind = route.AttemptConnectFailure
 			}
 			if ctx.Err() != nil {
-				return reply(w, http.StatusGatewayTimeout, "UT", "upstream_response_timeout")
+				return reply(w, r, http.StatusGatewayTimeout, "UT", "upstream_response_timeout")
 			}
-			if retriable && i+1 < attempts && rt.Retry.ShouldRetry(0, kind) && upstream.Flag(err) != "UO" {
+			if retriable && i+1 < attempts && rt.Retry.ShouldRetry(0, kind) && upstream.Flag(err) != "UO" && replayable() {
 				continue
 			}
 			f := upstream.Flag(err)
@@ -535,14 +734,14 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 				f = "UC"
 			}
 			if kind == route.AttemptTimeout {
-				return reply(w, http.StatusGatewayTimeout, "UT", "upstream_per_try_timeout")
+				return reply(w, r, http.StatusGatewayTimeout, "UT", "upstream_per_try_timeout")
 			}
 			if flags == "URX" {
 				f += ",URX"
 			}
-			return reply(w, http.StatusServiceUnavailable, f, "upstream_reset_before_response_started{"+err.Error()+"}")
+			return reply(w, r, http.StatusServiceUnavailable, f, "upstream_reset_before_response_started{"+err.Error()+"}")
 		}
-		if retriable && i+1 < attempts && rt.Retry.ShouldRetry(resp.StatusCode, route.AttemptOK) {
+		if retriable && i+1 < attempts && shouldRetryResponse(rt.Retry, resp) && replayable() {
 			// The budget is asked before this response is thrown away: when
 			// it says no, the client gets this response (flag UO), as Envoy
 			// forwards the upstream's answer on a retry overflow.
@@ -560,7 +759,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		break
 	}
 	if resp == nil {
-		return reply(w, http.StatusServiceUnavailable, "UO", "retry budget exhausted")
+		return reply(w, r, http.StatusServiceUnavailable, "UO", "retry budget exhausted")
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
@@ -572,6 +771,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	rt.ApplyResponseFor(resp.Header, clusterName)
 	for k, vs := range resp.Header {
 		w.Header()[k] = vs
+	}
+	for k, vs := range extra { // the CORS filter's, over the upstream's
+		w.Header()[k] = vs
+	}
+	for _, c := range setCookies {
+		w.Header().Add("Set-Cookie", c)
 	}
 	// Trailers (gRPC's grpc-status) are announced so the server sends them.
 	for k := range resp.Trailer {
@@ -598,6 +803,67 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	return result{code: resp.StatusCode, cluster: clusterName, host: ep.Address, flags: flags, detail: "via_upstream"}
 }
 
+// shouldRetryResponse reports whether a response may be retried under p: by
+// its HTTP status, or by the grpc-status in its headers (a trailers-only gRPC
+// response) for the policy's gRPC conditions.
+func shouldRetryResponse(p *route.RetryPolicy, resp *http.Response) bool {
+	if p.ShouldRetry(resp.StatusCode, route.AttemptOK) {
+		return true
+	}
+	if gs := resp.Header.Get("Grpc-Status"); gs != "" {
+		if code, err := strconv.Atoi(gs); err == nil {
+			return p.ShouldRetryGRPC(code)
+		}
+	}
+	return false
+}
+
+// bodyTee passes a request body of unknown length through to the first
+// attempt and keeps a copy while it fits in limit, so that a retry or a
+// mirror can send it again once it has been read to its end.
+type bodyTee struct {
+	r     io.ReadCloser
+	limit int64
+
+	mu   sync.Mutex
+	buf  []byte
+	over bool
+	eof  bool
+}
+
+func (b *bodyTee) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n > 0 && !b.over {
+		if int64(len(b.buf)+n) > b.limit {
+			b.over, b.buf = true, nil
+		} else {
+			b.buf = append(b.buf, p[:n]...)
+		}
+	}
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *bodyTee) Close() error { return b.r.Close() }
+
+// complete returns the whole body once it has been read to its end within
+// the limit.
+func (b *bodyTee) complete() ([]byte, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.eof || b.over {
+		return nil, false
+	}
+	if b.buf == nil {
+		return []byte{}, true
+	}
+	return b.buf, true
+}
+
 // upgradeType is the protocol a request asks to switch to (Connection:
 // upgrade plus Upgrade: websocket, …), or "".
 func upgradeType(h http.Header) string {
@@ -617,7 +883,7 @@ func (s *Server) tunnel(w http.ResponseWriter, resp *http.Response, cluster stri
 	up, ok := resp.Body.(io.ReadWriteCloser)
 	hj, ok2 := w.(http.Hijacker)
 	if !ok || !ok2 {
-		return reply(w, http.StatusBadGateway, "UPE", "upgrade not possible on this connection")
+		return reply(w, nil, http.StatusBadGateway, "UPE", "upgrade not possible on this connection")
 	}
 	conn, brw, err := hj.Hijack()
 	if err != nil {

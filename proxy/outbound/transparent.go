@@ -54,6 +54,18 @@ func (s *Server) classify(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
+	s.classifyTo(ctx, c, dst)
+}
+
+// classifyTo serves a redirected connection whose original destination is
+// dst. As Istio, a port declared TCP (a TCP route and no HTTP route
+// configuration) is never sniffed: its connections take the TCP route
+// whatever their first bytes, and a server-first protocol does not wait.
+func (s *Server) classifyTo(ctx context.Context, c net.Conn, dst netip.AddrPort) {
+	if s.tcpOnly(int(dst.Port())) {
+		s.proxyTCP(ctx, &transparentConn{Conn: c, dst: dst})
+		return
+	}
 	sc, isHTTP, err := listener.SniffHTTP(c, sniffTimeout)
 	if err != nil {
 		c.Close()
@@ -65,6 +77,19 @@ func (s *Server) classify(ctx context.Context, c net.Conn) {
 		return
 	}
 	s.proxyTCP(ctx, tc)
+}
+
+// tcpOnly reports whether port has a TCP route and no HTTP route configuration.
+func (s *Server) tcpOnly(port int) bool {
+	if s.cfg.TCP == nil || s.cfg.TCP.routeFor(port) == nil {
+		return false
+	}
+	if st := s.state.Load(); st != nil {
+		if _, ok := st.ports[port]; ok {
+			return false
+		}
+	}
+	return true
 }
 
 // proxyTCP sends a non-HTTP connection to the TCP route for its original
