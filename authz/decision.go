@@ -34,10 +34,22 @@ type Decision struct {
 	DryRun     DryRun  `json:"dry_run"`
 	Audit      []Match `json:"audit,omitempty"`
 	// Headers and Body come from a CUSTOM provider (opa-envoy-plugin's optional
-	// headers and body).
-	Headers        map[string]string `json:"headers,omitempty"`
-	Body           string            `json:"body,omitempty"`
-	NormalizedPath string            `json:"normalized_path,omitempty"`
+	// headers and body). On a denial by the provider they are the response's;
+	// on an allowed request Headers replace the request's headers of the same
+	// name before it goes to the app.
+	Headers map[string]string `json:"headers,omitempty"`
+	Body    string            `json:"body,omitempty"`
+	// AppendHeaders and RemoveHeaders are the CUSTOM providers' other changes
+	// to an allowed request's headers, applied after Headers: values added,
+	// then headers removed (never host or a pseudo-header).
+	// ResponseHeaders are the headers the CUSTOM providers that allowed the
+	// request add to the response the client gets, even when DENY or ALLOW
+	// then deny it. They are for the sidecar, not the decision log (a
+	// provider's header values may be credentials), so they are not encoded.
+	AppendHeaders   []Header         `json:"-"`
+	RemoveHeaders   []string         `json:"-"`
+	ResponseHeaders []ResponseHeader `json:"-"`
+	NormalizedPath  string           `json:"normalized_path,omitempty"`
 	// Input, when set, is the full input document; otherwise Document builds it
 	// from the request on demand.
 	Input ast.Value `json:"-"`

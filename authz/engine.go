@@ -272,7 +272,7 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 	// CUSTOM policies see the request as the client sent it: Istio's ext_authz
 	// filter runs before jwt_authn, so neither the token's identity nor the
 	// headers authentication sets or strips are there yet.
-	pre, custom := r, res.Custom
+	pre, custom, preRes := r, res.Custom, res
 	if r.BeforeAuthn != nil && p.custom {
 		pre = r.BeforeAuthn
 		pres, err := e.result(ctx, p, pre, path)
@@ -280,34 +280,74 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 			e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
 			return d.deny(r, 403, "", -1, "error: "+err.Error())
 		}
-		custom = pres.Custom
+		custom, preRes = pres.Custom, pres
 		d.DryRun = customDryRunFrom(res.DryRun, pres.DryRun)
 	}
-	// CUSTOM first: a provider that says no denies, whatever DENY and ALLOW say.
-	var full ast.Value
+	// CUSTOM first: a provider that says no denies, whatever DENY and ALLOW
+	// say. Each provider the matching rules name is asked once, as Envoy's
+	// ext_authz filter asks once per request.
+	var (
+		full    ast.Value
+		changes ProviderResult
+		asked   = map[string]bool{}
+	)
 	for _, m := range custom {
+		if asked[m.Provider] {
+			continue
+		}
+		asked[m.Provider] = true
+		prov, ok := p.bundle.Providers[m.Provider]
+		if !ok {
+			return d.deny(r, 403, m.Policy, m.Rule, fmt.Sprintf("denied: CUSTOM policy %s names provider %q, which is not configured", m.Policy, m.Provider))
+		}
 		if full == nil {
 			dp := d
 			dp.req = pre
 			full = dp.Document()
 		}
-		prov, ok := p.bundle.Providers[m.Provider]
-		if !ok {
-			return d.deny(r, 403, m.Policy, m.Rule, fmt.Sprintf("denied: CUSTOM policy %s names provider %q, which is not configured", m.Policy, m.Provider))
+		// The provider sees the path as Envoy hands it to ext_authz:
+		// normalized, with the query.
+		pc := *pre
+		pc.providerPath = pre.pathWithQuery(path, query)
+		out := prov.Check(ctx, &pc, full).normalized()
+		if err := out.check(); err != nil {
+			return d.deny(r, 403, m.Policy, m.Rule, fmt.Sprintf("denied by CUSTOM policy %s rules[%d]: provider %s error: %v", m.Policy, m.Rule, m.Provider, err))
 		}
-		out := prov.Check(ctx, pre, full)
 		if !out.Allowed {
 			status := out.Status
 			if status == 0 {
 				status = 403
 			}
 			d.Headers, d.Body = out.Headers, out.Body
+			d.AppendHeaders, d.RemoveHeaders, d.ResponseHeaders = nil, nil, nil
 			return d.deny(r, status, m.Policy, m.Rule, fmt.Sprintf("denied by CUSTOM policy %s rules[%d] (provider %s): %s", m.Policy, m.Rule, m.Provider, out.Reason))
 		}
-		d.Headers = out.Headers
+		changes = changes.merge(out)
+	}
+	d.Headers, d.AppendHeaders, d.RemoveHeaders, d.ResponseHeaders = changes.Headers, changes.AppendHeaders, changes.RemoveHeaders, changes.ResponseHeaders
+	// Envoy runs RBAC after ext_authz: AUDIT, DENY and ALLOW see the request
+	// with the providers' header changes, and authentication's after them
+	// (jwt_authn, too, runs after ext_authz).
+	if changes.changesRequest() {
+		post := changes.applyTo(pre)
+		if r.BeforeAuthn != nil {
+			post = post.AfterAuthn(r.Auth, r.authnRemove, r.authnSet)
+		}
+		res2, err := e.result(ctx, p, post, path)
+		if err != nil {
+			e.log.Error("authorization evaluation failed; denying", "err", err, "request_id", r.ID)
+			return d.deny(r, 403, "", -1, "error: "+err.Error())
+		}
+		res = res2
+		d.Audit = res2.Audit
+		d.DryRun = customDryRunFrom(res2.DryRun, preRes.DryRun)
 	}
 	d.Stage = "policy"
 	if !res.Allowed {
+		// The request does not go on, so the providers' request header
+		// changes do not apply; their response headers still go on the
+		// denial, as ext_authz adds them to any response.
+		d.Headers, d.AppendHeaders, d.RemoveHeaders = nil, nil, nil
 		return d.deny(r, 403, res.Policy, res.Rule, res.Reason)
 	}
 	d.Allowed, d.Policy, d.Rule, d.Reason = true, res.Policy, res.Rule, res.Reason

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -18,12 +19,13 @@ import (
 type ExtAuthzConfig struct {
 	// Conn is the connection to the authorization server.
 	Conn grpc.ClientConnInterface
-	// Timeout of one check; default 600 ms (Istio's).
+	// Timeout of one check; default 600 s (Istio's envoyExtAuthzGrpc.timeout).
 	Timeout time.Duration
 	// FailOpen allows requests when the server cannot be reached or errs.
 	FailOpen bool
 	// StatusOnError is the HTTP status of a request denied because the server
-	// failed; default 403.
+	// failed; default 403, and 403 too when it is not a valid status
+	// (ValidStatus).
 	StatusOnError int
 }
 
@@ -39,7 +41,7 @@ func NewExtAuthzProvider(cfg ExtAuthzConfig) (*ExtAuthzProvider, error) {
 		return nil, fmt.Errorf("ext_authz provider: Conn is required")
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = 600 * time.Millisecond
+		cfg.Timeout = 600 * time.Second
 	}
 	if cfg.StatusOnError == 0 {
 		cfg.StatusOnError = 403
@@ -53,8 +55,8 @@ func ParseStatusOnError(s string) (int, error) {
 		return 403, nil
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n < 100 || n > 599 {
-		return 0, fmt.Errorf("statusOnError %q is not an HTTP status", s)
+	if err != nil || !ValidStatus(n) {
+		return 0, fmt.Errorf("statusOnError %q is not an HTTP status Envoy supports (a value of envoy.type.v3.StatusCode)", s)
 	}
 	return n, nil
 }
@@ -75,8 +77,18 @@ func (r *Request) CheckRequest() *authv3.CheckRequest {
 		attrs.TlsSession = &authv3.AttributeContext_TLSSession{Sni: r.SNI}
 	}
 	if r.Protocol != ProtocolTCP {
+		path := r.providerPath
+		if path == "" {
+			// Not from the engine (which sets it with the mesh's
+			// normalization): the default normalization.
+			if p, q, err := NormalizePath(r.Path, ""); err == nil {
+				path = r.pathWithQuery(p, q)
+			} else {
+				path = r.Path
+			}
+		}
 		headers := map[string]string{}
-		for _, h := range r.Headers {
+		for _, h := range r.withPseudo(strings.SplitN(path, "?", 2)[0]) {
 			n := lower(h.Name)
 			if prev, ok := headers[n]; ok {
 				headers[n] = prev + "," + h.Value
@@ -85,7 +97,7 @@ func (r *Request) CheckRequest() *authv3.CheckRequest {
 			}
 		}
 		attrs.Request = &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-			Id: r.ID, Method: r.Method, Headers: headers, Path: r.Path, Host: r.Host, Scheme: r.Scheme, Protocol: "HTTP/1.1",
+			Id: r.ID, Method: r.Method, Headers: headers, Path: path, Host: r.Host, Scheme: r.Scheme, Protocol: "HTTP/1.1",
 		}}
 	}
 	return &authv3.CheckRequest{Attributes: attrs}
@@ -102,7 +114,7 @@ func lower(s string) string {
 }
 
 // Check implements Provider. Errors and timeouts deny with StatusOnError unless
-// FailOpen.
+// FailOpen; so does a denial with a status Envoy does not support.
 func (p *ExtAuthzProvider) Check(ctx context.Context, req *Request, _ ast.Value) ProviderResult {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
@@ -111,24 +123,51 @@ func (p *ExtAuthzProvider) Check(ctx context.Context, req *Request, _ ast.Value)
 		if p.cfg.FailOpen {
 			return ProviderResult{Allowed: true, Reason: "ext_authz failed, fail-open: " + err.Error()}
 		}
-		return ProviderResult{Status: p.cfg.StatusOnError, Reason: "ext_authz failed: " + err.Error()}
+		return p.failed("ext_authz failed: " + err.Error())
 	}
 	if codes.Code(resp.GetStatus().GetCode()) == codes.OK {
 		res := ProviderResult{Allowed: true, Reason: "allowed by ext_authz", Headers: map[string]string{}}
-		for _, h := range resp.GetOkResponse().GetHeaders() {
-			res.Headers[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+		ok := resp.GetOkResponse()
+		// Envoy: append defaults to false in an OkHttpResponse, which
+		// replaces the request's header.
+		for _, h := range ok.GetHeaders() {
+			k, v := lower(h.GetHeader().GetKey()), h.GetHeader().GetValue()
+			if h.GetAppend().GetValue() {
+				res.AppendHeaders = append(res.AppendHeaders, Header{Name: k, Value: v})
+			} else {
+				res.Headers[k] = v
+			}
+		}
+		for _, n := range ok.GetHeadersToRemove() {
+			res.RemoveHeaders = append(res.RemoveHeaders, lower(n))
+		}
+		for _, h := range ok.GetResponseHeadersToAdd() {
+			res.ResponseHeaders = append(res.ResponseHeaders, ResponseHeader{Name: lower(h.GetHeader().GetKey()), Value: h.GetHeader().GetValue(), Append: h.GetAppend().GetValue()})
 		}
 		return res
 	}
 	res := ProviderResult{Status: 403, Reason: "denied by ext_authz: " + resp.GetStatus().GetMessage(), Headers: map[string]string{}}
 	if d := resp.GetDeniedResponse(); d != nil {
 		if c := int(d.GetStatus().GetCode()); c != 0 {
+			if !ValidStatus(c) {
+				return p.failed(fmt.Sprintf("ext_authz denied with invalid HTTP status %d", c))
+			}
 			res.Status = c
 		}
 		res.Body = d.GetBody()
 		for _, h := range d.GetHeaders() {
-			res.Headers[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+			res.Headers[lower(h.GetHeader().GetKey())] = h.GetHeader().GetValue()
 		}
 	}
 	return res
+}
+
+// failed is the denial of a request the server could not decide.
+func (p *ExtAuthzProvider) failed(reason string) ProviderResult {
+	status := p.cfg.StatusOnError
+	if !ValidStatus(status) {
+		status = 403
+		reason += fmt.Sprintf(" (statusOnError %d is not a valid HTTP status; 403)", p.cfg.StatusOnError)
+	}
+	return ProviderResult{Status: status, Reason: reason}
 }

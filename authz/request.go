@@ -55,6 +55,13 @@ type Request struct {
 	// authentication's header changes applied and Auth set, is what AUDIT, DENY
 	// and ALLOW policies see. AfterAuthn builds it.
 	BeforeAuthn *Request
+	// authnRemove and authnSet are the header changes AfterAuthn made, so
+	// they can be made again after a CUSTOM provider changes the headers.
+	authnRemove []string
+	authnSet    []Header
+	// providerPath, set for a CUSTOM provider's call, is the :path Envoy
+	// hands ext_authz: the normalized path with the query.
+	providerPath string
 }
 
 // AfterAuthn returns r as authorization's AUDIT, DENY and ALLOW policies see it
@@ -71,6 +78,7 @@ func (r *Request) AfterAuthn(auth *authn.RequestAuth, remove []string, set []Hea
 	}
 	out := *r
 	out.BeforeAuthn, out.Auth = r, auth
+	out.authnRemove, out.authnSet = remove, set
 	out.Headers = make([]Header, 0, len(r.Headers)+len(set))
 	for _, h := range r.Headers {
 		if !namedIn(h.Name, remove) && !setIn(h.Name, set) {
@@ -226,6 +234,8 @@ func (r *Request) input(path, query string) ast.Value {
 	if l7 {
 		host := r.fastHost()
 		headers := headerObject(r.withPseudo(path))
+		// Envoy hands ext_authz the path after normalization, with the query.
+		full := r.pathWithQuery(path, query)
 		rampart = append(rampart, item("request", obj(item("method", str(r.Method)), item("host", str(strings.ToLower(host))), item("path", str(path)))))
 		scheme := r.Scheme
 		if scheme == "" {
@@ -236,10 +246,11 @@ func (r *Request) input(path, query string) ast.Value {
 			protocol = "HTTP/2"
 		}
 		attrs = append(attrs, item("request", obj(item("http", obj(
-			item("id", str(r.ID)), item("method", str(r.Method)), item("host", str(host)), item("path", str(r.Path)),
+			item("id", str(r.ID)), item("method", str(r.Method)), item("host", str(host)), item("path", str(full)),
 			item("scheme", str(scheme)), item("protocol", str(protocol)), item("headers", ast.NewTerm(headers)),
 		)))))
-		top = append(top, item("parsed_path", parsedPath(path)), item("parsed_query", parsedQuery(query)), item("truncated_body", ast.BooleanTerm(false)))
+		pp, pq := parsedPathAndQuery(full)
+		top = append(top, item("parsed_path", pp), item("parsed_query", pq), item("truncated_body", ast.BooleanTerm(false)))
 	}
 	rampart = r.appendAuth(rampart)
 	top = append(top, item("attributes", obj(attrs...)), item("rampart", obj(rampart...)))
@@ -312,13 +323,38 @@ func socketAddress(ip string, port int) *ast.Term {
 	return obj(item("socketAddress", obj(item("address", str(ip)), item("portValue", ast.IntNumberTerm(port)))))
 }
 
-// parsedPath is opa-envoy-plugin's parsed_path: the path's segments, decoded.
-func parsedPath(p string) *ast.Term {
-	p = strings.TrimPrefix(p, "/")
-	if p == "" {
-		return ast.ArrayTerm(str(""))
+// pathWithQuery is the :path Envoy hands ext_authz: path (normalized) with
+// the request's query, if it has one.
+func (r *Request) pathWithQuery(path, query string) string {
+	if strings.Contains(r.Path, "?") {
+		return path + "?" + query
 	}
-	segs := strings.Split(p, "/")
+	return path
+}
+
+// parsedPathAndQuery is opa-envoy-plugin's parsed_path and parsed_query, as
+// its getParsedPathAndQuery computes them from the :path: url.Parse, then the
+// decoded path without its leading slashes split at '/', and every valid
+// query parameter's values. A path url.Parse refuses (opa-envoy-plugin
+// fails the request; RegoProvider denies it) gets its segments decoded one
+// by one, for the decision log.
+func parsedPathAndQuery(full string) (path, query *ast.Term) {
+	u, err := url.Parse(full)
+	if err != nil {
+		p, q, _ := strings.Cut(full, "?")
+		return parsedPath(p), parsedQuery(q)
+	}
+	segs := strings.Split(strings.TrimLeft(u.Path, "/"), "/")
+	out := make([]*ast.Term, len(segs))
+	for i, s := range segs {
+		out[i] = str(s)
+	}
+	return ast.ArrayTerm(out...), queryTerm(u.Query())
+}
+
+// parsedPath is the path's segments, each decoded on its own.
+func parsedPath(p string) *ast.Term {
+	segs := strings.Split(strings.TrimLeft(p, "/"), "/")
 	out := make([]*ast.Term, len(segs))
 	for i, s := range segs {
 		if d, err := url.PathUnescape(s); err == nil {
@@ -329,15 +365,15 @@ func parsedPath(p string) *ast.Term {
 	return ast.ArrayTerm(out...)
 }
 
-// parsedQuery is opa-envoy-plugin's parsed_query: each parameter's values.
+// parsedQuery is each query parameter's values. Like url.URL.Query (what
+// opa-envoy-plugin uses), it keeps every parameter that parses and drops the
+// others.
 func parsedQuery(q string) *ast.Term {
-	if q == "" {
-		return obj()
-	}
-	vals, err := url.ParseQuery(q)
-	if err != nil {
-		return obj()
-	}
+	vals, _ := url.ParseQuery(q)
+	return queryTerm(vals)
+}
+
+func queryTerm(vals url.Values) *ast.Term {
 	items := make([][2]*ast.Term, 0, len(vals))
 	for k, vs := range vals {
 		arr := make([]*ast.Term, len(vs))

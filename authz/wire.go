@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,6 +80,12 @@ func (b WireBundle) LoadProviders(ctx context.Context) (map[string]Provider, err
 					return nil, fmt.Errorf("provider %s: timeout %q: %w", name, x.Timeout, err)
 				}
 				timeout = d
+			}
+			// Istio's service is [<Namespace>/]<Hostname>; the control plane
+			// drops the namespace. A target that still has one would never
+			// resolve, and with failOpen allow everything.
+			if strings.Contains(x.Target, "/") {
+				return nil, fmt.Errorf("provider %s: target %q: want host:port, without a namespace", name, x.Target)
 			}
 			conn, ok := extAuthzConns.Load(x.Target)
 			if !ok {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rampart-mesh/rampart/authz"
 	"google.golang.org/protobuf/encoding/protojson"
 	meshconfig "istio.io/api/mesh/v1alpha1"
 	"sigs.k8s.io/yaml"
@@ -49,6 +50,15 @@ type ExtAuthzGRPC struct {
 	Timeout       string `json:"timeout,omitempty"`
 	FailOpen      bool   `json:"failOpen,omitempty"`
 	StatusOnError string `json:"statusOnError,omitempty"`
+}
+
+// Host is the server's hostname: Service without the namespace Istio's
+// [<Namespace>/]<Hostname> form may give it.
+func (g ExtAuthzGRPC) Host() string {
+	if _, host, ok := strings.Cut(g.Service, "/"); ok {
+		return host
+	}
+	return g.Service
 }
 
 // ExtAuthzHTTP is an external Envoy ext_authz HTTP server.
@@ -136,8 +146,16 @@ func ParseMesh(data []byte) (Mesh, error) {
 	if pn := mc.GetPathNormalization(); pn != nil {
 		m.PathNormalization = &PathNormalization{Normalization: pn.GetNormalization().String()}
 	}
-	for _, p := range mc.GetExtensionProviders() {
+	for i, p := range mc.GetExtensionProviders() {
 		ep := ExtensionProvider{Name: p.GetName(), RampartRego: rego[p.GetName()]}
+		// The sidecar does not buffer request bodies for CUSTOM providers:
+		// a provider configured to read the body would decide without it.
+		if p.GetEnvoyExtAuthzGrpc().GetIncludeRequestBodyInCheck() != nil {
+			return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzGrpc.includeRequestBodyInCheck is not supported: Rampart does not send request bodies to CUSTOM providers; remove the field", i, p.GetName())
+		}
+		if p.GetEnvoyExtAuthzHttp().GetIncludeRequestBodyInCheck() != nil {
+			return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.includeRequestBodyInCheck is not supported: Rampart does not send request bodies to CUSTOM providers; remove the field", i, p.GetName())
+		}
 		if g := p.GetEnvoyExtAuthzGrpc(); g != nil {
 			ep.EnvoyExtAuthzGrpc = &ExtAuthzGRPC{Service: g.GetService(), Port: int(g.GetPort()), FailOpen: g.GetFailOpen(), StatusOnError: g.GetStatusOnError()}
 			if g.GetTimeout() != nil {
@@ -193,6 +211,19 @@ func (m Mesh) WithDefaults() (Mesh, error) {
 			}
 			if r.Query == "" {
 				r.Query = DefaultRegoQuery
+			}
+		}
+		if g := p.EnvoyExtAuthzGrpc; g != nil {
+			if _, err := authz.ParseStatusOnError(g.StatusOnError); err != nil {
+				return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzGrpc.statusOnError: %v", i, p.Name, err)
+			}
+			if ns, host, ok := strings.Cut(g.Service, "/"); ok && (ns == "" || host == "" || strings.Contains(host, "/")) {
+				return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzGrpc.service %q: want [<Namespace>/]<Hostname>", i, p.Name, g.Service)
+			}
+		}
+		if h := p.EnvoyExtAuthzHTTP; h != nil {
+			if _, err := authz.ParseStatusOnError(h.StatusOnError); err != nil {
+				return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.statusOnError: %v", i, p.Name, err)
 			}
 		}
 		for _, t := range []string{timeoutOf(p)} {

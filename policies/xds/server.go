@@ -636,9 +636,14 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 			if provs == nil {
 				provs = map[string]authz.WireProvider{}
 			}
-			status, _ := strconv.Atoi(g.StatusOnError)
+			status, err := authz.ParseStatusOnError(g.StatusOnError)
+			if err != nil {
+				return authz.WireBundle{}, fmt.Errorf("extension provider %q: envoyExtAuthzGrpc.statusOnError: %w", p.Name, err)
+			}
+			// The sidecar dials the hostname: Istio's service may name a
+			// namespace first ([<Namespace>/]<Hostname>).
 			provs[p.Name] = authz.WireProvider{ExtAuthzGRPC: &authz.WireExtAuthz{
-				Target: net.JoinHostPort(g.Service, strconv.Itoa(g.Port)), Timeout: g.Timeout, FailOpen: g.FailOpen, StatusOnError: status}}
+				Target: net.JoinHostPort(g.Host(), strconv.Itoa(g.Port)), Timeout: g.Timeout, FailOpen: g.FailOpen, StatusOnError: status}}
 			continue
 		}
 		if p.RampartRego == nil {

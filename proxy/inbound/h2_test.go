@@ -75,7 +75,7 @@ func TestInboundGRPCAppDownIsUnavailable(t *testing.T) {
 	dead.Close()
 	e := start(t, ModePermissive, func(c *Config) { c.App = addr })
 	h2 := e.client.Clone()
-	h2.NextProtos = []string{"h2"}
+	h2.NextProtos = []string{"h2", "istio"}
 	tr := &http.Transport{TLSClientConfig: h2, ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()
 	req, _ := http.NewRequest("POST", "https://"+e.addr+"/echo.Echo/Who", strings.NewReader("\x00\x00\x00\x00\x00"))

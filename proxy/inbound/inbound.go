@@ -315,9 +315,26 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 				return
 			}
 			var conn net.Conn = sc
+			if kind == listener.KindTLS && mode == ModePermissive {
+				// PERMISSIVE, as Istio's inbound filter chains: TLS
+				// from a mesh peer (its ALPN carries Istio's names,
+				// which every sidecar's upstream TLS offers) is mTLS to
+				// end here; other TLS is a client outside the mesh
+				// talking TLS to the app itself, passed through as TCP.
+				rc, hello, err := listener.ReadHello(sc, 0, s.cfg.SniffTimeout)
+				if err != nil {
+					c.Close()
+					return
+				}
+				if !meshALPN(hello.ALPN) {
+					s.serveTCP(ctx, rc, hello.ServerName)
+					return
+				}
+				conn = rc
+			}
 			switch {
 			case kind == listener.KindTLS && mode != ModeDisable:
-				tc := tls.Server(sc, s.tlsCfg)
+				tc := tls.Server(conn, s.tlsCfg)
 				hctx, cancel := context.WithTimeout(ctx, s.cfg.SniffTimeout)
 				err := tc.HandshakeContext(hctx)
 				cancel()
@@ -342,12 +359,24 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 				}
 			}
 			if proto == authz.ProtocolTCP {
-				s.serveTCP(ctx, conn)
+				s.serveTCP(ctx, conn, "")
 				return
 			}
 			srv.ServeConn(ctx, conn)
 		}()
 	})
+}
+
+// meshALPN says whether a ClientHello's ALPN list has the names a mesh
+// sidecar offers for mTLS ("istio", "istio-peer-exchange", "istio-http/1.1",
+// "istio-h2", ...).
+func meshALPN(alpn []string) bool {
+	for _, a := range alpn {
+		if a == "istio" || strings.HasPrefix(a, "istio-") {
+			return true
+		}
+	}
+	return false
 }
 
 // ProtocolAuto detects each connection's protocol.
@@ -549,6 +578,17 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		s.cfg.OnDecide(ctx, ar, d)
 	}
 	w.Header().Set("x-rampart-decision-id", d.DecisionID)
+	// Headers the CUSTOM providers that allowed the request add to the
+	// client's response (response_headers_to_add). Envoy adds them to any
+	// response, the app's or a later filter's denial; the app's own headers
+	// of the same name are added to them.
+	for _, h := range d.ResponseHeaders {
+		if h.Append {
+			w.Header().Add(h.Name, h.Value)
+		} else {
+			w.Header().Set(h.Name, h.Value)
+		}
+	}
 	if an.Status != 0 && !(d.Stage == "custom" && !d.Allowed) {
 		if an.WWWAuthenticate != "" {
 			w.Header().Set("WWW-Authenticate", an.WWWAuthenticate)
@@ -580,10 +620,21 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			return s.rateLimited(w, ar, res), false
 		}
 	}
-	// Allowed: what the app sees. A client's X-Forwarded-Client-Cert is never trusted.
-	delete(r.Header, "X-Forwarded-Client-Cert")
-	if principal != "" {
-		r.Header.Set("x-forwarded-client-cert", "By="+spiffeIDOf(s.cfg.SVID)+";URI="+principal)
+	// Allowed: what the app sees, in Envoy's filter order. The CUSTOM
+	// providers' changes first (ext_authz: set, append, remove; the engine
+	// has checked the names and values), then authentication's (jwt_authn
+	// runs after ext_authz). A client's X-Forwarded-Client-Cert is never
+	// trusted, and a provider cannot set one.
+	for k, v := range d.Headers {
+		r.Header.Set(k, v)
+	}
+	for _, h := range d.AppendHeaders {
+		r.Header.Add(h.Name, h.Value)
+	}
+	for _, h := range d.RemoveHeaders {
+		if !strings.EqualFold(h, "host") {
+			r.Header.Del(h)
+		}
 	}
 	for _, h := range an.RemoveHeaders {
 		r.Header.Del(h)
@@ -591,8 +642,9 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	for _, h := range an.SetHeaders {
 		r.Header.Set(h[0], h[1])
 	}
-	for k, v := range d.Headers {
-		r.Header.Set(k, v)
+	delete(r.Header, "X-Forwarded-Client-Cert")
+	if principal != "" {
+		r.Header.Set("x-forwarded-client-cert", "By="+spiffeIDOf(s.cfg.SVID)+";URI="+principal)
 	}
 	return 200, true
 }
@@ -691,9 +743,9 @@ func (c *slotConn) CloseWrite() error {
 // serveTCP authorizes a TCP connection on its attributes (peer identity, IPs,
 // ports, SNI) and, if allowed, splices it to the app; a denied connection is
 // closed, as Envoy's network RBAC filter does.
-func (s *Server) serveTCP(ctx context.Context, c net.Conn) {
+func (s *Server) serveTCP(ctx context.Context, c net.Conn, sni string) {
 	defer c.Close()
-	ar := &authz.Request{ID: uuid.New(), Protocol: authz.ProtocolTCP, Workload: s.cfg.Workload}
+	ar := &authz.Request{ID: uuid.New(), Protocol: authz.ProtocolTCP, Workload: s.cfg.Workload, SNI: sni}
 	security := "none"
 	tc, ok := c.(*tls.Conn)
 	if sc, sniffed := c.(*sniffedTLS); sniffed {

@@ -170,9 +170,12 @@ func start(t *testing.T, mode string, tweak ...func(*Config)) *env {
 	go func() { done <- srv.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return &env{
-		addr:   lis.Addr().String(),
-		client: peer.ClientConfig(staticSVID{catest.IssueSVID(t, a, "bar", "sleep")}, a.Bundle(), td, "http/1.1"),
-		other:  peer.ClientConfig(staticSVID{catest.IssueSVID(t, a, "baz", "x")}, a.Bundle(), td, "http/1.1"),
+		addr: lis.Addr().String(),
+		// Mesh peers offer Istio's ALPN names with the protocol, as every
+		// sidecar's upstream TLS does (a PERMISSIVE port passes other TLS
+		// through to the app).
+		client: peer.ClientConfig(staticSVID{catest.IssueSVID(t, a, "bar", "sleep")}, a.Bundle(), td, "http/1.1", "istio-peer-exchange", "istio"),
+		other:  peer.ClientConfig(staticSVID{catest.IssueSVID(t, a, "baz", "x")}, a.Bundle(), td, "http/1.1", "istio-peer-exchange", "istio"),
 		reg:    reg, seen: seen, paths: paths,
 	}
 }
@@ -418,7 +421,7 @@ dry_run_allow_policies := set()
 func TestInboundGRPCDenialIsAGRPCStatus(t *testing.T) {
 	e := start(t, ModePermissive)
 	h2 := e.other.Clone()
-	h2.NextProtos = []string{"h2"}
+	h2.NextProtos = []string{"h2", "istio"}
 	tr := &http.Transport{TLSClientConfig: h2, ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()
 	req, _ := http.NewRequest("POST", "https://"+e.addr+"/echo.Echo/Who", strings.NewReader("\x00\x00\x00\x00\x00"))

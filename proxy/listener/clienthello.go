@@ -37,6 +37,18 @@ var errHelloRead = errors.New("client hello read")
 // capped at MaxClientHelloLimit) and waits at most timeout (0: no deadline
 // of its own) for them.
 func ReadClientHello(c net.Conn, max int, timeout time.Duration) (*Conn, string, error) {
+	rc, h, err := ReadHello(c, max, timeout)
+	return rc, h.ServerName, err
+}
+
+// Hello is what a ClientHello asked for.
+type Hello struct {
+	ServerName string   // SNI, lower case; "" if none
+	ALPN       []string // the application protocols offered, in the client's order
+}
+
+// ReadHello is ReadClientHello returning the offered ALPN names too.
+func ReadHello(c net.Conn, max int, timeout time.Duration) (*Conn, Hello, error) {
 	if max <= 0 {
 		max = DefaultMaxClientHello
 	}
@@ -46,10 +58,10 @@ func ReadClientHello(c net.Conn, max int, timeout time.Duration) (*Conn, string,
 		defer func() { _ = c.SetReadDeadline(time.Time{}) }()
 	}
 	rec := &recorder{Conn: c, max: max}
-	var sni string
+	var hello Hello
 	srv := tls.Server(rec, &tls.Config{
 		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-			sni = h.ServerName
+			hello = Hello{ServerName: lower(h.ServerName), ALPN: h.SupportedProtos}
 			return nil, errHelloRead
 		},
 	})
@@ -57,13 +69,13 @@ func ReadClientHello(c net.Conn, max int, timeout time.Duration) (*Conn, string,
 	replay := &Conn{Conn: c, r: bufio.NewReader(io.MultiReader(bytes.NewReader(rec.buf.Bytes()), c))}
 	switch {
 	case errors.Is(err, errHelloRead):
-		return replay, lower(sni), nil
+		return replay, hello, nil
 	case rec.full:
-		return replay, "", ErrClientHelloTooLarge
+		return replay, Hello{}, ErrClientHelloTooLarge
 	case isTimeout(rec.err):
-		return replay, "", ErrClientHelloTimeout
+		return replay, Hello{}, ErrClientHelloTimeout
 	}
-	return replay, "", ErrNotTLS
+	return replay, Hello{}, ErrNotTLS
 }
 
 func isTimeout(err error) bool {

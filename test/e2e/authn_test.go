@@ -19,7 +19,6 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	"github.com/rampart-mesh/rampart/test/internal/procs"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
 
 // A PERMISSIVE sidecar with RequestAuthentication: a JWT from the test issuer
@@ -112,7 +111,7 @@ spec:
 	// The same port also serves mTLS callers.
 	sock, _ := m.sidecar(t, "bar", "sleep")
 	src := source(t, sock)
-	mtls := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeMemberOf(td))}}
+	mtls := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: meshPeerTLS(src, td)}}
 	if code, _, _ := call(mtls, "https", tok(time.Hour)); code != 200 {
 		t.Fatalf("mTLS caller on a PERMISSIVE port: %d", code)
 	}

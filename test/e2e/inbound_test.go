@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/rampart-mesh/rampart/test/internal/procs"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
 
 const inboundPolicies = `apiVersion: security.istio.io/v1
@@ -69,7 +68,7 @@ func TestSidecarInbound(t *testing.T) {
 	sock, _ := m.sidecar(t, "bar", "sleep")
 	src := source(t, sock)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeMemberOf(td)), DisableKeepAlives: true}}
+		TLSClientConfig: meshPeerTLS(src, td), DisableKeepAlives: true}}
 	get := func(path string) (int, string, string) {
 		t.Helper()
 		resp, err := client.Get("https://" + inboundAddr + path)

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/rampart-mesh/rampart/test/internal/procs"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
 
 // rateLimitPolicy limits GET /get* for bar/sleep on foo/httpbin to %d per hour,
@@ -70,7 +69,7 @@ func TestRateLimitPolicy(t *testing.T) {
 		sock, _ := m.sidecar(t, "bar", sa)
 		src := source(t, sock)
 		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeMemberOf(td)), DisableKeepAlives: true}}
+			TLSClientConfig: meshPeerTLS(src, td), DisableKeepAlives: true}}
 	}
 	sleep, other := clientFor("sleep"), clientFor("other")
 	type answer struct {

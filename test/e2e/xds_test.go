@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/rampart-mesh/rampart/test/internal/procs"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
 
 // rampartd compiles each sidecar's policy from a watched directory and serves it
@@ -41,7 +40,7 @@ func TestPolicyOverXDS(t *testing.T) {
 	sock, _ := m.sidecar(t, "bar", "sleep")
 	src := source(t, sock)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeMemberOf(td)), DisableKeepAlives: true}}
+		TLSClientConfig: meshPeerTLS(src, td), DisableKeepAlives: true}}
 	status := func(path string) int {
 		resp, err := client.Get("https://" + inboundAddr + path)
 		if err != nil {

@@ -1,0 +1,544 @@
+package authz
+
+import (
+	"context"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/google/go-cmp/cmp"
+	"github.com/open-policy-agent/opa/v1/ast"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// regoProviderFor builds a Rego CUSTOM provider from one policy module, whose
+// decision is data.envoy.authz.allow.
+func regoProviderFor(t *testing.T, policy string) *RegoProvider {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, ".manifest"), []byte(`{"revision":"r1","roots":["envoy"]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "p.rego"), []byte(policy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewRegoProvider(context.Background(), RegoProviderConfig{Bundle: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// providerInput is the full input document a CUSTOM provider gets for raw,
+// under the default path normalization.
+func providerInput(t *testing.T, raw string) ast.Value {
+	t.Helper()
+	r := &Request{Protocol: ProtocolHTTP, Method: "GET", Host: "h", Path: raw, SourceIP: "10.0.0.1", DestinationIP: "10.0.0.2", DestinationPort: 80}
+	p, q, err := NormalizePath(raw, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.input(p, q)
+}
+
+func field(v ast.Value, path ...string) *ast.Term {
+	cur := ast.NewTerm(v)
+	for _, k := range path {
+		o, ok := cur.Value.(ast.Object)
+		if !ok {
+			return nil
+		}
+		if cur = o.Get(ast.StringTerm(k)); cur == nil {
+			return nil
+		}
+	}
+	return cur
+}
+
+// opaEnvoyParsedTerms is opa-envoy-plugin's getParsedPathAndQuery
+// (envoyauth/request.go), the reference parsed_path and parsed_query follow.
+func opaEnvoyParsedTerms(t *testing.T, path string) (*ast.Term, *ast.Term) {
+	t.Helper()
+	u, err := url.Parse(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	segs := strings.Split(strings.TrimLeft(u.Path, "/"), "/")
+	p, err := ast.InterfaceToValue(segs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ast.InterfaceToValue(map[string][]string(u.Query()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ast.NewTerm(p), ast.NewTerm(q)
+}
+
+// A CUSTOM provider gets the path Envoy hands ext_authz: normalized, with
+// the query; in the Rego input and in the ext_authz CheckRequest.
+func TestProviderPathIsNormalized(t *testing.T) {
+	for _, tc := range []struct{ name, raw, want string }{
+		{"dot segments", "/public/../admin", "/admin"},
+		{"escaped unreserved", "/%61dmin", "/admin"},
+		{"dot", "/./admin", "/admin"},
+		{"query kept", "/public/../admin?x=1&y=%zz", "/admin?x=1&y=%zz"},
+		{"empty query kept", "/a/./b?", "/a/b?"},
+		{"plain", "/a/b", "/a/b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := providerInput(t, tc.raw)
+			if got := field(in, "attributes", "request", "http", "path"); got == nil || !got.Equal(ast.StringTerm(tc.want)) {
+				t.Errorf("input.attributes.request.http.path = %v, want %q", got, tc.want)
+			}
+			if got := field(in, "attributes", "request", "http", "headers", ":path"); got == nil || !got.Equal(ast.StringTerm(tc.want)) {
+				t.Errorf("input headers[:path] = %v, want %q", got, tc.want)
+			}
+			r := &Request{Protocol: ProtocolHTTP, Method: "GET", Host: "h", Path: tc.raw}
+			http := r.CheckRequest().GetAttributes().GetRequest().GetHttp()
+			if http.GetPath() != tc.want || http.GetHeaders()[":path"] != tc.want {
+				t.Errorf("CheckRequest path %q, headers[:path] %q; want %q", http.GetPath(), http.GetHeaders()[":path"], tc.want)
+			}
+		})
+	}
+}
+
+// recordingProvider allows and records what it was asked.
+type recordingProvider struct {
+	calls int
+	check *authv3.CheckRequest
+	input ast.Value
+	res   ProviderResult
+}
+
+func (p *recordingProvider) Check(_ context.Context, r *Request, input ast.Value) ProviderResult {
+	p.calls++
+	p.check, p.input = r.CheckRequest(), input
+	return p.res
+}
+
+// customBundle is a bundle whose CUSTOM rules (each one match set) name
+// provider "ext", plus extra modules.
+func customBundle(mode string, prov Provider, rules int, extra string) Bundle {
+	hits := "package rampart.policy\nimport rego.v1\n"
+	for i := 0; i < rules; i++ {
+		hits += "hits contains {\"action\": \"custom\", \"policy\": \"foo.ext\", \"rule\": " + strconv.Itoa(i) + ", \"provider\": \"ext\", \"dry_run\": false} if input.rampart.request.path != \"\"\n"
+	}
+	hits += "allow_policies := set()\ndry_run_allow_policies := set()\n" + extra
+	return Bundle{Revision: "r", Modules: map[string]string{"p.rego": hits}, PathNormalization: mode, Providers: map[string]Provider{"ext": prov}}
+}
+
+// The engine hands providers the path under the mesh's normalization.
+func TestEngineProviderPathUsesMeshNormalization(t *testing.T) {
+	prov := &recordingProvider{res: ProviderResult{Allowed: true}}
+	e := New(Config{})
+	if err := e.Load(context.Background(), customBundle(NormalizeMergeSlashes, prov, 1, "")); err != nil {
+		t.Fatal(err)
+	}
+	e.Decide(context.Background(), &Request{Protocol: ProtocolHTTP, Method: "GET", Host: "h", Path: "//a//./b?x=1"})
+	if prov.check == nil {
+		t.Fatal("provider not asked")
+	}
+	if got := prov.check.GetAttributes().GetRequest().GetHttp().GetPath(); got != "/a/b?x=1" {
+		t.Errorf("CheckRequest path %q, want /a/b?x=1 (MERGE_SLASHES)", got)
+	}
+	if got := field(prov.input, "attributes", "request", "http", "path"); got == nil || !got.Equal(ast.StringTerm("/a/b?x=1")) {
+		t.Errorf("input path %v, want /a/b?x=1", got)
+	}
+}
+
+// parsed_path and parsed_query are what opa-envoy-plugin computes from the
+// same :path.
+func TestParsedPathAndQueryAsOPAEnvoyPlugin(t *testing.T) {
+	for _, raw := range []string{
+		"/", "/a/b/", "/admin%2Fusers", "//admin/users", "/%E2%82%AC/x",
+		"/api?admin=true&x=%zz", "/q?a=1;b=2&c=3", "/q?a=1&a=2&b", "/q?",
+	} {
+		t.Run(raw, func(t *testing.T) {
+			in := providerInput(t, raw)
+			full := field(in, "attributes", "request", "http", "path").Value.(ast.String)
+			wantPath, wantQuery := opaEnvoyParsedTerms(t, string(full))
+			if got := field(in, "parsed_path"); !got.Equal(wantPath) {
+				t.Errorf("parsed_path %v, opa-envoy-plugin %v", got, wantPath)
+			}
+			if got := field(in, "parsed_query"); !got.Equal(wantQuery) {
+				t.Errorf("parsed_query %v, opa-envoy-plugin %v", got, wantQuery)
+			}
+		})
+	}
+}
+
+// A policy written for opa-envoy-plugin decides on parsed_query and
+// parsed_path as there.
+func TestRegoProviderParsedFields(t *testing.T) {
+	p := regoProviderFor(t, `package envoy.authz
+import rego.v1
+default allow := false
+allow if {
+	not input.parsed_query.admin
+	input.parsed_path[0] != "admin"
+}
+`)
+	for _, tc := range []struct {
+		raw   string
+		allow bool
+	}{
+		{"/api?admin=true&x=%zz", false},
+		{"/api?x=%zz", true},
+		{"/admin%2Fusers", false},
+		{"/public/x", true},
+		// opa-envoy-plugin fails a request whose path url.Parse refuses.
+		{"/a%zz", false},
+	} {
+		if got := p.Check(context.Background(), nil, providerInput(t, tc.raw)); got.Allowed != tc.allow {
+			t.Errorf("%s: allowed %v (%s), want %v", tc.raw, got.Allowed, got.Reason, tc.allow)
+		}
+	}
+}
+
+// A decision's header fields, in every shape opa-envoy-plugin accepts; any
+// other shape is a provider error, which denies.
+func TestRegoProviderDecisionHeaders(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		decision string
+		want     ProviderResult
+	}{
+		{"string", `{"allowed": true, "headers": {"X-A": "1"}}`,
+			ProviderResult{Allowed: true, Reason: "allowed by provider", Headers: map[string]string{"x-a": "1"}}},
+		{"array: repeated, the last set wins", `{"allowed": true, "headers": {"x-a": ["1", "2"]}}`,
+			ProviderResult{Allowed: true, Reason: "allowed by provider", Headers: map[string]string{"x-a": "2"}}},
+		{"array of objects", `{"allowed": true, "headers": [{"x-a": "1"}, {"x-b": ["2"]}]}`,
+			ProviderResult{Allowed: true, Reason: "allowed by provider", Headers: map[string]string{"x-a": "1", "x-b": "2"}}},
+		{"removals, response headers, dynamic metadata", `{"allowed": true, "request_headers_to_remove": ["X-Api-Key"], "response_headers_to_add": {"x-r": ["1", "2"]}, "dynamic_metadata": {"k": 1}}`,
+			ProviderResult{Allowed: true, Reason: "allowed by provider", Headers: map[string]string{}, RemoveHeaders: []string{"x-api-key"},
+				ResponseHeaders: []ResponseHeader{{Name: "x-r", Value: "1"}, {Name: "x-r", Value: "2"}}}},
+		{"denial", `{"allowed": false, "headers": {"content-type": "application/json"}, "body": "{}", "http_status": 401}`,
+			ProviderResult{Status: 401, Reason: "denied by provider", Headers: map[string]string{"content-type": "application/json"}, Body: "{}"}},
+		{"number header", `{"allowed": true, "headers": {"x-a": 1}}`, ProviderResult{}},
+		{"array with a number", `{"allowed": true, "headers": {"x-a": ["1", 2]}}`, ProviderResult{}},
+		{"array of strings at the top", `{"allowed": true, "headers": ["x-a"]}`, ProviderResult{}},
+		{"removal not an array", `{"allowed": true, "request_headers_to_remove": "x-a"}`, ProviderResult{}},
+		{"removal not a string", `{"allowed": true, "request_headers_to_remove": [1]}`, ProviderResult{}},
+		{"dynamic metadata not an object", `{"allowed": true, "dynamic_metadata": "x"}`, ProviderResult{}},
+		{"allowed not a boolean", `{"allowed": "true"}`, ProviderResult{}},
+		{"body not a string", `{"allowed": false, "body": 1}`, ProviderResult{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := regoProviderFor(t, "package envoy.authz\nimport rego.v1\nallow := "+tc.decision+"\n")
+			got := p.Check(context.Background(), nil, providerInput(t, "/x"))
+			if tc.want.Reason == "" {
+				if got.Allowed || !strings.HasPrefix(got.Reason, "provider error: ") {
+					t.Errorf("got %+v; want a provider error", got)
+				}
+				return
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("result (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// opa-envoy-plugin refuses an http_status outside Envoy's StatusCode enum,
+// and one that is not a number: a provider error, which denies with 403.
+func TestRegoProviderHTTPStatus(t *testing.T) {
+	for _, tc := range []struct {
+		status string
+		want   int
+		err    bool
+	}{
+		{"401", 401, false}, {"503", 503, false},
+		{"99", 0, true}, {"1000", 0, true}, {"299", 0, true}, {"0", 0, true}, {"-1", 0, true}, {"401.5", 0, true}, {`"401"`, 0, true},
+	} {
+		p := regoProviderFor(t, "package envoy.authz\nimport rego.v1\nallow := {\"allowed\": false, \"http_status\": "+tc.status+"}\n")
+		got := p.Check(context.Background(), nil, providerInput(t, "/x"))
+		if got.Allowed || got.Status != tc.want || tc.err != strings.HasPrefix(got.Reason, "provider error: ") {
+			t.Errorf("http_status %s: %+v; want status %d, error %v", tc.status, got, tc.want, tc.err)
+		}
+	}
+}
+
+// fixedExtAuthz answers every check with resp.
+type fixedExtAuthz struct {
+	authv3.UnimplementedAuthorizationServer
+	resp *authv3.CheckResponse
+}
+
+func (s *fixedExtAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return s.resp, nil
+}
+
+func startFixedExtAuthz(t *testing.T, srv *fixedExtAuthz) *grpc.ClientConn {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(gs, srv)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func hvo(k, v string, appendValue *bool) *corev3.HeaderValueOption {
+	o := &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}}
+	if appendValue != nil {
+		o.Append = wrapperspb.Bool(*appendValue)
+	}
+	return o
+}
+
+// An ext_authz OK response's header changes: headers (append unset or false
+// replaces, true appends), headers_to_remove, response_headers_to_add.
+func TestExtAuthzOKHeaderChanges(t *testing.T) {
+	yes, no := true, false
+	fixed := &fixedExtAuthz{resp: &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+		Headers:              []*corev3.HeaderValueOption{hvo("X-Set", "1", nil), hvo("x-set2", "2", &no), hvo("x-app", "3", &yes)},
+		HeadersToRemove:      []string{"Authorization"},
+		ResponseHeadersToAdd: []*corev3.HeaderValueOption{hvo("x-r", "a", nil), hvo("x-r2", "b", &yes)},
+	}}}}
+	p, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: startFixedExtAuthz(t, fixed)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := p.Check(context.Background(), &Request{Protocol: ProtocolHTTP, Method: "GET", Host: "h", Path: "/"}, nil)
+	want := ProviderResult{Allowed: true, Reason: "allowed by ext_authz", Headers: map[string]string{"x-set": "1", "x-set2": "2"},
+		AppendHeaders: []Header{{Name: "x-app", Value: "3"}}, RemoveHeaders: []string{"authorization"},
+		ResponseHeaders: []ResponseHeader{{Name: "x-r", Value: "a"}, {Name: "x-r2", Value: "b", Append: true}}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("result (-want +got):\n%s", diff)
+	}
+}
+
+// A denial with a status Envoy does not support is a server failure:
+// statusOnError, and 403 when that is not valid either.
+func TestExtAuthzInvalidStatus(t *testing.T) {
+	deny := func(code int32) *fixedExtAuthz {
+		return &fixedExtAuthz{resp: &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied)}, HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status: &typev3.HttpStatus{Code: typev3.StatusCode(code)}, Body: "no"}}}}
+	}
+	for _, tc := range []struct {
+		name          string
+		code          int32
+		statusOnError int
+		want          int
+	}{
+		{"valid", 401, 0, 401},
+		{"unset", 0, 0, 403},
+		{"too small", 99, 0, 403},
+		{"too large", 1000, 503, 503},
+		{"not in the enum", 299, 500, 500},
+		{"statusOnError invalid too", 99, 99, 403},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: startFixedExtAuthz(t, deny(tc.code)), StatusOnError: tc.statusOnError})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := p.Check(context.Background(), &Request{Protocol: ProtocolHTTP, Method: "GET", Host: "h", Path: "/"}, nil)
+			if got.Allowed || got.Status != tc.want {
+				t.Errorf("%+v; want a denial with %d", got, tc.want)
+			}
+		})
+	}
+	// An unreachable server with an invalid statusOnError.
+	wb := WireBundle{Providers: map[string]WireProvider{"ext": {ExtAuthzGRPC: &WireExtAuthz{Target: "127.0.0.1:1", Timeout: "200ms", StatusOnError: 99}}}}
+	provs, err := wb.LoadProviders(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := provs["ext"].Check(context.Background(), &Request{Protocol: ProtocolHTTP, Method: "GET", Host: "h", Path: "/"}, nil); got.Allowed || got.Status != 403 {
+		t.Errorf("unreachable server, statusOnError 99: %+v; want a 403 denial", got)
+	}
+}
+
+// Istio's envoyExtAuthzGrpc timeout defaults to 600s.
+func TestExtAuthzDefaultTimeout(t *testing.T) {
+	p, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: startExtAuthz(t, &sampleExtAuthz{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.cfg.Timeout != 600*time.Second {
+		t.Errorf("default timeout %v, want 600s", p.cfg.Timeout)
+	}
+}
+
+// A target that still names a namespace ("ns/host:port") never resolves;
+// with failOpen it would allow everything. It is refused.
+func TestLoadProvidersRefusesNamespacedTarget(t *testing.T) {
+	for _, failOpen := range []bool{false, true} {
+		wb := WireBundle{Providers: map[string]WireProvider{"ext": {ExtAuthzGRPC: &WireExtAuthz{Target: "foo/ext.foo.svc.cluster.local:9000", FailOpen: failOpen}}}}
+		if _, err := wb.LoadProviders(context.Background()); err == nil || !strings.Contains(err.Error(), "provider ext") {
+			t.Errorf("failOpen=%v: err %v; want an error naming provider ext", failOpen, err)
+		}
+	}
+}
+
+// funcProvider answers with f and counts its calls.
+type funcProvider struct {
+	calls int
+	f     func(*Request) ProviderResult
+}
+
+func (p *funcProvider) Check(_ context.Context, r *Request, _ ast.Value) ProviderResult {
+	p.calls++
+	return p.f(r)
+}
+
+func headerOf(r *Request, name string) string {
+	for _, h := range r.Headers {
+		if strings.EqualFold(h.Name, name) {
+			return h.Value
+		}
+	}
+	return ""
+}
+
+// Envoy's ext_authz filter asks its server once per request, however many
+// CUSTOM rules match.
+func TestEngineAsksEachProviderOnce(t *testing.T) {
+	prov := &funcProvider{f: func(*Request) ProviderResult { return ProviderResult{Allowed: true} }}
+	e := New(Config{})
+	if err := e.Load(context.Background(), customBundle("", prov, 3, "")); err != nil {
+		t.Fatal(err)
+	}
+	d := e.Decide(context.Background(), httpReq("GET", "/x"))
+	if !d.Allowed || prov.calls != 1 {
+		t.Errorf("three matching CUSTOM rules: allowed %v, provider asked %d times; want once", d.Allowed, prov.calls)
+	}
+}
+
+// denyOnHeaders denies requests whose x-user-tier is "blocked" or that carry
+// x-debug, and audits x-user "alice".
+const denyOnHeaders = `hits contains {"action": "deny", "policy": "foo.deny-blocked", "rule": 0, "dry_run": false} if input.attributes.request.http.headers["x-user-tier"] == "blocked"
+hits contains {"action": "deny", "policy": "foo.deny-debug", "rule": 0, "dry_run": false} if input.attributes.request.http.headers["x-debug"]
+hits contains {"action": "deny", "policy": "foo.deny-provider-user", "rule": 0, "dry_run": false} if input.attributes.request.http.headers["x-user"] == "provider"
+hits contains {"action": "audit", "policy": "foo.audit", "rule": 0, "dry_run": false} if input.attributes.request.http.headers["x-user-tier"] == "gold"
+`
+
+// Envoy runs RBAC after ext_authz: DENY, ALLOW and AUDIT see the request with
+// the provider's header changes, and authentication's after them. The
+// verdict cache keeps each request's own answer.
+func TestEngineRBACSeesProviderHeaders(t *testing.T) {
+	prov := &funcProvider{f: func(r *Request) ProviderResult {
+		res := ProviderResult{Allowed: true, Headers: map[string]string{}}
+		switch headerOf(r, "x-who") {
+		case "mallory":
+			res.Headers["x-user-tier"] = "blocked"
+		case "gold":
+			res.Headers["x-user-tier"] = "gold"
+		case "remover":
+			res.RemoveHeaders = []string{"x-debug"}
+		case "appender":
+			res.AppendHeaders = []Header{{Name: "x-debug", Value: "1"}}
+		case "setter":
+			res.Headers["x-user"] = "provider"
+		}
+		return res
+	}}
+	e := New(Config{})
+	if err := e.Load(context.Background(), customBundle("", prov, 1, denyOnHeaders)); err != nil {
+		t.Fatal(err)
+	}
+	req := func(who string, extra ...Header) *Request {
+		r := httpReq("GET", "/x")
+		r.Headers = append([]Header{{Name: "x-who", Value: who}}, extra...)
+		return r
+	}
+	for _, tc := range []struct {
+		name    string
+		req     *Request
+		allowed bool
+		policy  string
+		audit   int
+	}{
+		{"provider sets the header DENY names", req("mallory"), false, "foo.deny-blocked", 0},
+		{"no change", req("alice"), true, "", 0},
+		{"provider sets the header DENY names, again (cached)", req("mallory"), false, "foo.deny-blocked", 0},
+		{"no change, again (cached)", req("alice"), true, "", 0},
+		{"AUDIT sees the provider's header", req("gold"), true, "", 1},
+		{"provider removes the header DENY names", req("remover", Header{Name: "X-Debug", Value: "1"}), true, "", 0},
+		{"the client's header, not removed", req("alice", Header{Name: "x-debug", Value: "1"}), false, "foo.deny-debug", 0},
+		{"provider appends the header DENY names", req("appender"), false, "foo.deny-debug", 0},
+		{"provider sets a header", req("setter"), false, "foo.deny-provider-user", 0},
+		// jwt_authn runs after ext_authz: its header wins over the provider's.
+		{"authentication sets the same header after", req("setter").AfterAuthn(nil, nil, []Header{{Name: "x-user", Value: "jwt"}}), true, "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := e.Decide(context.Background(), tc.req)
+			if d.Allowed != tc.allowed || d.Policy != tc.policy || len(d.Audit) != tc.audit {
+				t.Errorf("allowed %v policy %q audit %v (%s); want allowed %v policy %q, %d audit", d.Allowed, d.Policy, d.Audit, d.Reason, tc.allowed, tc.policy, tc.audit)
+			}
+			if !d.Allowed && (d.Headers != nil || d.AppendHeaders != nil || d.RemoveHeaders != nil) {
+				t.Errorf("denied by policy, yet the provider's request header changes are in the decision: %+v", d)
+			}
+		})
+	}
+}
+
+// What a provider asks of the sidecar is checked: a header no HTTP message
+// can carry, a pseudo-header, x-forwarded-client-cert, or a denial with a
+// status Envoy does not support is a provider error, which denies with 403.
+func TestEngineChecksProviderAnswer(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		res  ProviderResult
+		want int
+	}{
+		{"CR LF in a value", ProviderResult{Allowed: true, Headers: map[string]string{"x-a": "1\r\nx-b: 2"}}, 403},
+		{"LF in an appended value", ProviderResult{Allowed: true, AppendHeaders: []Header{{Name: "x-a", Value: "1\n"}}}, 403},
+		{"bad name", ProviderResult{Allowed: true, Headers: map[string]string{"x a": "1"}}, 403},
+		{"pseudo-header", ProviderResult{Allowed: true, Headers: map[string]string{":path": "/admin"}}, 403},
+		{"x-forwarded-client-cert", ProviderResult{Allowed: true, Headers: map[string]string{"X-Forwarded-Client-Cert": "By=x;URI=spiffe://evil"}}, 403},
+		{"x-forwarded-client-cert appended", ProviderResult{Allowed: true, AppendHeaders: []Header{{Name: "x-forwarded-client-cert", Value: "x"}}}, 403},
+		{"response header CR", ProviderResult{Allowed: true, ResponseHeaders: []ResponseHeader{{Name: "x-r", Value: "a\rb"}}}, 403},
+		{"bad removal", ProviderResult{Allowed: true, RemoveHeaders: []string{"a b"}}, 403},
+		{"denial header CR LF", ProviderResult{Status: 401, Headers: map[string]string{"www-authenticate": "x\r\n"}}, 403},
+		{"status 99", ProviderResult{Status: 99}, 403},
+		{"status 1000", ProviderResult{Status: 1000}, 403},
+		{"status 1", ProviderResult{Status: 1}, 403},
+		{"valid denial", ProviderResult{Status: 401, Headers: map[string]string{"WWW-Authenticate": "Bearer"}}, 401},
+		{"valid allow", ProviderResult{Allowed: true, Headers: map[string]string{"X-User": "alice"}}, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prov := &funcProvider{f: func(*Request) ProviderResult { return tc.res }}
+			e := New(Config{})
+			if err := e.Load(context.Background(), customBundle("", prov, 1, "")); err != nil {
+				t.Fatal(err)
+			}
+			d := e.Decide(context.Background(), httpReq("GET", "/x"))
+			if d.Status != tc.want || d.Allowed != (tc.want == 200) {
+				t.Fatalf("status %d allowed %v (%s); want %d", d.Status, d.Allowed, d.Reason, tc.want)
+			}
+			if tc.want == 403 && (d.Headers != nil || d.Body != "") {
+				t.Errorf("provider error, yet its headers or body are in the decision: %+v", d)
+			}
+			if tc.want != 403 {
+				for k := range d.Headers {
+					if k != strings.ToLower(k) {
+						t.Errorf("header name %q not in lower case", k)
+					}
+				}
+			}
+		})
+	}
+}
