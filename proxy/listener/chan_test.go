@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"testing"
+	"time"
 )
 
 func TestChanHandsOverAndCloses(t *testing.T) {
@@ -75,5 +76,43 @@ func TestSplice(t *testing.T) {
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != "hello" {
 		t.Fatalf("echo through the splice = %q, %v", got, err)
+	}
+}
+
+// A spliced connection that carries no byte either way for the idle timeout
+// is closed at both ends; one that keeps talking is not.
+func TestSpliceIdleTimeout(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	a1, a2 := net.Pipe()
+	b1, b2 := net.Pipe()
+	done := make(chan struct{})
+	start := time.Now()
+	go func() { SpliceIdle(a2, b1, idle); close(done) }()
+	// Talk for three idle periods: the splice must stay up.
+	go func() { _, _ = io.Copy(io.Discard, b2) }()
+	var lastWrite time.Time
+	for time.Since(start) < 3*idle {
+		lastWrite = time.Now()
+		if _, err := a1.Write([]byte("x")); err != nil {
+			t.Fatalf("write while active, after %v: %v", time.Since(start), err)
+		}
+		time.Sleep(idle / 4)
+	}
+	select {
+	case <-done:
+		t.Fatal("an active splice was closed")
+	default:
+	}
+	// Then fall silent: both ends are closed within about one idle period.
+	select {
+	case <-done:
+	case <-time.After(10 * idle):
+		t.Fatal("an idle splice was never closed")
+	}
+	if waited := time.Since(lastWrite); waited < idle {
+		t.Fatalf("closed %v after the last byte; want at least the idle timeout %v", waited, idle)
+	}
+	if _, err := a1.Write([]byte("x")); err == nil {
+		t.Fatal("the client side is still open")
 	}
 }

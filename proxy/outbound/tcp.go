@@ -19,6 +19,7 @@ import (
 	"github.com/rampart-mesh/rampart/proxy/upstream"
 	"github.com/rampart-mesh/rampart/proxy/xds"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 const (
@@ -90,6 +91,40 @@ type tcpChain struct {
 	name    string
 	cluster string
 	weights []weighted
+	idle    time.Duration // tcp_proxy idle_timeout (0: none)
+}
+
+// idleOf is a chain's idle timeout: nil (unset) is Envoy's default of an
+// hour, and an explicit 0 turns it off.
+func (c *tcpChain) idleOf() time.Duration {
+	if c == nil {
+		return listener.DefaultTCPIdleTimeout
+	}
+	return c.idle
+}
+
+// checkTCPProxy refuses tcp_proxy fields the sidecar does not implement, so
+// a behaviour-changing setting is NACKed rather than silently ignored, and
+// returns the idle timeout.
+func checkTCPProxy(chain string, tp *tcpproxyv3.TcpProxy) (time.Duration, error) {
+	idle := listener.DefaultTCPIdleTimeout
+	if d := tp.GetIdleTimeout(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+			return 0, fmt.Errorf("filter chain %s: tcp_proxy idle_timeout %v is not a duration of zero or more", chain, d)
+		}
+		idle = d.AsDuration()
+	}
+	rest := proto.Clone(tp).(*tcpproxyv3.TcpProxy)
+	rest.StatPrefix, rest.ClusterSpecifier, rest.IdleTimeout = "", nil, nil
+	var unknown []string
+	rest.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+		unknown = append(unknown, string(fd.Name()))
+		return true
+	})
+	if len(unknown) > 0 {
+		return 0, fmt.Errorf("filter chain %s: tcp_proxy sets %s, which the sidecar does not implement", chain, strings.Join(unknown, ", "))
+	}
+	return idle, nil
 }
 
 // pick chooses the chain for a server name as Envoy does: an exact name, then
@@ -217,6 +252,11 @@ func parseTCPListener(name string, l *listenerv3.Listener) (*tcpRoute, error) {
 		if c.name == "" {
 			c.name = strconv.Itoa(i)
 		}
+		idle, err := checkTCPProxy(c.name, tp)
+		if err != nil {
+			return nil, err
+		}
+		c.idle = idle
 		for _, w := range tp.GetWeightedClusters().GetClusters() {
 			c.weights = append(c.weights, weighted{w.GetName(), w.GetWeight()})
 		}
@@ -375,5 +415,5 @@ func (t *TCP) proxy(ctx context.Context, l *tcpListener, c net.Conn) {
 	}
 	defer up.Close()
 	t.log.Info("access", "protocol", "tcp", "listener", r.listener, "sni", sni, "cluster", cluster, "upstream", ep.Address, "downstream", c.RemoteAddr().String())
-	listener.Splice(conn, up)
+	listener.SpliceIdle(conn, up, chain.idleOf())
 }

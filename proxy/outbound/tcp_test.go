@@ -37,6 +37,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 func TestTCPChainPick(t *testing.T) {
@@ -68,6 +69,20 @@ func TestTCPChainPick(t *testing.T) {
 	}
 }
 
+// idle_timeout: unset is Envoy's hour, an explicit value is taken, and 0
+// turns the timeout off.
+func TestTCPProxyIdleTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		idle *durationpb.Duration
+		want time.Duration
+	}{{nil, time.Hour}, {durationpb.New(90 * time.Second), 90 * time.Second}, {durationpb.New(0), 0}} {
+		got, err := checkTCPProxy("x", &tcpproxyv3.TcpProxy{StatPrefix: "c", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "c"}, IdleTimeout: tc.idle})
+		if err != nil || got != tc.want {
+			t.Errorf("idle_timeout %v: %v, %v; want %v", tc.idle, got, err, tc.want)
+		}
+	}
+}
+
 func TestTCPListenerRefusesWhatItDoesNotImplement(t *testing.T) {
 	tp := func(cluster string) []*listenerv3.Filter {
 		return []*listenerv3.Filter{{Name: tcpProxyFilter, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t,
@@ -88,6 +103,12 @@ func TestTCPListenerRefusesWhatItDoesNotImplement(t *testing.T) {
 			FilterChainMatch: &listenerv3.FilterChainMatch{ServerNames: []string{"a"}, TransportProtocol: "tls"}, Filters: tp("c")}), "only server_names"},
 		{"infix wildcard", tlsListenerFor(443, &tlsinspectorv3.TlsInspector{}, &listenerv3.FilterChain{
 			FilterChainMatch: &listenerv3.FilterChainMatch{ServerNames: []string{"a.*.com"}}, Filters: tp("c")}), "wildcard"},
+		{"tcp_proxy fields not implemented", tlsListenerFor(443, nil, &listenerv3.FilterChain{Name: "x", Filters: []*listenerv3.Filter{{Name: tcpProxyFilter,
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, &tcpproxyv3.TcpProxy{StatPrefix: "c", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "c"},
+				MaxConnectAttempts: wrapperspb.UInt32(3), MaxDownstreamConnectionDuration: durationpb.New(time.Second)})}}}}), "max_connect_attempts, max_downstream_connection_duration"},
+		{"negative idle_timeout", tlsListenerFor(443, nil, &listenerv3.FilterChain{Name: "x", Filters: []*listenerv3.Filter{{Name: tcpProxyFilter,
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, &tcpproxyv3.TcpProxy{StatPrefix: "c", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "c"},
+				IdleTimeout: durationpb.New(-time.Second)})}}}}), "idle_timeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tcp := NewTCP("127.0.0.1", nil, nil)

@@ -105,9 +105,9 @@ func (s *Server) proxyTCP(ctx context.Context, c *transparentConn) {
 		cluster string
 		sni     string
 	)
+	var chain *tcpChain
 	if s.cfg.TCP != nil {
 		if r := s.cfg.TCP.routeFor(int(c.dst.Port())); r != nil {
-			var chain *tcpChain
 			conn, chain, sni = r.choose(c)
 			if chain != nil {
 				cluster = chain.clusterFor()
@@ -127,7 +127,7 @@ func (s *Server) proxyTCP(ctx context.Context, c *transparentConn) {
 	}
 	defer up.Close()
 	s.log.Info("access", "protocol", "tcp", "cluster", cluster, "sni", sni, "destination", c.dst.String())
-	listener.Splice(conn, up)
+	listener.SpliceIdle(conn, up, chain.idleOf())
 }
 
 // passthrough forwards an HTTP request no route knows to where it was going,
