@@ -59,6 +59,9 @@ type Config struct {
 	// Registry receives every metric; the caller serves it.
 	Registry *prometheus.Registry
 	Log      *slog.Logger
+	// Version is Rampart's version, recorded as labels.version in decision-log
+	// events.
+	Version string
 }
 
 // InboundConfig configures the inbound path; its policy comes over xDS unless BundleDir is set.
@@ -97,8 +100,12 @@ type OutboundConfig struct {
 	// Transparent serves Listen for connections iptables redirected
 	// (rampart-sidecar init) instead of explicit proxy requests.
 	Transparent bool
-	// DecisionLog, if set, records the gateway's denials (tamper-evident).
+	// DecisionLog, if set, records the gateway's denials (tamper-evident). With
+	// an inbound path too, it must be the inbound path's DecisionLog: the two
+	// share one log.
 	DecisionLog string
+	// LogAllows adds allowed requests to the decision log.
+	LogAllows bool
 }
 
 // ProxylessConfig configures the agent-only mode for proxyless gRPC apps.
@@ -156,6 +163,9 @@ func New(cfg Config) (*Proxy, error) {
 	if p.cfg.Workload.Namespace == "" && cfg.Inbound != nil {
 		p.cfg.Workload = cfg.Inbound.Workload
 	}
+	if p.dlog, err = newDecisionLog(cfg); err != nil {
+		return nil, err
+	}
 	if o := cfg.Outbound; o != nil {
 		if o.Listen == "" && len(o.GatewayListen) == 0 {
 			return nil, errors.New("outbound: a listen address or a gateway listener is required")
@@ -167,19 +177,9 @@ func New(cfg Config) (*Proxy, error) {
 			if p.engine == nil {
 				p.engine = authz.New(authz.Config{Log: cfg.Log})
 			}
-			if o.DecisionLog != "" && p.dlog == nil {
-				allows := false
-				if p.dlog, err = decisionlog.New(decisionlog.Config{Path: o.DecisionLog, LogAllows: &allows, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
-					return nil, err
-				}
-			}
 			var hook inbound.DecisionHook
-			if p.dlog != nil {
-				hook = func(ctx context.Context, r *authz.Request, d authz.Decision) {
-					if p.dlog.ShouldLog(d) {
-						_ = p.dlog.Log(ctx, decisionlog.FromDecision(d, decisionlog.RequestMeta(r)))
-					}
-				}
+			if p.dlog != nil && o.DecisionLog != "" {
+				hook = p.logDecision
 			}
 			if p.guard, err = inbound.New(inbound.Config{GuardOnly: true, Engine: p.engine, Authn: p.authn, Workload: p.cfg.Workload,
 				OnDecide: hook, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
@@ -209,12 +209,6 @@ func New(cfg Config) (*Proxy, error) {
 		if p.limiter, err = ratelimit.New(ratelimit.Config{Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
 			return nil, err
 		}
-		if in.DecisionLog != "" {
-			allows := in.LogAllows
-			if p.dlog, err = decisionlog.New(decisionlog.Config{Path: in.DecisionLog, LogAllows: &allows, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
-				return nil, err
-			}
-		}
 	}
 	if p.engine != nil {
 		for _, r := range []string{"hit", "miss"} {
@@ -231,6 +225,70 @@ func New(cfg Config) (*Proxy, error) {
 		}
 	}
 	return p, nil
+}
+
+// newDecisionLog builds the one decision log that the inbound path and the
+// gateway listeners share; nil if neither has one.
+func newDecisionLog(cfg Config) (*decisionlog.Logger, error) {
+	var path string
+	allows := false
+	for _, c := range []struct {
+		name, path string
+		allows     bool
+	}{
+		{"inbound", inboundLog(cfg.Inbound), cfg.Inbound != nil && cfg.Inbound.LogAllows},
+		{"gateway", outboundLog(cfg.Outbound), cfg.Outbound != nil && cfg.Outbound.LogAllows},
+	} {
+		if c.path == "" {
+			continue
+		}
+		if path != "" && c.path != path {
+			return nil, fmt.Errorf("decision log: the %s path logs to %s, but another path to %s: use one file", c.name, c.path, path)
+		}
+		path, allows = c.path, allows || c.allows
+	}
+	if path == "" {
+		return nil, nil
+	}
+	labels := map[string]string{}
+	if cfg.Version != "" {
+		labels["version"] = cfg.Version
+	}
+	l, err := decisionlog.New(decisionlog.Config{Path: path, LogAllows: &allows, Labels: labels, Log: cfg.Log, Metrics: cfg.Registry})
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func inboundLog(in *InboundConfig) string {
+	if in == nil {
+		return ""
+	}
+	return in.DecisionLog
+}
+
+func outboundLog(o *OutboundConfig) string {
+	if o == nil || len(o.GatewayListen) == 0 {
+		return ""
+	}
+	return o.DecisionLog
+}
+
+// logDecision records d in the decision log if the log selects it, with the
+// sidecar's own identity as the destination principal and labels.id (the xDS
+// node id, as OPA's labels.id names the instance). A dropped event is counted
+// in decision_logs_dropped_total; the request goes on.
+func (p *Proxy) logDecision(ctx context.Context, r *authz.Request, d authz.Decision) {
+	if !p.dlog.ShouldLog(d) {
+		return
+	}
+	m := decisionlog.RequestMeta(r)
+	if svid, err := p.agent.GetX509SVID(); err == nil {
+		m.DestinationPrincipal = svid.ID.String()
+		m.Labels = map[string]string{"id": nodeID(m.DestinationPrincipal, p.cfg.Workload.Name)}
+	}
+	_ = p.dlog.Log(ctx, decisionlog.FromDecision(d, m))
 }
 
 // runInbound serves the inbound path. Its policy comes from rampartd over xDS
@@ -266,12 +324,8 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 		return fmt.Errorf("inbound: listen on %s: %w", in.Listen, err)
 	}
 	var hook inbound.DecisionHook
-	if p.dlog != nil {
-		hook = func(ctx context.Context, r *authz.Request, d authz.Decision) {
-			if p.dlog.ShouldLog(d) {
-				_ = p.dlog.Log(ctx, decisionlog.FromDecision(d, decisionlog.RequestMeta(r)))
-			}
-		}
+	if p.dlog != nil && in.DecisionLog != "" {
+		hook = p.logDecision
 	}
 	var modeFunc func() string
 	if in.Mode == "" {
@@ -567,6 +621,25 @@ func (p *Proxy) ReadyHandler() http.Handler {
 
 // Run runs the sidecar until ctx ends.
 func (p *Proxy) Run(ctx context.Context) error {
+	if p.dlog == nil {
+		return p.serve(ctx)
+	}
+	// The decision log outlives the listeners: it stops only once they have
+	// drained their requests (and logged their decisions). Its failure still
+	// stops the sidecar.
+	logCtx, stopLog := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLog()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer stopLog()
+		return p.serve(ctx)
+	})
+	g.Go(func() error { return p.dlog.Run(logCtx) })
+	return g.Wait()
+}
+
+// serve runs everything but the decision log until ctx ends.
+func (p *Proxy) serve(ctx context.Context) error {
 	defer p.authn.stop()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return p.agent.Run(ctx) })
@@ -606,9 +679,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	if p.cfg.Inbound != nil {
 		g.Go(func() error { return p.runInbound(ctx) })
-	}
-	if p.dlog != nil {
-		g.Go(func() error { return p.dlog.Run(ctx) })
 	}
 	return g.Wait()
 }

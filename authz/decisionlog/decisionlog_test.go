@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -288,12 +289,57 @@ func TestRestartContinuesChain(t *testing.T) {
 		if r := decodeRecord(t, readLines(t, path)[0]); r["seq"] != float64(6) {
 			t.Errorf("first record after the torn file has seq %v, want 6", r["seq"])
 		}
-		_, err := Verify(path+".1", path)
-		if b := mustBreak(t, err); b.Kind != BreakTruncated || b.File != path+".1" || b.Line != 6 {
-			t.Errorf("Verify = %v, want truncated at %s.1:6", b, path)
+		// The restart is reported, not a break: the chain verifies across it.
+		rep, err := Verify(path+".1", path)
+		if err != nil || rep.Records != 7 || rep.LastSeq != 7 || !rep.FromGenesis {
+			t.Fatalf("Verify = %+v, %v; want 7 records from genesis", rep, err)
+		}
+		if len(rep.Torn) != 1 || rep.Torn[0].Kind != BreakTruncated || rep.Torn[0].File != path+".1" || rep.Torn[0].Line != 6 {
+			t.Errorf("Torn = %+v, want the torn line at %s.1:6", rep.Torn, path)
 		}
 		if rep, err := Verify(path); err != nil || rep.FirstSeq != 6 || rep.LastSeq != 7 || rep.FromGenesis {
 			t.Errorf("Verify of the new file = %+v, %v; want seq 6 to 7", rep, err)
+		}
+		// Records after the restart are still verified.
+		lines := readLines(t, path)
+		writeLines(t, path, [][]byte{lines[0], bytes.Replace(lines[1], []byte(`"allowed":false`), []byte(`"allowed":true`), 1)})
+		_, err = Verify(path+".1", path)
+		if b := mustBreak(t, err); b.Kind != BreakModified || b.File != path || b.Line != 2 {
+			t.Errorf("Verify after editing a record past the restart = %v, want modified at %s:2", err, path)
+		}
+	})
+
+	t.Run("torn line not followed by the chain", func(t *testing.T) {
+		path := t.TempDir() + "/decisions.log"
+		runOnce(t, path, 0, 5)
+		appendToFile(t, path, `{"decision_id":"half-writ`)
+		runOnce(t, path, 5, 7)
+		torn := readLines(t, path+".1")
+		for _, tt := range []struct {
+			name  string
+			files [][][]byte // the contents of LOG.1, LOG
+		}{
+			{name: "torn newest file", files: [][][]byte{nil, torn}},
+			{name: "empty next file", files: [][][]byte{torn, nil}},
+			{name: "next file skips a record", files: [][][]byte{append(torn[:4:4], torn[5]), readLines(t, path)}},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				dir := t.TempDir()
+				a, b := dir+"/decisions.log.1", dir+"/decisions.log"
+				for i, p := range []string{a, b} {
+					var raw []byte
+					for _, l := range tt.files[i] {
+						raw = append(raw, l...)
+					}
+					if err := os.WriteFile(p, raw, 0o600); err != nil {
+						t.Fatal(err)
+					}
+				}
+				_, err := Verify(a, b)
+				if brk := mustBreak(t, err); brk.Kind != BreakTruncated {
+					t.Errorf("Verify = %v, want truncated", brk)
+				}
+			})
 		}
 	})
 
@@ -355,9 +401,16 @@ func TestWriteFailureRecovers(t *testing.T) {
 	<-written
 	h.clk.Step(time.Second)
 	<-flushed // fails, and reopens the file
+	// The lost record is not the head: nothing reached the file.
+	if got := h.l.Head(); got != (Head{}) {
+		t.Errorf("Head after the lost write = %+v, want none", got)
+	}
 	h.logAll(t, testEvent(t, 2, "/orders"))
 	<-written
 	h.stopAndWait(t)
+	if rep, _ := Verify(h.path); h.l.Head() != (Head{Seq: rep.LastSeq, Hash: rep.LastHash}) {
+		t.Errorf("Head = %+v, want the file's last record, seq %d hash %s", h.l.Head(), rep.LastSeq, rep.LastHash)
+	}
 
 	lines := readLines(t, h.path)
 	if len(lines) != 1 {
@@ -459,11 +512,13 @@ func TestFullBufferDropsAndCounts(t *testing.T) {
 # HELP decision_log_bytes_written_total Bytes of decision-log records written to the log file.
 # TYPE decision_log_bytes_written_total counter
 decision_log_bytes_written_total %d
-# HELP decision_logs_dropped_total Decision-log events not written, by reason (buffer_full, policy, error).
+# HELP decision_logs_dropped_total Decision-log events not written, by reason (buffer_full, policy, error, timeout, closed).
 # TYPE decision_logs_dropped_total counter
 decision_logs_dropped_total{reason="buffer_full"} 3
+decision_logs_dropped_total{reason="closed"} 0
 decision_logs_dropped_total{reason="error"} 0
 decision_logs_dropped_total{reason="policy"} 0
+decision_logs_dropped_total{reason="timeout"} 0
 # HELP decision_logs_written_total Decision-log records written to the log file.
 # TYPE decision_logs_written_total counter
 decision_logs_written_total 2
@@ -480,8 +535,78 @@ func TestLogAfterRun(t *testing.T) {
 	if err := h.l.Log(t.Context(), Event{DecisionID: "late"}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Log after Run = %v, want ErrClosed", err)
 	}
+	if got := testutil.ToFloat64(h.l.m.dropped.WithLabelValues(DropClosed)); got != 1 {
+		t.Errorf("dropped{closed} = %v, want 1", got)
+	}
 	if err := h.l.Run(t.Context()); !errors.Is(err, ErrRunning) {
 		t.Errorf("second Run = %v, want ErrRunning", err)
+	}
+}
+
+// Every event Log accepts is either written or counted as dropped.
+func TestEveryDropCounted(t *testing.T) {
+	tests := []struct {
+		name       string
+		run        func(t *testing.T, h *harness) // logs events and stops the Logger
+		logged     float64
+		wantReason string
+	}{
+		{
+			name: "lossless Log gives up when its context ends",
+			run: func(t *testing.T, h *harness) {
+				h.logAll(t, testEvent(t, 0, "/orders")) // fills the buffer
+				ctx, cancel := context.WithCancel(t.Context())
+				cancel()
+				if err := h.l.Log(ctx, testEvent(t, 1, "/orders")); !errors.Is(err, context.Canceled) {
+					t.Errorf("Log with an ended context = %v, want context.Canceled", err)
+				}
+				h.start(t)
+				h.stopAndWait(t)
+			},
+			logged: 2, wantReason: DropTimeout,
+		},
+		{
+			name: "Log after Run returned",
+			run: func(t *testing.T, h *harness) {
+				h.start(t)
+				h.logAll(t, testEvent(t, 0, "/orders"))
+				h.stopAndWait(t)
+				if err := h.l.Log(t.Context(), testEvent(t, 1, "/orders")); !errors.Is(err, ErrClosed) {
+					t.Errorf("Log after Run = %v, want ErrClosed", err)
+				}
+			},
+			logged: 2, wantReason: DropClosed,
+		},
+		{
+			name: "queued when Run fails to open the log",
+			run: func(t *testing.T, h *harness) {
+				h.logAll(t, testEvent(t, 0, "/orders"))
+				if err := os.Remove(filepath.Dir(h.path)); err != nil {
+					t.Fatal(err)
+				}
+				if err := h.l.Run(t.Context()); err == nil {
+					t.Error("Run without the log's directory succeeded")
+				}
+			},
+			logged: 1, wantReason: DropClosed,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, Config{BufferSize: 1, Lossless: true})
+			tt.run(t, h)
+			written := testutil.ToFloat64(h.l.m.written)
+			var dropped float64
+			for _, r := range []string{DropBufferFull, DropPolicy, DropError, DropTimeout, DropClosed} {
+				dropped += testutil.ToFloat64(h.l.m.dropped.WithLabelValues(r))
+			}
+			if written+dropped != tt.logged {
+				t.Errorf("written %v + dropped %v != %v events logged", written, dropped, tt.logged)
+			}
+			if got := testutil.ToFloat64(h.l.m.dropped.WithLabelValues(tt.wantReason)); got != 1 {
+				t.Errorf("dropped{%s} = %v, want 1", tt.wantReason, got)
+			}
+		})
 	}
 }
 
@@ -584,6 +709,44 @@ drop if input.rampart.policy == "ns/noisy"
 			b.StopTimer()
 			if got := testutil.ToFloat64(l.m.written); got != float64(b.N) {
 				b.Fatalf("written %v, want %d", got, b.N)
+			}
+		})
+	}
+}
+
+func TestRequestMeta(t *testing.T) {
+	tests := []struct {
+		name string
+		req  authz.Request
+		want Meta
+	}{
+		{
+			name: "kubernetes identity",
+			req: authz.Request{ID: "r1", SourcePrincipal: "spiffe://cluster.local/ns/shop/sa/frontend",
+				Workload: authz.Workload{Namespace: "shop", Name: "orders"}},
+			want: Meta{RequestID: "r1", SourcePrincipal: "spiffe://cluster.local/ns/shop/sa/frontend",
+				SourceWorkload: "shop/frontend", DestinationWorkload: "shop/orders"},
+		},
+		{
+			name: "other SPIFFE path",
+			req:  authz.Request{ID: "r2", SourcePrincipal: "spiffe://example.org/workload/web"},
+			want: Meta{RequestID: "r2", SourcePrincipal: "spiffe://example.org/workload/web"},
+		},
+		{
+			name: "longer path",
+			req:  authz.Request{ID: "r3", SourcePrincipal: "spiffe://example.org/ns/a/sa/b/c"},
+			want: Meta{RequestID: "r3", SourcePrincipal: "spiffe://example.org/ns/a/sa/b/c"},
+		},
+		{
+			name: "plaintext peer",
+			req:  authz.Request{ID: "r4"},
+			want: Meta{RequestID: "r4"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RequestMeta(&tt.req); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("RequestMeta = %+v\nwant          %+v", got, tt.want)
 			}
 		})
 	}

@@ -1,7 +1,10 @@
 package decisionlog
 
 import (
+	"strings"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/rampart-mesh/rampart/authz"
 )
@@ -87,13 +90,29 @@ type Meta struct {
 }
 
 // RequestMeta fills what Meta can take from an authz.Request: the request ID,
-// the peer's principal and the protected (destination) workload.
+// the peer's principal, the source workload as "namespace/service-account" from
+// a principal of the form spiffe://<td>/ns/<ns>/sa/<sa>, and the protected
+// (destination) workload. The destination principal and the labels are the
+// sidecar's own: its caller sets them.
 func RequestMeta(r *authz.Request) Meta {
-	m := Meta{RequestID: r.ID, SourcePrincipal: r.SourcePrincipal}
+	m := Meta{RequestID: r.ID, SourcePrincipal: r.SourcePrincipal, SourceWorkload: workloadOf(r.SourcePrincipal)}
 	if r.Workload.Name != "" {
 		m.DestinationWorkload = r.Workload.Namespace + "/" + r.Workload.Name
 	}
 	return m
+}
+
+// workloadOf returns "ns/sa" for a Kubernetes-style SPIFFE ID, "" otherwise.
+func workloadOf(principal string) string {
+	id, err := spiffeid.FromString(principal)
+	if err != nil {
+		return ""
+	}
+	segs := strings.Split(id.Path(), "/")
+	if len(segs) != 5 || segs[1] != "ns" || segs[3] != "sa" || segs[2] == "" || segs[4] == "" {
+		return ""
+	}
+	return segs[2] + "/" + segs[4]
 }
 
 // FromDecision builds the event for d. The result is d itself (its JSON form);

@@ -185,13 +185,16 @@ func (l *Logger) Head() Head {
 // Timestamp means now. The Logger reads e's maps and slices (Input, Result,
 // Labels) later, on Run's goroutine: the caller must not modify them after Log.
 //
-// When the buffer is full, Log drops e and returns ErrBufferFull (already
-// counted; callers need not log it) — or, with Config.Lossless, waits for room
-// until ctx ends. After Run has returned, Log returns ErrClosed.
+// When the buffer is full, Log drops e and returns ErrBufferFull — or, with
+// Config.Lossless, waits for room until ctx ends and then drops e and returns
+// ctx's error. After Run has returned, Log drops e and returns ErrClosed. Every
+// drop is counted in decision_logs_dropped_total (reasons buffer_full, timeout
+// and closed): callers need not log it.
 func (l *Logger) Log(ctx context.Context, e Event) error {
 	l.inflight.Add(1)
 	defer l.inflight.Add(-1)
 	if l.closing.Load() {
+		l.m.dropped.WithLabelValues(DropClosed).Inc()
 		return ErrClosed
 	}
 	if e.Timestamp.IsZero() {
@@ -210,8 +213,10 @@ func (l *Logger) Log(ctx context.Context, e Event) error {
 	case l.queue <- &e:
 		return nil
 	case <-l.done:
+		l.m.dropped.WithLabelValues(DropClosed).Inc()
 		return ErrClosed
 	case <-ctx.Done():
+		l.m.dropped.WithLabelValues(DropTimeout).Inc()
 		return fmt.Errorf("log decision %s: %w", e.DecisionID, context.Cause(ctx))
 	}
 }
@@ -226,8 +231,7 @@ func (l *Logger) Run(ctx context.Context) error {
 	if !l.started.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
-	defer close(l.done)
-	defer l.closing.Store(true)
+	defer l.discardQueued()
 	if l.policy != nil {
 		if err := l.policy.prepare(ctx); err != nil {
 			return fmt.Errorf("decision log policy: %w", err)
@@ -282,6 +286,26 @@ func (l *Logger) shutdown(ctx context.Context) error {
 	return nil
 }
 
+// discardQueued closes the Logger for good when Run returns: later Log calls
+// fail, and events still queued (Run failed before writing them, or a Log
+// raced with the shutdown) are counted as dropped, reason closed.
+func (l *Logger) discardQueued() {
+	l.closing.Store(true)
+	close(l.done)
+	for {
+		select {
+		case <-l.queue:
+			l.m.dropped.WithLabelValues(DropClosed).Inc()
+			continue
+		default:
+		}
+		if l.inflight.Load() == 0 && len(l.queue) == 0 {
+			return
+		}
+		runtime.Gosched()
+	}
+}
+
 func (l *Logger) flush() {
 	if l.afterFlush != nil {
 		defer l.afterFlush()
@@ -332,8 +356,11 @@ func (l *Logger) process(ctx context.Context, e Event) {
 	}
 }
 
+// publishHead publishes the chain's newest record as the file knows it: after
+// a write failure that is the last record that reached the disk, or none.
 func (l *Logger) publishHead() {
 	if l.file.seq == 0 {
+		l.head.Store(nil)
 		return
 	}
 	l.head.Store(&Head{Seq: l.file.seq, Hash: l.file.prev})
@@ -356,6 +383,9 @@ func (l *Logger) reopen() bool {
 		l.failing = true
 		return false
 	}
+	// Records buffered when the file failed are lost: the chain, and Head,
+	// continue from what reached the disk.
+	l.publishHead()
 	if l.failing {
 		l.log.Info("decision log reopened", "file", l.cfg.Path, "seq", l.file.seq)
 	}
@@ -376,14 +406,15 @@ func (l *Logger) prepare(ctx context.Context, e *Event) (drop bool, err error) {
 	if e.Input, err = clone(e.Input); err != nil {
 		return false, fmt.Errorf("copy input: %w", err)
 	}
+	// The result is masked too (a CUSTOM provider's headers, reason and body
+	// can quote credentials): it needs a private generic copy.
+	if e.Result, err = clone(e.Result); err != nil {
+		return false, fmt.Errorf("copy result: %w", err)
+	}
 	e.Erased, e.Masked = slices.Clip(e.Erased), slices.Clip(e.Masked)
 	maskBuiltin(e)
 	if l.policy == nil {
-		return false, nil // the result is encoded as it is
-	}
-	// The policy may mask the result: it needs a private generic copy too.
-	if e.Result, err = clone(e.Result); err != nil {
-		return false, fmt.Errorf("copy result: %w", err)
+		return false, nil
 	}
 	doc, err := policyInput(e)
 	if err != nil {
@@ -460,7 +491,23 @@ func clone(v any) (any, error) {
 		return s, nil
 	case ast.Value: // authz keeps the input as the AST it evaluated
 		return ast.JSON(x)
+	case authz.Decision:
+		// encoding/json would turn invalid UTF-8 in a provider's header names
+		// into U+FFFD and keep one of the headers that then collide; copy them
+		// as they are, for maskBuiltin to escape.
+		h := x.Headers
+		x.Headers = nil
+		out, err := cloneJSON(x)
+		if m, ok := out.(map[string]any); ok && len(h) > 0 {
+			m["headers"], _ = clone(h)
+		}
+		return out, err
 	}
+	return cloneJSON(v)
+}
+
+// cloneJSON copies v through encoding/json.
+func cloneJSON(v any) (any, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Redacted replaces masked secrets.
@@ -233,27 +234,123 @@ func escapePointer(s string) string {
 // secretHeaders are always replaced by Redacted.
 var secretHeaders = map[string]bool{"authorization": true, "proxy-authorization": true}
 
-const headersPointer = "/input/attributes/request/http/headers"
+// minSecretLen is the shortest credential (a secret header's value, or its part
+// after the scheme) that is also redacted where it is quoted elsewhere in the
+// event; shorter ones would redact ordinary words.
+const minSecretLen = 8
 
-// maskBuiltin applies the masks that need no policy: the credential headers,
-// then the signature of every JWT-looking string in input. e.Input is a private
-// generic JSON value.
+// maskBuiltin applies the masks that need no policy to everything in e that a
+// request or a CUSTOM provider can fill: the credential headers of the request
+// (input) and of a provider's result (result.headers) become Redacted; then, in
+// input and result, member names as well as values, and in the mesh reason and
+// request ID, every quotation of those credentials becomes Redacted and the
+// signature of every JWT-looking string is redacted. Member names that are not
+// valid UTF-8 are escaped (escapeKey) so that no two encode alike. Each change
+// is recorded in e.Masked by its JSON pointer (the new name for a renamed
+// member). e.Input and e.Result are private generic JSON values.
 func maskBuiltin(e *Event) {
-	if h, ok := lookup(e.Input, "attributes", "request", "http", "headers").(map[string]any); ok {
-		for _, k := range sortedKeys(h) {
-			if _, isString := h[k].(string); isString && secretHeaders[strings.ToLower(k)] {
-				h[k] = Redacted
-				e.Masked = append(e.Masked, headersPointer+"/"+escapePointer(k))
+	first := len(e.Masked)
+	var secrets []string
+	for _, h := range []struct {
+		doc  any
+		path []string
+	}{
+		{e.Input, []string{"input", "attributes", "request", "http", "headers"}},
+		{e.Result, []string{"result", "headers"}},
+	} {
+		m, ok := lookup(h.doc, h.path[1:]...).(map[string]any)
+		if !ok {
+			continue
+		}
+		for k, v := range m {
+			s, isString := v.(string)
+			if !isString || !secretHeaders[strings.ToLower(k)] {
+				continue
+			}
+			secrets = appendSecrets(secrets, s)
+			m[k] = Redacted
+			e.Masked = append(e.Masked, pointer(append(slices.Clip(h.path), k)))
+		}
+	}
+	// A provider's header changes as lists ({"name", "value"} objects, in
+	// result.append_headers or result.response_headers).
+	if res, ok := e.Result.(map[string]any); ok {
+		for k, v := range res {
+			list, ok := v.([]any)
+			if !ok || !strings.HasSuffix(k, "headers") {
+				continue
+			}
+			for i, h := range list {
+				secrets = maskHeaderEntry(h, []string{"result", k, strconv.Itoa(i)}, secrets, &e.Masked)
 			}
 		}
 	}
+	r := redactor{secrets: secrets, masked: &e.Masked}
+	path := make([]string, 1, 16)
 	if e.Input != nil {
-		// Maps are walked in no particular order; sorting the pointers keeps the
-		// record deterministic.
-		first := len(e.Masked)
-		e.Input = redactJWTs(e.Input, append(make([]string, 0, 16), "input"), &e.Masked)
-		slices.Sort(e.Masked[first:])
+		path[0] = "input"
+		e.Input = r.walk(e.Input, path)
 	}
+	if e.Result != nil {
+		path[0] = "result"
+		e.Result = r.walk(e.Result, path)
+	}
+	for _, f := range []struct {
+		s    *string
+		name string
+	}{{&e.Rampart.Reason, "reason"}, {&e.Rampart.RequestID, "request_id"}} {
+		if s, ok := r.redact(*f.s); ok {
+			*f.s = s
+			e.Masked = append(e.Masked, "/rampart/"+f.name)
+		}
+	}
+	// Maps are walked in no particular order; sorting the pointers keeps the
+	// record deterministic.
+	slices.Sort(e.Masked[first:])
+	e.Masked = slices.Compact(e.Masked)
+}
+
+// maskHeaderEntry redacts the value of h, a {"name", "value"} object (either
+// case), if it names a credential header, and returns secrets with the value.
+func maskHeaderEntry(h any, path, secrets []string, masked *[]string) []string {
+	m, ok := h.(map[string]any)
+	if !ok {
+		return secrets
+	}
+	var name string
+	for _, k := range []string{"name", "Name"} {
+		if n, ok := m[k].(string); ok {
+			name = n
+		}
+	}
+	if !secretHeaders[strings.ToLower(name)] {
+		return secrets
+	}
+	for _, k := range []string{"value", "Value"} {
+		if v, ok := m[k].(string); ok {
+			secrets = appendSecrets(secrets, v)
+			m[k] = Redacted
+			*masked = append(*masked, pointer(append(path, k)))
+		}
+	}
+	return secrets
+}
+
+// appendSecrets adds a credential header's value and, for "Scheme credential",
+// the credential, when they are long enough to search for. A JWT is left to
+// the signature redaction, which keeps its header and claims readable.
+func appendSecrets(secrets []string, v string) []string {
+	add := func(s string) {
+		s = strings.TrimSpace(s)
+		if _, isJWT := redactJWTString(s); len(s) >= minSecretLen && !isJWT {
+			secrets = append(secrets, s)
+		}
+	}
+	add(v)
+	if _, cred, ok := strings.Cut(strings.TrimSpace(v), " "); ok {
+		add(cred)
+	}
+	return secrets
 }
 
 func lookup(v any, path ...string) any {
@@ -267,25 +364,118 @@ func lookup(v any, path ...string) any {
 	return v
 }
 
-// redactJWTs walks v and redacts JWT signatures in strings, appending the
-// pointer of every string it changed to masked.
-func redactJWTs(v any, path []string, masked *[]string) any {
+// redactor redacts quoted credentials and JWT signatures in a document.
+type redactor struct {
+	secrets []string
+	masked  *[]string
+}
+
+// redact replaces each quoted credential and each JWT signature in s by
+// Redacted.
+func (r redactor) redact(s string) (string, bool) {
+	changed := false
+	for _, sec := range r.secrets {
+		if strings.Contains(s, sec) {
+			s, changed = strings.ReplaceAll(s, sec, Redacted), true
+		}
+	}
+	if out, ok := redactJWTString(s); ok {
+		s, changed = out, true
+	}
+	return s, changed
+}
+
+// walk redacts v's strings and member names, appending the pointer of every
+// string or member it changed to masked, and returns v.
+func (r redactor) walk(v any, path []string) any {
 	switch n := v.(type) {
 	case string:
-		if s, ok := redactJWTString(n); ok {
-			*masked = append(*masked, pointer(path))
+		if s, ok := r.redact(n); ok {
+			*r.masked = append(*r.masked, pointer(path))
 			return s
 		}
 	case map[string]any:
+		r.renameKeys(n, path)
 		for k, c := range n {
-			n[k] = redactJWTs(c, append(path, k), masked)
+			n[k] = r.walk(c, append(path, k))
 		}
 	case []any:
 		for i, c := range n {
-			n[i] = redactJWTs(c, append(path, strconv.Itoa(i)), masked)
+			n[i] = r.walk(c, append(path, strconv.Itoa(i)))
 		}
 	}
 	return v
+}
+
+// renameKeys gives every member of m whose name holds a credential, a JWT
+// signature or invalid UTF-8 its redacted or escaped name. A new name that is
+// taken gets a "#N" suffix: two members never collapse into one, nor encode as
+// duplicate names.
+func (r redactor) renameKeys(m map[string]any, path []string) {
+	var old []string
+	for k := range m {
+		if nk, _ := r.key(k); nk != k {
+			old = append(old, k)
+		}
+	}
+	if len(old) == 0 {
+		return
+	}
+	slices.Sort(old)
+	vals := make([]any, len(old))
+	for i, k := range old {
+		vals[i] = m[k]
+		delete(m, k)
+	}
+	for i, k := range old {
+		nk, redacted := r.key(k)
+		if _, taken := m[nk]; taken {
+			for j := 2; ; j++ {
+				if _, taken := m[nk+"#"+strconv.Itoa(j)]; !taken {
+					nk += "#" + strconv.Itoa(j)
+					break
+				}
+			}
+		}
+		m[nk] = vals[i]
+		if redacted {
+			*r.masked = append(*r.masked, pointer(append(path, nk)))
+		}
+	}
+}
+
+// key returns the name a member named k gets, and whether a secret was
+// redacted from it.
+func (r redactor) key(k string) (string, bool) {
+	s, redacted := r.redact(k)
+	return escapeKey(s), redacted
+}
+
+// escapeKey makes a member name that is not valid UTF-8 valid, reversibly:
+// each invalid byte becomes \xHH and each backslash \\ (as text, before JSON
+// quoting). Valid names are returned unchanged. encoding/json would turn every
+// invalid byte into U+FFFD, so "role\xff" and "role\xfe" would become the same
+// name.
+func escapeKey(k string) string {
+	if utf8.ValidString(k) {
+		return k
+	}
+	var b strings.Builder
+	for i := 0; i < len(k); {
+		r, size := utf8.DecodeRuneInString(k[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b.WriteString(`\x`)
+			b.WriteByte(hexDigits[k[i]>>4])
+			b.WriteByte(hexDigits[k[i]&0xf])
+		case r == '\\':
+			b.WriteString(`\\`)
+		default:
+			b.WriteString(k[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 func pointer(path []string) string {

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/rampart-mesh/rampart/authz"
 )
 
 // jwtMasked is testJWT with its signature redacted.
@@ -276,5 +278,211 @@ func TestMaskRuleApply(t *testing.T) {
 				t.Errorf("erased %v masked %v, want %v %v", e.Erased, e.Masked, tt.wantErased, tt.wantMasked)
 			}
 		})
+	}
+}
+
+// Credentials reach a record outside the request headers too: in member names,
+// in a CUSTOM provider's result (its headers, reason and body) and in the mesh
+// reason, which can quote the request's path.
+func TestBuiltinMaskingOutsideInputValues(t *testing.T) {
+	const basic = "Basic YWxpY2U6c2VjcmV0"
+	tests := []struct {
+		name   string
+		edit   func(e *Event)
+		secret string
+		// want maps a JSON pointer into the record to its expected value.
+		want       map[string]any
+		wantMasked []string
+	}{
+		{
+			name: "JWT as a query parameter name",
+			edit: func(e *Event) {
+				lookup(e.Input, "parsed_query").(map[string]any)[testJWT] = []any{""}
+			},
+			secret:     testJWTSig,
+			want:       map[string]any{"/input/parsed_query/" + jwtMasked: []any{""}},
+			wantMasked: []string{"/input/parsed_query/" + jwtMasked},
+		},
+		{
+			name: "provider headers in the result",
+			edit: func(e *Event) {
+				d := e.Result.(authz.Decision)
+				d.Headers = map[string]string{"Authorization": "Bearer " + testJWT, "proxy-authorization": basic, "x-user": "alice"}
+				e.Result = d
+			},
+			secret: "YWxpY2U6c2VjcmV0",
+			want: map[string]any{
+				"/result/headers/Authorization":       Redacted,
+				"/result/headers/proxy-authorization": Redacted,
+				"/result/headers/x-user":              "alice",
+			},
+			wantMasked: []string{"/result/headers/Authorization", "/result/headers/proxy-authorization"},
+		},
+		{
+			name: "provider reason and body quote tokens",
+			edit: func(e *Event) {
+				d := e.Result.(authz.Decision)
+				d.Reason = "token " + testJWT + " expired"
+				d.Body = "bad credentials: " + basic
+				e.Result = d
+				e.Rampart.Reason = d.Reason
+			},
+			secret: testJWTSig,
+			want: map[string]any{
+				"/result/reason":  "token " + jwtMasked + " expired",
+				"/result/body":    "bad credentials: " + Redacted,
+				"/rampart/reason": "token " + jwtMasked + " expired",
+			},
+			wantMasked: []string{"/rampart/reason", "/result/body", "/result/reason"},
+		},
+		{
+			name: "bad-request reason quotes the path",
+			edit: func(e *Event) {
+				e.Rampart.Reason = `bad request: path "/a#b?access_token=` + testJWT + `"`
+			},
+			secret:     testJWTSig,
+			want:       map[string]any{"/rampart/reason": `bad request: path "/a#b?access_token=` + jwtMasked + `"`},
+			wantMasked: []string{"/rampart/reason"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, Config{})
+			e := testEvent(t, 1, "/orders")
+			in, err := clone(e.Input)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.Input = in
+			tt.edit(&e)
+			h.start(t)
+			h.logAll(t, e)
+			h.stopAndWait(t)
+			raw, err := os.ReadFile(h.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range []string{tt.secret, testJWTSig, "YWxpY2U6c2VjcmV0"} {
+				if bytes.Contains(raw, []byte(s)) {
+					t.Errorf("the record contains the secret %q:\n%s", s, raw)
+				}
+			}
+			r := decodeRecord(t, raw)
+			for ptr, want := range tt.want {
+				var parts []string
+				for _, p := range strings.Split(ptr[1:], "/") {
+					p, _ = unescapePointer(p)
+					parts = append(parts, p)
+				}
+				if got := lookup(r, parts...); !reflect.DeepEqual(got, want) {
+					t.Errorf("%s = %#v, want %#v", ptr, got, want)
+				}
+			}
+			masked := map[string]bool{}
+			for _, m := range r["masked"].([]any) {
+				masked[m.(string)] = true
+			}
+			for _, m := range tt.wantMasked {
+				if !masked[m] {
+					t.Errorf("masked %v lacks %s", r["masked"], m)
+				}
+			}
+		})
+	}
+}
+
+func TestEscapeKey(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{name: "valid", in: `role\x`, want: `role\x`},
+		{name: "invalid byte", in: "role\xff", want: `role\xff`},
+		{name: "invalid byte and backslash", in: "a\\\xfe", want: `a\\\xfe`},
+		{name: "valid multibyte kept", in: "é\xff", want: `é\xff`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := escapeKey(tt.in); got != tt.want {
+				t.Errorf("escapeKey(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// Member names that are not valid UTF-8 would all encode as U+FFFD: they are
+// escaped instead, and a name that is taken gets a suffix, so a record never
+// holds two members of the same name.
+func TestInvalidUTF8KeysStayDistinct(t *testing.T) {
+	h := newHarness(t, Config{})
+	e := testEvent(t, 1, "/orders")
+	in, err := clone(e.Input)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Input = in
+	q := lookup(e.Input, "parsed_query").(map[string]any)
+	q["role\xff"] = []any{"admin"}
+	q["role\xfe"] = []any{"guest"}
+	q[`role\xfe`] = []any{"literal"} // what "role\xfe" escapes to
+	d := e.Result.(authz.Decision)
+	d.Headers = map[string]string{"x-a\xff": "1", "x-a\xfe": "2"}
+	e.Result = d
+	h.start(t)
+	h.logAll(t, e)
+	h.stopAndWait(t)
+
+	line := readLines(t, h.path)[0]
+	if bytes.Contains(line, []byte(`\ufffd`)) {
+		t.Errorf("the record has names encoded as U+FFFD: %s", line)
+	}
+	r := decodeRecord(t, line)
+	wantQuery := map[string]any{
+		`role\xff`:   []any{"admin"},
+		`role\xfe`:   []any{"literal"},
+		`role\xfe#2`: []any{"guest"},
+	}
+	for k, want := range wantQuery {
+		if got := lookup(r, "input", "parsed_query", k); !reflect.DeepEqual(got, want) {
+			t.Errorf("parsed_query[%q] = %v, want %v", k, got, want)
+		}
+	}
+	wantHeaders := map[string]any{`x-a\xff`: "1", `x-a\xfe`: "2"}
+	if got := lookup(r, "result", "headers"); !reflect.DeepEqual(got, wantHeaders) {
+		t.Errorf("result.headers = %v, want %v", got, wantHeaders)
+	}
+	// No duplicate member names anywhere: decoding into a map loses none.
+	if n := bytes.Count(line, []byte(`"role`)); n != 3 {
+		t.Errorf("%d parsed_query members named role…, want 3: %s", n, line)
+	}
+}
+
+// Header lists in the result (a provider's header changes) are masked like
+// header maps; the list's shape is generic JSON, whatever type produced it.
+func TestBuiltinMaskingHeaderLists(t *testing.T) {
+	e := Event{
+		Result: map[string]any{
+			"append_headers": []any{
+				map[string]any{"Name": "Authorization", "Value": "Basic YWxpY2U6c2VjcmV0"},
+				map[string]any{"Name": "x-user", "Value": "alice"},
+			},
+			"response_headers": []any{map[string]any{"name": "proxy-authorization", "value": "Negotiate b3BhcXVlLXRva2Vu", "append": true}},
+			"body":             "echo: Negotiate b3BhcXVlLXRva2Vu",
+		},
+	}
+	maskBuiltin(&e)
+	want := map[string]any{
+		"append_headers": []any{
+			map[string]any{"Name": "Authorization", "Value": Redacted},
+			map[string]any{"Name": "x-user", "Value": "alice"},
+		},
+		"response_headers": []any{map[string]any{"name": "proxy-authorization", "value": Redacted, "append": true}},
+		"body":             "echo: " + Redacted,
+	}
+	if !reflect.DeepEqual(e.Result, want) {
+		t.Errorf("result = %v\nwant     %v", e.Result, want)
+	}
+	wantMasked := []string{"/result/append_headers/0/Value", "/result/body", "/result/response_headers/0/value"}
+	if !reflect.DeepEqual(e.Masked, wantMasked) {
+		t.Errorf("masked = %v, want %v", e.Masked, wantMasked)
 	}
 }

@@ -7,6 +7,8 @@ const (
 	DropBufferFull = "buffer_full" // the buffer was full and Lossless is off
 	DropPolicy     = "policy"      // data.system.log.drop was true
 	DropError      = "error"       // masking, encoding or writing failed
+	DropTimeout    = "timeout"     // Lossless: the caller's context ended while Log waited for room
+	DropClosed     = "closed"      // Log was called after Run returned
 )
 
 type metrics struct {
@@ -23,7 +25,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "decision_logs_dropped_total",
-			Help: "Decision-log events not written, by reason (buffer_full, policy, error).",
+			Help: "Decision-log events not written, by reason (buffer_full, policy, error, timeout, closed).",
 		}, []string{"reason"}),
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "decision_log_bytes_written_total",
@@ -35,7 +37,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
-	for _, r := range []string{DropBufferFull, DropPolicy, DropError} {
+	for _, r := range []string{DropBufferFull, DropPolicy, DropError, DropTimeout, DropClosed} {
 		m.dropped.WithLabelValues(r)
 	}
 	return m, nil

@@ -68,6 +68,12 @@ type VerifyReport struct {
 	LastHash string
 	// Break is the first problem found, nil if the chain is intact.
 	Break *Break
+	// Torn lists the torn (incomplete) last lines of files that the chain
+	// continues past: a crash mid-write, after which the writer set the file
+	// aside and continued the chain from its last complete record in the next
+	// file. They are not breaks (Kind is BreakTruncated), but worth reporting:
+	// the torn record was lost.
+	Torn []Break
 }
 
 // OK reports whether the chain verified.
@@ -75,9 +81,12 @@ func (r VerifyReport) OK() bool { return r.Break == nil }
 
 // Verify checks the hash chain across the files, given oldest first (Path.N …
 // Path.1, Path): every record's hash, each prev_hash link and seq continuity.
-// The first record may start mid-chain (older files rotated away). It stops at
-// the first break, which it returns both in the report and as the error (a
-// *Break, matching ErrChainBroken); other errors are I/O errors.
+// The first record may start mid-chain (older files rotated away). A torn last
+// line of a file is no break when the next file's first record continues the
+// chain from the last complete record (the writer's restart after a crash); it
+// is listed in the report's Torn. Verify stops at the first break, which it
+// returns both in the report and as the error (a *Break, matching
+// ErrChainBroken); other errors are I/O errors.
 func Verify(paths ...string) (VerifyReport, error) {
 	rep := VerifyReport{Files: len(paths)}
 	if len(paths) == 0 {
@@ -95,6 +104,15 @@ func Verify(paths ...string) (VerifyReport, error) {
 		rep.Break = &Break{Kind: kind, File: file, Line: line, Seq: seq, Detail: fmt.Sprintf(format, args...)}
 		return rep, rep.Break
 	}
+	// torn is a torn last line of a file, pending until the next file's first
+	// record shows that the chain continues past it.
+	var torn *Break
+	tornNext := 0 // the index of the file whose first record must continue the chain
+	failTorn := func(why string) (VerifyReport, error) {
+		rep.Break = torn
+		rep.Break.Detail += "; " + why
+		return rep, rep.Break
+	}
 	for {
 		text, complete, err := src.next()
 		if errors.Is(err, io.EOF) {
@@ -104,8 +122,17 @@ func Verify(paths ...string) (VerifyReport, error) {
 			return rep, err
 		}
 		file, n := src.file(), src.line
+		if torn != nil && (src.i != tornNext || n != 1) {
+			return failTorn("the next file does not start with a record that continues the chain")
+		}
 		if !complete {
-			return fail(BreakTruncated, file, n, 0, "the file ends in the middle of a record (%d bytes without a newline)", len(text))
+			torn = &Break{Kind: BreakTruncated, File: file, Line: n, Seq: 0,
+				Detail: fmt.Sprintf("the file ends in the middle of a record (%d bytes without a newline)", len(text))}
+			if src.i == len(paths)-1 {
+				return failTorn("it is the newest file")
+			}
+			tornNext = src.i + 1
+			continue
 		}
 		l, hashOK, perr := parseLine(text)
 		if perr != nil {
@@ -113,6 +140,15 @@ func Verify(paths ...string) (VerifyReport, error) {
 		}
 		if !hashOK {
 			return fail(BreakModified, file, n, l.Seq, "seq %d does not match its hash: the record was changed after it was written", l.Seq)
+		}
+		if torn != nil {
+			// The writer restarted: this record must continue the chain from
+			// the last complete record before the torn line.
+			if have && (l.Seq != prev.Seq+1 || l.PrevHash != prev.Hash) {
+				return failTorn(fmt.Sprintf("the next record, %s:%d seq %d, does not continue the chain from seq %d", file, n, l.Seq, prev.Seq))
+			}
+			rep.Torn = append(rep.Torn, *torn)
+			torn = nil
 		}
 		if !have {
 			if l.Seq == 1 && l.PrevHash != GenesisHash {
@@ -149,6 +185,9 @@ func Verify(paths ...string) (VerifyReport, error) {
 		have = true
 		rep.Records++
 		rep.LastSeq, rep.LastHash = l.Seq, l.Hash
+	}
+	if torn != nil {
+		return failTorn("no record follows it")
 	}
 	return rep, nil
 }

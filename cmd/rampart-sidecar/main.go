@@ -248,10 +248,8 @@ func run(ctx context.Context, c config) error {
 		default:
 			return fmt.Errorf("--access-log %q: want failures or all", c.AccessLog)
 		}
-		out = &proxy.OutboundConfig{Listen: c.OutboundListen, GatewayListen: c.GatewayListen, Transparent: c.Transparent, AccessLogAll: c.AccessLog == "all"}
-		if c.InboundListen == "" {
-			out.DecisionLog = c.DecisionLog // a gateway's denials
-		}
+		out = &proxy.OutboundConfig{Listen: c.OutboundListen, GatewayListen: c.GatewayListen, Transparent: c.Transparent, AccessLogAll: c.AccessLog == "all",
+			DecisionLog: c.DecisionLog, LogAllows: c.LogAllows} // a gateway's decisions, in the inbound path's log when there is one
 	}
 	var in *proxy.InboundConfig
 	if c.InboundListen != "" {
@@ -289,6 +287,7 @@ func run(ctx context.Context, c config) error {
 		Workload:          wl,
 		Registry:          reg,
 		Log:               log,
+		Version:           version.Version,
 	})
 	if err != nil {
 		return err

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/rampart-mesh/rampart/authz/decisionlog"
 	"github.com/spf13/cobra"
@@ -28,7 +31,10 @@ To also detect removal of the newest records, compare the printed last seq and
 hash with a copy kept elsewhere.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			files := chainFiles(args[0])
+			files, missing, err := chainFiles(args[0])
+			if err != nil {
+				return err
+			}
 			if len(files) == 0 {
 				return fmt.Errorf("%s: no such log", args[0])
 			}
@@ -41,7 +47,18 @@ hash with a copy kept elsewhere.`,
 			if !rep.FromGenesis {
 				fmt.Fprintln(out, "note:    the chain starts mid-way: older records were rotated away")
 			}
+			for _, t := range rep.Torn {
+				fmt.Fprintf(out, "note:    %s:%d: torn record (a crash mid-write); the chain continues in the next file\n", t.File, t.Line)
+			}
 			fmt.Fprintf(out, "last:    %s\n", rep.LastHash)
+			if len(missing) > 0 {
+				err := fmt.Errorf("chain broken: rotated files %s are missing (deleted?): rotation leaves no gap in the numbering",
+					strings.Join(missing, ", "))
+				if rep.Break != nil {
+					err = fmt.Errorf("%w; %w", err, rep.Break)
+				}
+				return err
+			}
 			if rep.Break != nil {
 				return fmt.Errorf("chain broken: %w", rep.Break)
 			}
@@ -53,18 +70,43 @@ hash with a copy kept elsewhere.`,
 	return cmd
 }
 
-// chainFiles lists a log's files oldest first: LOG.N … LOG.1, LOG.
-func chainFiles(path string) []string {
-	var rotated []string
-	for i := 1; ; i++ {
-		p := path + "." + strconv.Itoa(i)
-		if _, err := os.Stat(p); err != nil {
-			break
+// chainFiles lists a log's files oldest first: every LOG.N that exists, by
+// N descending, then LOG. missing names each LOG.N below the largest N that
+// does not exist: rotation never leaves such a gap.
+func chainFiles(path string) (files, missing []string, err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list the files of decision log %s: %w", path, err)
+	}
+	present := map[int]bool{}
+	top := 0
+	for _, e := range entries {
+		suffix, ok := strings.CutPrefix(e.Name(), base+".")
+		if !ok || e.IsDir() {
+			continue
 		}
-		rotated = append([]string{p}, rotated...)
+		n, err := strconv.Atoi(suffix)
+		if err != nil || n < 1 || strconv.Itoa(n) != suffix {
+			continue // not a rotated file (LOG.bak, LOG.01)
+		}
+		present[n] = true
+		top = max(top, n)
 	}
+	for n := top; n >= 1; n-- {
+		p := path + "." + strconv.Itoa(n)
+		if present[n] {
+			files = append(files, p)
+		} else {
+			missing = append(missing, p)
+		}
+	}
+	slices.Reverse(missing)
 	if _, err := os.Stat(path); err == nil {
-		rotated = append(rotated, path)
+		files = append(files, path)
 	}
-	return rotated
+	return files, missing, nil
 }
