@@ -14,8 +14,9 @@
 // writer. For each event Run, in order: takes a private copy of input (and,
 // with a policy, of result); applies the built-in masks (the authorization and
 // proxy-authorization request headers become "<redacted>", and the signature of
-// anything in input that looks like a JWT becomes "<redacted>"; each recorded in
-// masked); evaluates data.system.log.drop with the event as input (true: the
+// anything that looks like a JWT becomes "<redacted>", in input, result, the
+// result's headers, member names, and the mesh reason and request id alike;
+// each recorded in masked); evaluates data.system.log.drop with the event as input (true: the
 // event is not logged); evaluates data.system.log.mask on the same input and
 // applies its rules in order (a JSON-pointer string erases that field and is
 // recorded in erased; {"op": "upsert", "path", "value"} sets it and is recorded
@@ -65,8 +66,10 @@
 // restart Run reads the last record of the newest file and continues from it.
 // A current file that ends in a torn line (a crash mid-write) is rotated aside
 // whole and the chain continues from its last complete record; one whose last
-// line is not a record is rotated aside and a new chain starts at seq 1. Either
-// way Verify across the files reports the damage where it is, and a write error
+// line is not a record is rotated aside and a new chain starts at seq 1. Verify
+// across the files reports a torn line followed by a record that continues the
+// chain from the last complete one as a note (VerifyReport.Torn) and goes on
+// checking; any other damage is a break where it is. A write error
 // while running makes Run reopen the file and continue from what reached it.
 //
 // What the chain can and cannot show: any change to a record, a record

@@ -152,7 +152,7 @@ names (its --listen host, localhost or a loopback address): gRPC checks it.
 	f.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-listen (for performance work; keep that address private)")
 	f.BoolVar(&c.Transparent, "transparent", false, "with --outbound-listen: take connections iptables redirected ('rampart-sidecar init'); each one's original destination picks its route, and unknown destinations pass through")
 	f.StringArrayVar(&c.GatewayListen, "gateway-listen", nil, "serve as an ingress gateway on this address (repeatable); the port picks the Istio Gateway server whose routes apply")
-	f.StringVar(&c.DecisionLog, "decision-log", "", "with --inbound-listen or --gateway-listen: append denials and dry-run hits to this tamper-evident decision log")
+	f.StringVar(&c.DecisionLog, "decision-log", "", "with --inbound-listen or --gateway-listen: append denials and dry-run hits to this tamper-evident decision log (both listeners share the one file)")
 	f.BoolVar(&c.LogAllows, "log-allows", false, "with --decision-log: log allowed requests too")
 	f.BoolVar(&c.Proxyless, "proxyless", false, "agent-only mode for a proxyless gRPC app: no listeners; write --cert-dir and --grpc-bootstrap for grpc-go's xds resolver (see above)")
 	f.StringVar(&c.GRPCBootstrap, "grpc-bootstrap", "", "with --proxyless: the gRPC xDS bootstrap file to write (the app's GRPC_XDS_BOOTSTRAP)")

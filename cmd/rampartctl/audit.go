@@ -23,8 +23,11 @@ func newAuditCmd() *cobra.Command {
 		Short: "Verify a decision log's hash chain, across its rotated files",
 		Long: `Verify the hash chain of a decision log: every record's hash, every prev_hash
 link and seq continuity, across the rotated files LOG.N … LOG.1 and LOG (found
-automatically). Exit code 1 names the first file, line and kind of break
-(modified, deleted, reordered, inserted, truncated, malformed).
+automatically; a number missing from LOG.1 … LOG.N is a break, as only
+deletion makes a gap). Exit code 1 names the first file, line and kind of break
+(modified, deleted, reordered, inserted, truncated, malformed). A torn last line
+of a rotated file (a crash mid-write) whose next file continues the chain is
+printed as a note.
 
 The chain proves that no record was changed, removed or added in the middle.
 To also detect removal of the newest records, compare the printed last seq and
