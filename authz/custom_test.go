@@ -302,6 +302,7 @@ func startFixedExtAuthz(t *testing.T, srv *fixedExtAuthz) *grpc.ClientConn {
 func hvo(k, v string, appendValue *bool) *corev3.HeaderValueOption {
 	o := &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}}
 	if appendValue != nil {
+		//lint:ignore SA1019 the flag ext_authz servers send
 		o.Append = wrapperspb.Bool(*appendValue)
 	}
 	return o

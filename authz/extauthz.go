@@ -132,6 +132,7 @@ func (p *ExtAuthzProvider) Check(ctx context.Context, req *Request, _ ast.Value)
 		// replaces the request's header.
 		for _, h := range ok.GetHeaders() {
 			k, v := lower(h.GetHeader().GetKey()), h.GetHeader().GetValue()
+			//lint:ignore SA1019 ext_authz servers (opa-envoy-plugin's included) still send append; append_action is not read (its default would change append's documented default here)
 			if h.GetAppend().GetValue() {
 				res.AppendHeaders = append(res.AppendHeaders, Header{Name: k, Value: v})
 			} else {
@@ -142,6 +143,7 @@ func (p *ExtAuthzProvider) Check(ctx context.Context, req *Request, _ ast.Value)
 			res.RemoveHeaders = append(res.RemoveHeaders, lower(n))
 		}
 		for _, h := range ok.GetResponseHeadersToAdd() {
+			//lint:ignore SA1019 as above: the append flag ext_authz servers send
 			res.ResponseHeaders = append(res.ResponseHeaders, ResponseHeader{Name: lower(h.GetHeader().GetKey()), Value: h.GetHeader().GetValue(), Append: h.GetAppend().GetValue()})
 		}
 		return res

@@ -11,7 +11,7 @@ import (
 
 // sidecarTable compiles registryYAML+extra for productpage and hands the
 // routes to the sidecar's own route compiler, as a proxy would.
-func sidecarTable(t *testing.T, extra string) (errs []Finding, compileErr, tableErr error, tab *route.Table, out *Outbound) {
+func sidecarTable(t *testing.T, extra string) (errs []Finding, tab *route.Table, out *Outbound, compileErr, tableErr error) {
 	t.Helper()
 	objs, err := source.Parse("mesh.yaml", []byte(registryYAML+"---\n"+extra))
 	if err != nil {
@@ -25,10 +25,10 @@ func sidecarTable(t *testing.T, extra string) (errs []Finding, compileErr, table
 	}
 	out, compileErr = CompileOutbound(n, Mesh{}, productpage)
 	if compileErr != nil {
-		return errs, compileErr, nil, nil, nil
+		return errs, nil, nil, compileErr, nil
 	}
 	tab, tableErr = route.New(out.Routes)
-	return errs, nil, tableErr, tab, out
+	return errs, tab, out, nil, tableErr
 }
 
 func ratingsRoute(t *testing.T, tab *route.Table, target string) *route.Route {
@@ -74,7 +74,7 @@ func TestValidationAgreesWithSidecar(t *testing.T) {
 		{"cors empty prefix", `[{corsPolicy: {allowOrigins: [{prefix: ""}]}, route: [{destination: {host: ratings}}]}]`, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			errs, cerr, terr, _, _ := sidecarTable(t, `apiVersion: networking.istio.io/v1
+			errs, _, _, cerr, terr := sidecarTable(t, `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: ratings, namespace: other}
 spec:
@@ -151,7 +151,7 @@ func TestRoutePercentDefaults(t *testing.T) {
 		{"mirrors default", `mirrors: [{destination: {host: reviews}}]`, 0, 0, 1000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			errs, cerr, terr, tab, _ := sidecarTable(t, `apiVersion: networking.istio.io/v1alpha3
+			errs, tab, _, cerr, terr := sidecarTable(t, `apiVersion: networking.istio.io/v1alpha3
 kind: VirtualService
 metadata: {name: ratings}
 spec:
@@ -188,7 +188,7 @@ spec:
 // Istio: ignoreUriCase applies to exact and prefix URI matches only; a
 // StringMatch `exact: ""` matches the empty value, not any value.
 func TestMatchTranslation(t *testing.T) {
-	errs, cerr, terr, tab, _ := sidecarTable(t, `apiVersion: networking.istio.io/v1
+	errs, tab, _, cerr, terr := sidecarTable(t, `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: ratings}
 spec:
@@ -245,7 +245,7 @@ func TestOutlierDetectionDefaults(t *testing.T) {
 		{"deprecated consecutiveErrors", `{consecutiveErrors: 4}`, 0, 0, 100},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			errs, cerr, _, _, out := sidecarTable(t, `apiVersion: networking.istio.io/v1
+			errs, _, out, cerr, _ := sidecarTable(t, `apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: ratings}
 spec:
@@ -282,7 +282,7 @@ func TestCorsUnmatchedPreflights(t *testing.T) {
 		if mode != "" {
 			extra = ", unmatchedPreflights: " + mode
 		}
-		errs, cerr, terr, tab, _ := sidecarTable(t, `apiVersion: networking.istio.io/v1
+		errs, tab, _, cerr, terr := sidecarTable(t, `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: ratings}
 spec:

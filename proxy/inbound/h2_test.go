@@ -1,6 +1,7 @@
 package inbound
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -8,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // HTTP/2 with prior knowledge, on connections whose ALPN did not say h2: a
@@ -33,22 +32,23 @@ func TestInboundHTTP2WithoutH2ALPN(t *testing.T) {
 			{"plaintext h2c, no peer identity", nil, "/get", 403},
 		} {
 			t.Run(proto+"/"+tc.name, func(t *testing.T) {
-				var c net.Conn
-				var err error
-				if tc.tls != nil {
-					c, err = tls.Dial("tcp", e.addr, tc.tls)
-				} else {
-					c, err = net.Dial("tcp", e.addr)
-				}
+				// HTTP/2 with prior knowledge over whatever the dial
+				// returns: the transport sees an "http" connection.
+				p := new(http.Protocols)
+				p.SetUnencryptedHTTP2(true)
+				tr := &http.Transport{Protocols: p, DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+					if tc.tls != nil {
+						return (&tls.Dialer{Config: tc.tls}).DialContext(ctx, "tcp", addr)
+					}
+					return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+				}}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				cc, err := tr.NewClientConn(ctx, "http", e.addr)
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				cc, err := (&http2.Transport{}).NewClientConn(c)
-				if err != nil {
-					t.Fatal(err)
-				}
+				defer cc.Close()
 				req, _ := http.NewRequest("GET", "http://httpbin.foo"+tc.path, nil)
 				resp, err := cc.RoundTrip(req)
 				if err != nil {
