@@ -95,6 +95,24 @@ allow := {"allowed": true, "request_headers_to_remove": ["x-api-key"], "headers"
 	}
 }
 
+// A provider's response_headers_to_add meet the app's response as Envoy's
+// ext_authz filter has them: set replaces the app's header of that name,
+// append adds after the app's values.
+func TestCustomProviderResponseHeadersOverApp(t *testing.T) {
+	e := start(t, ModePermissive, withCustom(t, fixedResult{Allowed: true, ResponseHeaders: []authz.ResponseHeader{
+		{Name: "x-served-by", Value: "opa"}, {Name: "x-tag", Value: "opa", Append: true}}}))
+	resp, _, err := e.get(t, e.client, "/opa/app-headers", nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	if got := resp.Header.Values("x-served-by"); len(got) != 1 || got[0] != "opa" {
+		t.Errorf("x-served-by %q, want [opa] (set replaces the app's)", got)
+	}
+	if got := resp.Header.Values("x-tag"); len(got) != 2 || got[0] != "app" || got[1] != "opa" {
+		t.Errorf("x-tag %q, want [app opa] (append adds after the app's)", got)
+	}
+}
+
 // A provider cannot speak for the peer: setting x-forwarded-client-cert, or
 // a header value with CR LF, is a provider error, and the request is denied.
 func TestCustomProviderCannotSetXFCC(t *testing.T) {

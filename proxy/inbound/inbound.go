@@ -499,9 +499,12 @@ func principalLabel(p string) string {
 
 // handle serves one request; *sent is the status once it has gone out.
 func (s *Server) handle(ctx context.Context, w http.ResponseWriter, r *http.Request, principal, reqID string, sent *int) int {
-	code, ok := s.check(ctx, w, r, principal, reqID)
+	code, ok, respOps := s.check(ctx, w, r, principal, reqID)
 	if !ok {
 		return code
+	}
+	if len(respOps) > 0 {
+		w = &responseOps{ResponseWriter: w, ops: respOps}
 	}
 	grpc := r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("content-type"), "application/grpc")
 	if !grpc && !httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
@@ -527,12 +530,21 @@ func (s *Server) Guard(w http.ResponseWriter, r *http.Request) bool {
 		reqID = uuid.New()
 		r.Header.Set("x-request-id", reqID)
 	}
-	_, ok := s.check(r.Context(), w, r, "", reqID)
+	_, ok, respOps := s.check(r.Context(), w, r, "", reqID)
+	if ok {
+		// The gateway's own forwarding adds the upstream's headers to
+		// these; they are set now.
+		applyResponseOps(w.Header(), respOps)
+	}
 	return ok
 }
 
 // check decides a request; when it is denied the answer is written and ok is false.
-func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Request, principal, reqID string) (int, bool) {
+// check authenticates and authorizes r. A denial is written to w; an allowed
+// request has its headers updated for the app, and comes with the response
+// header operations of the CUSTOM providers that allowed it
+// (response_headers_to_add), to apply to the app's response.
+func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Request, principal, reqID string) (int, bool, []authz.ResponseHeader) {
 	ar := &authz.Request{
 		ID: reqID, Protocol: authz.ProtocolHTTP, SourcePrincipal: principal,
 		Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Scheme: "http",
@@ -579,15 +591,13 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	}
 	w.Header().Set("x-rampart-decision-id", d.DecisionID)
 	// Headers the CUSTOM providers that allowed the request add to the
-	// client's response (response_headers_to_add). Envoy adds them to any
-	// response, the app's or a later filter's denial; the app's own headers
-	// of the same name are added to them.
-	for _, h := range d.ResponseHeaders {
-		if h.Append {
-			w.Header().Add(h.Name, h.Value)
-		} else {
-			w.Header().Set(h.Name, h.Value)
-		}
+	// client's response (response_headers_to_add): Envoy adds them to any
+	// response, a later filter's denial (here) or the app's (by handle,
+	// once the app's headers are in: set replaces the app's value, append
+	// adds to it).
+	denying := an.Status != 0 || !d.Allowed
+	if denying {
+		applyResponseOps(w.Header(), d.ResponseHeaders)
 	}
 	if an.Status != 0 && !(d.Stage == "custom" && !d.Allowed) {
 		if an.WWWAuthenticate != "" {
@@ -598,7 +608,7 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			msg = "Audiences in Jwt are not allowed"
 		}
 		localReply(w, ar, an.Status, msg)
-		return an.Status, false
+		return an.Status, false, nil
 	}
 	if !d.Allowed {
 		for k, v := range d.Headers {
@@ -613,11 +623,12 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		}
 		localReply(w, ar, d.Status, body)
 		s.log.Info("request denied", "request_id", reqID, "status", d.Status, "detail", d.ResponseCodeDetail(), "reason", d.Reason)
-		return d.Status, false
+		return d.Status, false, nil
 	}
 	if s.cfg.RateLimit != nil {
 		if res := s.cfg.RateLimit.Check(ar, d.NormalizedPath); res.Limited {
-			return s.rateLimited(w, ar, res), false
+			applyResponseOps(w.Header(), d.ResponseHeaders)
+			return s.rateLimited(w, ar, res), false, nil
 		}
 	}
 	// Allowed: what the app sees, in Envoy's filter order. The CUSTOM
@@ -646,7 +657,53 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if principal != "" {
 		r.Header.Set("x-forwarded-client-cert", "By="+spiffeIDOf(s.cfg.SVID)+";URI="+principal)
 	}
-	return 200, true
+	return 200, true, d.ResponseHeaders
+}
+
+// applyResponseOps applies CUSTOM providers' response header operations.
+func applyResponseOps(h http.Header, ops []authz.ResponseHeader) {
+	for _, o := range ops {
+		if o.Append {
+			h.Add(o.Name, o.Value)
+		} else {
+			h.Set(o.Name, o.Value)
+		}
+	}
+}
+
+// responseOps applies CUSTOM providers' response header operations to the
+// app's response as its status goes out, after the app's own headers are in.
+type responseOps struct {
+	http.ResponseWriter
+	ops  []authz.ResponseHeader
+	done bool
+}
+
+func (o *responseOps) WriteHeader(code int) {
+	if !o.done && code >= 200 { // not on 1xx: they come before the response
+		o.done = true
+		applyResponseOps(o.Header(), o.ops)
+	}
+	o.ResponseWriter.WriteHeader(code)
+}
+
+func (o *responseOps) Write(b []byte) (int, error) {
+	if !o.done {
+		o.WriteHeader(http.StatusOK)
+	}
+	return o.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection (WebSocket upgrades).
+func (o *responseOps) Unwrap() http.ResponseWriter { return o.ResponseWriter }
+
+func (o *responseOps) Flush() {
+	if !o.done {
+		o.WriteHeader(http.StatusOK)
+	}
+	if f, ok := o.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 func spiffeIDOf(src x509svid.Source) string {

@@ -136,6 +136,10 @@ func start(t *testing.T, mode string, tweak ...func(*Config)) *env {
 		case paths <- r.URL.EscapedPath():
 		default:
 		}
+		if r.URL.Path == "/opa/app-headers" {
+			w.Header().Set("x-served-by", "app")
+			w.Header().Set("x-tag", "app")
+		}
 		if r.URL.Path == "/public/broken" {
 			// A response that breaks off: 10 of the 100 bytes it announced.
 			c, bw, _ := w.(http.Hijacker).Hijack()
