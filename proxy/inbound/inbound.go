@@ -367,10 +367,17 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 	})
 }
 
-// meshALPN says whether a ClientHello's ALPN list has the names a mesh
-// sidecar offers for mTLS ("istio", "istio-peer-exchange", "istio-http/1.1",
-// "istio-h2", ...).
+// meshALPN says whether a ClientHello's ALPN list is a mesh client's: the
+// names a sidecar offers for mTLS ("istio", "istio-peer-exchange",
+// "istio-http/1.1", "istio-h2", ...), or exactly "h2", all that grpc-go's xDS
+// credentials offer (Rampart's proxyless gRPC clients, which ignore the
+// cluster's alpn_protocols). The price of the second: a gRPC client outside
+// the mesh talking TLS to the app itself on a PERMISSIVE port has its TLS
+// ended here (and needs mesh credentials), where Istio would pass it through.
 func meshALPN(alpn []string) bool {
+	if len(alpn) == 1 && alpn[0] == "h2" {
+		return true
+	}
 	for _, a := range alpn {
 		if a == "istio" || strings.HasPrefix(a, "istio-") {
 			return true

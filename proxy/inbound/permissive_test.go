@@ -97,3 +97,26 @@ spec:
 		})
 	}
 }
+
+// Rampart's proxyless gRPC clients (grpc-go's xDS credentials) offer only
+// "h2", never Istio's names: on a PERMISSIVE port their mTLS still ends at
+// the sidecar and they are authorized by their identity.
+func TestInboundPermissiveProxylessMTLS(t *testing.T) {
+	e := start(t, ModePermissive)
+	c := e.client.Clone()
+	c.NextProtos = []string{"h2"}
+	// Dialled here: http.Transport would add http/1.1 to the offer.
+	tr := &http.Transport{ForceAttemptHTTP2: true, DisableKeepAlives: true, DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+		return (&tls.Dialer{Config: c}).DialContext(ctx, "tcp", addr)
+	}}
+	req, _ := http.NewRequest("GET", "https://"+e.addr+"/get", nil)
+	req.Host = "httpbin.foo"
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("mTLS with ALPN [h2] on a PERMISSIVE port: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Fatalf("status %d over HTTP/%d, want 200 over HTTP/2 (the peer is the one the policy allows)", resp.StatusCode, resp.ProtoMajor)
+	}
+}

@@ -17,7 +17,8 @@ import (
 )
 
 // The proxyless mesh: two versions of a gRPC echo, each behind a sidecar
-// (inbound only, STRICT mTLS), on their own loopback addresses.
+// (inbound only; v1 STRICT mTLS, v2 PERMISSIVE), on their own loopback
+// addresses.
 const (
 	proxylessV1 = "127.0.43.2"
 	proxylessV2 = "127.0.43.3"
@@ -51,6 +52,15 @@ apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: rampart-system}
 spec: {mtls: {mode: STRICT}}
+---
+# v2 is PERMISSIVE: grpc-go's xDS credentials offer only ALPN h2 (no Istio
+# names), and the sidecar must still end their mTLS and see the caller.
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: echo-v2, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo, version: v2}}
+  mtls: {mode: PERMISSIVE}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
