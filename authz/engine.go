@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -255,7 +256,7 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		}
 		var err error
 		if path, query, err = NormalizePath(r.Path, p.bundle.PathNormalization); err != nil {
-			return d.deny(r, 400, "", -1, fmt.Sprintf("bad request: path %q: %v", r.Path, err))
+			return d.deny(r, 400, "", -1, fmt.Sprintf("bad request: path %q: %v", pathForLog(r.Path), err))
 		}
 		d.NormalizedPath = path
 	}
@@ -461,4 +462,17 @@ func (e *Engine) eval(ctx context.Context, p *prepared, v ast.Value) (matchSets,
 func CheckStrict(modules map[string]string) error {
 	_, err := compileModules(modules)
 	return err
+}
+
+// pathForLog is a raw request path as a reason may quote it (the reason goes
+// to the sidecar's log and the decision log): without its query or fragment,
+// where credentials travel (?access_token=...), and at most 128 bytes.
+func pathForLog(p string) string {
+	if i := strings.IndexAny(p, "?#"); i >= 0 {
+		p = p[:i] + "…"
+	}
+	if len(p) > 128 {
+		p = p[:128] + "…"
+	}
+	return p
 }

@@ -99,6 +99,7 @@ type Config struct {
 // Server is the inbound path.
 type Server struct {
 	cfg          Config
+	served       sync.WaitGroup // the connections accept started serving
 	log          *slog.Logger
 	tlsCfg       *tls.Config
 	proxy        *httputil.ReverseProxy
@@ -285,6 +286,16 @@ func (s *Server) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(sctx)
+	// HTTP/1.x connections (h1.Server closes them once idle) and TCP splices
+	// are the accept loop's own: Run returns once they are done, or at the
+	// same deadline, so what serves after it (the decision log) sees every
+	// request decided before shutdown.
+	drained := make(chan struct{})
+	go func() { s.served.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-sctx.Done():
+	}
 	return nil
 }
 
@@ -308,7 +319,9 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 			return
 		}
 		c = &slotConn{Conn: c, release: func() { <-s.slots }, local: originalDst(c)}
+		s.served.Add(1)
 		go func() {
+			defer s.served.Done()
 			sc, kind, err := listener.Sniff(c, s.cfg.SniffTimeout)
 			if err != nil {
 				c.Close()
