@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"github.com/rampart-mesh/rampart/authn"
 	"net"
 	"net/url"
 	"os"
@@ -539,6 +540,38 @@ func TestEngineChecksProviderAnswer(t *testing.T) {
 						t.Errorf("header name %q not in lower case", k)
 					}
 				}
+			}
+		})
+	}
+}
+
+// A provider that removes or replaces the token's header leaves RBAC no
+// identity from the client's token (Envoy's jwt_authn runs after ext_authz,
+// on the provider's headers): a DENY on requests without a principal fires.
+func TestProviderTokenChangeDropsIdentity(t *testing.T) {
+	denyNoPrincipal := `hits contains {"action": "deny", "policy": "foo.require-jwt", "rule": 0, "dry_run": false} if not input.rampart.auth.principal
+`
+	alice := &authn.RequestAuth{Principal: "https://issuer/alice", Issuer: "https://issuer", Subject: "alice"}
+	for _, tc := range []struct {
+		name    string
+		res     ProviderResult
+		allowed bool
+	}{
+		{"removes authorization", ProviderResult{Allowed: true, RemoveHeaders: []string{"authorization"}}, false},
+		{"replaces authorization", ProviderResult{Allowed: true, Headers: map[string]string{"authorization": "Bearer other"}}, false},
+		{"changes another header", ProviderResult{Allowed: true, Headers: map[string]string{"x-user": "alice"}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := tc.res
+			prov := &funcProvider{f: func(*Request) ProviderResult { return res }}
+			e := New(Config{})
+			if err := e.Load(context.Background(), customBundle("", prov, 1, denyNoPrincipal)); err != nil {
+				t.Fatal(err)
+			}
+			r := httpReq("GET", "/x")
+			r.Headers = []Header{{Name: "authorization", Value: "Bearer aaa.bbb.ccc"}}
+			if d := e.Decide(context.Background(), r.AfterAuthn(alice, nil, nil)); d.Allowed != tc.allowed {
+				t.Fatalf("allowed = %v (%s), want %v", d.Allowed, d.Reason, tc.allowed)
 			}
 		})
 	}

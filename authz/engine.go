@@ -332,7 +332,18 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 	if changes.changesRequest() {
 		post := changes.applyTo(pre)
 		if r.BeforeAuthn != nil {
-			post = post.AfterAuthn(r.Auth, r.authnRemove, r.authnSet)
+			auth := r.Auth
+			// jwt_authn runs on the provider's headers: a provider that
+			// changed the token's header (Authorization, or the one
+			// authentication took the token from) leaves the identity
+			// authentication took from the client's token behind. A token
+			// the provider put there is not verified here, so the request
+			// goes on with no identity (fails closed where Envoy would
+			// verify it).
+			if auth != nil && changes.touches(append([]string{"authorization"}, r.authnRemove...)) {
+				auth = nil
+			}
+			post = post.AfterAuthn(auth, r.authnRemove, r.authnSet)
 		}
 		res2, err := e.result(ctx, p, post, path)
 		if err != nil {

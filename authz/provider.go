@@ -129,6 +129,21 @@ func (res ProviderResult) changesRequest() bool {
 	return len(res.Headers) > 0 || len(res.AppendHeaders) > 0 || len(res.RemoveHeaders) > 0
 }
 
+// touches reports whether res sets, appends or removes any header in names.
+func (res ProviderResult) touches(names []string) bool {
+	for _, n := range names {
+		if _, ok := res.Headers[lower(n)]; ok || namedIn(n, res.RemoveHeaders) {
+			return true
+		}
+		for _, h := range res.AppendHeaders {
+			if strings.EqualFold(h.Name, n) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // applyTo returns r with res's request header changes applied, as Envoy's
 // ext_authz filter applies them: headers set (replacing), then appended, then
 // removed.
