@@ -46,14 +46,20 @@ hash with a copy kept elsewhere.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "files:   %d\nrecords: %d verified (seq %d … %d)\n", rep.Files, rep.Records, rep.FirstSeq, rep.LastSeq)
-			if !rep.FromGenesis {
+			if rep.Records == 0 {
+				fmt.Fprintf(out, "files:   %d\nrecords: none yet (nothing was logged)\n", rep.Files)
+			} else {
+				fmt.Fprintf(out, "files:   %d\nrecords: %d verified (seq %d … %d)\n", rep.Files, rep.Records, rep.FirstSeq, rep.LastSeq)
+			}
+			if !rep.FromGenesis && rep.Records > 0 {
 				fmt.Fprintln(out, "note:    the chain starts mid-way: older records were rotated away")
 			}
 			for _, t := range rep.Torn {
 				fmt.Fprintf(out, "note:    %s:%d: torn record (a crash mid-write); the chain continues in the next file\n", t.File, t.Line)
 			}
-			fmt.Fprintf(out, "last:    %s\n", rep.LastHash)
+			if rep.Records > 0 {
+				fmt.Fprintf(out, "last:    %s\n", rep.LastHash)
+			}
 			if len(missing) > 0 {
 				err := fmt.Errorf("chain broken: rotated files %s are missing (deleted?): rotation leaves no gap in the numbering",
 					strings.Join(missing, ", "))

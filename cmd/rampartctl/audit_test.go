@@ -124,3 +124,19 @@ func remove(t *testing.T, p string) {
 		t.Fatal(err)
 	}
 }
+
+// A log nothing was written to yet (a sidecar with no denial so far) says
+// so, rather than that its chain starts mid-way.
+func TestAuditVerifyEmptyLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "decisions.log")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runAuditVerify(path)
+	if err != nil {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "none yet") || strings.Contains(out, "mid-way") || strings.Contains(out, "last:") {
+		t.Fatalf("output:\n%s", out)
+	}
+}
