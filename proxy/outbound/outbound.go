@@ -582,9 +582,13 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	}
 	// A body up to MaxRetryBody is kept so that a retry or a mirror can send
 	// it again. One of known length is read first; one of unknown length
-	// (chunked, HTTP/2 without content-length) streams to the first attempt
+	// (chunked, HTTP/2 without content-length) streams to the attempts
 	// through a tee that keeps a copy: reading it all first would stall a
 	// stream whose client waits for answers before it ends its request.
+	// Each attempt reads the tee through a reader of its own whose Close
+	// leaves the body open, so that an attempt that failed before reading
+	// any of it (connect failure, refused stream) leaves it whole to the
+	// next; the tee closes the body once, when the request is done.
 	var body []byte
 	var tee *bodyTee
 	retriable := rt.Retry != nil && rt.Retry.NumRetries > 0 && upgrade == ""
@@ -604,7 +608,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			body = b
 		case r.ContentLength < 0:
 			tee = &bodyTee{r: r.Body, limit: s.cfg.MaxRetryBody}
-			out.Body = tee
+			defer tee.Close()
 		default:
 			retriable = false
 		}
@@ -631,14 +635,26 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		sendMirrors()
 		mirrors = nil
 	}
+	// Mirrors of a streamed body wait for the attempt that reads it; when
+	// none had when it answered, for the end of the request.
+	defer func() {
+		if len(mirrors) > 0 {
+			sendMirrors()
+		}
+	}()
+	// cur is the streamed body's reader of the latest attempt.
+	var cur *teeReader
 	// replayable reports whether another attempt can send the body again:
-	// a streamed body must have been read to its end within the limit.
-	replayable := func() bool {
-		if tee == nil {
+	// a streamed body must have been read to its end within the limit (the
+	// next attempt sends the copy), or not at all (the next attempt reads
+	// it). With take, a body not read at all is taken from the last
+	// attempt, whose transport can then read none of it.
+	replayable := func(take bool) bool {
+		if tee == nil || body != nil {
 			return true
 		}
-		b, ok := tee.complete()
-		if ok {
+		b, ok := tee.replay(cur, take)
+		if ok && b != nil {
 			body = b
 		}
 		return ok
@@ -691,15 +707,15 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		// A shallow copy when an attempt has its own context or body (the
 		// transport does not modify a request); otherwise out itself.
 		try := out
-		if actx != ctx || body != nil {
+		if actx != ctx || body != nil || tee != nil {
 			try = out.WithContext(actx)
 		}
 		if body != nil {
 			try.Body = io.NopCloser(bytes.NewReader(body))
 			try.ContentLength = int64(len(body))
-		}
-		if i == 0 && tee != nil {
-			try.Body = tee
+		} else if tee != nil {
+			cur = tee.reader()
+			try.Body = cur
 		}
 		req := upstream.Request{HashKey: hashKey, HasHash: hasHash}
 		if rt.Retry != nil && rt.Retry.AvoidPreviousHosts {
@@ -709,8 +725,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		if ep.Address != "" {
 			tried = append(tried, ep.Address)
 		}
-		if i == 0 && len(mirrors) > 0 {
+		if len(mirrors) > 0 && !tee.unread() {
 			sendMirrors() // a streamed body: the copy is complete once the attempt read it
+			mirrors = nil
 		}
 		if err != nil {
 			cancel()
@@ -726,7 +743,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			if ctx.Err() != nil {
 				return reply(w, r, http.StatusGatewayTimeout, "UT", "upstream_response_timeout")
 			}
-			if retriable && i+1 < attempts && rt.Retry.ShouldRetry(0, kind) && upstream.Flag(err) != "UO" && replayable() {
+			if retriable && i+1 < attempts && rt.Retry.ShouldRetry(0, kind) && upstream.Flag(err) != "UO" && replayable(true) {
 				continue
 			}
 			f := upstream.Flag(err)
@@ -741,11 +758,17 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			}
 			return reply(w, r, http.StatusServiceUnavailable, f, "upstream_reset_before_response_started{"+err.Error()+"}")
 		}
-		if retriable && i+1 < attempts && shouldRetryResponse(rt.Retry, resp) && replayable() {
+		if retriable && i+1 < attempts && shouldRetryResponse(rt.Retry, resp) && replayable(false) {
 			// The budget is asked before this response is thrown away: when
 			// it says no, the client gets this response (flag UO), as Envoy
-			// forwards the upstream's answer on a retry overflow.
-			if release, ok := cl.TryRetry(); ok {
+			// forwards the upstream's answer on a retry overflow. A body
+			// not read yet is taken from this attempt only then: until
+			// then its transport may still start sending it.
+			if release, ok := cl.TryRetry(); !ok {
+				flags = strings.TrimPrefix(flags+",UO", ",")
+			} else if !replayable(true) {
+				release()
+			} else {
 				release()
 				permitted = true
 				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -753,7 +776,6 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 				cancel()
 				continue
 			}
-			flags = strings.TrimPrefix(flags+",UO", ",")
 		}
 		defer cancel()
 		break
@@ -818,23 +840,50 @@ func shouldRetryResponse(p *route.RetryPolicy, resp *http.Response) bool {
 	return false
 }
 
-// bodyTee passes a request body of unknown length through to the first
-// attempt and keeps a copy while it fits in limit, so that a retry or a
-// mirror can send it again once it has been read to its end.
+// bodyTee passes a request body of unknown length through to the attempts
+// and keeps a copy while it fits in limit, so that a retry or a mirror can
+// send it again once it has been read to its end. Attempts read it through
+// readers of their own (reader); only one reads at a time.
 type bodyTee struct {
 	r     io.ReadCloser
 	limit int64
+	once  sync.Once // closes r
 
-	mu   sync.Mutex
-	buf  []byte
-	over bool
-	eof  bool
+	mu      sync.Mutex
+	buf     []byte
+	over    bool
+	eof     bool
+	reading bool // a Read of r is under way
 }
 
-func (b *bodyTee) Read(p []byte) (int, error) {
+// errAttemptDone is what an attempt's reader returns once the attempt is
+// over: a transport that reads on after RoundTrip returned must not take
+// bytes from the next attempt.
+var errAttemptDone = errors.New("request body: attempt over")
+
+// teeReader is one attempt's view of a bodyTee. Its Close ends the attempt's
+// reading and leaves the body open for the next one.
+type teeReader struct {
+	t    *bodyTee
+	done bool // guarded by t.mu
+}
+
+// reader returns a reader for a new attempt.
+func (b *bodyTee) reader() *teeReader { return &teeReader{t: b} }
+
+func (a *teeReader) Read(p []byte) (int, error) {
+	b := a.t
+	b.mu.Lock()
+	if a.done {
+		b.mu.Unlock()
+		return 0, errAttemptDone
+	}
+	b.reading = true
+	b.mu.Unlock()
 	n, err := b.r.Read(p)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.reading = false
 	if n > 0 && !b.over {
 		if int64(len(b.buf)+n) > b.limit {
 			b.over, b.buf = true, nil
@@ -848,13 +897,29 @@ func (b *bodyTee) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *bodyTee) Close() error { return b.r.Close() }
+func (a *teeReader) Close() error {
+	a.t.mu.Lock()
+	defer a.t.mu.Unlock()
+	a.done = true
+	return nil
+}
+
+// Close closes the body, once, when the request is done.
+func (b *bodyTee) Close() error {
+	var err error
+	b.once.Do(func() { err = b.r.Close() })
+	return err
+}
 
 // complete returns the whole body once it has been read to its end within
 // the limit.
 func (b *bodyTee) complete() ([]byte, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.completeLocked()
+}
+
+func (b *bodyTee) completeLocked() ([]byte, bool) {
 	if !b.eof || b.over {
 		return nil, false
 	}
@@ -862,6 +927,43 @@ func (b *bodyTee) complete() ([]byte, bool) {
 		return []byte{}, true
 	}
 	return b.buf, true
+}
+
+// unread reports whether no attempt has read any of the body and none is
+// reading it. b may be nil (no streamed body): false.
+func (b *bodyTee) unread() bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.unreadLocked()
+}
+
+func (b *bodyTee) unreadLocked() bool {
+	return !b.reading && len(b.buf) == 0 && !b.over && !b.eof
+}
+
+// replay reports whether another attempt can send the body after the one
+// that read it through last (may be nil): the whole copy when the body was
+// read to its end within the limit, or nil and true when nothing of it was
+// read, so that the next attempt reads it from the start; with take, last
+// then can read no more, so that the bytes go to the next attempt only. A
+// body read in part, over the limit, or still being read by the transport
+// of last cannot be sent again.
+func (b *bodyTee) replay(last *teeReader, take bool) ([]byte, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if body, ok := b.completeLocked(); ok {
+		return body, true
+	}
+	if !b.unreadLocked() {
+		return nil, false
+	}
+	if take && last != nil {
+		last.done = true
+	}
+	return nil, true
 }
 
 // upgradeType is the protocol a request asks to switch to (Connection:

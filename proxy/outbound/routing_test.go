@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -30,7 +31,13 @@ import (
 // ("*") with the given route, and a plaintext cluster per name → address.
 func routeServer(t *testing.T, addrs map[string]string, rt *routev3.Route) (string, *catest.SyncBuffer) {
 	t.Helper()
-	ups := newUpstreamsWith(t, addrs, nil)
+	return routeServerWith(t, addrs, nil, rt)
+}
+
+// routeServerWith is routeServer with every cluster changed by mod (if set).
+func routeServerWith(t *testing.T, addrs map[string]string, mod func(*clusterv3.Cluster), rt *routev3.Route) (string, *catest.SyncBuffer) {
+	t.Helper()
+	ups := newUpstreamsWith(t, addrs, mod)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
