@@ -46,3 +46,9 @@ type RateLimitHeader struct {
 	Values    []string `json:"values,omitempty"`
 	NotValues []string `json:"notValues,omitempty"`
 }
+
+// HeaderMap is r's headers as authorization matches them (Envoy's header
+// map): :authority (the Host), :method and :path (path, which is normalized,
+// with r's query) first, then the rest. Rate limits match and key on it, so
+// a limit on host or :path sees what a policy on it sees.
+func (r *Request) HeaderMap(path string) []Header { return r.withPseudo(path) }

@@ -133,7 +133,7 @@ type Proxy struct {
 	tcp      *outbound.TCP
 	guard    *inbound.Server // the gateway's authentication and authorization
 	grpc     *proxyless.Writer
-	limiter  *ratelimit.Limiter // the inbound path's local rate limits
+	limiter  *ratelimit.Limiter // local rate limits, of the inbound path and the gateway's guard
 
 	// Readiness: the first policy bundle and the first complete outbound
 	// configuration have been applied.
@@ -181,8 +181,13 @@ func New(cfg Config) (*Proxy, error) {
 			if p.dlog != nil && o.DecisionLog != "" {
 				hook = p.logDecision
 			}
+			// The gateway's bundle carries the limits that apply to it (the
+			// root namespace's); its guard enforces them as the inbound path does.
+			if p.limiter, err = ratelimit.New(ratelimit.Config{Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
+				return nil, err
+			}
 			if p.guard, err = inbound.New(inbound.Config{GuardOnly: true, Engine: p.engine, Authn: p.authn, Workload: p.cfg.Workload,
-				OnDecide: hook, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
+				OnDecide: hook, RateLimit: p.limiter, Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
 				return nil, err
 			}
 		}
@@ -205,9 +210,13 @@ func New(cfg Config) (*Proxy, error) {
 		if in.Listen == "" || in.App == "" {
 			return nil, errors.New("inbound: listen address and app address are required")
 		}
-		p.engine = authz.New(authz.Config{Log: cfg.Log})
-		if p.limiter, err = ratelimit.New(ratelimit.Config{Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
-			return nil, err
+		if p.engine == nil { // the gateway's guard, built above, decides with the same engine
+			p.engine = authz.New(authz.Config{Log: cfg.Log})
+		}
+		if p.limiter == nil { // one set of limits, one bundle: shared with the gateway's guard
+			if p.limiter, err = ratelimit.New(ratelimit.Config{Log: cfg.Log, Metrics: cfg.Registry}); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if p.engine != nil {
@@ -347,7 +356,6 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(ctx) })
 	g.Go(func() error { return source(ctx) })
-	g.Go(func() error { return p.limiter.Run(ctx) })
 	return g.Wait()
 }
 
@@ -679,6 +687,9 @@ func (p *Proxy) serve(ctx context.Context) error {
 	}
 	if p.cfg.Inbound != nil {
 		g.Go(func() error { return p.runInbound(ctx) })
+	}
+	if p.limiter != nil {
+		g.Go(func() error { return p.limiter.Run(ctx) })
 	}
 	return g.Wait()
 }

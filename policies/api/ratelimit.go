@@ -99,7 +99,7 @@ type Limit struct {
 	// Burst is how many requests a full bucket admits at once before the rate
 	// applies. Default: rate.requests. A bucket starts full.
 	// +minimum=1
-	Burst int64 `json:"burst,omitempty"`
+	Burst *int64 `json:"burst,omitempty"`
 	// DryRun counts and logs the requests the limit would refuse but lets them
 	// through. The istio.io/dry-run: "true" annotation makes every limit of the
 	// policy dry-run.
@@ -217,9 +217,11 @@ func (r Rate) Period() (time.Duration, error) {
 }
 
 // BurstOrDefault is the bucket size: Burst, or Rate.Requests when unset.
+// Burst is a pointer so that an explicit 0, which the schema refuses, is
+// told apart from leaving it out.
 func (l Limit) BurstOrDefault() int64 {
-	if l.Burst > 0 {
-		return l.Burst
+	if l.Burst != nil && *l.Burst > 0 {
+		return *l.Burst
 	}
 	return l.Rate.Requests
 }

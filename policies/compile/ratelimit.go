@@ -33,6 +33,7 @@ const (
 	CodeRLDryRunValue    = "RL-DRY-RUN-VALUE"          // istio.io/dry-run not a boolean
 	CodeRLInfixWildcard  = "RL-INFIX-WILDCARD"         // warning: '*' inside a value is a literal
 	CodeRLTargetMissing  = "RL-TARGETREF-NOT-FOUND"    // warning: the ServiceEntry does not exist or selects nothing
+	CodeRLDuplicate      = "RL-DUPLICATE"              // a policy namespace/name, or a limit ID, defined twice
 )
 
 // Bounds of a limit. A bucket refills at most once a nanosecond, so rates above
@@ -64,10 +65,16 @@ func IsRateLimitPolicy(o source.Object) bool {
 
 // DecodeRateLimitPolicies decodes and validates every RateLimitPolicy in objs,
 // giving those without a namespace defaultNS. A policy with an error finding
-// is left out of the result (rampartd refuses the whole change).
+// is left out of the result (rampartd refuses the whole change). A policy
+// whose namespace and name (or one of whose limit IDs) an earlier one already
+// has is an error: both would apply, and a sidecar refuses a bundle with a
+// limit ID twice.
 func DecodeRateLimitPolicies(objs []source.Object, defaultNS string) ([]*RateLimitPolicy, []Finding) {
 	var out []*RateLimitPolicy
 	var fs []Finding
+	type identity struct{ group, kind, namespace, name string }
+	objects := map[identity]source.Object{} // the first of each
+	limitIDs := map[string]source.Object{}
 	for _, o := range objs {
 		if !IsRateLimitPolicy(o) {
 			continue
@@ -75,6 +82,14 @@ func DecodeRateLimitPolicies(objs []source.Object, defaultNS string) ([]*RateLim
 		if o.Namespace == "" {
 			o.Namespace = defaultNS
 		}
+		id := identity{o.Group(), o.Kind, o.Namespace, o.Name}
+		if first, dup := objects[id]; dup {
+			fs = append(fs, newFinding(o, SeverityError, CodeRLDuplicate, "metadata.name",
+				"%s/%s is also defined at %s; remove or rename one (both would apply, and sidecars refuse the repeated limits)",
+				o.Namespace, o.Name, location(first)))
+			continue
+		}
+		objects[id] = o
 		spec, err := api.DecodeRateLimitPolicySpec(o.Spec)
 		if err != nil {
 			var fe *api.FieldError
@@ -87,6 +102,18 @@ func DecodeRateLimitPolicies(objs []source.Object, defaultNS string) ([]*RateLim
 		}
 		p := &RateLimitPolicy{Object: o, Spec: spec}
 		pfs := validateRateLimitPolicy(p, objs, defaultNS)
+		// Against earlier policies only: a name repeated within this one is RL-NAME.
+		for i, l := range spec.Limits {
+			lid := limitID(o, l)
+			if first, dup := limitIDs[lid]; dup {
+				pfs = append(pfs, newFinding(o, SeverityError, CodeRLDuplicate, fmt.Sprintf("spec.limits[%d].name", i),
+					"limit ID %q is also the ID of a limit of %s %s/%s at %s; rename the policy or the limit",
+					lid, first.Kind, first.Namespace, first.Name, location(first)))
+			}
+		}
+		for _, l := range spec.Limits {
+			limitIDs[limitID(o, l)] = o
+		}
 		fs = append(fs, pfs...)
 		if !hasError(pfs) {
 			out = append(out, p)
@@ -154,8 +181,8 @@ func validateRateLimitPolicy(p *RateLimitPolicy, objs []source.Object, defaultNS
 		} else if d < minPeriod || d > maxPeriod {
 			add(SeverityError, CodeRLPeriod, path+".rate.per", "%s: want %s to %s", l.Rate.Per, minPeriod, maxPeriod)
 		}
-		if l.Burst < 0 || l.Burst > maxBurst {
-			add(SeverityError, CodeRLBurst, path+".burst", "%d: want 1 to %d (or leave it out for rate.requests)", l.Burst, maxBurst)
+		if b := l.Burst; b != nil && (*b < 1 || *b > maxBurst) {
+			add(SeverityError, CodeRLBurst, path+".burst", "%d: want 1 to %d (or leave it out for rate.requests)", *b, maxBurst)
 		}
 		if k := l.Key; k != nil {
 			switch k.By {
@@ -332,7 +359,7 @@ func RateLimits(pols []*RateLimitPolicy, m Mesh, wl Workload) []authz.RateLimit 
 		for _, l := range p.Spec.Limits {
 			d, _ := l.Rate.Period() // validated
 			rl := authz.RateLimit{
-				ID:       p.Object.Namespace + "/" + p.Object.Name + "/" + l.Name,
+				ID:       limitID(p.Object, l),
 				Key:      api.KeyShared,
 				Requests: l.Rate.Requests,
 				Period:   d.String(),
@@ -366,4 +393,20 @@ func RateLimits(pols []*RateLimitPolicy, m Mesh, wl Workload) []authz.RateLimit 
 		}
 	}
 	return out
+}
+
+// limitID is the ID a limit goes to sidecars with: NAMESPACE/POLICY/LIMIT.
+func limitID(o source.Object, l api.Limit) string {
+	return o.Namespace + "/" + o.Name + "/" + l.Name
+}
+
+// location is where o was read from, for a finding about another object.
+func location(o source.Object) string {
+	switch {
+	case o.File == "":
+		return "an object built in code"
+	case o.Line > 0:
+		return fmt.Sprintf("%s:%d", o.File, o.Line)
+	}
+	return o.File
 }

@@ -39,6 +39,8 @@ func TestRateLimitFindings(t *testing.T) {
 		{"period", "", "  limits: [{name: a, rate: {requests: 1, per: soon}}, {name: b, rate: {requests: 1, per: 48h}}, {name: c, rate: {requests: 1, per: -1s}}]",
 			[]string{"RL-PERIOD@spec.limits[0].rate.per", "RL-PERIOD@spec.limits[1].rate.per", "RL-PERIOD@spec.limits[2].rate.per"}},
 		{"burst", "", "  limits: [{name: a, rate: {requests: 1}, burst: -1}]", []string{"RL-BURST@spec.limits[0].burst"}},
+		{"burst zero", "", "  limits: [{name: a, rate: {requests: 1000}, burst: 0}, {name: b, rate: {requests: 1}, burst: 1000000001}, {name: c, rate: {requests: 1}, burst: 1}]",
+			[]string{"RL-BURST@spec.limits[0].burst", "RL-BURST@spec.limits[1].burst"}},
 		{"key", "", "  limits: [{name: a, rate: {requests: 1}, key: {by: Cookie}}, {name: b, rate: {requests: 1}, key: {by: Header}}, {name: c, rate: {requests: 1}, key: {by: SourceIP, header: x}}]",
 			[]string{"RL-KEY@spec.limits[0].key.by", "RL-KEY@spec.limits[1].key.header", "RL-KEY@spec.limits[2].key.header"}},
 		{"match values", "", "  limits: [{name: a, rate: {requests: 1}, match: {operation: {ports: [http], paths: ['', 'api', '/a/{*}', '/a*b']}, headers: [{name: ''}]}}]",
@@ -129,5 +131,72 @@ spec: {hosts: [b.foo.svc], ports: [{number: 80, name: http, protocol: HTTP}], wo
 	}
 	if m := rls[1]; m.DryRun || m.Period != "1s" || m.Burst != 100 {
 		t.Errorf("mesh/all = %+v; want enforced, 1s, burst = requests", m)
+	}
+}
+
+// Two policies with one namespace and name (two files, or a file and
+// Kubernetes) would both apply and send each limit ID twice, which sidecars
+// refuse: the second is an error naming where the first is.
+func TestRateLimitDuplicates(t *testing.T) {
+	doc := func(ns, name, limits string) string {
+		meta := "{name: " + name + "}"
+		if ns != "" {
+			meta = "{name: " + name + ", namespace: " + ns + "}"
+		}
+		return "apiVersion: policy.rampart.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: " + meta + "\nspec:\n  limits: " + limits + "\n"
+	}
+	parse := func(t *testing.T, file, yaml string) []source.Object {
+		t.Helper()
+		objs, err := source.Parse(file, []byte(yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return objs
+	}
+	tests := []struct {
+		name      string
+		a, b      string
+		want      string // code@path of the one finding, on the second object
+		wantMsg   string
+		wantValid int
+	}{
+		{"same namespace and name", doc("foo", "p", "[{name: a, rate: {requests: 1}}]"), doc("foo", "p", "[{name: b, rate: {requests: 1}}]"),
+			"RL-DUPLICATE@metadata.name", "a.yaml:1", 1},
+		{"default namespace", doc("default", "p", "[{name: a, rate: {requests: 1}}]"), doc("", "p", "[{name: a, rate: {requests: 1}}]"),
+			"RL-DUPLICATE@metadata.name", "a.yaml:1", 1},
+		{"other namespace", doc("foo", "p", "[{name: a, rate: {requests: 1}}]"), doc("bar", "p", "[{name: a, rate: {requests: 1}}]"), "", "", 2},
+		{"other name", doc("foo", "p", "[{name: a, rate: {requests: 1}}]"), doc("foo", "q", "[{name: a, rate: {requests: 1}}]"), "", "", 2},
+		{"one limit ID from two names", doc("foo", "a/b", "[{name: c, rate: {requests: 1}}]"), doc("foo/a", "b", "[{name: d, rate: {requests: 1}}, {name: c, rate: {requests: 1}}]"),
+			"RL-DUPLICATE@spec.limits[1].name", `"foo/a/b/c" is also the ID of a limit of RateLimitPolicy foo/a/b at a.yaml:1`, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs := append(parse(t, "a.yaml", tt.a), parse(t, "b.yaml", tt.b)...)
+			pols, fs := DecodeRateLimitPolicies(objs, "default")
+			var got []string
+			for _, f := range fs {
+				got = append(got, f.Code+"@"+f.Path)
+				if f.Severity != SeverityError || f.File != "b.yaml" || !strings.Contains(f.Message, tt.wantMsg) {
+					t.Errorf("finding %+v: want an error on b.yaml naming %s", f, tt.wantMsg)
+				}
+			}
+			want := []string(nil)
+			if tt.want != "" {
+				want = []string{tt.want}
+			}
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Errorf("findings %v; want %v", got, want)
+			}
+			if len(pols) != tt.wantValid {
+				t.Errorf("%d valid policies; want %d", len(pols), tt.wantValid)
+			}
+			ids := map[string]bool{}
+			for _, rl := range RateLimits(pols, Mesh{}, Workload{Namespace: "foo"}) {
+				if ids[rl.ID] {
+					t.Errorf("limit ID %s twice in one workload's limits", rl.ID)
+				}
+				ids[rl.ID] = true
+			}
+		})
 	}
 }

@@ -218,6 +218,13 @@ func changeScope(mesh compile.Mesh, prev, next loaded) *scope {
 		case group == "networking.istio.io" && (kind == "ServiceEntry" || kind == "WorkloadEntry"):
 			// Compared below as the services and endpoints they make, together
 			// with Kubernetes' Services, EndpointSlices and Pods.
+			if kind == "ServiceEntry" {
+				// A RateLimitPolicy's targetRefs follow the workloadSelector of a
+				// ServiceEntry in the policy's own namespace, whatever its exportTo.
+				for _, v := range ch.versions() {
+					sc.namespace(v.Namespace)
+				}
+			}
 		default:
 			sc.everything(name + " is a kind whose effect is not classified")
 		}

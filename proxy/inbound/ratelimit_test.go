@@ -2,6 +2,7 @@ package inbound
 
 import (
 	"net/http"
+	"slices"
 	"testing"
 
 	"github.com/rampart-mesh/rampart/authz"
@@ -45,5 +46,47 @@ func TestInboundRateLimit(t *testing.T) {
 	}
 	if got := requestsWith(t, e.reg, "mutual_tls", "429"); got != 1 {
 		t.Errorf("istio_requests_total{response_code=429} = %v; want 1", got)
+	}
+}
+
+// A limit on the host header sees the request's Host, which net/http keeps
+// out of the header map, as authorization's request.headers[host] does: a
+// match on it applies, and notValues on it excludes.
+func TestInboundRateLimitOnHostHeader(t *testing.T) {
+	tests := []struct {
+		name   string
+		header authz.RateLimitHeader
+		want   []int
+	}{
+		{"values", authz.RateLimitHeader{Name: "host", Values: []string{"httpbin.foo"}}, []int{200, 429, 429}},
+		{":authority values", authz.RateLimitHeader{Name: ":authority", Values: []string{"httpbin.*"}}, []int{200, 429, 429}},
+		{"notValues", authz.RateLimitHeader{Name: "host", NotValues: []string{"httpbin.foo"}}, []int{200, 200, 200}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lim, err := ratelimit.New(ratelimit.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := lim.Build([]authz.RateLimit{{ID: "foo/p/host", Key: "Shared",
+				Match:    authz.RateLimitMatch{Headers: []authz.RateLimitHeader{tt.header}},
+				Requests: 1, Period: "1h0m0s", Burst: 1}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lim.Swap(s)
+			e := start(t, ModePermissive, func(c *Config) { c.RateLimit = lim })
+			var got []int
+			for range len(tt.want) {
+				resp, _, err := e.get(t, e.client, "/get", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, resp.StatusCode)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("requests with Host: httpbin.foo under a 1/h limit on %+v: %v; want %v", tt.header, got, tt.want)
+			}
+		})
 	}
 }

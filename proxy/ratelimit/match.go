@@ -41,13 +41,22 @@ func newRequest(r *authz.Request, path string) *request {
 	return q
 }
 
+// header returns the values of the header name (lower case) as authorization
+// sees them: with the pseudo-headers :authority (the request's Host, which
+// net/http keeps out of its header map), :method and :path (normalized, with
+// the query), and "host" answered with :authority, as Envoy's header map and
+// the compiled policies answer request.headers[host].
 func (q *request) header(name string) ([]string, bool) {
 	if q.headers == nil {
-		q.headers = make(map[string][]string, len(q.r.Headers))
-		for _, h := range q.r.Headers {
+		hs := q.r.HeaderMap(q.path)
+		q.headers = make(map[string][]string, len(hs))
+		for _, h := range hs {
 			n := strings.ToLower(h.Name)
 			q.headers[n] = append(q.headers[n], h.Value)
 		}
+	}
+	if name == "host" {
+		name = ":authority"
 	}
 	v, ok := q.headers[name]
 	return v, ok
@@ -101,8 +110,13 @@ func hostOnly(h string) string {
 func matches(m *authz.RateLimitMatch, q *request) bool {
 	r := q.r
 	if len(m.Hosts) > 0 || len(m.NotHosts) > 0 {
-		h := r.Host
-		if !(field(m.Hosts, m.NotHosts, h, true) || field(m.Hosts, m.NotHosts, hostOnly(h), true)) {
+		// Either form of the host counts, with or without its port: included
+		// if hosts has either, excluded if notHosts has either.
+		h, bare := r.Host, hostOnly(r.Host)
+		if len(m.Hosts) > 0 && !anyMatch(m.Hosts, h, true) && !anyMatch(m.Hosts, bare, true) {
+			return false
+		}
+		if anyMatch(m.NotHosts, h, true) || anyMatch(m.NotHosts, bare, true) {
 			return false
 		}
 	}

@@ -44,6 +44,17 @@ func TestMatches(t *testing.T) {
 		{"host without port, case-insensitive", authz.RateLimitMatch{Hosts: []string{"HTTPBIN.foo"}}, req(), true},
 		{"host with port", authz.RateLimitMatch{Hosts: []string{"httpbin.foo:8000"}}, req(), true},
 		{"notHosts", authz.RateLimitMatch{NotHosts: []string{"httpbin.*"}}, req(), false},
+		{"notHosts without port excludes host with port", authz.RateLimitMatch{NotHosts: []string{"httpbin.foo"}}, req(), false},
+		{"notHosts with port excludes it", authz.RateLimitMatch{NotHosts: []string{"httpbin.foo:8000"}}, req(), false},
+		{"notHosts other host", authz.RateLimitMatch{NotHosts: []string{"other.foo"}}, req(), true},
+		{"hosts and notHosts on the port", authz.RateLimitMatch{Hosts: []string{"httpbin.foo"}, NotHosts: []string{"*:8000"}}, req(), false},
+		{"header host is the Host", authz.RateLimitMatch{Headers: []authz.RateLimitHeader{{Name: "host", Values: []string{"httpbin.foo*"}}}}, req(), true},
+		{"header host other", authz.RateLimitMatch{Headers: []authz.RateLimitHeader{{Name: "host", Values: []string{"other.foo"}}}}, req(), false},
+		{"header host notValues", authz.RateLimitMatch{Headers: []authz.RateLimitHeader{{Name: "host", NotValues: []string{"httpbin.foo:8000"}}}}, req(), false},
+		{"header :authority", authz.RateLimitMatch{Headers: []authz.RateLimitHeader{{Name: ":authority", Values: []string{"httpbin.foo:8000"}}}}, req(), true},
+		{"header :method", authz.RateLimitMatch{Headers: []authz.RateLimitHeader{{Name: ":method", Values: []string{"GET"}}}}, req(), true},
+		{"header :path normalized with query", authz.RateLimitMatch{Headers: []authz.RateLimitHeader{{Name: ":path", Values: []string{"/get?x=1"}}}},
+			req(func(r *authz.Request) { r.Path = "/a/../get?x=1" }), true},
 		{"port", authz.RateLimitMatch{Ports: []string{"8000"}}, req(), true},
 		{"port other", authz.RateLimitMatch{Ports: []string{"9000"}}, req(), false},
 		{"principal Istio form", authz.RateLimitMatch{Principals: []string{"cluster.local/ns/bar/sa/sleep"}}, req(), true},
@@ -86,6 +97,8 @@ func TestKeys(t *testing.T) {
 		{"header", authz.RateLimit{Key: keyHeader, KeyHeader: "x-user"}, req(), "alice"},
 		{"header repeated", authz.RateLimit{Key: keyHeader, KeyHeader: "x-user"},
 			req(func(r *authz.Request) { r.Headers = append(r.Headers, authz.Header{Name: "x-user", Value: "bob"}) }), "alice,bob"},
+		{"header host", authz.RateLimit{Key: keyHeader, KeyHeader: "host"}, req(), "httpbin.foo:8000"},
+		{"header :authority", authz.RateLimit{Key: keyHeader, KeyHeader: ":authority"}, req(func(r *authz.Request) { r.Host = "other.foo" }), "other.foo"},
 		{"header long is hashed", authz.RateLimit{Key: keyHeader, KeyHeader: "x-user"},
 			req(func(r *authz.Request) { r.Headers = []authz.Header{{Name: "x-user", Value: long}} }), hashKey(long)},
 	}
@@ -265,6 +278,40 @@ func TestBucketEviction(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(l.keys.WithLabelValues("foo/p/ip")); got != 1 {
 		t.Errorf("rampart_ratelimit_buckets %v; want 1", got)
+	}
+}
+
+// Any refilled bucket makes room for a new key, not only the least recently
+// used one: a key drained long ago (busy for a while yet) must not send new
+// keys to the overflow bucket while a bucket used since has refilled.
+func TestBucketEvictionAnyRefilledBucket(t *testing.T) {
+	clk := clocktesting.NewFakePassiveClock(time.Unix(1000, 0))
+	l, _ := newLimiter(t, clk, 3)
+	// One token back every 10s, a bucket of 10.
+	install(t, l, authz.RateLimit{ID: "foo/p/ip", Key: keySourceIP, Requests: 10, Period: "1m40s", Burst: 10})
+	from := func(ip string) *authz.Request {
+		return req(func(r *authz.Request) { r.SourceIP = ip })
+	}
+	overflow := func() float64 { return testutil.ToFloat64(l.overflow.WithLabelValues("foo/p/ip")) }
+	outcomes(l, from("10.0.0.1"), 10) // least recently used: full again in 100s
+	outcomes(l, from("10.0.0.2"), 3)  // full again in 30s
+	outcomes(l, from("10.0.0.3"), 1)  // most recently used: full again in 10s
+	if outcomes(l, from("10.9.0.1"), 1) != 0 || overflow() != 1 {
+		t.Fatalf("setup: a new key while every bucket is busy: overflow %v; want 1", overflow())
+	}
+	clk.SetTime(clk.Now().Add(10 * time.Second)) // only 10.0.0.3 has refilled
+	if got := outcomes(l, from("10.0.0.4"), 10); got != 0 || overflow() != 1 {
+		t.Fatalf("new key with 10.0.0.3 refilled: %d of 10 limited, overflow %v; want 0 limited in a bucket of its own, overflow still 1", got, overflow())
+	}
+	// 10.0.0.3 made room; the busy ones kept their state.
+	if got := outcomes(l, from("10.0.0.1"), 2); got != 1 {
+		t.Errorf("10.0.0.1 after the eviction: %d of 2 limited; want 1 (one token refilled)", got)
+	}
+	if got := outcomes(l, from("10.0.0.2"), 9); got != 1 {
+		t.Errorf("10.0.0.2 after the eviction: %d of 9 limited; want 1 (8 tokens)", got)
+	}
+	if got := outcomes(l, from("10.0.0.5"), 1); got != 0 || overflow() != 2 {
+		t.Errorf("a new key with every bucket busy again: overflow %v; want 2", overflow())
 	}
 }
 
