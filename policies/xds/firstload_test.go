@@ -85,3 +85,71 @@ spec:
 		t.Fatal("no bundle after the configuration loaded")
 	}
 }
+
+// A sidecar that reconnects to a restarted rampartd before its first load,
+// already running the version that load computes, is sent nothing
+// (go-control-plane answers only a different version), so it has nothing to
+// ACK: the version its first request claims counts, and it shows SYNCED.
+func TestReconnectBeforeFirstLoadIsSynced(t *testing.T) {
+	a := catest.Authority(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-bar, namespace: foo}
+spec:
+  rules: [{from: [{source: {namespaces: [bar]}}]}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	md, _ := structpb.NewStruct(map[string]any{"NAME": "httpbin", "LABELS": map[string]any{"app": "httpbin"}})
+	node := &corev3.Node{Id: "spiffe://cluster.local/ns/foo/sa/httpbin", Metadata: md}
+	const typ = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cert := catest.TLSCertificate(catest.IssueSVID(t, a, "foo", "httpbin"))
+
+	// The first rampartd: the version the sidecar runs.
+	first, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	catest.GoRun(t, "xds", first.Run)
+	st := adsStream(t, ctx, a, serveADS(t, ctx, a, first), cert)
+	if err := st.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: []string{authz.ExtensionName}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := resp.GetVersionInfo()
+
+	// The restarted one: the sidecar is back, with that version, before the load.
+	second, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st2 := adsStream(t, ctx, a, serveADS(t, ctx, a, second), cert)
+	if err := st2.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: []string{authz.ExtensionName}, VersionInfo: version}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(second.Status()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy never registered")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	catest.GoRun(t, "xds", second.Run)
+	for {
+		ps := second.Status()
+		if len(ps) == 1 && ps[0].Status == "SYNCED" && ps[0].Acked == version {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status %+v; want the proxy SYNCED at %s", ps, version)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

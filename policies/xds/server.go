@@ -162,6 +162,12 @@ type node struct {
 	outbound *compile.Outbound // what was sent
 	changed  time.Time         // when the change behind the unACKed version was seen
 	acked    map[string]string // by type URL: the version the proxy last ACKed
+	// claimed, by type URL, is the version a proxy said it runs in the first
+	// request of its stream (a reconnect). go-control-plane answers a watch
+	// set before the proxy's snapshot only if the snapshot's version differs,
+	// so a proxy that reconnected before the first load and already runs
+	// that version gets no answer to ACK: its claim stands for the ACK.
+	claimed map[string]string
 	nack     string            // the proxy's reason, when its last answer was a NACK
 	streams  int               // open ADS streams
 	since    time.Time         // when its current stream opened
@@ -234,6 +240,22 @@ func (s *Server) Outbound(proxy string) (*compile.Outbound, bool, bool) {
 
 // synced reports whether the proxy has ACKed the last version sent for every
 // type it subscribes to.
+// noteClaim records the version a stream's first request for a type says
+// the proxy runs; any answer to a response (ACK or NACK) replaces the claim.
+func (n *node) noteClaim(req *discovery.DiscoveryRequest) {
+	t := req.GetTypeUrl()
+	if req.GetResponseNonce() != "" {
+		delete(n.claimed, t)
+		return
+	}
+	if v := req.GetVersionInfo(); v != "" {
+		if n.claimed == nil {
+			n.claimed = map[string]string{}
+		}
+		n.claimed[t] = v
+	}
+}
+
 func (n *node) synced() bool {
 	if n.proxyless {
 		return n.proxylessSynced()
@@ -591,6 +613,11 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 	}
 	n.changed = changed
 	n.sent, n.bundle, n.outbound = b.version, wb, out
+	for t, v := range n.claimed {
+		if v == n.sent {
+			n.acked[t] = v
+		}
+	}
 	s.mu.Unlock()
 	if err := s.cacheOf(n).SetSnapshot(context.Background(), nodeID, snap); err != nil {
 		return err
@@ -763,6 +790,7 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 		if _, ok := n.acked[req.GetTypeUrl()]; !ok {
 			n.acked[req.GetTypeUrl()] = "" // subscribed
 		}
+		n.noteClaim(req)
 		n.noteNames(req)
 		if req.GetResponseNonce() != "" {
 			if d := req.GetErrorDetail(); d != nil {
@@ -792,6 +820,7 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 	now := time.Now()
 	s.nodes[key] = &node{id: id, workload: wl, streams: 1, since: now, lastSeen: now, acked: map[string]string{req.GetTypeUrl(): ""}, proxyless: isProxyless(req.GetNode())}
 	s.nodes[key].noteNames(req)
+	s.nodes[key].noteClaim(req)
 	st.counted = true
 	s.mu.Unlock()
 	s.log.Info("proxy connected", "proxy", key, "workload", wl.Namespace+"/"+wl.Name)
