@@ -167,10 +167,10 @@ type node struct {
 	// set before the proxy's snapshot only if the snapshot's version differs,
 	// so a proxy that reconnected before the first load and already runs
 	// that version gets no answer to ACK: its claim stands for the ACK.
-	claimed map[string]string
-	nack     string            // the proxy's reason, when its last answer was a NACK
-	streams  int               // open ADS streams
-	since    time.Time         // when its current stream opened
+	claimed  map[string]string
+	nack     string    // the proxy's reason, when its last answer was a NACK
+	streams  int       // open ADS streams
+	since    time.Time // when its current stream opened
 	lastSeen time.Time
 	// proxyless is a gRPC client (GENERATOR: grpc); names are the resources
 	// it subscribes to, by type URL.
