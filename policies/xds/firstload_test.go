@@ -153,3 +153,24 @@ spec:
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A restarted rampartd (another process) gives the same configuration a
+// version of its own, so sidecars that reconnected before its first load are
+// answered (and subscribe to their endpoints and routes again).
+func TestSnapshotVersionIsTheProcesss(t *testing.T) {
+	out := &compile.Outbound{}
+	v1, err := snapshotVersion("rev", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := bootID
+	defer func() { bootID = saved }()
+	bootID[0] ^= 1
+	v2, err := snapshotVersion("rev", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v1 == v2 {
+		t.Fatalf("another process computes the same version %s for the same configuration", v1)
+	}
+}

@@ -12,6 +12,7 @@ package xds
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -890,8 +891,20 @@ func outboundResources(ext *corev3.TypedExtensionConfig, out *compile.Outbound) 
 
 // snapshotVersion hashes everything a proxy is sent, so an unchanged
 // configuration keeps its version and nothing is pushed for it.
+// bootID makes this process's snapshot versions its own. A sidecar that
+// reconnects to a restarted rampartd before its first load waits in a watch
+// that go-control-plane answers only with a version other than the one the
+// sidecar runs: with the same configuration, a restarted rampartd would
+// otherwise compute that very version, send nothing, and the sidecar would
+// never subscribe to its endpoints and routes again on that stream.
+var bootID = func() (b [16]byte) {
+	_, _ = rand.Read(b[:])
+	return b
+}()
+
 func snapshotVersion(revision string, out *compile.Outbound) (string, error) {
 	h := sha256.New()
+	h.Write(bootID[:])
 	h.Write([]byte(revision))
 	opts := proto.MarshalOptions{Deterministic: true}
 	add := func(m proto.Message) error {
