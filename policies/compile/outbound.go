@@ -399,14 +399,25 @@ func meshTLS(sans []string, alpn []string) *corev3.TransportSocket {
 	return &corev3.TransportSocket{Name: TLSSocket, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: typed(ctx)}}
 }
 
+// externalTLS is TLS origination (DestinationRule tls SIMPLE or MUTUAL) to a
+// server outside the mesh. With no sni the host is the SNI, but a wildcard
+// host names no server: the SNI then comes from each request's Host
+// (autoSNI), and a TCP connection has none, so the sidecar refuses it rather
+// than accept any certificate a trusted CA signed.
 func externalTLS(t *networking.ClientTLSSettings, host string) *corev3.TransportSocket {
 	vc := &tlsv3.CertificateValidationContext{}
-	if t.GetCaCertificates() != "" {
-		vc.TrustedCa = &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: t.GetCaCertificates()}}
-	}
-	for _, s := range t.GetSubjectAltNames() {
-		vc.MatchTypedSubjectAltNames = append(vc.MatchTypedSubjectAltNames, &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_DNS,
-			Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}})
+	if t.GetInsecureSkipVerify().GetValue() {
+		// Istio: skip verifying the CA signature and the SAN; the CA and
+		// the names to match are then unused.
+		vc.TrustChainVerification = tlsv3.CertificateValidationContext_ACCEPT_UNTRUSTED
+	} else {
+		if t.GetCaCertificates() != "" {
+			vc.TrustedCa = &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: t.GetCaCertificates()}}
+		}
+		for _, s := range t.GetSubjectAltNames() {
+			vc.MatchTypedSubjectAltNames = append(vc.MatchTypedSubjectAltNames, &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_DNS,
+				Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}})
+		}
 	}
 	common := &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc}}
 	if t.GetMode() == networking.ClientTLSSettings_MUTUAL {
@@ -421,6 +432,22 @@ func externalTLS(t *networking.ClientTLSSettings, host string) *corev3.Transport
 	}
 	ctx := &tlsv3.UpstreamTlsContext{CommonTlsContext: common, Sni: sni}
 	return &corev3.TransportSocket{Name: TLSSocket, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: typed(ctx)}}
+}
+
+// autoSNI is Istio's setAutoSniAndAutoSanValidation for TLS origination: with
+// no sni in the DestinationRule, the SNI is each request's Host, and with no
+// subjectAltNames either, the certificate is verified against that Host.
+func autoSNI(t *networking.ClientTLSSettings) *corev3.UpstreamHttpProtocolOptions {
+	switch t.GetMode() {
+	case networking.ClientTLSSettings_SIMPLE, networking.ClientTLSSettings_MUTUAL:
+	default:
+		return nil
+	}
+	if t.GetSni() != "" {
+		return nil
+	}
+	return &corev3.UpstreamHttpProtocolOptions{AutoSni: true,
+		AutoSanValidation: len(t.GetSubjectAltNames()) == 0 && !t.GetInsecureSkipVerify().GetValue()}
 }
 
 func applyTrafficPolicy(c *clusterv3.Cluster, tp *networking.TrafficPolicy, p registry.Port, meshUpgrade bool) {
@@ -478,7 +505,7 @@ func applyTrafficPolicy(c *clusterv3.Cluster, tp *networking.TrafficPolicy, p re
 		}
 	}
 	if registry.IsHTTP(p.Protocol) {
-		po := &httpv3.HttpProtocolOptions{CommonHttpProtocolOptions: httpOpts}
+		po := &httpv3.HttpProtocolOptions{CommonHttpProtocolOptions: httpOpts, UpstreamHttpProtocolOptions: autoSNI(tp.GetTls())}
 		if h2 {
 			po.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
 				ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}

@@ -23,6 +23,7 @@ func TestCircuitBreakerOverflow(t *testing.T) {
 		concurrent  int // requests sent while one is blocked upstream
 		wantOK      int // of those, how many succeed once it is released
 		wantBreaker string
+		waitPending int64 // pending requests to see before releasing the first
 	}{
 		{
 			name:       "max_connections 1, no pending: the rest overflow",
@@ -33,6 +34,14 @@ func TestCircuitBreakerOverflow(t *testing.T) {
 			name:       "max_connections 1, one pending: it waits and succeeds",
 			thresholds: &clusterv3.CircuitBreakers_Thresholds{MaxConnections: wrapperspb.UInt32(1), MaxPendingRequests: wrapperspb.UInt32(1)},
 			concurrent: 4, wantOK: 1, wantBreaker: breakerPending,
+		},
+		{
+			// Envoy counts a request against max_requests once it has a
+			// connection; waiting, it counts against max_pending_requests only.
+			name: "pending requests do not count against max_requests",
+			thresholds: &clusterv3.CircuitBreakers_Thresholds{MaxConnections: wrapperspb.UInt32(1), MaxPendingRequests: wrapperspb.UInt32(5),
+				MaxRequests: wrapperspb.UInt32(2)},
+			concurrent: 2, wantOK: 2, wantBreaker: breakerRequests, waitPending: 2,
 		},
 		{
 			name:       "max_requests 1 over HTTP/2",
@@ -83,6 +92,9 @@ func TestCircuitBreakerOverflow(t *testing.T) {
 			if got := b.opened.Load(); got != 1 {
 				t.Errorf("the server saw %d connections, want 1: overflowing requests must not dial", got)
 			}
+			if tt.waitPending > 0 {
+				waitFor(t, "pending requests", func() bool { return cl.pool.slots.pending() == tt.waitPending })
+			}
 			b.unblock()
 			if err := <-first; err != nil {
 				t.Fatal(err)
@@ -132,6 +144,46 @@ func TestPendingRequestGivesUpWithItsContext(t *testing.T) {
 	// The slot was not lost.
 	if got := mustGet(t, cl, Request{}); got != "b" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// TestRetryBudgetCountsActiveAndPending: Envoy's retry budget is
+// budget_percent of the active plus the pending requests, each counted once.
+func TestRetryBudgetCountsActiveAndPending(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, "b")
+	c := withBreakers(staticCluster("rb", lbEndpoint(t, b.addr)), &clusterv3.CircuitBreakers_Thresholds{
+		MaxConnections:     wrapperspb.UInt32(1),
+		MaxPendingRequests: wrapperspb.UInt32(50),
+		RetryBudget:        &clusterv3.CircuitBreakers_Thresholds_RetryBudget{MinRetryConcurrency: wrapperspb.UInt32(0)},
+	})
+	e.update(t, c)
+	cl := e.cluster(t, "rb")
+	done := make(chan error, 10)
+	go func() { _, _, _, err := get(t, cl, Request{}, "X-Block", "1"); done <- err }()
+	<-b.entered
+	for range 9 {
+		go func() { _, _, _, err := get(t, cl, Request{}); done <- err }()
+	}
+	waitFor(t, "9 pending requests", func() bool { return cl.pool.slots.pending() == 9 })
+	var releases []func()
+	for range 10 {
+		if release, ok := cl.TryRetry(); ok {
+			releases = append(releases, release)
+		}
+	}
+	b.unblock()
+	for range 10 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	for _, r := range releases {
+		r()
+	}
+	// 1 active + 9 pending = 10; the default budget_percent 20% of 10 = 2.
+	if len(releases) != 2 {
+		t.Fatalf("retry budget allowed %d retries at once with 1 active and 9 pending requests at 20%%; want 2", len(releases))
 	}
 }
 

@@ -76,21 +76,23 @@ func (c *Cluster) HTTP2() bool { return c.cfg.protocol == protoHTTP2 }
 func (c *Cluster) RoundTrip(req *http.Request, o Request) (*http.Response, Endpoint, error) {
 	p := c.pool
 	ctx := req.Context()
-	if p.requests.Add(1) > c.cfg.breakers.maxRequests {
-		p.requests.Add(-1)
-		closeBody(req)
-		return nil, Endpoint{}, c.overflow(breakerRequests, "")
-	}
 	h, err := c.hostFor(req, &o)
 	if err != nil {
-		p.requests.Add(-1)
 		closeBody(req)
 		p.met.request(FlagNoHealthyUpstream)
 		return nil, Endpoint{}, err
 	}
+	t, err := p.transportFor(p.sockets[h.sock], requestHost(req))
+	if err != nil {
+		closeBody(req)
+		p.met.request(FlagConnectFailure)
+		return nil, h.ep, &Error{Flag: FlagConnectFailure, Cluster: c.name, Endpoint: h.ep.Address, Err: err}
+	}
+	// A request waits for a connection as a pending request
+	// (max_pending_requests); it counts against max_requests only once it
+	// has one, as Envoy's requests resource does.
 	if p.slots != nil {
 		if err := p.slots.acquire(ctx); err != nil {
-			p.requests.Add(-1)
 			closeBody(req)
 			if errors.Is(err, ErrOverflow) {
 				return nil, h.ep, c.overflow(breakerPending, h.ep.Address)
@@ -100,10 +102,17 @@ func (c *Cluster) RoundTrip(req *http.Request, o Request) (*http.Response, Endpo
 			return nil, h.ep, &Error{Flag: flag, Cluster: c.name, Endpoint: h.ep.Address, Err: err}
 		}
 	}
+	if p.requests.Add(1) > c.cfg.breakers.maxRequests {
+		p.requests.Add(-1)
+		if p.slots != nil {
+			p.slots.release()
+		}
+		closeBody(req)
+		return nil, h.ep, c.overflow(breakerRequests, h.ep.Address)
+	}
 	h.state.active.Add(1)
-	ps := &p.sockets[h.sock]
 	a := new(attempt)
-	resp, err := ps.rt.RoundTrip(c.outbound(a, req, h, ps.scheme))
+	resp, err := t.rt.RoundTrip(c.outbound(a, req, h, p.sockets[h.sock].scheme))
 	if err != nil {
 		c.release(h)
 		flag, breaker := classify(ctx, err)
@@ -264,7 +273,11 @@ func (c *Cluster) DialTCP(ctx context.Context, o Request) (net.Conn, Endpoint, e
 	if p.conns.Load() >= c.cfg.breakers.maxConnections {
 		return nil, h.ep, c.overflow(breakerConnections, h.ep.Address)
 	}
-	ps := &p.sockets[h.sock]
+	ps := p.sockets[h.sock]
+	if _, err := p.transportFor(ps, ""); err != nil {
+		p.met.request(FlagConnectFailure)
+		return nil, h.ep, &Error{Flag: FlagConnectFailure, Cluster: c.name, Endpoint: h.ep.Address, Err: err}
+	}
 	var conn net.Conn
 	var tracked *trackedConn
 	if ps.sock.tls {
@@ -309,6 +322,8 @@ func (c *Cluster) TryRetry() (release func(), ok bool) {
 	b := c.cfg.breakers
 	limit := b.maxRetries
 	if b.budget {
+		// Envoy's budget is a share of active plus pending requests;
+		// requests counts only those that have a connection.
 		active := p.requests.Load()
 		if p.slots != nil {
 			active += p.slots.pending()

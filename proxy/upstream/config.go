@@ -82,6 +82,8 @@ type clusterConfig struct {
 	protocol       protocol
 	idleTimeout    time.Duration
 	maxReqPerConn  uint32 // 0: unlimited
+	autoSNI        bool   // SNI from the request's Host (upstream_http_protocol_options.auto_sni)
+	autoSAN        bool   // verify the certificate against the request's Host (auto_san_validation)
 	breakers       thresholds
 	outlier        *outlierConfig // nil: no outlier detection
 	sockets        []*socket      // [0] is the cluster's transport_socket (or plaintext)
@@ -333,6 +335,12 @@ func (cc *clusterConfig) parseProtocol(c *clusterv3.Cluster) error {
 	if n := c.GetMaxRequestsPerConnection(); n != nil {
 		cc.maxReqPerConn = n.GetValue()
 	}
+	//lint:ignore SA1019 Envoy still honours this deprecated field, so the sidecar must too.
+	if u := c.GetUpstreamHttpProtocolOptions(); u != nil {
+		if err := cc.parseUpstreamHTTP(u, "upstream_http_protocol_options"); err != nil {
+			return err
+		}
+	}
 	if a, ok := c.GetTypedExtensionProtocolOptions()[httpProtocolOptionsKey]; ok {
 		var hpo httpv3.HttpProtocolOptions
 		if err := anyTo(a, &hpo); err != nil {
@@ -354,6 +362,11 @@ func (cc *clusterConfig) parseProtocol(c *clusterv3.Cluster) error {
 		case *httpv3.HttpProtocolOptions_AutoConfig:
 			cc.protocol = protoAuto
 		}
+		if u := hpo.GetUpstreamHttpProtocolOptions(); u != nil {
+			if err := cc.parseUpstreamHTTP(u, fmt.Sprintf("typed_extension_protocol_options[%s].upstream_http_protocol_options", httpProtocolOptionsKey)); err != nil {
+				return err
+			}
+		}
 		if hpo.GetCommonHttpProtocolOptions() != nil {
 			common = hpo.GetCommonHttpProtocolOptions()
 		}
@@ -371,6 +384,15 @@ func (cc *clusterConfig) parseProtocol(c *clusterv3.Cluster) error {
 			cc.maxReqPerConn = n.GetValue()
 		}
 	}
+	return nil
+}
+
+// parseUpstreamHTTP reads auto_sni and auto_san_validation.
+func (cc *clusterConfig) parseUpstreamHTTP(u *corev3.UpstreamHttpProtocolOptions, field string) error {
+	if u.GetOverrideAutoSniHeader() != "" {
+		return fmt.Errorf("%s.override_auto_sni_header: not supported (auto_sni uses the request's Host)", field)
+	}
+	cc.autoSNI, cc.autoSAN = u.GetAutoSni(), u.GetAutoSanValidation()
 	return nil
 }
 

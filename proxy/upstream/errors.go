@@ -28,6 +28,10 @@ var (
 	ErrNoHealthyUpstream = errors.New("no healthy upstream")
 	ErrOverflow          = errors.New("circuit breaker open")
 	ErrNoOriginalDst     = errors.New("ORIGINAL_DST cluster: request carries no original destination")
+	// ErrNoServerName: TLS origination that verifies the server's chain has
+	// no name to verify its certificate against (no sni, no subject alt
+	// names, no auto_sni Host), so the connection is refused.
+	ErrNoServerName = errors.New("TLS origination has no server name to verify the certificate against")
 )
 
 // Error is a failed attempt. Flag is Envoy's response flag for it; Breaker

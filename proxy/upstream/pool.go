@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -24,7 +25,7 @@ type pool struct {
 	key     *clusterv3.Cluster // the configuration, without load_assignment
 	met     *clusterMetrics
 	dialer  net.Dialer
-	sockets []poolSocket
+	sockets []*poolSocket
 
 	eps     atomic.Pointer[endpointSet] // the current endpoints
 	states  map[string]*hostState       // by address; guarded by Manager.mu
@@ -44,13 +45,37 @@ type pool struct {
 type poolSocket struct {
 	sock   *socket
 	scheme string
-	http   *http.Transport
+	// transport serves the configured sni (and every request when the
+	// cluster has neither auto_sni nor auto_san_validation).
+	transport
+	tcpTLS *tls.Config // for DialTCP: the configured ALPN as it is
+
+	// perName: auto_sni or auto_san_validation over TLS. Each server name
+	// gets connections of its own, so that a connection made (and
+	// verified) for one name never carries a request for another.
+	perName bool
+	mu      sync.Mutex
+	named   map[serverName]*transport
+}
+
+// transport is one connection pool of a transport socket.
+type transport struct {
+	http *http.Transport
 	// rt carries requests: h1 in front of http for HTTP/1.1 clusters (bodiless
 	// requests on the caller's goroutine), http alone otherwise.
-	rt     http.RoundTripper
-	h1     *h1.Transport
-	tcpTLS *tls.Config // for DialTCP: the configured ALPN as it is
+	rt http.RoundTripper
+	h1 *h1.Transport
 }
+
+// serverName is what a TLS connection sends as SNI and what the server's
+// certificate must be valid for (when no SAN matcher is configured).
+type serverName struct {
+	sni, verify string
+}
+
+// maxNamedTransports bounds the per-name pools of an auto_sni socket: the
+// names come from requests' Host headers, which the application chooses.
+const maxNamedTransports = 256
 
 func (m *Manager) newPool(cc *clusterConfig, key *clusterv3.Cluster, met *clusterMetrics) *pool {
 	p := &pool{
@@ -77,7 +102,19 @@ func (m *Manager) newPool(cc *clusterConfig, key *clusterv3.Cluster, met *cluste
 	return p
 }
 
-func (p *pool) newSocket(s *socket) poolSocket {
+func (p *pool) newSocket(s *socket) *poolSocket {
+	ps := &poolSocket{sock: s, scheme: "http"}
+	name := serverName{sni: s.sni, verify: s.sni}
+	ps.transport = *p.newTransport(s, name)
+	if s.tls {
+		ps.scheme = "https"
+		ps.tcpTLS = p.m.tlsConfig(s, s.alpn, name)
+		ps.perName = p.cfg.autoSNI || p.cfg.autoSAN
+	}
+	return ps
+}
+
+func (p *pool) newTransport(s *socket, name serverName) *transport {
 	cc := p.cfg
 	t := &http.Transport{
 		// Never a proxy from the environment: the sidecar is the proxy.
@@ -89,10 +126,10 @@ func (p *pool) newSocket(s *socket) poolSocket {
 		IdleConnTimeout:     cc.idleTimeout,
 	}
 	var protos http.Protocols
-	ps := poolSocket{sock: s, http: t, scheme: "http"}
+	tr := &transport{http: t}
+	var conf *tls.Config
 	if s.tls {
-		ps.scheme = "https"
-		conf := p.m.tlsConfig(s, alpnFor(s.alpn, cc.protocol))
+		conf = p.m.tlsConfig(s, alpnFor(s.alpn, cc.protocol), name)
 		t.DialTLSContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
 			c, err := p.dialTLS(ctx, addr, conf, cc.protocol == protoHTTP2)
 			if err != nil {
@@ -100,7 +137,6 @@ func (p *pool) newSocket(s *socket) poolSocket {
 			}
 			return c, nil
 		}
-		ps.tcpTLS = p.m.tlsConfig(s, s.alpn)
 		switch cc.protocol {
 		case protoHTTP2:
 			protos.SetHTTP2(true)
@@ -125,12 +161,11 @@ func (p *pool) newSocket(s *socket) poolSocket {
 		}
 	}
 	t.Protocols = &protos
-	ps.rt = t
+	tr.rt = t
 	if cc.protocol == protoHTTP1 {
-		ps.h1 = &h1.Transport{Next: t, MaxIdlePerHost: t.MaxIdleConnsPerHost, IdleTimeout: cc.idleTimeout}
+		tr.h1 = &h1.Transport{Next: t, MaxIdlePerHost: t.MaxIdleConnsPerHost, IdleTimeout: cc.idleTimeout}
 		if s.tls {
-			conf := p.m.tlsConfig(s, alpnFor(s.alpn, cc.protocol))
-			ps.h1.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			tr.h1.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
 				c, err := p.dialTLS(ctx, addr, conf, false)
 				if err != nil {
 					return nil, err
@@ -138,7 +173,7 @@ func (p *pool) newSocket(s *socket) poolSocket {
 				return c, nil
 			}
 		} else {
-			ps.h1.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			tr.h1.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
 				c, err := p.dial(ctx, addr, false)
 				if err != nil {
 					return nil, err
@@ -146,9 +181,96 @@ func (p *pool) newSocket(s *socket) poolSocket {
 				return c, nil
 			}
 		}
-		ps.rt = ps.h1
+		tr.rt = tr.h1
 	}
-	return ps
+	return tr
+}
+
+// transportFor is the pool that carries a request for host (the request's
+// Host without its port, "" for TCP) over ps: under auto_sni the SNI is the
+// host, and under auto_san_validation (or auto_sni, with no SAN matcher) the
+// certificate must be valid for it. A TLS socket that verifies the chain but
+// has no SAN matcher and no name to check fails closed with ErrNoServerName.
+func (p *pool) transportFor(ps *poolSocket, host string) (*transport, error) {
+	name := serverName{sni: ps.sock.sni, verify: ps.sock.sni}
+	if ps.perName && host != "" {
+		if p.cfg.autoSNI {
+			name.sni = host
+		}
+		name.verify = host
+	}
+	if ps.sock.needsName() && name.verify == "" {
+		return nil, errNoServerName(host == "")
+	}
+	if !ps.perName || name == (serverName{sni: ps.sock.sni, verify: ps.sock.sni}) {
+		return &ps.transport, nil
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if t, ok := ps.named[name]; ok {
+		return t, nil
+	}
+	if ps.named == nil {
+		ps.named = map[serverName]*transport{}
+	}
+	if len(ps.named) >= maxNamedTransports {
+		// Drop one pool; its busy connections close when their requests end.
+		for n, t := range ps.named {
+			t.close()
+			delete(ps.named, n)
+			break
+		}
+	}
+	t := p.newTransport(ps.sock, name)
+	ps.named[name] = t
+	return t, nil
+}
+
+func errNoServerName(tcp bool) error {
+	if tcp {
+		return fmt.Errorf("%w: the TLS transport socket has no sni and no subject alt names, and a TCP connection has no Host for auto_sni (set the DestinationRule's tls.sni or tls.subjectAltNames)", ErrNoServerName)
+	}
+	return fmt.Errorf("%w: the TLS transport socket has no sni and no subject alt names, the cluster has no auto_sni or auto_san_validation, or the request has no Host (set the DestinationRule's tls.sni or tls.subjectAltNames)", ErrNoServerName)
+}
+
+// requestHost is the name auto_sni uses: the request's Host without its port.
+func requestHost(req *http.Request) string {
+	h := req.Host
+	if h == "" && req.URL != nil {
+		h = req.URL.Host
+	}
+	if hh, _, err := net.SplitHostPort(h); err == nil {
+		h = hh
+	}
+	return strings.ToLower(strings.TrimSuffix(strings.Trim(h, "[]"), "."))
+}
+
+func (t *transport) closeIdle() {
+	if t.h1 != nil {
+		t.h1.CloseIdleConnections() // and http's
+		return
+	}
+	t.http.CloseIdleConnections()
+}
+
+// close closes t's idle connections now and its busy HTTP/1.1 ones when
+// their requests end.
+func (t *transport) close() {
+	if t.h1 != nil {
+		t.h1.Close()
+	}
+	t.closeIdle()
+}
+
+// all is the socket's transports: the configured one and the per-name ones.
+func (ps *poolSocket) all() []*transport {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	out := []*transport{&ps.transport}
+	for _, t := range ps.named {
+		out = append(out, t)
+	}
+	return out
 }
 
 // dial connects to addr. limit applies max_connections (HTTP/2 and TCP; the
@@ -186,22 +308,19 @@ func (p *pool) dialTLS(ctx context.Context, addr string, conf *tls.Config, limit
 // idle until the next request starts.
 func (p *pool) closeIdle() {
 	for _, s := range p.sockets {
-		if s.h1 != nil {
-			s.h1.CloseIdleConnections() // and http's
-			continue
+		for _, t := range s.all() {
+			t.closeIdle()
 		}
-		s.http.CloseIdleConnections()
 	}
 }
 
 func (p *pool) retire() {
 	p.retired.Store(true)
 	for _, s := range p.sockets {
-		if s.h1 != nil {
-			s.h1.Close() // connections busy now close when their request ends
+		for _, t := range s.all() {
+			t.close() // connections busy now close when their request ends
 		}
 	}
-	p.closeIdle()
 }
 
 func (p *pool) ejected() int64 {

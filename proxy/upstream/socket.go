@@ -5,17 +5,20 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/rampart-mesh/rampart/proxy/route"
-	"net"
+	"io"
+	"io/fs"
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/rampart-mesh/rampart/proxy/route"
 )
 
 // Istio's SDS secret names: the workload's certificate and the mesh roots,
@@ -119,7 +122,7 @@ func parseTLS(utc *tlsv3.UpstreamTlsContext) (*socket, error) {
 			if !ok {
 				return nil, fmt.Errorf("%s: %q is not file-cert:CERT~KEY", field, name)
 			}
-			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+			cert, err := loadKeyPairFiles(certFile, keyFile)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", field, err)
 			}
@@ -189,6 +192,11 @@ func parseTLS(utc *tlsv3.UpstreamTlsContext) (*socket, error) {
 			s.sans = append(s.sans, m)
 		}
 		if vc.GetTrustChainVerification() == tlsv3.CertificateValidationContext_ACCEPT_UNTRUSTED {
+			// Istio's insecureSkipVerify, for TLS origination to servers
+			// outside the mesh. Mesh mTLS is never left unverified.
+			if s.verify == verifySPIFFE || s.svidCert {
+				return nil, fmt.Errorf("%s.trust_chain_verification: ACCEPT_UNTRUSTED cannot be used with mesh mTLS (SDS %q or %q)", field, sdsDefault, sdsRootCA)
+			}
 			s.verify = verifyNone
 		}
 		if vc.GetCustomValidatorConfig() != nil {
@@ -203,7 +211,7 @@ func (s *socket) rootsFromSDS(name, field string) error {
 	case name == sdsRootCA:
 		s.verify = verifySPIFFE
 	case strings.HasPrefix(name, sdsFileRoot):
-		pem, err := os.ReadFile(strings.TrimPrefix(name, sdsFileRoot))
+		pem, err := readFile(strings.TrimPrefix(name, sdsFileRoot))
 		if err != nil {
 			return fmt.Errorf("%s: %w", field, err)
 		}
@@ -236,7 +244,7 @@ func tlsVersion(v tlsv3.TlsParameters_TlsProtocol, auto uint16) (uint16, error) 
 func readDataSource(ds *corev3.DataSource) ([]byte, error) {
 	switch v := ds.GetSpecifier().(type) {
 	case *corev3.DataSource_Filename:
-		return os.ReadFile(v.Filename)
+		return readFile(v.Filename)
 	case *corev3.DataSource_InlineBytes:
 		return v.InlineBytes, nil
 	case *corev3.DataSource_InlineString:
@@ -245,6 +253,65 @@ func readDataSource(ds *corev3.DataSource) ([]byte, error) {
 		return nil, errors.New("environment_variable data sources are not supported (use a file)")
 	}
 	return nil, errors.New("empty data source")
+}
+
+// maxDataSourceSize bounds a certificate, key or CA file: PEM bundles are
+// kilobytes, and anything larger is a mistake or an attack.
+const maxDataSourceSize = 1 << 20
+
+// readFile reads a certificate, key or CA file named by configuration. It runs
+// on the xDS goroutine, so it must neither block nor read without end: the
+// file is opened without blocking (a FIFO would otherwise wait for a writer),
+// must be a regular file (checked on the opened file, not the name), and must
+// hold at most maxDataSourceSize bytes.
+func readFile(name string) ([]byte, error) {
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s): point it at a PEM file", name, fileKind(fi.Mode()))
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxDataSourceSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if len(b) > maxDataSourceSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes: point it at a PEM file", name, maxDataSourceSize)
+	}
+	return b, nil
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return "mode " + m.String()
+}
+
+// loadKeyPairFiles is tls.LoadX509KeyPair through readFile.
+func loadKeyPairFiles(certFile, keyFile string) (tls.Certificate, error) {
+	c, err := readFile(certFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("certificate: %w", err)
+	}
+	k, err := readFile(keyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("private key: %w", err)
+	}
+	return tls.X509KeyPair(c, k)
 }
 
 func loadKeyPair(chain, key *corev3.DataSource) (tls.Certificate, error) {
@@ -323,10 +390,11 @@ func matchWildcardDNS(m *route.StringMatcher, certName string) bool {
 	return ok && label != "" && strings.EqualFold(domain, rest)
 }
 
-// tlsConfig builds the client configuration for s. alpn is what to offer.
-func (m *Manager) tlsConfig(s *socket, alpn []string) *tls.Config {
+// tlsConfig builds the client configuration for s. alpn is what to offer;
+// name is the SNI to send and the name to verify the certificate against.
+func (m *Manager) tlsConfig(s *socket, alpn []string, name serverName) *tls.Config {
 	c := &tls.Config{
-		ServerName: s.sni,
+		ServerName: name.sni,
 		NextProtos: alpn,
 		MinVersion: s.minVer,
 		MaxVersion: s.maxVer,
@@ -338,15 +406,21 @@ func (m *Manager) tlsConfig(s *socket, alpn []string) *tls.Config {
 		c.Certificates = s.certs
 	}
 	// Verification is ours (go-spiffe's for SPIFFE), so the standard
-	// hostname check is off; verifyX509 redoes it against the SNI.
+	// hostname check is off; verifyX509 redoes it against the name.
 	c.InsecureSkipVerify = true
 	switch s.verify {
 	case verifySPIFFE:
 		c.VerifyPeerCertificate = tlsconfig.VerifyPeerCertificate(m.cfg.Bundle, m.authorizer(s))
 	case verifyX509:
-		c.VerifyConnection = s.verifyX509
+		c.VerifyConnection = func(cs tls.ConnectionState) error { return s.verifyX509(cs, name.verify) }
 	}
 	return c
+}
+
+// needsName reports whether a connection over s must have a server name to
+// verify: the chain is verified, and no SAN matcher says whose it must be.
+func (s *socket) needsName() bool {
+	return s.tls && s.verify == verifyX509 && len(s.sans) == 0
 }
 
 // authorizer checks a verified peer SVID against the socket's SAN matchers,
@@ -378,9 +452,12 @@ func (m *Manager) authorizer(s *socket) tlsconfig.Authorizer {
 
 // verifyX509 verifies the server's chain to the roots (the system's when
 // none are configured), then its name: the SAN matchers when there are any,
-// otherwise the SNI when there is one. Envoy skips the name check when no
-// SAN matcher is configured; checking the SNI is the safer reading.
-func (s *socket) verifyX509(cs tls.ConnectionState) error {
+// otherwise name (the SNI, or the request's host under auto_sni and
+// auto_san_validation). Envoy skips the name check when no SAN matcher is
+// configured; checking the SNI is the safer reading, and with no name at all
+// the connection is refused: a chain to a public root alone proves nothing
+// about who the server is.
+func (s *socket) verifyX509(cs tls.ConnectionState, name string) error {
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("server sent no certificate")
 	}
@@ -398,10 +475,10 @@ func (s *socket) verifyX509(cs tls.ConnectionState) error {
 		}
 		return nil
 	}
-	if s.sni != "" && net.ParseIP(s.sni) == nil {
-		return leaf.VerifyHostname(s.sni)
+	if name == "" {
+		return errNoServerName(false)
 	}
-	return nil
+	return leaf.VerifyHostname(name)
 }
 
 // alpnFor is what to offer for protocol p: the configured list (Istio's

@@ -207,8 +207,8 @@ func TestALPNAgreesWithProtocol(t *testing.T) {
 	}
 }
 
-// webPKI makes a CA and a server certificate for name under it.
-func webPKI(t *testing.T, name string) (caPEM []byte, cert tls.Certificate) {
+// webPKI makes a CA and a server certificate for names under it.
+func webPKI(t *testing.T, names ...string) (caPEM []byte, cert tls.Certificate) {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{
@@ -223,7 +223,7 @@ func webPKI(t *testing.T, name string) (caPEM []byte, cert tls.Certificate) {
 	caCert, _ := x509.ParseCertificate(caDER)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}

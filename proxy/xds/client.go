@@ -1,5 +1,7 @@
 // Package xds is the sidecar's xDS client: one ADS stream to rampartd over mTLS,
-// ACKing what it applies and NACKing (with the reason) what it cannot, keeping
+// ACKing what it has validated and applies (a cluster or listener waiting for
+// its endpoints or routes at most WarmTimeout later, as Envoy warms them) and
+// NACKing (with the reason) what it cannot, keeping
 // the last good configuration through control-plane outages, reconnecting with
 // backoff and jitter.
 //
@@ -13,6 +15,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -21,6 +25,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"k8s.io/utils/clock"
 )
 
 // ExtensionConfigType is ECDS's type URL.
@@ -35,10 +40,17 @@ type Config struct {
 	// Apply installs a bundle; an error NACKs it and the last good one stays.
 	Apply func(context.Context, authz.WireBundle) error
 	// ApplyOutbound, if set, subscribes to listeners, routes, clusters and
-	// endpoints, and installs each complete set; an error NACKs the update.
+	// endpoints, and installs them; an error NACKs the update. Each response
+	// is validated when it arrives; a cluster or listener waiting for its
+	// endpoints or routes is installed once they come, or after WarmTimeout
+	// without them, keeping its previous version meanwhile.
 	ApplyOutbound func(context.Context, *Resources) error
+	// WarmTimeout bounds how long a cluster waits for its endpoints and a
+	// listener for its routes (Envoy's initial_fetch_timeout). Default 15 s.
+	WarmTimeout time.Duration
 	// MinBackoff and MaxBackoff bound reconnection delays. Defaults 200 ms, 10 s.
 	MinBackoff, MaxBackoff time.Duration
+	Clock                  clock.Clock // warming; nil: the real clock
 	Log                    *slog.Logger
 }
 
@@ -48,7 +60,13 @@ type Client struct {
 	log      *slog.Logger
 	applied  string            // version of the last bundle applied
 	versions map[string]string // by type: version last ACKed
-	pending  *Resources        // the latest valid resources (applied once complete)
+	accepted *Resources        // the resources last ACKed: validated, installed or warming
+	active   *Resources        // the set last installed (nil: none yet)
+	// waits holds, by key of Resources.waiting, since when each missing
+	// dependency of accepted has been awaited; settled is when the active
+	// set was last computed, so each warming time ends one install.
+	waits   map[string]time.Time
+	settled time.Time
 
 	nacked  string // version last refused, and how often in a row
 	nackRun int
@@ -65,10 +83,16 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 10 * time.Second
 	}
+	if cfg.WarmTimeout == 0 {
+		cfg.WarmTimeout = 15 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, log: cfg.Log.With("component", "xds-client"), versions: map[string]string{}, pending: &Resources{}}, nil
+	return &Client{cfg: cfg, log: cfg.Log.With("component", "xds-client"), versions: map[string]string{}, accepted: &Resources{}}, nil
 }
 
 // Run streams until ctx ends.
@@ -101,6 +125,8 @@ func (c *Client) stream(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx, grpc.MaxCallRecvMsgSize(64<<20))
@@ -123,10 +149,48 @@ func (c *Client) stream(ctx context.Context) error {
 			return err
 		}
 	}
+	// Responses are read aside so that warming can end between them.
+	resps, recvErr := make(chan *discovery.DiscoveryResponse), make(chan error, 1)
+	wg.Go(func() {
+		for {
+			resp, err := st.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case resps <- resp:
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
 	for {
-		resp, err := st.Recv()
-		if err != nil {
+		var timer clock.Timer
+		var warmed <-chan time.Time
+		if at, ok := c.warmEnd(); ok {
+			wait := at.Sub(c.cfg.Clock.Now())
+			if wait <= 0 {
+				c.warmOver(ctx)
+				continue
+			}
+			timer = c.cfg.Clock.NewTimer(wait)
+			warmed = timer.C()
+		}
+		var resp *discovery.DiscoveryResponse
+		select {
+		case err := <-recvErr:
+			if timer != nil {
+				timer.Stop()
+			}
 			return err
+		case <-warmed:
+			c.warmOver(ctx)
+			continue
+		case resp = <-resps:
+			if timer != nil {
+				timer.Stop()
+			}
 		}
 		t := resp.GetTypeUrl()
 		ack := &discovery.DiscoveryRequest{TypeUrl: t, ResourceNames: asked[t], ResponseNonce: resp.GetNonce()}
@@ -163,7 +227,7 @@ func (c *Client) stream(ctx context.Context) error {
 			if t != dep.from {
 				continue
 			}
-			names := c.pending.dependencies(dep.to)
+			names := c.accepted.dependencies(dep.to)
 			if _, ok := asked[dep.to]; ok && slices.Equal(names, asked[dep.to]) {
 				continue
 			}
@@ -190,23 +254,92 @@ func (c *Client) apply(ctx context.Context, resp *discovery.DiscoveryResponse) e
 		if c.cfg.ApplyOutbound == nil {
 			return fmt.Errorf("unexpected type %q", resp.GetTypeUrl())
 		}
-		next, err := c.pending.with(resp)
+		next, err := c.accepted.with(resp)
 		if err != nil {
 			return err
 		}
-		// Apply only a complete set (every EDS cluster has its endpoints, every
-		// listener its routes), as Envoy warms clusters and listeners; what is
-		// incomplete is held until the rest arrives.
-		if missing := next.missing(); missing != "" {
-			c.pending = next
-			c.log.Debug("configuration held until it is complete", "missing", missing)
-			return nil
-		}
-		if err := c.cfg.ApplyOutbound(ctx, next); err != nil {
+		// Validated on arrival, as Envoy validates each resource it receives:
+		// what waits for its endpoints or routes has been checked too.
+		if err := next.check(resp.GetTypeUrl()); err != nil {
 			return err
 		}
-		c.pending = next
+		now := c.cfg.Clock.Now()
+		waits := c.waitsOf(next, now)
+		if set := c.activeOf(next, waits, now); set != nil {
+			if err := c.cfg.ApplyOutbound(ctx, set); err != nil {
+				return err
+			}
+			c.active = set
+		}
+		c.accepted, c.waits, c.settled = next, waits, now
+		if w := next.waiting(); len(w) > 0 {
+			c.log.Debug("warming", "waiting_for", strings.Join(w, ", "))
+		}
 		return nil
 	}
 	return fmt.Errorf("unexpected type %q", resp.GetTypeUrl())
+}
+
+// waitsOf says since when each missing dependency of next has been awaited.
+func (c *Client) waitsOf(next *Resources, now time.Time) map[string]time.Time {
+	waits := map[string]time.Time{}
+	for _, k := range next.waiting() {
+		since, ok := c.waits[k]
+		if !ok {
+			since = now
+		}
+		waits[k] = since
+	}
+	return waits
+}
+
+// activeOf is the set to install at now, or nil to install nothing. The first
+// set waits for all of its parts (as Envoy's initialization does) until their
+// warming time is over; later, each cluster and listener warms on its own.
+func (c *Client) activeOf(next *Resources, waits map[string]time.Time, now time.Time) *Resources {
+	warming := func(k string) bool {
+		since, ok := waits[k]
+		return ok && now.Sub(since) < c.cfg.WarmTimeout
+	}
+	if c.active == nil && slices.ContainsFunc(next.waiting(), warming) {
+		return nil
+	}
+	return next.active(c.active, warming)
+}
+
+// warmEnd is when the next warming time ends after the active set was last
+// computed.
+func (c *Client) warmEnd() (time.Time, bool) {
+	var end time.Time
+	for _, since := range c.waits {
+		if at := since.Add(c.cfg.WarmTimeout); at.After(c.settled) && (end.IsZero() || at.Before(end)) {
+			end = at
+		}
+	}
+	return end, !end.IsZero()
+}
+
+// warmOver installs the accepted set once a warming time has ended, with what
+// is still missing left empty. There is no response to NACK: a failure is
+// logged and the installed set stays.
+func (c *Client) warmOver(ctx context.Context) {
+	now := c.cfg.Clock.Now()
+	c.settled = now
+	var late []string
+	for k, since := range c.waits {
+		if now.Sub(since) >= c.cfg.WarmTimeout {
+			late = append(late, k)
+		}
+	}
+	slices.Sort(late)
+	set := c.activeOf(c.accepted, c.waits, now)
+	if set == nil {
+		return
+	}
+	if err := c.cfg.ApplyOutbound(ctx, set); err != nil {
+		c.log.Error("configuration not installed after warming ended; the last installed one stays", "missing", strings.Join(late, ", "), "err", err)
+		return
+	}
+	c.active = set
+	c.log.Warn("installed without what did not arrive in time (a cluster without endpoints answers 503 UH, a listener without routes 404 NR)", "missing", strings.Join(late, ", "), "warm_timeout", c.cfg.WarmTimeout)
 }

@@ -66,7 +66,8 @@ func TestClientOutboundResources(t *testing.T) {
 	}
 	eds := &clusterv3.Cluster{Name: "outbound|80||a", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}}
 	hcm := &hcmv3.HttpConnectionManager{RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: "80"}}}
-	listener := &listenerv3.Listener{Name: "0.0.0.0_80", FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+	listener := &listenerv3.Listener{Name: "0.0.0.0_80", Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 80}}}}, FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 		Name: hcmName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: anyOf(t, hcm)}}}}}}
 	noRDS := &listenerv3.Listener{Name: "bad", FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 		Name: hcmName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: anyOf(t, &hcmv3.HttpConnectionManager{})}}}}}}
