@@ -434,6 +434,9 @@ func (p *Proxy) xdsClient(authn *jwtAuthn, peerMode *peerModes) (*xds.Client, er
 	if p.cfg.Outbound != nil {
 		cfg.ApplyOutbound = p.applyOutbound
 	}
+	if p.tcp != nil {
+		cfg.CheckListener = outbound.CheckTCPListener
+	}
 	return xds.New(cfg)
 }
 

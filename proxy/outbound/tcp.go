@@ -228,6 +228,13 @@ func (t *TCP) Prepare(res *xds.Resources) (func(), error) {
 	return func() { t.install(routes) }, nil
 }
 
+// CheckTCPListener runs the checks Prepare runs on one listener's tcp_proxy
+// chains, without installing anything (a listener without them passes).
+func CheckTCPListener(name string, l *listenerv3.Listener) error {
+	_, err := parseTCPListener(name, l)
+	return err
+}
+
 // parseTCPListener reads a listener's tcp_proxy chains (nil: not a TCP listener).
 func parseTCPListener(name string, l *listenerv3.Listener) (*tcpRoute, error) {
 	r := &tcpRoute{port: int(l.GetAddress().GetSocketAddress().GetPortValue()), listener: name,

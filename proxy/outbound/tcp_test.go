@@ -116,6 +116,10 @@ func TestTCPListenerRefusesWhatItDoesNotImplement(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Prepare = %v, want an error with %q", err, tc.want)
 			}
+			// The xDS client runs the same check when the listener arrives.
+			if err := CheckTCPListener("l", tc.l); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("CheckTCPListener = %v, want an error with %q", err, tc.want)
+			}
 		})
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/rampart-mesh/rampart/authz"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
@@ -48,6 +50,10 @@ type Config struct {
 	// WarmTimeout bounds how long a cluster waits for its endpoints and a
 	// listener for its routes (Envoy's initial_fetch_timeout). Default 15 s.
 	WarmTimeout time.Duration
+	// CheckListener, if set, runs the checks of what installs listeners
+	// this package cannot import (the TCP listeners' parse), so a bad
+	// listener is NACKed in the response that carried it, not later.
+	CheckListener func(name string, l *listenerv3.Listener) error
 	// MinBackoff and MaxBackoff bound reconnection delays. Defaults 200 ms, 10 s.
 	MinBackoff, MaxBackoff time.Duration
 	Clock                  clock.Clock // warming; nil: the real clock
@@ -262,6 +268,13 @@ func (c *Client) apply(ctx context.Context, resp *discovery.DiscoveryResponse) e
 		// what waits for its endpoints or routes has been checked too.
 		if err := next.check(resp.GetTypeUrl()); err != nil {
 			return err
+		}
+		if resp.GetTypeUrl() == ListenerType && c.cfg.CheckListener != nil {
+			for _, name := range slices.Sorted(maps.Keys(next.Listeners)) {
+				if err := c.cfg.CheckListener(name, next.Listeners[name]); err != nil {
+					return fmt.Errorf("listener %s: %w", name, err)
+				}
+			}
 		}
 		now := c.cfg.Clock.Now()
 		waits := c.waitsOf(next, now)

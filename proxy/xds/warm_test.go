@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strings"
 	"sync"
@@ -38,7 +39,7 @@ type warmHarness struct {
 	sets  []*Resources
 }
 
-func newWarmHarness(t *testing.T) *warmHarness {
+func newWarmHarness(t *testing.T, tweak ...func(*Config)) *warmHarness {
 	t.Helper()
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
@@ -51,7 +52,7 @@ func newWarmHarness(t *testing.T) *warmHarness {
 	}
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
-	c, err := New(Config{
+	cfg := Config{
 		Dial: func() (*grpc.ClientConn, error) {
 			return grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		},
@@ -65,7 +66,11 @@ func newWarmHarness(t *testing.T) *warmHarness {
 		},
 		WarmTimeout: warmTimeout,
 		Clock:       h.clock,
-	})
+	}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,4 +334,26 @@ func TestClientFirstSetWaitsAtMostTheWarmingTime(t *testing.T) {
 	if diff := cmp.Diff(map[string]string{"cluster a": ":10.0.0.1", "cluster b": ":-", "listener l": "r:v1"}, h.last()); diff != "" {
 		t.Fatalf("after the warming time (-want +got):\n%s", diff)
 	}
+}
+
+// A listener the installer's own checks refuse (here a stand-in for the TCP
+// listeners' parse, which this package cannot import) is NACKed in the LDS
+// response that carried it, even while another listener waits for its
+// routes, and the listeners that pass are ACKed.
+func TestClientChecksListenersOnArrival(t *testing.T) {
+	h := newWarmHarness(t, func(c *Config) {
+		c.CheckListener = func(name string, _ *listenerv3.Listener) error {
+			if name == "tcp-bad" {
+				return errors.New("filter_chain_match supports only server_names")
+			}
+			return nil
+		}
+	})
+	h.ack(ClusterType, "c1", warmCluster(t, "a", ""))
+	h.ack(ListenerType, "l1", warmListener(t, "l", 80, "r"))
+	r := h.send(ListenerType, "l2", warmListener(t, "l", 80, "r"), warmListener(t, "tcp-bad", 81, "r2"))
+	if r.GetErrorDetail() == nil || !strings.Contains(r.GetErrorDetail().GetMessage(), "listener tcp-bad: filter_chain_match") {
+		t.Fatalf("answer %v; want a NACK naming listener tcp-bad", r)
+	}
+	h.ack(ListenerType, "l3", warmListener(t, "l", 80, "r"), warmListener(t, "tcp-ok", 82, "r2"))
 }
