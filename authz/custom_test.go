@@ -2,7 +2,6 @@ package authz
 
 import (
 	"context"
-	"github.com/rampart-mesh/rampart/authn"
 	"net"
 	"net/url"
 	"os"
@@ -17,6 +16,7 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/rampart-mesh/rampart/authn"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"

@@ -16,12 +16,10 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// A sidecar that connects before rampartd has loaded its configuration (a
-// restart, the Kubernetes caches still syncing) must be sent nothing until
-// the configuration is in: a bundle compiled from no configuration has no
-// policy, and the sidecar would allow every request.
-func TestNothingServedBeforeFirstLoad(t *testing.T) {
-	a := catest.Authority(t)
+// onlyBarPolicy is a configuration directory with one AuthorizationPolicy
+// for namespace foo.
+func onlyBarPolicy(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -31,6 +29,16 @@ spec:
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return dir
+}
+
+// A sidecar that connects before rampartd has loaded its configuration (a
+// restart, the Kubernetes caches still syncing) must be sent nothing until
+// the configuration is in: a bundle compiled from no configuration has no
+// policy, and the sidecar would allow every request.
+func TestNothingServedBeforeFirstLoad(t *testing.T) {
+	a := catest.Authority(t)
+	dir := onlyBarPolicy(t)
 	mesh, _ := compile.Mesh{}.WithDefaults()
 	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle()})
 	if err != nil {
@@ -92,15 +100,7 @@ spec:
 // ACK: the version its first request claims counts, and it shows SYNCED.
 func TestReconnectBeforeFirstLoadIsSynced(t *testing.T) {
 	a := catest.Authority(t)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: only-bar, namespace: foo}
-spec:
-  rules: [{from: [{source: {namespaces: [bar]}}]}]
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dir := onlyBarPolicy(t)
 	mesh, _ := compile.Mesh{}.WithDefaults()
 	md, _ := structpb.NewStruct(map[string]any{"NAME": "httpbin", "LABELS": map[string]any{"app": "httpbin"}})
 	node := &corev3.Node{Id: "spiffe://cluster.local/ns/foo/sa/httpbin", Metadata: md}

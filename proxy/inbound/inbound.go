@@ -20,6 +20,7 @@ import (
 	"github.com/rampart-mesh/rampart/authn/peer"
 	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/internal/uuid"
+	"github.com/rampart-mesh/rampart/proxy/grpcreply"
 	"github.com/rampart-mesh/rampart/proxy/h1"
 	"github.com/rampart-mesh/rampart/proxy/listener"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -196,9 +197,9 @@ func New(cfg Config) (*Server, error) {
 				return
 			}
 			s.log.Warn("app unreachable", "app", cfg.App, "err", err)
-			if strings.HasPrefix(r.Header.Get("content-type"), "application/grpc") {
+			if grpcreply.Is(r) {
 				// As Envoy's local replies to gRPC: a trailers-only UNAVAILABLE.
-				grpcReply(w, strconv.Itoa(grpcStatusFor(http.StatusServiceUnavailable)), "upstream connect error")
+				grpcreply.Write(w, grpcreply.StatusFor(http.StatusServiceUnavailable), "upstream connect error")
 				return
 			}
 			http.Error(w, "upstream connect error", http.StatusServiceUnavailable)

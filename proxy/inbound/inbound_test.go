@@ -448,17 +448,6 @@ func TestInboundGRPCDenialIsAGRPCStatus(t *testing.T) {
 	}
 }
 
-func TestGRPCStatusMapping(t *testing.T) {
-	for http, want := range map[int]int{400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14, 418: 2} {
-		if got := grpcStatusFor(http); got != want {
-			t.Errorf("HTTP %d → gRPC %d, want %d", http, got, want)
-		}
-	}
-	if got := grpcEncode("RBAC: access denied 100%\n"); got != "RBAC: access denied 100%25%0A" {
-		t.Errorf("grpcEncode = %q", got)
-	}
-}
-
 // The app sees what a reverse proxy hands on: hop-by-hop fields (and those
 // Connection names) dropped, "Te: trailers" kept, X-Forwarded-Host from the
 // request, and a request body delivered whole.

@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/proxy/grpcreply"
 	"github.com/rampart-mesh/rampart/proxy/ratelimit"
 )
 
@@ -24,7 +25,7 @@ const (
 	// grpcResourceExhausted is the gRPC status a 429 becomes (Envoy with
 	// rate_limited_as_resource_exhausted; its default would be UNAVAILABLE,
 	// which clients retry).
-	grpcResourceExhausted = "8"
+	grpcResourceExhausted = 8
 )
 
 // rateLimited answers a request that an enforced limit refused: 429 for HTTP,
@@ -37,7 +38,7 @@ func (s *Server) rateLimited(w http.ResponseWriter, ar *authz.Request, res ratel
 	s.log.Info("request rate limited", "request_id", ar.ID, "limit", res.Limit, "response_flags", rateLimitedFlag,
 		"response_code_details", rateLimitedDetails, "source_principal", ar.SourcePrincipal, "method", ar.Method, "path", ar.Path)
 	if ar.Protocol == authz.ProtocolGRPC {
-		grpcReply(w, grpcResourceExhausted, rateLimitedBody)
+		grpcreply.Write(w, grpcResourceExhausted, rateLimitedBody)
 		return http.StatusTooManyRequests
 	}
 	localReply(w, ar, http.StatusTooManyRequests, rateLimitedBody)

@@ -13,8 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/rampart-mesh/rampart/internal/replay"
-	"github.com/rampart-mesh/rampart/proxy/listener"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -30,8 +28,11 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rampart-mesh/rampart/internal/replay"
 	"github.com/rampart-mesh/rampart/internal/uuid"
+	"github.com/rampart-mesh/rampart/proxy/grpcreply"
 	"github.com/rampart-mesh/rampart/proxy/h1"
+	"github.com/rampart-mesh/rampart/proxy/listener"
 	"github.com/rampart-mesh/rampart/proxy/route"
 	"github.com/rampart-mesh/rampart/proxy/upstream"
 	"github.com/rampart-mesh/rampart/proxy/xds"
@@ -355,8 +356,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 		r.Header.Set("x-request-id", uuid.New())
 	}
 	// CORS comes before fault injection, as in Istio's filter chain.
-	cors := http.Header{}
-	if res, done := s.cors(w, r, rt.Cors, cors); done {
+	cors, res, done := s.cors(w, r, rt.Cors)
+	if done {
 		return res
 	}
 	if f := rt.Fault; f != nil {
@@ -377,11 +378,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 				body = "fault filter abort"
 			}
 			if f.AbortGRPC {
-				writeGRPCStatus(w, f.AbortGRPCStatus, body)
+				grpcreply.Write(w, f.AbortGRPCStatus, body)
 				return result{code: http.StatusOK, flags: "FI", detail: "fault_filter_abort"}
 			}
-			if isGRPC(r) {
-				writeGRPCStatus(w, httpToGRPCStatus(f.AbortStatus), body)
+			if grpcreply.Is(r) {
+				grpcreply.Write(w, grpcreply.StatusFor(f.AbortStatus), body)
 				return result{code: http.StatusOK, flags: "FI", detail: "fault_filter_abort"}
 			}
 			w.Header().Set("content-type", "text/plain")
@@ -404,24 +405,25 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 // unmatched preflights (Istio's unmatchedPreflights FORWARD, the default),
 // else gets an empty 200. Any other request from an allowed origin gets
 // access-control-allow-origin, -expose-headers and -allow-credentials on its
-// response: they are set on w's header now (local replies) and in extra,
+// response: they are set on w's header now (local replies) and returned in
+// extra (nil when there are none: no allocation for a route without CORS),
 // which forward sets again over the upstream's. done means w was answered.
-func (s *Server) cors(w http.ResponseWriter, r *http.Request, c *route.Cors, extra http.Header) (res result, done bool) {
+func (s *Server) cors(w http.ResponseWriter, r *http.Request, c *route.Cors) (extra http.Header, res result, done bool) {
 	if c == nil || !c.Enabled.Hit(s.rnd()) {
-		return result{}, false
+		return nil, result{}, false
 	}
 	origin := r.Header.Get("Origin")
 	if origin == "" {
-		return result{}, false
+		return nil, result{}, false
 	}
 	allowed := c.AllowsOrigin(origin)
 	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 		if !allowed {
 			if c.ForwardNotMatchingPreflights {
-				return result{}, false
+				return nil, result{}, false
 			}
 			w.WriteHeader(http.StatusOK)
-			return result{code: http.StatusOK, detail: "cors_preflight_origin_not_allowed"}, true
+			return nil, result{code: http.StatusOK, detail: "cors_preflight_origin_not_allowed"}, true
 		}
 		h := w.Header()
 		h.Set("Access-Control-Allow-Origin", origin)
@@ -441,11 +443,12 @@ func (s *Server) cors(w http.ResponseWriter, r *http.Request, c *route.Cors, ext
 			h.Set("Access-Control-Allow-Private-Network", "true")
 		}
 		w.WriteHeader(http.StatusOK)
-		return result{code: http.StatusOK, detail: "cors_preflight"}, true
+		return nil, result{code: http.StatusOK, detail: "cors_preflight"}, true
 	}
 	if !allowed {
-		return result{}, false
+		return nil, result{}, false
 	}
+	extra = http.Header{}
 	extra.Set("Access-Control-Allow-Origin", origin)
 	if c.AllowCredentials {
 		extra.Set("Access-Control-Allow-Credentials", "true")
@@ -456,7 +459,7 @@ func (s *Server) cors(w http.ResponseWriter, r *http.Request, c *route.Cors, ext
 	for k, vs := range extra {
 		w.Header()[k] = vs
 	}
-	return result{}, false
+	return extra, result{}, false
 }
 
 // forwardOrReply answers a redirect or direct response route itself and
@@ -488,63 +491,14 @@ func (s *Server) forwardOrReply(w http.ResponseWriter, r *http.Request, rt *rout
 // trailers-only response, HTTP 200, with the gRPC status for code.
 func reply(w http.ResponseWriter, r *http.Request, code int, flags, detail string) result {
 	w.Header().Set("x-rampart-response-flags", flags)
-	if r != nil && isGRPC(r) {
-		writeGRPCStatus(w, httpToGRPCStatus(code), detail)
+	if r != nil && grpcreply.Is(r) {
+		grpcreply.Write(w, grpcreply.StatusFor(code), detail)
 		return result{code: http.StatusOK, flags: flags, detail: detail}
 	}
 	w.Header().Set("content-type", "text/plain")
 	w.WriteHeader(code)
 	_, _ = io.WriteString(w, detail+"\n")
 	return result{code: code, flags: flags, detail: detail}
-}
-
-// isGRPC reports whether r is a gRPC request (content-type application/grpc...).
-func isGRPC(r *http.Request) bool {
-	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
-}
-
-// httpToGRPCStatus is Envoy's Grpc::Utility::httpToGrpcStatus.
-func httpToGRPCStatus(code int) int {
-	switch code {
-	case http.StatusBadRequest:
-		return 13 // INTERNAL
-	case http.StatusUnauthorized:
-		return 16 // UNAUTHENTICATED
-	case http.StatusForbidden:
-		return 7 // PERMISSION_DENIED
-	case http.StatusNotFound:
-		return 12 // UNIMPLEMENTED
-	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return 14 // UNAVAILABLE
-	}
-	return 2 // UNKNOWN
-}
-
-// writeGRPCStatus sends a trailers-only gRPC response: HTTP 200 with
-// grpc-status and grpc-message (percent-encoded, as gRPC's spec says) in the
-// headers and no body.
-func writeGRPCStatus(w http.ResponseWriter, status int, message string) {
-	h := w.Header()
-	h.Del("Content-Length")
-	h.Set("Content-Type", "application/grpc")
-	h.Set("Grpc-Status", strconv.Itoa(status))
-	if message != "" {
-		h.Set("Grpc-Message", grpcPercentEncode(message))
-	}
-	w.WriteHeader(http.StatusOK)
-}
-
-func grpcPercentEncode(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c <= 0x7e && c != '%' {
-			b.WriteByte(c)
-			continue
-		}
-		fmt.Fprintf(&b, "%%%02X", c)
-	}
-	return b.String()
 }
 
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route, extra http.Header) result {

@@ -96,16 +96,26 @@ type parsed struct {
 // replaced clusters close their idle connections, and the others as they go
 // idle. Update keeps references to the protos: do not modify them after.
 func (m *Manager) Update(clusters []*clusterv3.Cluster, assignments []*endpointv3.ClusterLoadAssignment) error {
+	ps, err := m.parse(clusters, assignments)
+	if err != nil {
+		return err
+	}
+	return m.publish(ps)
+}
+
+// parse validates and parses clusters and their load assignments: what
+// Update installs, and all Check runs.
+func (m *Manager) parse(clusters []*clusterv3.Cluster, assignments []*endpointv3.ClusterLoadAssignment) ([]parsed, error) {
 	byName := make(map[string]*endpointv3.ClusterLoadAssignment, len(assignments))
 	for i, a := range assignments {
 		name := a.GetClusterName()
 		switch {
 		case a == nil:
-			return fmt.Errorf("assignments[%d]: nil", i)
+			return nil, fmt.Errorf("assignments[%d]: nil", i)
 		case name == "":
-			return fmt.Errorf("assignments[%d]: cluster_name: empty", i)
+			return nil, fmt.Errorf("assignments[%d]: cluster_name: empty", i)
 		case byName[name] != nil:
-			return fmt.Errorf("assignment %q: cluster_name: given twice", name)
+			return nil, fmt.Errorf("assignment %q: cluster_name: given twice", name)
 		}
 		byName[name] = a
 	}
@@ -115,31 +125,31 @@ func (m *Manager) Update(clusters []*clusterv3.Cluster, assignments []*endpointv
 		name := c.GetName()
 		switch {
 		case c == nil:
-			return fmt.Errorf("clusters[%d]: nil", i)
+			return nil, fmt.Errorf("clusters[%d]: nil", i)
 		case name == "":
-			return fmt.Errorf("clusters[%d]: name: empty", i)
+			return nil, fmt.Errorf("clusters[%d]: name: empty", i)
 		}
 		for _, p := range ps {
 			if p.cc.name == name {
-				return fmt.Errorf("cluster %q: name: given twice", name)
+				return nil, fmt.Errorf("cluster %q: name: given twice", name)
 			}
 		}
 		cc, err := m.parseCluster(c)
 		if err != nil {
-			return fmt.Errorf("cluster %q: %w", name, err)
+			return nil, fmt.Errorf("cluster %q: %w", name, err)
 		}
 		var eps *endpointSet
 		switch cc.discovery {
 		case clusterv3.Cluster_EDS:
 			used[cc.edsName] = true
 			if eps, err = parseEndpoints(cc, byName[cc.edsName]); err != nil {
-				return fmt.Errorf("cluster %q: assignment %q: %w", name, cc.edsName, err)
+				return nil, fmt.Errorf("cluster %q: assignment %q: %w", name, cc.edsName, err)
 			}
 		case clusterv3.Cluster_ORIGINAL_DST:
 			eps = &endpointSet{allHealthy: true}
 		default:
 			if eps, err = parseEndpoints(cc, c.GetLoadAssignment()); err != nil {
-				return fmt.Errorf("cluster %q: load_assignment.%w", name, err)
+				return nil, fmt.Errorf("cluster %q: load_assignment.%w", name, err)
 			}
 		}
 		key := proto.CloneOf(c)
@@ -149,11 +159,11 @@ func (m *Manager) Update(clusters []*clusterv3.Cluster, assignments []*endpointv
 	for name, a := range byName {
 		if !used[name] {
 			if err := a.Validate(); err != nil {
-				return fmt.Errorf("assignment %q: %w", name, err)
+				return nil, fmt.Errorf("assignment %q: %w", name, err)
 			}
 		}
 	}
-	return m.publish(ps)
+	return ps, nil
 }
 
 func (m *Manager) publish(ps []parsed) error {
