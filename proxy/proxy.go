@@ -62,6 +62,23 @@ type Config struct {
 	// Version is Rampart's version, recorded as labels.version in decision-log
 	// events.
 	Version string
+	// DecisionLogOptions tune the decision log that Inbound.DecisionLog or
+	// Outbound.DecisionLog turns on.
+	DecisionLogOptions DecisionLogOptions
+}
+
+// DecisionLogOptions tune a sidecar's decision log.
+type DecisionLogOptions struct {
+	// Lossless makes a request wait for room in a full buffer (until the
+	// request ends) instead of dropping its event and counting the drop.
+	Lossless bool
+	// MaxBytes rotates the file at this size; MaxFiles rotated files are kept.
+	// Zero: the decision log's defaults (100 MiB, 5).
+	MaxBytes int64
+	MaxFiles int
+	// Policy is a "package system.log" Rego module with OPA's mask and drop
+	// rules, and PolicyFile the file it came from, for errors.
+	Policy, PolicyFile string
 }
 
 // InboundConfig configures the inbound path; its policy comes over xDS unless BundleDir is set.
@@ -257,13 +274,18 @@ func newDecisionLog(cfg Config) (*decisionlog.Logger, error) {
 		path, allows = c.path, allows || c.allows
 	}
 	if path == "" {
+		if o := cfg.DecisionLogOptions; o != (DecisionLogOptions{}) {
+			return nil, errors.New("decision log options are set, but no listener has a decision log")
+		}
 		return nil, nil
 	}
 	labels := map[string]string{}
 	if cfg.Version != "" {
 		labels["version"] = cfg.Version
 	}
-	l, err := decisionlog.New(decisionlog.Config{Path: path, LogAllows: &allows, Labels: labels, Log: cfg.Log, Metrics: cfg.Registry})
+	o := cfg.DecisionLogOptions
+	l, err := decisionlog.New(decisionlog.Config{Path: path, LogAllows: &allows, Labels: labels, Log: cfg.Log, Metrics: cfg.Registry,
+		Lossless: o.Lossless, MaxBytes: o.MaxBytes, MaxFiles: o.MaxFiles, Policy: o.Policy, PolicyFile: o.PolicyFile})
 	if err != nil {
 		return nil, err
 	}

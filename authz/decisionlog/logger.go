@@ -51,6 +51,8 @@ type Config struct {
 	// Policy is an optional Rego module, "package system.log", with OPA's mask
 	// and drop rules.
 	Policy string
+	// PolicyFile names Policy in errors (default decision_log_policy.rego).
+	PolicyFile string
 
 	Log     *slog.Logger
 	Clock   clock.WithTicker
@@ -149,7 +151,7 @@ func New(cfg Config) (*Logger, error) {
 		done:  make(chan struct{}),
 	}
 	if cfg.Policy != "" {
-		p, err := compilePolicy(cfg.Policy)
+		p, err := compilePolicy(cfg.PolicyFile, cfg.Policy)
 		if err != nil {
 			return nil, fmt.Errorf("decision log policy: %w", err)
 		}

@@ -25,8 +25,10 @@ type policy struct {
 	mask, drop       rego.PreparedEvalQuery
 }
 
-func compilePolicy(src string) (*policy, error) {
-	const file = "decision_log_policy.rego"
+func compilePolicy(file, src string) (*policy, error) {
+	if file == "" {
+		file = "decision_log_policy.rego"
+	}
 	m, err := ast.ParseModuleWithOpts(file, src, ast.ParserOptions{RegoVersion: ast.RegoV1})
 	if err != nil {
 		return nil, err

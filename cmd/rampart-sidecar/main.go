@@ -47,19 +47,28 @@ type config struct {
 	Labels            string       `json:"labels"`
 	DecisionLog       string       `json:"decisionLog"`
 	LogAllows         bool         `json:"logAllows"`
-	OutboundListen    string       `json:"outboundListen"`
-	InboundProtocol   string       `json:"inboundProtocol"`
-	Transparent       bool         `json:"transparent"`
-	Pprof             bool         `json:"pprof"`
-	GCPercent         int          `json:"gcPercent"`
-	Concurrency       int          `json:"concurrency"`
-	AccessLog         string       `json:"accessLog"`
-	GatewayListen     []string     `json:"gatewayListen"`
-	Proxyless         bool         `json:"proxyless"`
-	GRPCBootstrap     string       `json:"grpcBootstrap"`
-	CertDir           string       `json:"certDir"`
-	LogLevel          string       `json:"logLevel"`
-	LogFormat         string       `json:"logFormat"`
+	DecisionLogOpts
+	OutboundListen  string   `json:"outboundListen"`
+	InboundProtocol string   `json:"inboundProtocol"`
+	Transparent     bool     `json:"transparent"`
+	Pprof           bool     `json:"pprof"`
+	GCPercent       int      `json:"gcPercent"`
+	Concurrency     int      `json:"concurrency"`
+	AccessLog       string   `json:"accessLog"`
+	GatewayListen   []string `json:"gatewayListen"`
+	Proxyless       bool     `json:"proxyless"`
+	GRPCBootstrap   string   `json:"grpcBootstrap"`
+	CertDir         string   `json:"certDir"`
+	LogLevel        string   `json:"logLevel"`
+	LogFormat       string   `json:"logFormat"`
+}
+
+// DecisionLogOpts are the decision log's flags besides its path.
+type DecisionLogOpts struct {
+	DecisionLogLossless bool     `json:"decisionLogLossless"`
+	DecisionLogMaxSize  cli.Size `json:"decisionLogMaxSize"`
+	DecisionLogMaxFiles int      `json:"decisionLogMaxFiles"`
+	DecisionLogPolicy   string   `json:"decisionLogPolicy"`
 }
 
 func main() {
@@ -154,6 +163,10 @@ names (its --listen host, localhost or a loopback address): gRPC checks it.
 	f.StringArrayVar(&c.GatewayListen, "gateway-listen", nil, "serve as an ingress gateway on this address (repeatable); the port picks the Istio Gateway server whose routes apply")
 	f.StringVar(&c.DecisionLog, "decision-log", "", "with --inbound-listen or --gateway-listen: append denials and dry-run hits to this tamper-evident decision log (both listeners share the one file)")
 	f.BoolVar(&c.LogAllows, "log-allows", false, "with --decision-log: log allowed requests too")
+	f.BoolVar(&c.DecisionLogLossless, "decision-log-lossless", false, "with --decision-log: when the log's buffer is full, a request waits for room (until it ends) instead of its event being dropped and counted in decision_logs_dropped_total{reason=\"buffer_full\"}")
+	f.Var(&c.DecisionLogMaxSize, "decision-log-max-size", "with --decision-log: rotate the file at this size, e.g. 100Mi (default 100Mi); rotated files are FILE.1 (newest) to FILE.N, and 'rampartctl audit verify FILE' checks them all")
+	f.IntVar(&c.DecisionLogMaxFiles, "decision-log-max-files", 0, "with --decision-log: how many rotated files to keep (default 5)")
+	f.StringVar(&c.DecisionLogPolicy, "decision-log-policy", "", "with --decision-log: a Rego file, \"package system.log\", with OPA's decision-log rules: \"mask contains PATH\" (or {op: remove|upsert, path, value}) to erase fields of each event, \"drop if ...\" to leave events out; its input is the event")
 	f.BoolVar(&c.Proxyless, "proxyless", false, "agent-only mode for a proxyless gRPC app: no listeners; write --cert-dir and --grpc-bootstrap for grpc-go's xds resolver (see above)")
 	f.StringVar(&c.GRPCBootstrap, "grpc-bootstrap", "", "with --proxyless: the gRPC xDS bootstrap file to write (the app's GRPC_XDS_BOOTSTRAP)")
 	f.StringVar(&c.CertDir, "cert-dir", "", "with --proxyless: directory for cert-chain.pem, key.pem and root-cert.pem, rewritten on every rotation")
@@ -268,8 +281,13 @@ func run(ctx context.Context, c config) error {
 		}
 		in.Workload = wl
 	}
+	dlo, err := decisionLogOptions(c)
+	if err != nil {
+		return err
+	}
 	reg := cli.NewRegistry()
 	p, err := proxy.New(proxy.Config{
+		DecisionLogOptions: dlo,
 		Agent: agent.Config{
 			ControlPlane:  c.ControlPlane,
 			RootCerts:     roots,
@@ -336,4 +354,32 @@ func workloadOf(c config, ident ca.Identity, token func() (string, error)) (auth
 		}
 	}
 	return wl, nil
+}
+
+// decisionLogOptions checks the decision log's flags and reads its policy.
+func decisionLogOptions(c config) (proxy.DecisionLogOptions, error) {
+	o := proxy.DecisionLogOptions{Lossless: c.DecisionLogLossless, MaxBytes: int64(c.DecisionLogMaxSize), MaxFiles: c.DecisionLogMaxFiles}
+	if c.DecisionLog == "" {
+		if c.DecisionLogOpts != (DecisionLogOpts{}) {
+			return o, errors.New("--decision-log-lossless, --decision-log-max-size, --decision-log-max-files and --decision-log-policy go with --decision-log FILE")
+		}
+		return o, nil
+	}
+	if c.DecisionLogMaxSize != 0 && c.DecisionLogMaxSize < 4096 {
+		return o, fmt.Errorf("--decision-log-max-size %d: want at least 4Ki (every record must fit in a file)", c.DecisionLogMaxSize)
+	}
+	if c.DecisionLogMaxFiles < 0 {
+		return o, fmt.Errorf("--decision-log-max-files %d: want 1 or more", c.DecisionLogMaxFiles)
+	}
+	if c.DecisionLogPolicy != "" {
+		b, err := os.ReadFile(c.DecisionLogPolicy)
+		if err != nil {
+			return o, fmt.Errorf("--decision-log-policy: %w", err)
+		}
+		o.Policy, o.PolicyFile = string(b), c.DecisionLogPolicy
+		if o.Policy == "" {
+			return o, fmt.Errorf("--decision-log-policy %s: the file is empty", c.DecisionLogPolicy)
+		}
+	}
+	return o, nil
 }

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,6 +56,60 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 // MarshalJSON writes the duration as a string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// Size is a byte count that reads "100Mi", "512Ki", "1Gi" or plain bytes from
+// YAML and flags (binary suffixes, as Kubernetes quantities write them; also
+// "MiB" and the decimal "M", "MB").
+type Size int64
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
+	{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9},
+	{"k", 1e3}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9},
+	{"B", 1},
+}
+
+func (z *Size) String() string { return strconv.FormatInt(int64(*z), 10) }
+
+// Set implements pflag.Value.
+func (z *Size) Set(s string) error {
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range sizeUnits {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || v < 0 || v > math.MaxInt64/mult {
+		return fmt.Errorf("%q is not a size (e.g. 100Mi, 512Ki, 1048576)", s)
+	}
+	*z = Size(v * mult)
+	return nil
+}
+
+// Type implements pflag.Value.
+func (z *Size) Type() string { return "size" }
+
+// UnmarshalJSON accepts a size string or a number of bytes.
+func (z *Size) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		var n json.Number
+		if json.Unmarshal(b, &n) != nil {
+			return fmt.Errorf("want a size such as \"100Mi\" or a number of bytes, got %s", b)
+		}
+		s = n.String()
+	}
+	return z.Set(s)
+}
+
+// MarshalJSON writes the size as a number of bytes.
+func (z Size) MarshalJSON() ([]byte, error) { return json.Marshal(int64(z)) }
 
 // LoadConfig decodes the YAML file at path into cfg, strictly: an unknown key is an
 // error naming it. Flags the user set explicitly are re-applied afterwards, so the

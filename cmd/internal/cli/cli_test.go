@@ -86,3 +86,54 @@ func TestNewLogger(t *testing.T) {
 		t.Fatalf("output %q", sb.String())
 	}
 }
+
+func TestSize(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    Size
+		wantErr bool
+	}{
+		{in: "1048576", want: 1 << 20},
+		{in: "100Mi", want: 100 << 20},
+		{in: "100MiB", want: 100 << 20},
+		{in: "512Ki", want: 512 << 10},
+		{in: "2Gi", want: 2 << 30},
+		{in: "10M", want: 10_000_000},
+		{in: "10MB", want: 10_000_000},
+		{in: " 4 Ki ", want: 4 << 10},
+		{in: "0", want: 0},
+		{in: "", wantErr: true},
+		{in: "Mi", wantErr: true},
+		{in: "-1Mi", wantErr: true},
+		{in: "1.5Mi", wantErr: true},
+		{in: "10Xi", wantErr: true},
+		{in: "9223372036854775807Ki", wantErr: true}, // overflows
+	} {
+		var z Size
+		err := z.Set(tc.in)
+		if tc.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "is not a size") {
+				t.Errorf("Set(%q) = %d, %v; want an error", tc.in, z, err)
+			}
+			continue
+		}
+		if err != nil || z != tc.want {
+			t.Errorf("Set(%q) = %d, %v; want %d", tc.in, z, err, tc.want)
+		}
+	}
+	// From YAML, as a string or as a number of bytes.
+	type sc struct {
+		Max Size `json:"max"`
+	}
+	for in, want := range map[string]Size{"max: 4Ki\n": 4096, "max: 8192\n": 8192} {
+		var c sc
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(path, []byte(in), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := LoadConfig(path, fs, &c); err != nil || c.Max != want {
+			t.Errorf("%q: %d, %v; want %d", in, c.Max, err, want)
+		}
+	}
+}
