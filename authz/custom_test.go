@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"encoding/base64"
 	"net"
 	"net/url"
 	"os"
@@ -575,4 +576,91 @@ func TestProviderTokenChangeDropsIdentity(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A provider WithBody gets the request body in its CheckRequest and input as
+// Envoy's with_request_body settings say; one without it gets neither, and
+// parsed_body is null, as opa-envoy-plugin has it for a request without a
+// body.
+func TestEngineProviderBody(t *testing.T) {
+	body := []byte(`{"user": "alice"}`)
+	hdrs := []Header{{Name: "content-type", Value: "application/json"}, {Name: "content-length", Value: strconv.Itoa(len(body))},
+		{Name: "x-envoy-auth-partial-body", Value: "forged"}}
+	decide := func(t *testing.T, cfg *BodyConfig, data []byte, complete bool) (*recordingProvider, Decision) {
+		t.Helper()
+		prov := &recordingProvider{res: ProviderResult{Allowed: true}}
+		e := New(Config{})
+		if err := e.Load(context.Background(), customBundle("", WithBodyIf(prov, cfg), 1, "")); err != nil {
+			t.Fatal(err)
+		}
+		limit, ok := e.BodyLimit()
+		if ok != (cfg != nil) || (cfg != nil && limit != cfg.MaxRequestBytes) {
+			t.Fatalf("BodyLimit() = %d, %t; want the provider's %v", limit, ok, cfg)
+		}
+		d := e.Decide(context.Background(), &Request{Protocol: ProtocolHTTP, Method: "POST", Host: "h", Path: "/p", Headers: hdrs,
+			Body: &RequestBody{Data: data, Complete: complete}})
+		return prov, d
+	}
+	t.Run("text", func(t *testing.T) {
+		prov, d := decide(t, &BodyConfig{MaxRequestBytes: 1024}, body, true)
+		if !d.Allowed || prov.check == nil {
+			t.Fatalf("decision %+v; provider asked %d times", d, prov.calls)
+		}
+		h := prov.check.GetAttributes().GetRequest().GetHttp()
+		if h.GetBody() != string(body) || len(h.GetRawBody()) != 0 {
+			t.Errorf("CheckRequest body %q raw %q, want the body as text", h.GetBody(), h.GetRawBody())
+		}
+		// Envoy adds x-envoy-auth-partial-body only with partial messages:
+		// without, the client's own header is what the server sees.
+		if got := h.GetHeaders()["x-envoy-auth-partial-body"]; got != "forged" {
+			t.Errorf("x-envoy-auth-partial-body %q without allowPartialMessage, want the client's", got)
+		}
+		if got := field(prov.input, "attributes", "request", "http", "body"); got == nil || !got.Equal(ast.StringTerm(string(body))) {
+			t.Errorf("input body %v", got)
+		}
+		if got := field(prov.input, "parsed_body", "user"); got == nil || !got.Equal(ast.StringTerm("alice")) {
+			t.Errorf("parsed_body.user %v, want alice", got)
+		}
+		if got := field(prov.input, "truncated_body"); got == nil || !got.Equal(ast.BooleanTerm(false)) {
+			t.Errorf("truncated_body %v, want false", got)
+		}
+	})
+	t.Run("bytes, partial", func(t *testing.T) {
+		prov, d := decide(t, &BodyConfig{MaxRequestBytes: 8, AllowPartialMessage: true, PackAsBytes: true}, body, true)
+		if !d.Allowed || prov.check == nil {
+			t.Fatalf("decision %+v", d)
+		}
+		h := prov.check.GetAttributes().GetRequest().GetHttp()
+		if string(h.GetRawBody()) != string(body[:8]) || h.GetBody() != "" {
+			t.Errorf("CheckRequest raw_body %q body %q, want the first 8 bytes as raw_body", h.GetRawBody(), h.GetBody())
+		}
+		if got := h.GetHeaders()["x-envoy-auth-partial-body"]; got != "true" {
+			t.Errorf("x-envoy-auth-partial-body %q, want true", got)
+		}
+		if got := field(prov.input, "attributes", "request", "http", "raw_body"); got == nil || !got.Equal(ast.StringTerm(base64.StdEncoding.EncodeToString(body[:8]))) {
+			t.Errorf("input raw_body %v, want the base64 of the first 8 bytes (protojson's bytes)", got)
+		}
+	})
+	t.Run("too large", func(t *testing.T) {
+		prov, d := decide(t, &BodyConfig{MaxRequestBytes: 8}, body, true)
+		if d.Allowed || d.Status != 413 || prov.calls != 0 {
+			t.Fatalf("decision %+v, provider asked %d times; want 413 without asking", d, prov.calls)
+		}
+		// The sidecar read only the limit: the body did not end there.
+		if _, d = decide(t, &BodyConfig{MaxRequestBytes: 17}, body, false); d.Allowed || d.Status != 413 {
+			t.Fatalf("an incomplete body: decision %+v, want 413", d)
+		}
+	})
+	t.Run("without the body", func(t *testing.T) {
+		prov, d := decide(t, nil, body, true)
+		if !d.Allowed || prov.check == nil {
+			t.Fatalf("decision %+v", d)
+		}
+		if h := prov.check.GetAttributes().GetRequest().GetHttp(); h.GetBody() != "" || len(h.GetRawBody()) != 0 {
+			t.Errorf("a provider without includeRequestBodyInCheck got the body")
+		}
+		if got := field(prov.input, "parsed_body"); got == nil || !got.Equal(ast.NullTerm()) {
+			t.Errorf("parsed_body %v, want null", got)
+		}
+	})
 }

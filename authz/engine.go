@@ -301,16 +301,28 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		if !ok {
 			return d.deny(r, 403, m.Policy, m.Rule, fmt.Sprintf("denied: CUSTOM policy %s names provider %q, which is not configured", m.Policy, m.Provider))
 		}
-		if full == nil {
+		// The provider sees the path as Envoy hands it to ext_authz:
+		// normalized, with the query; and the body if it includes it.
+		pc := *pre
+		pc.providerPath = pre.pathWithQuery(path, query)
+		doc := full
+		if bc, ok := bodyConfig(prov); ok && pre.Protocol != ProtocolTCP {
+			cb, tooLarge := pre.bodyFor(bc)
+			if tooLarge {
+				d.Body = "Payload Too Large"
+				return d.deny(r, 413, m.Policy, m.Rule, fmt.Sprintf("denied by CUSTOM policy %s rules[%d]: the request body is longer than provider %s takes (includeRequestBodyInCheck.maxRequestBytes %d, allowPartialMessage off)", m.Policy, m.Rule, m.Provider, bc.MaxRequestBytes))
+			}
+			pc.checkBody = cb
+			dp := d
+			dp.req = &pc
+			doc = dp.Document()
+		} else if full == nil {
 			dp := d
 			dp.req = pre
 			full = dp.Document()
+			doc = full
 		}
-		// The provider sees the path as Envoy hands it to ext_authz:
-		// normalized, with the query.
-		pc := *pre
-		pc.providerPath = pre.pathWithQuery(path, query)
-		out := prov.Check(ctx, &pc, full).normalized()
+		out := prov.Check(ctx, &pc, doc).normalized()
 		if err := out.check(); err != nil {
 			return d.deny(r, 403, m.Policy, m.Rule, fmt.Sprintf("denied by CUSTOM policy %s rules[%d]: provider %s error: %v", m.Policy, m.Rule, m.Provider, err))
 		}
@@ -368,6 +380,25 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		d.Status = 0
 	}
 	return d
+}
+
+// BodyLimit is how much of a request's body the current bundle's CUSTOM
+// providers include in their checks (the largest includeRequestBodyInCheck
+// maxRequestBytes), and whether any does: the sidecar reads that much of an
+// HTTP request's body (one byte more, to know whether there is more) into
+// Request.Body before it asks for a decision.
+func (e *Engine) BodyLimit() (int, bool) {
+	p := e.cur.Load()
+	if p == nil {
+		return 0, false
+	}
+	limit, ok := 0, false
+	for _, prov := range p.bundle.Providers {
+		if bc, has := bodyConfig(prov); has {
+			limit, ok = max(limit, bc.MaxRequestBytes), true
+		}
+	}
+	return limit, ok
 }
 
 // result is the verdict of the policies for r before CUSTOM providers run,

@@ -88,7 +88,7 @@ func (r *Request) CheckRequest() *authv3.CheckRequest {
 			}
 		}
 		headers := map[string]string{}
-		for _, h := range r.withPseudo(strings.SplitN(path, "?", 2)[0]) {
+		for _, h := range r.checkBody.withPartialHeader(r.withPseudo(strings.SplitN(path, "?", 2)[0])) {
 			n := lower(h.Name)
 			if prev, ok := headers[n]; ok {
 				headers[n] = prev + "," + h.Value
@@ -96,9 +96,17 @@ func (r *Request) CheckRequest() *authv3.CheckRequest {
 				headers[n] = h.Value
 			}
 		}
-		attrs.Request = &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+		hr := &authv3.AttributeContext_HttpRequest{
 			Id: r.ID, Method: r.Method, Headers: headers, Path: path, Host: r.Host, Scheme: r.Scheme, Protocol: "HTTP/1.1",
-		}}
+		}
+		if cb := r.checkBody; cb != nil {
+			if cb.cfg.PackAsBytes {
+				hr.RawBody = cb.data
+			} else {
+				hr.Body = string(cb.data)
+			}
+		}
+		attrs.Request = &authv3.AttributeContext_Request{Http: hr}
 	}
 	return &authv3.CheckRequest{Attributes: attrs}
 }

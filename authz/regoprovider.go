@@ -113,6 +113,12 @@ func (p *RegoProvider) Check(ctx context.Context, req *Request, input ast.Value)
 			return ProviderResult{Reason: "provider error: path: " + err.Error()}
 		}
 	}
+	// ... and one whose JSON body does not parse (parsed_body).
+	if req != nil && req.checkBody != nil {
+		if _, _, err := req.parsedBody(req.checkBody); err != nil {
+			return ProviderResult{Reason: "provider error: " + err.Error()}
+		}
+	}
 	cancel, release := opacancel.Option(ctx)
 	rs, err := p.query.Eval(ctx, rego.EvalParsedInput(input), cancel)
 	release()

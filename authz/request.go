@@ -46,6 +46,9 @@ type Request struct {
 	Path            string // raw, as received, with the query
 	Scheme          string
 	Headers         []Header
+	// Body, when the bundle has CUSTOM providers that include the body in
+	// their check (Engine.BodyLimit), is the start of the request's body.
+	Body *RequestBody
 	// Auth is the validated JWT, if request authentication produced one.
 	Auth     *authn.RequestAuth
 	Workload Workload
@@ -62,6 +65,9 @@ type Request struct {
 	// providerPath, set for a CUSTOM provider's call, is the :path Envoy
 	// hands ext_authz: the normalized path with the query.
 	providerPath string
+	// checkBody, set for the call of a CUSTOM provider that includes the
+	// body, is the body that call carries.
+	checkBody *checkBody
 }
 
 // AfterAuthn returns r as authorization's AUDIT, DENY and ALLOW policies see it
@@ -233,7 +239,7 @@ func (r *Request) input(path, query string) ast.Value {
 	top := []([2]*ast.Term){item("version", versionTerm)}
 	if l7 {
 		host := r.fastHost()
-		headers := headerObject(r.withPseudo(path))
+		headers := headerObject(r.checkBody.withPartialHeader(r.withPseudo(path)))
 		// Envoy hands ext_authz the path after normalization, with the query.
 		full := r.pathWithQuery(path, query)
 		rampart = append(rampart, item("request", obj(item("method", str(r.Method)), item("host", str(strings.ToLower(host))), item("path", str(path)))))
@@ -245,12 +251,19 @@ func (r *Request) input(path, query string) ast.Value {
 		if r.Protocol == ProtocolGRPC {
 			protocol = "HTTP/2"
 		}
-		attrs = append(attrs, item("request", obj(item("http", obj(
+		http := append([][2]*ast.Term{
 			item("id", str(r.ID)), item("method", str(r.Method)), item("host", str(host)), item("path", str(full)),
 			item("scheme", str(scheme)), item("protocol", str(protocol)), item("headers", ast.NewTerm(headers)),
-		)))))
+		}, r.checkBody.bodyItems()...)
+		attrs = append(attrs, item("request", obj(item("http", obj(http...)))))
 		pp, pq := parsedPathAndQuery(full)
-		top = append(top, item("parsed_path", pp), item("parsed_query", pq), item("truncated_body", ast.BooleanTerm(false)))
+		// A body that does not parse fails the provider's check before
+		// this document is built (Engine.Decide); here it is null.
+		pb, truncated, err := r.parsedBody(r.checkBody)
+		if err != nil {
+			pb = ast.NullTerm()
+		}
+		top = append(top, item("parsed_path", pp), item("parsed_query", pq), item("parsed_body", pb), item("truncated_body", ast.BooleanTerm(truncated)))
 	}
 	rampart = r.appendAuth(rampart)
 	top = append(top, item("attributes", obj(attrs...)), item("rampart", obj(rampart...)))

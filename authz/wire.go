@@ -51,6 +51,8 @@ type WireProvider struct {
 	// ExtAuthzGRPC, instead of a bundle, is an Envoy ext_authz gRPC server
 	// (Istio's envoyExtAuthzGrpc provider).
 	ExtAuthzGRPC *WireExtAuthz `json:"extAuthzGrpc,omitempty"`
+	// Body, when set, puts the request body in the provider's checks.
+	Body *BodyConfig `json:"body,omitempty"`
 }
 
 // WireExtAuthz is an ext_authz gRPC server to ask.
@@ -72,6 +74,11 @@ func (b WireBundle) LoadProviders(ctx context.Context) (map[string]Provider, err
 	}
 	out := make(map[string]Provider, len(b.Providers))
 	for name, p := range b.Providers {
+		if p.Body != nil {
+			if err := p.Body.Check(); err != nil {
+				return nil, fmt.Errorf("provider %s: %w", name, err)
+			}
+		}
 		if x := p.ExtAuthzGRPC; x != nil {
 			var timeout time.Duration
 			if x.Timeout != "" {
@@ -99,14 +106,14 @@ func (b WireBundle) LoadProviders(ctx context.Context) (map[string]Provider, err
 			if err != nil {
 				return nil, fmt.Errorf("provider %s: %w", name, err)
 			}
-			out[name] = ep
+			out[name] = WithBodyIf(ep, p.Body)
 			continue
 		}
 		rp, err := NewRegoProviderFromTarball(ctx, name, p.Query, p.Bundle)
 		if err != nil {
 			return nil, err
 		}
-		out[name] = rp
+		out[name] = WithBodyIf(rp, p.Body)
 	}
 	return out, nil
 }

@@ -203,8 +203,11 @@ REQ.yaml (every field optional; defaults in brackets):
   headers                    map; a list value is a repeated header
   auth: {principal, claims}  a validated JWT's iss/sub and claims
   extAuthz [allow]           what an external CUSTOM provider answers
+  body                       the request body, for CUSTOM providers with
+                             includeRequestBodyInCheck (a longer body than
+                             maxRequestBytes is a 413 unless allowPartialMessage)
 
-The output has allowed, status (200, 400, 403; 0 for TCP), policy, rule, reason,
+The output has allowed, status (200, 400, 403, 413; 0 for TCP), policy, rule, reason,
 the dry-run result and the validation findings. The exit code is 0 whatever the
 decision; it is 1 only if the check could not run.`,
 		Example: `  rampartctl authz check -f policies/ --request req.yaml -o json`,

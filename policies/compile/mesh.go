@@ -50,6 +50,8 @@ type ExtAuthzGRPC struct {
 	Timeout       string `json:"timeout,omitempty"`
 	FailOpen      bool   `json:"failOpen,omitempty"`
 	StatusOnError string `json:"statusOnError,omitempty"`
+	// IncludeRequestBodyInCheck sends the request body with each check.
+	IncludeRequestBodyInCheck *authz.BodyConfig `json:"includeRequestBodyInCheck,omitempty"`
 }
 
 // Host is the server's hostname: Service without the namespace Istio's
@@ -81,6 +83,10 @@ type RegoProvider struct {
 	PublicKey string `json:"publicKey,omitempty"`
 	// Algorithm of the signing key, default RS256.
 	Algorithm string `json:"algorithm,omitempty"`
+	// IncludeRequestBodyInCheck puts the request body in the input
+	// (attributes.request.http.body or raw_body, parsed_body for JSON), as
+	// Envoy's ext_authz with_request_body does for opa-envoy-plugin.
+	IncludeRequestBodyInCheck *authz.BodyConfig `json:"includeRequestBodyInCheck,omitempty"`
 }
 
 // Defaults.
@@ -148,16 +154,18 @@ func ParseMesh(data []byte) (Mesh, error) {
 	}
 	for i, p := range mc.GetExtensionProviders() {
 		ep := ExtensionProvider{Name: p.GetName(), RampartRego: rego[p.GetName()]}
-		// The sidecar does not buffer request bodies for CUSTOM providers:
-		// a provider configured to read the body would decide without it.
-		if p.GetEnvoyExtAuthzGrpc().GetIncludeRequestBodyInCheck() != nil {
-			return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzGrpc.includeRequestBodyInCheck is not supported: Rampart does not send request bodies to CUSTOM providers; remove the field", i, p.GetName())
-		}
 		if p.GetEnvoyExtAuthzHttp().GetIncludeRequestBodyInCheck() != nil {
-			return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.includeRequestBodyInCheck is not supported: Rampart does not send request bodies to CUSTOM providers; remove the field", i, p.GetName())
+			return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.includeRequestBodyInCheck is not supported: Rampart does not call HTTP ext_authz servers; remove the field", i, p.GetName())
 		}
 		if g := p.GetEnvoyExtAuthzGrpc(); g != nil {
 			ep.EnvoyExtAuthzGrpc = &ExtAuthzGRPC{Service: g.GetService(), Port: int(g.GetPort()), FailOpen: g.GetFailOpen(), StatusOnError: g.GetStatusOnError()}
+			if b := g.GetIncludeRequestBodyInCheck(); b != nil {
+				bc := &authz.BodyConfig{MaxRequestBytes: int(b.GetMaxRequestBytes()), AllowPartialMessage: b.GetAllowPartialMessage(), PackAsBytes: b.GetPackAsBytes()}
+				if err := bc.Check(); err != nil {
+					return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzGrpc.%v", i, p.GetName(), err)
+				}
+				ep.EnvoyExtAuthzGrpc.IncludeRequestBodyInCheck = bc
+			}
 			if g.GetTimeout() != nil {
 				ep.EnvoyExtAuthzGrpc.Timeout = g.GetTimeout().AsDuration().String()
 			}
@@ -211,6 +219,11 @@ func (m Mesh) WithDefaults() (Mesh, error) {
 			}
 			if r.Query == "" {
 				r.Query = DefaultRegoQuery
+			}
+			if b := r.IncludeRequestBodyInCheck; b != nil {
+				if err := b.Check(); err != nil {
+					return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): rampartRego.%v", i, p.Name, err)
+				}
 			}
 		}
 		if g := p.EnvoyExtAuthzGrpc; g != nil {

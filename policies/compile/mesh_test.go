@@ -8,6 +8,14 @@ import (
 // An envoyExtAuthzGrpc provider's fields the sidecar could not honour are
 // refused when the mesh config is parsed, naming the provider and field.
 func TestParseMeshExtAuthzFields(t *testing.T) {
+	// The body settings parsed are the ones the sidecar gets.
+	m, err := ParseMesh([]byte("extensionProviders:\n- name: ext\n  envoyExtAuthzGrpc: {service: ext, port: 9000, includeRequestBodyInCheck: {maxRequestBytes: 1024, packAsBytes: true}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := m.ExtensionProviders[0].EnvoyExtAuthzGrpc.IncludeRequestBodyInCheck; b == nil || b.MaxRequestBytes != 1024 || !b.PackAsBytes || b.AllowPartialMessage {
+		t.Errorf("includeRequestBodyInCheck = %+v, want maxRequestBytes 1024, packAsBytes", b)
+	}
 	for _, tc := range []struct {
 		name, provider string
 		wantErr        []string // substrings; none means it parses
@@ -18,7 +26,11 @@ func TestParseMeshExtAuthzFields(t *testing.T) {
 		{"statusOnError above 999", `envoyExtAuthzGrpc: {service: ext.foo.svc.cluster.local, port: 9000, statusOnError: "1000"}`, []string{"(ext)", "statusOnError"}},
 		{"statusOnError not in Envoy's StatusCode", `envoyExtAuthzGrpc: {service: ext.foo.svc.cluster.local, port: 9000, statusOnError: "299"}`, []string{"(ext)", "statusOnError"}},
 		{"http statusOnError", `envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000, statusOnError: "1"}`, []string{"(ext)", "envoyExtAuthzHttp.statusOnError"}},
-		{"includeRequestBodyInCheck", `envoyExtAuthzGrpc: {service: ext.foo.svc.cluster.local, port: 9000, includeRequestBodyInCheck: {maxRequestBytes: 1024}}`, []string{"(ext)", "envoyExtAuthzGrpc.includeRequestBodyInCheck"}},
+		{"includeRequestBodyInCheck", `envoyExtAuthzGrpc: {service: ext.foo.svc.cluster.local, port: 9000, includeRequestBodyInCheck: {maxRequestBytes: 1024, allowPartialMessage: true, packAsBytes: true}}`, nil},
+		{"includeRequestBodyInCheck without maxRequestBytes", `envoyExtAuthzGrpc: {service: ext.foo.svc.cluster.local, port: 9000, includeRequestBodyInCheck: {allowPartialMessage: true}}`, []string{"(ext)", "envoyExtAuthzGrpc.includeRequestBodyInCheck.maxRequestBytes 0"}},
+		{"rampartRego includeRequestBodyInCheck", `rampartRego: {bundle: /b, includeRequestBodyInCheck: {maxRequestBytes: 8192}}`, nil},
+		{"rampartRego includeRequestBodyInCheck without maxRequestBytes", `rampartRego: {bundle: /b, includeRequestBodyInCheck: {}}`, []string{"(ext)", "rampartRego.includeRequestBodyInCheck.maxRequestBytes 0"}},
+		{"rampartRego includeRequestBodyInCheck unknown field", `rampartRego: {bundle: /b, includeRequestBodyInCheck: {maxRequestByte: 1}}`, []string{"rampartRego", "maxRequestByte"}},
 		{"http includeRequestBodyInCheck", `envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000, includeRequestBodyInCheck: {}}`, []string{"(ext)", "envoyExtAuthzHttp.includeRequestBodyInCheck"}},
 		{"namespaced service", `envoyExtAuthzGrpc: {service: foo/ext.foo.svc.cluster.local, port: 9000}`, nil},
 		{"service with two namespaces", `envoyExtAuthzGrpc: {service: a/b/ext, port: 9000}`, []string{"(ext)", "envoyExtAuthzGrpc.service"}},

@@ -53,6 +53,9 @@ type RequestSpec struct {
 		Claims    map[string]any `json:"claims"`
 	} `json:"auth"`
 	ExtAuthz string `json:"extAuthz"`
+	// Body is the request's body, for CUSTOM providers that include it in
+	// their check (includeRequestBodyInCheck).
+	Body *string `json:"body"`
 }
 
 // DecodeStrict decodes YAML into v, refusing unknown keys.
@@ -247,8 +250,10 @@ func Providers(ctx context.Context, mesh compile.Mesh, meshDir string, extAllow 
 			if err != nil {
 				return nil, fmt.Errorf("extension provider %q: %w", p.Name, err)
 			}
-			out[p.Name] = rp
-		case p.EnvoyExtAuthzGrpc != nil || p.EnvoyExtAuthzHTTP != nil:
+			out[p.Name] = authz.WithBodyIf(rp, p.RampartRego.IncludeRequestBodyInCheck)
+		case p.EnvoyExtAuthzGrpc != nil:
+			out[p.Name] = authz.WithBodyIf(authz.StaticProvider{Allow: extAllow}, p.EnvoyExtAuthzGrpc.IncludeRequestBodyInCheck)
+		case p.EnvoyExtAuthzHTTP != nil:
 			out[p.Name] = authz.StaticProvider{Allow: extAllow}
 		}
 	}
@@ -331,6 +336,9 @@ func (r *RequestSpec) authzRequest() (*authz.Request, error) {
 		default:
 			ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: fmt.Sprint(v)})
 		}
+	}
+	if r.Body != nil {
+		ar.Body = &authz.RequestBody{Data: []byte(*r.Body), Complete: true}
 	}
 	if ar.Host == "" {
 		for _, h := range ar.Headers {

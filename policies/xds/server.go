@@ -671,7 +671,8 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 			// The sidecar dials the hostname: Istio's service may name a
 			// namespace first ([<Namespace>/]<Hostname>).
 			provs[p.Name] = authz.WireProvider{ExtAuthzGRPC: &authz.WireExtAuthz{
-				Target: net.JoinHostPort(g.Host(), strconv.Itoa(g.Port)), Timeout: g.Timeout, FailOpen: g.FailOpen, StatusOnError: status}}
+				Target: net.JoinHostPort(g.Host(), strconv.Itoa(g.Port)), Timeout: g.Timeout, FailOpen: g.FailOpen, StatusOnError: status},
+				Body: g.IncludeRequestBodyInCheck}
 			continue
 		}
 		if p.RampartRego == nil {
@@ -684,7 +685,7 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 		if provs == nil {
 			provs = map[string]authz.WireProvider{}
 		}
-		provs[p.Name] = authz.WireProvider{Query: p.RampartRego.Query, Bundle: data}
+		provs[p.Name] = authz.WireProvider{Query: p.RampartRego.Query, Bundle: data, Body: p.RampartRego.IncludeRequestBodyInCheck}
 	}
 	h := sha256.New()
 	names := make([]string, 0, len(mods))

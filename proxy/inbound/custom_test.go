@@ -2,11 +2,15 @@ package inbound
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/rampart-mesh/rampart/authz"
@@ -195,5 +199,87 @@ func TestLocalReplyInvalidStatus(t *testing.T) {
 	localReply(w, &authz.Request{Protocol: authz.ProtocolHTTP}, 401, "{}")
 	if got := w.Header().Get("content-type"); w.Code != 401 || got != "application/json" {
 		t.Errorf("got %d %q, want 401 application/json", w.Code, got)
+	}
+}
+
+// A CUSTOM provider with includeRequestBodyInCheck gets the request body, as
+// Envoy's ext_authz with_request_body hands it: the body, opa-envoy-plugin's
+// parsed_body for JSON, a 413 for a longer body unless partial messages are
+// allowed (then its start, truncated_body and x-envoy-auth-partial-body). The
+// app gets the body whole either way, and requests no CUSTOM rule covers are
+// not held to the provider's limit.
+func TestCustomProviderGetsBody(t *testing.T) {
+	rp := regoBundle(t, `package envoy.authz
+import rego.v1
+default allow := false
+allow if input.parsed_body.user == "alice"
+allow if {
+	input.truncated_body
+	input.parsed_body == null
+	input.attributes.request.http.headers["x-envoy-auth-partial-body"] == "true"
+	startswith(input.attributes.request.http.body, "{\"user\": \"alice\"")
+}
+`)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("app: reading the body: %v", err)
+		}
+		fmt.Fprintf(w, "app got %d bytes: %s", len(b), b)
+	}))
+	t.Cleanup(app.Close)
+	long := `{"user": "alice", "pad": "` + strings.Repeat("x", 100) + `"}`
+	post := func(e *env, path, body string, chunked bool) (int, string) {
+		t.Helper()
+		tr := &http.Transport{TLSClientConfig: e.client, DisableKeepAlives: true}
+		var rd io.Reader = strings.NewReader(body)
+		if chunked {
+			rd = io.MultiReader(strings.NewReader(body)) // unknown length: chunked
+		}
+		req, _ := http.NewRequest("POST", "https://"+e.addr+path, rd)
+		req.Host = "httpbin.foo"
+		req.Header.Set("content-type", "application/json")
+		req.Header.Set("x-envoy-auth-partial-body", "true") // a client's own is replaced
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	appGot := func(body string) string { return fmt.Sprintf("app got %d bytes: %s", len(body), body) }
+	useApp := func(c *Config) { c.App = strings.TrimPrefix(app.URL, "http://") }
+
+	e := start(t, ModePermissive, withCustom(t, authz.WithBody(rp, authz.BodyConfig{MaxRequestBytes: 64})), useApp)
+	for _, tc := range []struct {
+		name, path, body string
+		chunked          bool
+		status           int
+		resp             string
+	}{
+		{"JSON body the policy allows", "/opa/x", `{"user": "alice"}`, false, 200, appGot(`{"user": "alice"}`)},
+		{"the same, chunked", "/opa/x", `{"user": "alice"}`, true, 200, appGot(`{"user": "alice"}`)},
+		{"JSON body the policy denies", "/opa/x", `{"user": "mallory"}`, false, 403, authz.DeniedBody},
+		{"JSON that does not parse", "/opa/x", `{"user": "alice"`, false, 403, authz.DeniedBody},
+		{"no body", "/opa/x", "", false, 403, authz.DeniedBody},
+		{"longer than maxRequestBytes", "/opa/x", long, false, 413, "Payload Too Large"},
+		{"longer, chunked", "/opa/x", long, true, 413, "Payload Too Large"},
+		{"a long body outside the CUSTOM rule", "/get", long, false, 200, appGot(long)},
+	} {
+		if code, resp := post(e, tc.path, tc.body, tc.chunked); code != tc.status || resp != tc.resp {
+			t.Errorf("%s: %d %q, want %d %q", tc.name, code, resp, tc.status, tc.resp)
+		}
+	}
+
+	e = start(t, ModePermissive, withCustom(t, authz.WithBody(rp, authz.BodyConfig{MaxRequestBytes: 64, AllowPartialMessage: true})), useApp)
+	if code, resp := post(e, "/opa/x", long, false); code != 200 || resp != appGot(long) {
+		t.Errorf("partial message allowed: %d %q, want 200 and the whole body at the app", code, resp)
+	}
+	if code, resp := post(e, "/opa/x", `{"user": "alice"}`, false); code != 200 || resp != appGot(`{"user": "alice"}`) {
+		t.Errorf("partial message allowed, a short body: %d %q, want 200", code, resp)
+	}
+	if code, _ := post(e, "/opa/x", `{"user": "mallory", "pad": "`+strings.Repeat("x", 100)+`"}`, false); code != 403 {
+		t.Errorf("partial message allowed, mallory's long body: %d, want 403", code)
 	}
 }

@@ -1,10 +1,12 @@
 package inbound
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -593,6 +595,17 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: v})
 		}
 	}
+	// CUSTOM providers that include the body in their check get its start,
+	// read now; the app gets it whole, from the same bytes on.
+	if limit, ok := s.cfg.Engine.BodyLimit(); ok && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		body, err := readBodyStart(r, limit)
+		if err != nil {
+			s.log.Info("request body unreadable", "request_id", reqID, "err", err)
+			localReply(w, ar, http.StatusBadRequest, "Bad Request")
+			return http.StatusBadRequest, false, nil
+		}
+		ar.Body = body
+	}
 	// Request authentication. CUSTOM runs before it (Istio's filter order), so a
 	// CUSTOM denial wins over a JWT failure, and CUSTOM policies see the request
 	// as it came (ar.BeforeAuthn); AUDIT, DENY and ALLOW see it with the token's
@@ -875,3 +888,24 @@ var proxyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b
 
 func (bufferPool) Get() []byte  { return *(proxyBufs.Get().(*[]byte)) }
 func (bufferPool) Put(b []byte) { proxyBufs.Put(&b) }
+
+// readBodyStart reads up to limit bytes of r's body (one more, to know
+// whether that is all of it), and puts them back in front of the rest, so
+// the app reads the body whole.
+func readBodyStart(r *http.Request, limit int) (*authz.RequestBody, error) {
+	buf, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
+	if err != nil {
+		return nil, err
+	}
+	r.Body = &replayBody{Reader: io.MultiReader(bytes.NewReader(buf), r.Body), Closer: r.Body}
+	if len(buf) > limit {
+		return &authz.RequestBody{Data: buf[:limit]}, nil
+	}
+	return &authz.RequestBody{Data: buf, Complete: true}, nil
+}
+
+// replayBody is a request body whose start was read for the decision.
+type replayBody struct {
+	io.Reader
+	io.Closer
+}

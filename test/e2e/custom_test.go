@@ -51,13 +51,42 @@ allow if {
 	input.parsed_path == ["details", "0"]
 	input.attributes.request.http.headers["x-user"] == "alice"
 }
+
+allow if {
+	input.attributes.request.http.method == "POST"
+	input.parsed_body.user == "alice"
+}
 `)
-	write(filepath.Join(dir, "meshconfig.yaml"), "extensionProviders:\n- name: opa\n  rampartRego: {bundle: "+opa+"}\n")
+	write(filepath.Join(dir, "meshconfig.yaml"), "extensionProviders:\n- name: opa\n  rampartRego: {bundle: "+opa+", includeRequestBodyInCheck: {maxRequestBytes: 64}}\n")
 	write(filepath.Join(cfg, "mesh.yaml"), customMesh("opa", "127.0.40"))
 	up := procs.Start(t, dir, "up", "rampartctl", "up", cfg, "--state-dir", filepath.Join(dir, "state"), "--bin", procs.BinDir(t),
 		"--mesh-config", filepath.Join(dir, "meshconfig.yaml"), "--control-plane", procs.FreeAddr(t), "--monitoring-listen", procs.FreeAddr(t))
 	up.WaitLog(t, "mesh is up", 90*time.Second)
 	checkCustom(t, "127.0.40.1", "x-user", "alice")
+
+	// The bundle reads the JSON body (includeRequestBodyInCheck): alice's
+	// POST passes authorization (details answers GETs only: 405), mallory's
+	// is denied, and a body over maxRequestBytes is a 413.
+	proxyURL, _ := url.Parse("http://127.0.40.1:15001")
+	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}, Timeout: 5 * time.Second}
+	for _, tc := range []struct {
+		body string
+		want int
+	}{
+		{`{"user": "alice"}`, 405},
+		{`{"user": "mallory"}`, 403},
+		{`{"user": "alice", "pad": "` + strings.Repeat("x", 64) + `"}`, 413},
+	} {
+		resp, err := client.Post("http://details:9080/details/0", "application/json", strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("POST %s: %d, want %d\n%s", tc.body, resp.StatusCode, tc.want, b)
+		}
+	}
 }
 
 // An Istio envoyExtAuthzGrpc provider: the sidecar asks a real ext_authz v3
