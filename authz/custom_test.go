@@ -664,3 +664,50 @@ func TestEngineProviderBody(t *testing.T) {
 		}
 	})
 }
+
+// Without the append flag, ext_authz header options follow append_action:
+// ADD_IF_ABSENT and OVERWRITE_IF_EXISTS act on the request as the provider
+// saw it (and on the response as the app sends it), OVERWRITE_IF_EXISTS_OR_ADD
+// replaces, and the proto's default replaces, as Envoy did before
+// append_action. The append flag, when sent, wins over append_action.
+func TestExtAuthzAppendAction(t *testing.T) {
+	act := func(k, v string, a corev3.HeaderValueOption_HeaderAppendAction) *corev3.HeaderValueOption {
+		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, AppendAction: a}
+	}
+	yes := true
+	withFlag := act("x-flag", "f", corev3.HeaderValueOption_ADD_IF_ABSENT)
+	//lint:ignore SA1019 the flag ext_authz servers send
+	withFlag.Append = wrapperspb.Bool(yes)
+	fixed := &fixedExtAuthz{resp: &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+		Headers: []*corev3.HeaderValueOption{
+			act("x-absent", "new", corev3.HeaderValueOption_ADD_IF_ABSENT),    // not in the request: added
+			act("x-present", "new", corev3.HeaderValueOption_ADD_IF_ABSENT),   // in the request: left alone
+			act("x-absent", "second", corev3.HeaderValueOption_ADD_IF_ABSENT), // added above: left alone
+			act("x-over", "new", corev3.HeaderValueOption_OVERWRITE_IF_EXISTS),
+			act("x-missing", "new", corev3.HeaderValueOption_OVERWRITE_IF_EXISTS),
+			act("x-set", "new", corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD),
+			act("x-default", "new", corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD),
+			withFlag,
+		},
+		ResponseHeadersToAdd: []*corev3.HeaderValueOption{
+			act("x-r-absent", "a", corev3.HeaderValueOption_ADD_IF_ABSENT),
+			act("x-r-exists", "b", corev3.HeaderValueOption_OVERWRITE_IF_EXISTS),
+			act("x-r-set", "c", corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD),
+		},
+	}}}}
+	p, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: startFixedExtAuthz(t, fixed)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &Request{Protocol: ProtocolHTTP, Method: "GET", Host: "h", Path: "/",
+		Headers: []Header{{Name: "X-Present", Value: "old"}, {Name: "x-over", Value: "old"}, {Name: "x-default", Value: "client"}}}
+	got := p.Check(context.Background(), req, nil)
+	want := ProviderResult{Allowed: true, Reason: "allowed by ext_authz",
+		Headers:       map[string]string{"x-absent": "new", "x-over": "new", "x-set": "new", "x-default": "new"},
+		AppendHeaders: []Header{{Name: "x-flag", Value: "f"}},
+		ResponseHeaders: []ResponseHeader{{Name: "x-r-absent", Value: "a", IfAbsent: true}, {Name: "x-r-exists", Value: "b", IfExists: true},
+			{Name: "x-r-set", Value: "c"}}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("provider result (-want +got):\n%s", diff)
+	}
+}

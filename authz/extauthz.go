@@ -136,14 +136,42 @@ func (p *ExtAuthzProvider) Check(ctx context.Context, req *Request, _ ast.Value)
 	if codes.Code(resp.GetStatus().GetCode()) == codes.OK {
 		res := ProviderResult{Allowed: true, Reason: "allowed by ext_authz", Headers: map[string]string{}}
 		ok := resp.GetOkResponse()
-		// Envoy: append defaults to false in an OkHttpResponse, which
-		// replaces the request's header.
+		// A header with the append flag (deprecated, but what ext_authz
+		// servers such as opa-envoy-plugin send) is appended when it is
+		// true and replaces the request's header when false. Without the
+		// flag, append_action says: ADD_IF_ABSENT and OVERWRITE_IF_EXISTS
+		// act on the request as the provider saw it, OVERWRITE_IF_EXISTS_OR_ADD
+		// replaces. APPEND_IF_EXISTS_OR_ADD, the proto's zero and so also
+		// what a server that sets neither sends, replaces too, as Envoy did
+		// before append_action: appending would let a client's own value of
+		// the header ride in front of the provider's.
+		present := map[string]bool{}
+		for _, h := range req.Headers {
+			present[lower(h.Name)] = true
+		}
 		for _, h := range ok.GetHeaders() {
 			k, v := lower(h.GetHeader().GetKey()), h.GetHeader().GetValue()
-			//lint:ignore SA1019 ext_authz servers (opa-envoy-plugin's included) still send append; append_action is not read (its default would change append's documented default here)
-			if h.GetAppend().GetValue() {
-				res.AppendHeaders = append(res.AppendHeaders, Header{Name: k, Value: v})
-			} else {
+			//lint:ignore SA1019 ext_authz servers (opa-envoy-plugin's included) still send append
+			if a := h.GetAppend(); a != nil {
+				if a.GetValue() {
+					res.AppendHeaders = append(res.AppendHeaders, Header{Name: k, Value: v})
+				} else {
+					res.Headers[k] = v
+				}
+				continue
+			}
+			switch h.GetAppendAction() {
+			case corev3.HeaderValueOption_ADD_IF_ABSENT:
+				if !present[k] {
+					if _, set := res.Headers[k]; !set {
+						res.Headers[k] = v
+					}
+				}
+			case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
+				if present[k] {
+					res.Headers[k] = v
+				}
+			default:
 				res.Headers[k] = v
 			}
 		}
@@ -151,8 +179,19 @@ func (p *ExtAuthzProvider) Check(ctx context.Context, req *Request, _ ast.Value)
 			res.RemoveHeaders = append(res.RemoveHeaders, lower(n))
 		}
 		for _, h := range ok.GetResponseHeadersToAdd() {
+			rh := ResponseHeader{Name: lower(h.GetHeader().GetKey()), Value: h.GetHeader().GetValue()}
 			//lint:ignore SA1019 as above: the append flag ext_authz servers send
-			res.ResponseHeaders = append(res.ResponseHeaders, ResponseHeader{Name: lower(h.GetHeader().GetKey()), Value: h.GetHeader().GetValue(), Append: h.GetAppend().GetValue()})
+			if a := h.GetAppend(); a != nil {
+				rh.Append = a.GetValue()
+			} else {
+				switch h.GetAppendAction() {
+				case corev3.HeaderValueOption_ADD_IF_ABSENT:
+					rh.IfAbsent = true
+				case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
+					rh.IfExists = true
+				}
+			}
+			res.ResponseHeaders = append(res.ResponseHeaders, rh)
 		}
 		return res
 	}

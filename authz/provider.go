@@ -36,10 +36,13 @@ type ProviderResult struct {
 
 // ResponseHeader is a header a provider adds to the response of an allowed
 // request: it replaces the response's header of that name, or with Append is
-// added to it.
+// added to it. IfAbsent (ext_authz append_action ADD_IF_ABSENT) adds it only
+// when the response has no header of that name; IfExists
+// (OVERWRITE_IF_EXISTS) replaces it only when the response has one.
 type ResponseHeader struct {
-	Name, Value string
-	Append      bool
+	Name, Value        string
+	Append             bool
+	IfAbsent, IfExists bool
 }
 
 // Provider is a CUSTOM authorization provider: an in-process Rego bundle or an

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -114,6 +115,20 @@ func TestCustomProviderResponseHeadersOverApp(t *testing.T) {
 	}
 	if got := resp.Header.Values("x-tag"); len(got) != 2 || got[0] != "app" || got[1] != "opa" {
 		t.Errorf("x-tag %q, want [app opa] (append adds after the app's)", got)
+	}
+
+	// append_action ADD_IF_ABSENT and OVERWRITE_IF_EXISTS, against the
+	// app's response headers (x-served-by and x-tag are the app's).
+	e = start(t, ModePermissive, withCustom(t, fixedResult{Allowed: true, ResponseHeaders: []authz.ResponseHeader{
+		{Name: "x-served-by", Value: "opa", IfAbsent: true}, {Name: "x-new", Value: "opa", IfAbsent: true},
+		{Name: "x-tag", Value: "opa", IfExists: true}, {Name: "x-none", Value: "opa", IfExists: true}}}))
+	if resp, _, err = e.get(t, e.client, "/opa/app-headers", nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	for name, want := range map[string][]string{"x-served-by": {"app"}, "x-new": {"opa"}, "x-tag": {"opa"}, "x-none": nil} {
+		if got := resp.Header.Values(name); !slices.Equal(got, want) {
+			t.Errorf("%s %q, want %q", name, got, want)
+		}
 	}
 }
 

@@ -697,9 +697,12 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 // applyResponseOps applies CUSTOM providers' response header operations.
 func applyResponseOps(h http.Header, ops []authz.ResponseHeader) {
 	for _, o := range ops {
-		if o.Append {
+		_, has := h[http.CanonicalHeaderKey(o.Name)]
+		switch {
+		case o.IfAbsent && has, o.IfExists && !has:
+		case o.Append:
 			h.Add(o.Name, o.Value)
-		} else {
+		default:
 			h.Set(o.Name, o.Value)
 		}
 	}
