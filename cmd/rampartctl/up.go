@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -168,7 +169,7 @@ func planMesh(objs []source.Object) ([]workloadPlan, error) {
 func newUpCmd() *cobra.Command {
 	var stateDir, bin, cpListen, monitoring, meshConfig string
 	var readyTimeout, duration time.Duration
-	var sidecarArgs []string
+	var sidecarArgs, decisionLogArgs []string
 	c := &cobra.Command{
 		Use:   "up DIR",
 		Short: "Run a whole mesh on this machine: rampartd, and every workload in DIR with its sidecar",
@@ -230,7 +231,7 @@ processes die with 'up' even if it is killed.`,
 				}
 				bin = filepath.Dir(exe)
 			}
-			return up(ctx, cmd.OutOrStdout(), args[0], stateDir, bin, cpListen, readyTimeout, upOptions{monitoring: monitoring, meshConfig: meshConfig, sidecarArgs: sidecarArgs})
+			return up(ctx, cmd.OutOrStdout(), args[0], stateDir, bin, cpListen, readyTimeout, upOptions{monitoring: monitoring, meshConfig: meshConfig, sidecarArgs: sidecarArgs, decisionLogArgs: decisionLogArgs})
 		},
 	}
 	f := c.Flags()
@@ -238,6 +239,7 @@ processes die with 'up' even if it is killed.`,
 	f.StringVar(&bin, "bin", "", "directory holding rampartd, rampart-sidecar and the apps' binaries (default: rampartctl's own)")
 	f.StringVar(&cpListen, "control-plane", "127.0.0.1:15012", "where rampartd serves xDS and the CA")
 	f.StringArrayVar(&sidecarArgs, "sidecar-arg", nil, "an extra flag for every sidecar (repeatable), e.g. --sidecar-arg=--log-level=debug or --sidecar-arg=--pprof")
+	f.StringArrayVar(&decisionLogArgs, "decision-log-arg", nil, "an extra flag for every sidecar that keeps a decision log, in STATE/audit/ (repeatable; client-only workloads keep none), e.g. --decision-log-arg=--decision-log-policy=/abs/log.rego or --decision-log-arg=--decision-log-lossless")
 	f.StringVar(&meshConfig, "mesh-config", "", "Istio MeshConfig YAML for rampartd (rootNamespace, trustDomain, h2UpgradePolicy, …)")
 	f.StringVar(&monitoring, "monitoring-listen", "127.0.0.1:15014", "where rampartd serves /metrics")
 	f.DurationVar(&readyTimeout, "ready-timeout", 60*time.Second, "how long to wait for every sidecar to be SYNCED")
@@ -298,6 +300,7 @@ func addressesFree(cpListen, monitoring string, plans []workloadPlan) error {
 type upOptions struct {
 	monitoring, meshConfig string
 	sidecarArgs            []string
+	decisionLogArgs        []string // for sidecars with --decision-log
 }
 
 func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string, readyTimeout time.Duration, o upOptions) error {
@@ -397,6 +400,9 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 		}
 		if err := os.MkdirAll(filepath.Join(stateDir, "audit"), 0o700); err != nil {
 			return err
+		}
+		if slices.Contains(args, "--decision-log") {
+			args = append(args, o.decisionLogArgs...)
 		}
 		args = append(args, o.sidecarArgs...)
 		if err := m.start(ctx, "sidecar/"+p.Name, args, nil); err != nil {

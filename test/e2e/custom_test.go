@@ -59,10 +59,21 @@ allow if {
 `)
 	write(filepath.Join(dir, "meshconfig.yaml"), "extensionProviders:\n- name: opa\n  rampartRego: {bundle: "+opa+", includeRequestBodyInCheck: {maxRequestBytes: 64}}\n")
 	write(filepath.Join(cfg, "mesh.yaml"), customMesh("opa", "127.0.40"))
+	// The details sidecar's decision log masks x-user; the client's sidecar,
+	// which keeps no decision log, must not get the flag.
+	write(filepath.Join(dir, "log.rego"), "package system.log\n\nmask contains \"/input/attributes/request/http/headers/x-user\"\n")
 	up := procs.Start(t, dir, "up", "rampartctl", "up", cfg, "--state-dir", filepath.Join(dir, "state"), "--bin", procs.BinDir(t),
-		"--mesh-config", filepath.Join(dir, "meshconfig.yaml"), "--control-plane", procs.FreeAddr(t), "--monitoring-listen", procs.FreeAddr(t))
+		"--mesh-config", filepath.Join(dir, "meshconfig.yaml"), "--control-plane", procs.FreeAddr(t), "--monitoring-listen", procs.FreeAddr(t),
+		"--decision-log-arg=--decision-log-policy="+filepath.Join(dir, "log.rego"))
 	up.WaitLog(t, "mesh is up", 90*time.Second)
 	checkCustom(t, "127.0.40.1", "x-user", "alice")
+	procs.Eventually(t, 10*time.Second, "mallory's denial in the details decision log, x-user masked", func() bool {
+		data, _ := os.ReadFile(filepath.Join(dir, "state", "audit", "default.details-v1.log"))
+		if strings.Contains(string(data), "mallory") {
+			t.Fatalf("the decision log holds the masked x-user value:\n%s", data)
+		}
+		return strings.Contains(string(data), "/input/attributes/request/http/headers/x-user")
+	})
 
 	// The bundle reads the JSON body (includeRequestBodyInCheck): alice's
 	// POST passes authorization (details answers GETs only: 405), mallory's
