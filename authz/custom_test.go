@@ -3,10 +3,12 @@ package authz
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -593,10 +595,6 @@ func TestEngineProviderBody(t *testing.T) {
 		if err := e.Load(context.Background(), customBundle("", WithBodyIf(prov, cfg), 1, "")); err != nil {
 			t.Fatal(err)
 		}
-		limit, ok := e.BodyLimit()
-		if ok != (cfg != nil) || (cfg != nil && limit != cfg.MaxRequestBytes) {
-			t.Fatalf("BodyLimit() = %d, %t; want the provider's %v", limit, ok, cfg)
-		}
 		d := e.Decide(context.Background(), &Request{Protocol: ProtocolHTTP, Method: "POST", Host: "h", Path: "/p", Headers: hdrs,
 			Body: &RequestBody{Data: data, Complete: complete}})
 		return prov, d
@@ -610,10 +608,10 @@ func TestEngineProviderBody(t *testing.T) {
 		if h.GetBody() != string(body) || len(h.GetRawBody()) != 0 {
 			t.Errorf("CheckRequest body %q raw %q, want the body as text", h.GetBody(), h.GetRawBody())
 		}
-		// Envoy adds x-envoy-auth-partial-body only with partial messages:
-		// without, the client's own header is what the server sees.
-		if got := h.GetHeaders()["x-envoy-auth-partial-body"]; got != "forged" {
-			t.Errorf("x-envoy-auth-partial-body %q without allowPartialMessage, want the client's", got)
+		// Envoy sets x-envoy-auth-partial-body on every check that carries
+		// the body, dropping the client's own.
+		if got := h.GetHeaders()["x-envoy-auth-partial-body"]; got != "false" {
+			t.Errorf("x-envoy-auth-partial-body %q for a whole body, want false (the client sent \"forged\")", got)
 		}
 		if got := field(prov.input, "attributes", "request", "http", "body"); got == nil || !got.Equal(ast.StringTerm(string(body))) {
 			t.Errorf("input body %v", got)
@@ -658,6 +656,8 @@ func TestEngineProviderBody(t *testing.T) {
 		}
 		if h := prov.check.GetAttributes().GetRequest().GetHttp(); h.GetBody() != "" || len(h.GetRawBody()) != 0 {
 			t.Errorf("a provider without includeRequestBodyInCheck got the body")
+		} else if got := h.GetHeaders()["x-envoy-auth-partial-body"]; got != "forged" {
+			t.Errorf("x-envoy-auth-partial-body %q on a check without the body, want the client's header as it came", got)
 		}
 		if got := field(prov.input, "parsed_body"); got == nil || !got.Equal(ast.NullTerm()) {
 			t.Errorf("parsed_body %v, want null", got)
@@ -709,5 +709,43 @@ func TestExtAuthzAppendAction(t *testing.T) {
 			{Name: "x-r-set", Value: "c"}}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("provider result (-want +got):\n%s", diff)
+	}
+}
+
+// The engine reads the body through Request.ReadBody only when a provider
+// that includes it is asked, with the largest limit of the bundle it
+// decides with (so a bundle swap cannot leave the body unread), and once.
+func TestEngineReadsBodyLazily(t *testing.T) {
+	other := &recordingProvider{res: ProviderResult{Allowed: true}}
+	prov := &recordingProvider{res: ProviderResult{Allowed: true}}
+	hits := "package rampart.policy\nimport rego.v1\n" +
+		"hits contains {\"action\": \"custom\", \"policy\": \"foo.ext\", \"rule\": 0, \"provider\": \"ext\", \"dry_run\": false} if input.rampart.request.path == \"/checked\"\n" +
+		"allow_policies := set()\ndry_run_allow_policies := set()\n"
+	e := New(Config{})
+	if err := e.Load(context.Background(), Bundle{Revision: "r", Modules: map[string]string{"p.rego": hits},
+		Providers: map[string]Provider{"ext": WithBody(prov, BodyConfig{MaxRequestBytes: 8}), "big": WithBody(other, BodyConfig{MaxRequestBytes: 64})}}); err != nil {
+		t.Fatal(err)
+	}
+	var limits []int
+	req := func(path string) *Request {
+		return &Request{Protocol: ProtocolHTTP, Method: "POST", Host: "h", Path: path, ReadBody: func(limit int) (*RequestBody, error) {
+			limits = append(limits, limit)
+			return &RequestBody{Data: []byte("hello"), Complete: true}, nil
+		}}
+	}
+	if d := e.Decide(context.Background(), req("/unchecked")); !d.Allowed || len(limits) != 0 {
+		t.Fatalf("a request no CUSTOM rule covers: %+v, body read with limits %v; want it allowed without reading", d, limits)
+	}
+	if d := e.Decide(context.Background(), req("/checked")); !d.Allowed || !slices.Equal(limits, []int{64}) {
+		t.Fatalf("a request the body provider checks: %+v, body read with limits %v; want one read of 64 (the bundle's largest)", d, limits)
+	}
+	if got := prov.check.GetAttributes().GetRequest().GetHttp().GetBody(); got != "hello" {
+		t.Errorf("the provider got body %q", got)
+	}
+	failing := &Request{Protocol: ProtocolHTTP, Method: "POST", Host: "h", Path: "/checked", ReadBody: func(int) (*RequestBody, error) {
+		return nil, errors.New("unexpected EOF")
+	}}
+	if d := e.Decide(context.Background(), failing); d.Allowed || d.Status != 400 {
+		t.Fatalf("a body that cannot be read: %+v, want 400", d)
 	}
 }

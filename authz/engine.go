@@ -54,6 +54,9 @@ type prepared struct {
 	dryRunAllowPolicies int
 	custom              bool  // the bundle has CUSTOM policies
 	reads               reads // what the modules read from the input
+	// bodyLimit is the largest maxRequestBytes of the bundle's providers
+	// that include the body: how much of it is read for any of them.
+	bodyLimit int
 	// cache remembers verdicts by everything the fast-path input holds; nil
 	// when the modules are not deterministic.
 	cache *verdictCache
@@ -91,6 +94,11 @@ func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
 	}
 	b.Modules = nil // compiled now; the source is not needed again
 	p := &prepared{bundle: b, query: pq, reads: analyze(c), custom: hasCustom(c)}
+	for _, prov := range b.Providers {
+		if bc, ok := bodyConfig(prov); ok {
+			p.bodyLimit = max(p.bodyLimit, bc.MaxRequestBytes)
+		}
+	}
 	// The policy sets are constant for a bundle: count them once.
 	for _, q := range []struct {
 		q   string
@@ -307,7 +315,12 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		pc.providerPath = pre.pathWithQuery(path, query)
 		doc := full
 		if bc, ok := bodyConfig(prov); ok && pre.Protocol != ProtocolTCP {
-			cb, tooLarge := pre.bodyFor(bc)
+			body, err := pre.readBody(p.bodyLimit)
+			if err != nil {
+				d.Stage = "request"
+				return d.deny(r, 400, "", -1, "bad request: reading the body for CUSTOM policy "+m.Policy+": "+err.Error())
+			}
+			cb, tooLarge := bodyFor(body, bc)
 			if tooLarge {
 				d.Body = "Payload Too Large"
 				return d.deny(r, 413, m.Policy, m.Rule, fmt.Sprintf("denied by CUSTOM policy %s rules[%d]: the request body is longer than provider %s takes (includeRequestBodyInCheck.maxRequestBytes %d, allowPartialMessage off)", m.Policy, m.Rule, m.Provider, bc.MaxRequestBytes))
@@ -380,25 +393,6 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 		d.Status = 0
 	}
 	return d
-}
-
-// BodyLimit is how much of a request's body the current bundle's CUSTOM
-// providers include in their checks (the largest includeRequestBodyInCheck
-// maxRequestBytes), and whether any does: the sidecar reads that much of an
-// HTTP request's body (one byte more, to know whether there is more) into
-// Request.Body before it asks for a decision.
-func (e *Engine) BodyLimit() (int, bool) {
-	p := e.cur.Load()
-	if p == nil {
-		return 0, false
-	}
-	limit, ok := 0, false
-	for _, prov := range p.bundle.Providers {
-		if bc, has := bodyConfig(prov); has {
-			limit, ok = max(limit, bc.MaxRequestBytes), true
-		}
-	}
-	return limit, ok
 }
 
 // result is the verdict of the policies for r before CUSTOM providers run,

@@ -46,9 +46,12 @@ type Request struct {
 	Path            string // raw, as received, with the query
 	Scheme          string
 	Headers         []Header
-	// Body, when the bundle has CUSTOM providers that include the body in
-	// their check (Engine.BodyLimit), is the start of the request's body.
-	Body *RequestBody
+	// Body is the start of the request's body, for CUSTOM providers that
+	// include it in their check; or ReadBody reads it, when the first such
+	// provider is asked (the sidecar's way: only requests those providers
+	// check wait for their body). With neither, the request has no body.
+	Body     *RequestBody
+	ReadBody BodyReader
 	// Auth is the validated JWT, if request authentication produced one.
 	Auth     *authn.RequestAuth
 	Workload Workload

@@ -710,6 +710,9 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 		if x := provs[n].ExtAuthzGRPC; x != nil {
 			fmt.Fprintf(h, "%s\x00%s\x00%t\x00%d\x00", x.Target, x.Timeout, x.FailOpen, x.StatusOnError)
 		}
+		if b := provs[n].Body; b != nil {
+			fmt.Fprintf(h, "body\x00%d\x00%t\x00%t\x00", b.MaxRequestBytes, b.AllowPartialMessage, b.PackAsBytes)
+		}
 	}
 	pn := ""
 	if mesh.PathNormalization != nil {

@@ -596,15 +596,10 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		}
 	}
 	// CUSTOM providers that include the body in their check get its start,
-	// read now; the app gets it whole, from the same bytes on.
-	if limit, ok := s.cfg.Engine.BodyLimit(); ok && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
-		body, err := readBodyStart(r, limit)
-		if err != nil {
-			s.log.Info("request body unreadable", "request_id", reqID, "err", err)
-			localReply(w, ar, http.StatusBadRequest, "Bad Request")
-			return http.StatusBadRequest, false, nil
-		}
-		ar.Body = body
+	// read when the first of them is asked; the app gets it whole, from the
+	// same bytes on.
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		ar.ReadBody = func(limit int) (*authz.RequestBody, error) { return readBodyStart(r, limit) }
 	}
 	// Request authentication. CUSTOM runs before it (Istio's filter order), so a
 	// CUSTOM denial wins over a JWT failure, and CUSTOM policies see the request
