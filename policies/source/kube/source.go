@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -72,6 +73,10 @@ type Source struct {
 
 	running atomic.Bool
 	synced  atomic.Bool
+	// absent holds the kinds the API server does not serve (their CRD is not
+	// installed): there can be no such objects, so their caches count as
+	// synced and empty until the CRD appears and the informer lists it.
+	absent sync.Map // kind → true
 }
 
 // New builds a Source and its informers. It starts nothing: Run does.
@@ -188,12 +193,21 @@ func (s *Source) HasSynced() bool { return s.synced.Load() }
 func (s *Source) hasSyncedFuncs() []cache.InformerSynced {
 	out := []cache.InformerSynced{s.services.HasSynced, s.slices.HasSynced, s.pods.HasSynced, s.namespaces.HasSynced}
 	for _, k := range s.istioKinds {
-		out = append(out, k.informer.HasSynced)
+		out = append(out, s.syncedOrAbsent(k.kind, k.informer))
 	}
 	for _, k := range s.rampartKinds {
-		out = append(out, k.informer.HasSynced)
+		out = append(out, s.syncedOrAbsent(k.kind, k.informer))
 	}
 	return out
+}
+
+// syncedOrAbsent is inf's HasSynced, true also while the API server says the
+// kind does not exist.
+func (s *Source) syncedOrAbsent(kind string, inf cache.SharedIndexInformer) cache.InformerSynced {
+	return func() bool {
+		_, absent := s.absent.Load(kind)
+		return inf.HasSynced() || absent
+	}
 }
 
 // watchError logs why a cache is not syncing or lost its watch (a missing CRD,
@@ -203,6 +217,15 @@ func (s *Source) watchError(kind string, err error) {
 	switch {
 	case errors.Is(err, io.EOF), apierrors.IsResourceExpired(err), apierrors.IsGone(err):
 		s.log.Debug("watch closed; relisting", "kind", kind, "err", err)
+	case apierrors.IsNotFound(err) && kind != "Service" && kind != "EndpointSlice" && kind != "Pod" && kind != "Namespace":
+		// A custom resource the cluster does not serve: its CRD is not
+		// installed, so there are no such objects. Waiting for its cache
+		// would hold every other config back; the informer keeps retrying
+		// and reads the objects once the CRD is installed.
+		if _, seen := s.absent.LoadOrStore(kind, true); !seen {
+			s.log.Warn("the cluster does not serve this kind (its CRD is not installed): none are read until it is", "kind", kind,
+				"hint", "Rampart's own CRDs are in deploy/crds; Istio's come with Istio's base chart", "err", err)
+		}
 	default:
 		s.log.Warn("list/watch failed; retrying", "kind", kind, "err", err)
 	}
