@@ -73,12 +73,18 @@ func ReadPaths(paths []string) ([]Object, error) {
 			files = append(files, p)
 			continue
 		}
+		// A directory named through a symlink is walked through it: WalkDir
+		// does not follow its root, and would find nothing there.
+		root := p
+		if lfi, err := os.Lstat(p); err == nil && lfi.Mode()&fs.ModeSymlink != 0 {
+			root = p + string(filepath.Separator)
+		}
 		var found []string
-		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+		err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}
-			if d.IsDir() && path != p && strings.HasPrefix(d.Name(), ".") {
+			if d.IsDir() && path != root && strings.HasPrefix(d.Name(), ".") {
 				return filepath.SkipDir
 			}
 			switch strings.ToLower(filepath.Ext(path)) {
@@ -97,7 +103,7 @@ func ReadPaths(paths []string) ([]Object, error) {
 	}
 	var out []Object
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		data, err := readFile(f)
 		if err != nil {
 			return nil, err
 		}
@@ -108,6 +114,35 @@ func ReadPaths(paths []string) ([]Object, error) {
 		out = append(out, objs...)
 	}
 	return out, nil
+}
+
+// readFile reads a config file of at most MaxFileBytes: a file that is not a
+// regular one (a FIFO would block, a device never end) or is larger is
+// refused before it is read whole.
+func readFile(name string) ([]byte, error) {
+	fi, err := os.Stat(name)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s)", name, fi.Mode().Type())
+	}
+	if fi.Size() > MaxFileBytes {
+		return nil, fmt.Errorf("%s: %d bytes is over the %d-byte limit", name, fi.Size(), MaxFileBytes)
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if len(data) > MaxFileBytes {
+		return nil, fmt.Errorf("%s: over the %d-byte limit", name, MaxFileBytes)
+	}
+	return data, nil
 }
 
 // Parse reads the objects in one multi-document YAML (or JSON) file. Empty
@@ -138,7 +173,7 @@ func Parse(file string, data []byte) ([]Object, error) {
 		if root.Kind != yaml.MappingNode {
 			return nil, fmt.Errorf("%s:%d: a document must be a mapping (an object with apiVersion and kind)", file, root.Line)
 		}
-		objs, err := decodeObject(file, root)
+		objs, err := decodeObject(file, root, false)
 		if err != nil {
 			return nil, err
 		}
@@ -156,11 +191,10 @@ type rawObject struct {
 		Annotations       map[string]string `json:"annotations"`
 		CreationTimestamp *time.Time        `json:"creationTimestamp"`
 	} `json:"metadata"`
-	Spec  json.RawMessage   `json:"spec"`
-	Items []json.RawMessage `json:"items"`
+	Spec json.RawMessage `json:"spec"`
 }
 
-func decodeObject(file string, node *yaml.Node) ([]Object, error) {
+func decodeObject(file string, node *yaml.Node, inList bool) ([]Object, error) {
 	var v any
 	if err := node.Decode(&v); err != nil {
 		return nil, fmt.Errorf("%s:%d: %w", file, node.Line, err)
@@ -177,19 +211,31 @@ func decodeObject(file string, node *yaml.Node) ([]Object, error) {
 		return nil, fmt.Errorf("%s:%d: object without apiVersion and kind", file, node.Line)
 	}
 	if raw.Kind == "List" {
+		if inList {
+			return nil, fmt.Errorf("%s:%d: a List inside a List: give the objects in one List", file, node.Line)
+		}
+		// The items are decoded from their own YAML nodes, so each keeps
+		// its line.
+		var items *yaml.Node
+		for i := 0; i+1 < len(node.Content); i += 2 {
+			if node.Content[i].Value == "items" {
+				items = node.Content[i+1]
+			}
+		}
+		if items == nil || (items.Kind == yaml.ScalarNode && items.Tag == "!!null") {
+			return nil, nil
+		}
+		if items.Kind != yaml.SequenceNode {
+			return nil, fmt.Errorf("%s:%d: List items must be a list of objects", file, items.Line)
+		}
 		var out []Object
-		for i, item := range raw.Items {
-			// Items share the list's position; their index tells them apart.
-			n := &yaml.Node{}
-			if err := yaml.Unmarshal(item, n); err != nil || len(n.Content) == 0 {
-				return nil, fmt.Errorf("%s:%d: items[%d]: %v", file, node.Line, i, err)
+		for i, item := range items.Content {
+			if item.Kind != yaml.MappingNode {
+				return nil, fmt.Errorf("%s:%d: items[%d]: want an object with apiVersion and kind", file, item.Line, i)
 			}
-			objs, err := decodeObject(file, n.Content[0])
+			objs, err := decodeObject(file, item, true)
 			if err != nil {
-				return nil, err
-			}
-			for j := range objs {
-				objs[j].Line = node.Line
+				return nil, fmt.Errorf("items[%d]: %w", i, err)
 			}
 			out = append(out, objs...)
 		}

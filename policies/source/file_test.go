@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -16,7 +17,10 @@ func TestParse(t *testing.T) {
 		wantErr string
 	}{
 		{name: "two documents and an empty one", in: "kind: A\napiVersion: v1\nmetadata: {name: a}\n---\n---\nkind: B\napiVersion: x/v1\nmetadata: {name: b, namespace: n}\n", names: []string{"a", "n/b"}, lines: []int{1, 6}},
-		{name: "a List is expanded", in: "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: A, metadata: {name: x}}\n- {apiVersion: v1, kind: A, metadata: {name: y}}\n", names: []string{"x", "y"}, lines: []int{1, 1}},
+		{name: "a List is expanded", in: "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: A, metadata: {name: x}}\n- {apiVersion: v1, kind: A, metadata: {name: y}}\n", names: []string{"x", "y"}, lines: []int{4, 5}},
+		{name: "a List item's error names its line", in: "# c\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: A, metadata: {name: x}}\n- {apiVersion: v1, kind: A, metadata: {}}\n", wantErr: "items[1]: f.yaml:6: A without metadata.name"},
+		{name: "a List inside a List", in: "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items: []\n", wantErr: "f.yaml:4: a List inside a List"},
+		{name: "an empty List", in: "apiVersion: v1\nkind: List\nitems: []\n"},
 		{name: "integer mapping keys", in: "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {portLevelMtls: {8080: {mode: STRICT}}}\n", names: []string{"p"}, lines: []int{1}},
 		{name: "bad YAML names the file", in: "kind: [\n", wantErr: "f.yaml"},
 		{name: "a scalar document", in: "just a string\n", wantErr: "f.yaml:1: a document must be a mapping"},
@@ -76,5 +80,51 @@ func TestReadPaths(t *testing.T) {
 	}
 	if _, err := ReadPaths([]string{filepath.Join(dir, "missing.yaml")}); err == nil {
 		t.Fatal("a missing file was not an error")
+	}
+}
+
+// A directory named through a symlink is read (WalkDir alone finds nothing
+// there, and rampartd would serve no policy at all); files that are not
+// regular, or too large, are refused before they are read.
+func TestReadPathsSymlinkAndSpecialFiles(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	if err := os.MkdirAll(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(real, "p.yaml"), []byte("apiVersion: v1\nkind: A\nmetadata: {name: x}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := ReadPaths([]string{link})
+	if err != nil || len(objs) != 1 || objs[0].Name != "x" || objs[0].File != filepath.Join(link, "p.yaml") {
+		t.Fatalf("ReadPaths(symlink to a directory) = %+v, %v; want object x from %s", objs, err, filepath.Join(link, "p.yaml"))
+	}
+
+	fifoDir := filepath.Join(dir, "fifo")
+	if err := os.MkdirAll(fifoDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(fifoDir, "p.yaml"), 0o644); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	if _, err := ReadPaths([]string{fifoDir}); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a FIFO named p.yaml: %v; want it refused (reading it would block)", err)
+	}
+
+	big := filepath.Join(dir, "big.yaml")
+	f, err := os.Create(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(MaxFileBytes + 1); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := ReadPaths([]string{big}); err == nil || !strings.Contains(err.Error(), "over the") {
+		t.Errorf("a file over MaxFileBytes: %v; want it refused", err)
 	}
 }
