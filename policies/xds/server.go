@@ -110,6 +110,10 @@ type Server struct {
 	built map[string]*built
 	// providers summarizes the CUSTOM providers' bundles objs was compiled with.
 	providers string
+	// kubeGood holds the Kubernetes objects of the last configuration loaded,
+	// by "Kind namespace/name": what an object whose new version is refused
+	// stays at.
+	kubeGood map[string]source.Object
 
 	pushes      prometheus.Counter
 	rejects     *prometheus.CounterVec
@@ -431,7 +435,8 @@ func stampOf(paths []string) string {
 
 // reload reads the configuration if it changed and, if it is valid, recompiles
 // the snapshots of the proxies the change can affect (changeScope); the others
-// keep their compiled output. An invalid change is refused whole.
+// keep their compiled output. An invalid change is refused whole, except that
+// an invalid object from the cluster is refused alone (refuseKubeObjects).
 func (s *Server) reload(first bool) error {
 	stamp := stampOf(s.cfg.Paths) + fmt.Sprintf("/kube:%d", s.kubeGen.Load())
 	s.mu.Lock()
@@ -441,6 +446,7 @@ func (s *Server) reload(first bool) error {
 		return nil
 	}
 	objs, err := source.ReadPaths(s.cfg.Paths)
+	nDir := len(objs) // objs[nDir:] come from Kubernetes
 	if err == nil && s.cfg.Kube != nil {
 		objs = append(objs, s.cfg.Kube.Objects()...)
 	}
@@ -458,46 +464,45 @@ func (s *Server) reload(first bool) error {
 			objs[i].Namespace = "default"
 		}
 	}
-	// Refuse a change that would make any policy undecodable, as the API server
-	// would, or that has a field the schema does not declare: the API server
-	// would prune it (kubectl's strict field validation refuses it), and a
-	// misspelt field changes what the policy matches.
-	_, fs := compile.DecodeAuthorizationPolicies(objs, "default")
-	for _, f := range fs {
-		if f.Code == compile.CodeSchema || f.Code == compile.CodeUnknownField {
+	// A change with an error finding is refused. One in a file refuses the
+	// whole change: the operator who edited it sees the error, and the last
+	// good configuration stays. An object in the cluster stays there, and
+	// would refuse every later change, anyone's, and rampartd's start: so only
+	// that object's change is refused. It stays at its last good version,
+	// or, new, is left out (what refusing the whole change would have done
+	// for it), with an error naming it.
+	var (
+		nw      *compile.Networking
+		nfs     []compile.Finding
+		refused []compile.Finding
+	)
+	for round := 0; ; round++ {
+		nw, nfs, refused = s.validate(objs)
+		if len(refused) == 0 {
+			break
+		}
+		bad := map[string]string{}
+		for _, f := range refused {
+			bad[f.Object] = f.String()
+		}
+		kept, fromDir := s.refuseKubeObjects(objs, nDir, bad)
+		if fromDir || round == 1 {
 			s.rejects.WithLabelValues("invalid").Inc()
 			s.mu.Lock()
 			s.stamp = stamp
 			s.mu.Unlock()
-			return fmt.Errorf("%s", f.String())
+			return fmt.Errorf("%s", refused[0].String())
 		}
-	}
-	var kreg *registry.Registry
-	if s.cfg.Kube != nil {
-		kreg = s.cfg.Kube.Registry("")
-	}
-	nw, nfs := compile.DecodeNetworkingWith(objs, s.cfg.Mesh, "default", kreg)
-	nfs = append(nfs, rateLimitFindings(objs)...)
-	// A JWT rule every sidecar it reaches would refuse (and so NACK its whole
-	// bundle) is refused here, where the last good one can stay.
-	ras, rfs := compile.DecodeRequestAuthentications(objs, "default")
-	nfs = append(append(nfs, rfs...), compile.ValidateRequestAuthentications(ras)...)
-	// A PeerAuthentication that does not decode would be left out, and a
-	// STRICT with a typo would quietly fall back to PERMISSIVE.
-	_, pfs := compile.DecodePeerAuthentications(objs, "default")
-	nfs = append(nfs, pfs...)
-	for _, f := range nfs {
-		if f.Severity == compile.SeverityError {
-			s.rejects.WithLabelValues("invalid").Inc()
-			s.mu.Lock()
-			s.stamp = stamp
-			s.mu.Unlock()
-			return fmt.Errorf("%s", f.String())
-		}
+		objs = kept
 	}
 	for _, f := range nfs {
 		s.log.Warn("configuration finding", "finding", f.String())
 	}
+	good := map[string]source.Object{}
+	for _, o := range objs[min(nDir, len(objs)):] {
+		good[objectKey(o)] = o
+	}
+	s.kubeGood = good
 	// Only reload writes objs, net and providers, so they cannot change
 	// between these two locked sections.
 	next := loaded{objs: objs, net: nw, providers: providersDigest(s.cfg.Mesh)}
@@ -941,4 +946,79 @@ func snapshotVersion(revision string, out *compile.Outbound) (string, error) {
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// validate decodes objs as a change is checked: the networking view, its
+// findings, and the findings that refuse the change (none: it may load).
+// Refused are an AuthorizationPolicy that does not decode or has a field its
+// schema does not declare (the API server would prune it, and a misspelt
+// field changes what the policy matches), and any error finding of the
+// networking objects, rate limits, RequestAuthentications (a JWT rule every
+// sidecar would refuse, NACKing its whole bundle) and PeerAuthentications (one
+// that does not decode would be left out, and a STRICT with a typo would fall
+// back to PERMISSIVE).
+func (s *Server) validate(objs []source.Object) (nw *compile.Networking, nfs, refused []compile.Finding) {
+	_, fs := compile.DecodeAuthorizationPolicies(objs, "default")
+	for _, f := range fs {
+		if f.Code == compile.CodeSchema || f.Code == compile.CodeUnknownField {
+			refused = append(refused, f)
+		}
+	}
+	var kreg *registry.Registry
+	if s.cfg.Kube != nil {
+		kreg = s.cfg.Kube.Registry("")
+	}
+	nw, nfs = compile.DecodeNetworkingWith(objs, s.cfg.Mesh, "default", kreg)
+	nfs = append(nfs, rateLimitFindings(objs)...)
+	ras, rfs := compile.DecodeRequestAuthentications(objs, "default")
+	nfs = append(append(nfs, rfs...), compile.ValidateRequestAuthentications(ras)...)
+	_, pfs := compile.DecodePeerAuthentications(objs, "default")
+	nfs = append(nfs, pfs...)
+	for _, f := range nfs {
+		if f.Severity == compile.SeverityError {
+			refused = append(refused, f)
+		}
+	}
+	return nw, nfs, refused
+}
+
+// refuseKubeObjects returns objs with each object from Kubernetes
+// (objs[nDir:]) that bad names back at its last good version, or left out
+// when it has none; fromDir reports that bad names an object from a file,
+// whose change cannot be refused alone.
+func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad map[string]string) (kept []source.Object, fromDir bool) {
+	for _, o := range objs[:nDir] {
+		if _, ok := bad[objectKey(o)]; ok {
+			return nil, true
+		}
+	}
+	kept = append(kept, objs[:nDir]...)
+	refused := false
+	for _, o := range objs[nDir:] {
+		k := objectKey(o)
+		why, ok := bad[k]
+		if !ok {
+			kept = append(kept, o)
+			continue
+		}
+		refused = true
+		s.rejects.WithLabelValues("invalid_object").Inc()
+		if g, ok := s.kubeGood[k]; ok {
+			s.log.Error("a cluster object's change is refused; it stays at its last good version", "object", k, "finding", why)
+			kept = append(kept, g)
+		} else {
+			s.log.Error("a cluster object is refused and left out", "object", k, "finding", why)
+		}
+	}
+	// A finding that names no object from either source cannot be refused
+	// alone.
+	return kept, !refused
+}
+
+// objectKey names an object as findings do: "Kind namespace/name".
+func objectKey(o source.Object) string {
+	if o.Namespace == "" {
+		return o.Kind + " " + o.Name
+	}
+	return o.Kind + " " + o.Namespace + "/" + o.Name
 }

@@ -1,0 +1,164 @@
+package xds
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rampart-mesh/rampart/ca/catest"
+	"github.com/rampart-mesh/rampart/policies/compile"
+	"github.com/rampart-mesh/rampart/policies/registry"
+	"github.com/rampart-mesh/rampart/policies/source"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// A VirtualService Istio accepts (http[].delegate) that Rampart does not
+// implement, created by a tenant in namespace "tenant", must not freeze the
+// whole mesh: endpoint churn of an unrelated Service in "foo" must still reach
+// proxies (and rampartd must still start with it present).
+func TestKubeBadObjectRefusedAlone(t *testing.T) {
+	a := catest.Authority(t)
+	svc := func(ip string) *registry.Registry {
+		return &registry.Registry{Domain: "cluster.local", Services: []*registry.Service{{
+			Host: "httpbin.foo.svc.cluster.local", Namespace: "foo", Name: "httpbin", Internal: true, Resolution: "STATIC",
+			Ports:     []registry.Port{{Number: 8000, Name: "http", Protocol: "HTTP"}},
+			Endpoints: []registry.Endpoint{{Address: ip, Ports: map[string]uint32{}, Labels: map[string]string{"app": "httpbin"}, ServiceAccount: "httpbin", Mesh: true, Object: source.Object{Namespace: "foo", Name: "httpbin-1"}}},
+		}}}
+	}
+	bad, err := source.Parse("kubernetes", []byte(`apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: delegating, namespace: tenant}
+spec:
+  hosts: [reviews.tenant.svc.cluster.local]
+  http:
+  - delegate: {name: reviews-routes, namespace: tenant}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpointsOf := func(x *Server, id string) string {
+		out, _, _ := x.Outbound(id)
+		var b strings.Builder
+		for _, e := range out.Endpoints {
+			for _, l := range e.GetEndpoints() {
+				for _, le := range l.GetLbEndpoints() {
+					b.WriteString(e.GetClusterName() + " -> " + le.GetEndpoint().GetAddress().GetSocketAddress().GetAddress() + " ")
+				}
+			}
+		}
+		return b.String()
+	}
+	mesh, _ := compile.Mesh{}.WithDefaults()
+
+	t.Run("change after the bad object", func(t *testing.T) {
+		kube := &fakeKube{reg: svc("10.0.0.7")}
+		x, err := New(Config{Kube: kube, Mesh: mesh, Trust: a.Bundle()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := x.reload(true); err != nil {
+			t.Fatal(err)
+		}
+		id := spiffeid.RequireFromString("spiffe://cluster.local/ns/foo/sa/sleep")
+		x.nodes[id.String()] = &node{id: id, workload: compile.Workload{Namespace: "foo", Name: "sleep", Labels: map[string]string{}}, acked: map[string]string{}}
+		if err := x.push(id.String(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(endpointsOf(x, id.String()), "10.0.0.7") {
+			t.Fatal("setup: no endpoint 10.0.0.7")
+		}
+		// A tenant creates the VirtualService; later httpbin's pod is replaced.
+		kube.mu.Lock()
+		kube.objs = bad
+		kube.mu.Unlock()
+		x.KubeChanged()
+		err1 := x.reload(false)
+		kube.mu.Lock()
+		kube.reg = svc("10.0.0.8")
+		kube.mu.Unlock()
+		x.KubeChanged()
+		err2 := x.reload(false)
+		if eps := endpointsOf(x, id.String()); !strings.Contains(eps, "10.0.0.8") {
+			t.Errorf("namespace foo's endpoint change was refused because of an object in namespace tenant;\n"+
+				"proxies still route to the deleted pod:\n  reload after VS: %v\n  reload after pod churn: %v\n  endpoints served: %s", err1, err2, eps)
+		}
+	})
+
+	t.Run("start with the bad object present", func(t *testing.T) {
+		kube := &fakeKube{objs: bad, reg: svc("10.0.0.7")}
+		x, err := New(Config{Kube: kube, Mesh: mesh, Trust: a.Bundle()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := x.reload(true); err != nil {
+			t.Errorf("first load fails (rampartd exits, and crash-loops while the object exists): %v", err)
+		}
+	})
+}
+
+// An AuthorizationPolicy in the cluster edited into one Rampart refuses (a
+// field its schema does not declare) stays at its last good version, while a
+// change elsewhere goes through; the same edit in a file refuses the change
+// whole.
+func TestKubeObjectKeepsLastGood(t *testing.T) {
+	a := catest.Authority(t)
+	parse := func(y string) []source.Object {
+		t.Helper()
+		o, err := source.Parse("kubernetes", []byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	good := parse("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n")
+	typo := parse("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {pathz: [/admin]}}]}]\n")
+	other := parse("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: other, namespace: foo}\nspec: {}\n")
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	kube := &fakeKube{objs: good, reg: &registry.Registry{Domain: "cluster.local"}}
+	x, err := New(Config{Kube: kube, Mesh: mesh, Trust: a.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.reload(true); err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/foo/sa/httpbin")
+	x.nodes[id.String()] = &node{id: id, workload: compile.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{}}, acked: map[string]string{}}
+	policy := func() string {
+		t.Helper()
+		if err := x.push(id.String(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		wb, _, _ := x.Config(id.String())
+		return wb.Modules["rampart/policy.rego"]
+	}
+	if p := policy(); !strings.Contains(p, `"/admin"`) {
+		t.Fatalf("setup: the DENY on /admin is not in the bundle:\n%s", p)
+	}
+	kube.mu.Lock()
+	kube.objs = append(append([]source.Object{}, typo...), other...)
+	kube.mu.Unlock()
+	x.KubeChanged()
+	if err := x.reload(false); err != nil {
+		t.Fatalf("a change with one refused cluster object: %v", err)
+	}
+	p := policy()
+	if !strings.Contains(p, `"/admin"`) || !strings.Contains(p, "foo/other") {
+		t.Errorf("want the DENY on /admin at its last good version and the new policy foo/other served:\n%s", p)
+	}
+
+	// The same edit in a file refuses the change whole.
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {pathz: [/admin]}}]}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	y, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := y.reload(true); err == nil || !strings.Contains(err.Error(), "pathz") {
+		t.Errorf("a file with the typo: %v; want the change refused, naming the field", err)
+	}
+}
