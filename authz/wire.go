@@ -51,8 +51,26 @@ type WireProvider struct {
 	// ExtAuthzGRPC, instead of a bundle, is an Envoy ext_authz gRPC server
 	// (Istio's envoyExtAuthzGrpc provider).
 	ExtAuthzGRPC *WireExtAuthz `json:"extAuthzGrpc,omitempty"`
+	// ExtAuthzHTTP is an Envoy ext_authz HTTP server (Istio's
+	// envoyExtAuthzHttp provider).
+	ExtAuthzHTTP *WireExtAuthzHTTP `json:"extAuthzHttp,omitempty"`
 	// Body, when set, puts the request body in the provider's checks.
 	Body *BodyConfig `json:"body,omitempty"`
+}
+
+// WireExtAuthzHTTP is an ext_authz HTTP server to ask, with Istio's
+// envoyExtAuthzHttp settings.
+type WireExtAuthzHTTP struct {
+	Target                          string            `json:"target"` // host:port
+	PathPrefix                      string            `json:"pathPrefix,omitempty"`
+	Timeout                         string            `json:"timeout,omitempty"`
+	FailOpen                        bool              `json:"failOpen,omitempty"`
+	StatusOnError                   int               `json:"statusOnError,omitempty"`
+	IncludeRequestHeadersInCheck    []string          `json:"includeRequestHeadersInCheck,omitempty"`
+	IncludeAdditionalHeadersInCheck map[string]string `json:"includeAdditionalHeadersInCheck,omitempty"`
+	HeadersToUpstreamOnAllow        []string          `json:"headersToUpstreamOnAllow,omitempty"`
+	HeadersToDownstreamOnAllow      []string          `json:"headersToDownstreamOnAllow,omitempty"`
+	HeadersToDownstreamOnDeny       []string          `json:"headersToDownstreamOnDeny,omitempty"`
 }
 
 // WireExtAuthz is an ext_authz gRPC server to ask.
@@ -78,6 +96,24 @@ func (b WireBundle) LoadProviders(ctx context.Context) (map[string]Provider, err
 			if err := p.Body.Check(); err != nil {
 				return nil, fmt.Errorf("provider %s: %w", name, err)
 			}
+		}
+		if x := p.ExtAuthzHTTP; x != nil {
+			var timeout time.Duration
+			if x.Timeout != "" {
+				d, err := time.ParseDuration(x.Timeout)
+				if err != nil {
+					return nil, fmt.Errorf("provider %s: timeout %q: %w", name, x.Timeout, err)
+				}
+				timeout = d
+			}
+			hp, err := NewExtAuthzHTTPProvider(ExtAuthzHTTPConfig{Target: x.Target, PathPrefix: x.PathPrefix, Timeout: timeout, FailOpen: x.FailOpen,
+				StatusOnError: x.StatusOnError, IncludeRequestHeadersInCheck: x.IncludeRequestHeadersInCheck, IncludeAdditionalHeadersInCheck: x.IncludeAdditionalHeadersInCheck,
+				HeadersToUpstreamOnAllow: x.HeadersToUpstreamOnAllow, HeadersToDownstreamOnAllow: x.HeadersToDownstreamOnAllow, HeadersToDownstreamOnDeny: x.HeadersToDownstreamOnDeny})
+			if err != nil {
+				return nil, fmt.Errorf("provider %s: %w", name, err)
+			}
+			out[name] = WithBodyIf(hp, p.Body)
+			continue
 		}
 		if x := p.ExtAuthzGRPC; x != nil {
 			var timeout time.Duration

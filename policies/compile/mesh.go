@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -65,12 +66,27 @@ func (g ExtAuthzGRPC) Host() string {
 
 // ExtAuthzHTTP is an external Envoy ext_authz HTTP server.
 type ExtAuthzHTTP struct {
-	Service       string `json:"service"`
-	Port          int    `json:"port"`
-	Timeout       string `json:"timeout,omitempty"`
-	FailOpen      bool   `json:"failOpen,omitempty"`
-	StatusOnError string `json:"statusOnError,omitempty"`
-	PathPrefix    string `json:"pathPrefix,omitempty"`
+	Service                         string            `json:"service"`
+	Port                            int               `json:"port"`
+	Timeout                         string            `json:"timeout,omitempty"`
+	FailOpen                        bool              `json:"failOpen,omitempty"`
+	StatusOnError                   string            `json:"statusOnError,omitempty"`
+	PathPrefix                      string            `json:"pathPrefix,omitempty"`
+	IncludeRequestHeadersInCheck    []string          `json:"includeRequestHeadersInCheck,omitempty"`
+	IncludeAdditionalHeadersInCheck map[string]string `json:"includeAdditionalHeadersInCheck,omitempty"`
+	HeadersToUpstreamOnAllow        []string          `json:"headersToUpstreamOnAllow,omitempty"`
+	HeadersToDownstreamOnAllow      []string          `json:"headersToDownstreamOnAllow,omitempty"`
+	HeadersToDownstreamOnDeny       []string          `json:"headersToDownstreamOnDeny,omitempty"`
+	IncludeRequestBodyInCheck       *authz.BodyConfig `json:"includeRequestBodyInCheck,omitempty"`
+}
+
+// Host is the server's hostname: Service without the namespace Istio's
+// [<Namespace>/]<Hostname> form may give it.
+func (h ExtAuthzHTTP) Host() string {
+	if _, host, ok := strings.Cut(h.Service, "/"); ok {
+		return host
+	}
+	return h.Service
 }
 
 // RegoProvider evaluates a user OPA bundle in process.
@@ -154,9 +170,6 @@ func ParseMesh(data []byte) (Mesh, error) {
 	}
 	for i, p := range mc.GetExtensionProviders() {
 		ep := ExtensionProvider{Name: p.GetName(), RampartRego: rego[p.GetName()]}
-		if p.GetEnvoyExtAuthzHttp().GetIncludeRequestBodyInCheck() != nil {
-			return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.includeRequestBodyInCheck is not supported: Rampart does not call HTTP ext_authz servers; remove the field", i, p.GetName())
-		}
 		if g := p.GetEnvoyExtAuthzGrpc(); g != nil {
 			ep.EnvoyExtAuthzGrpc = &ExtAuthzGRPC{Service: g.GetService(), Port: int(g.GetPort()), FailOpen: g.GetFailOpen(), StatusOnError: g.GetStatusOnError()}
 			if b := g.GetIncludeRequestBodyInCheck(); b != nil {
@@ -171,7 +184,21 @@ func ParseMesh(data []byte) (Mesh, error) {
 			}
 		}
 		if h := p.GetEnvoyExtAuthzHttp(); h != nil {
-			ep.EnvoyExtAuthzHTTP = &ExtAuthzHTTP{Service: h.GetService(), Port: int(h.GetPort()), FailOpen: h.GetFailOpen(), StatusOnError: h.GetStatusOnError(), PathPrefix: h.GetPathPrefix()}
+			ep.EnvoyExtAuthzHTTP = &ExtAuthzHTTP{Service: h.GetService(), Port: int(h.GetPort()), FailOpen: h.GetFailOpen(), StatusOnError: h.GetStatusOnError(), PathPrefix: h.GetPathPrefix(),
+				//lint:ignore SA1019 includeHeadersInCheck is Istio's deprecated name for includeRequestHeadersInCheck, still in configs
+				IncludeRequestHeadersInCheck:    append(slices.Clone(h.GetIncludeRequestHeadersInCheck()), h.GetIncludeHeadersInCheck()...),
+				IncludeAdditionalHeadersInCheck: h.GetIncludeAdditionalHeadersInCheck(),
+				HeadersToUpstreamOnAllow:        h.GetHeadersToUpstreamOnAllow(),
+				HeadersToDownstreamOnAllow:      h.GetHeadersToDownstreamOnAllow(),
+				HeadersToDownstreamOnDeny:       h.GetHeadersToDownstreamOnDeny(),
+			}
+			if b := h.GetIncludeRequestBodyInCheck(); b != nil {
+				bc := &authz.BodyConfig{MaxRequestBytes: int(b.GetMaxRequestBytes()), AllowPartialMessage: b.GetAllowPartialMessage(), PackAsBytes: b.GetPackAsBytes()}
+				if err := bc.Check(); err != nil {
+					return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.%v", i, p.GetName(), err)
+				}
+				ep.EnvoyExtAuthzHTTP.IncludeRequestBodyInCheck = bc
+			}
 			if h.GetTimeout() != nil {
 				ep.EnvoyExtAuthzHTTP.Timeout = h.GetTimeout().AsDuration().String()
 			}
@@ -237,6 +264,12 @@ func (m Mesh) WithDefaults() (Mesh, error) {
 		if h := p.EnvoyExtAuthzHTTP; h != nil {
 			if _, err := authz.ParseStatusOnError(h.StatusOnError); err != nil {
 				return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.statusOnError: %v", i, p.Name, err)
+			}
+			if ns, host, ok := strings.Cut(h.Service, "/"); ok && (ns == "" || host == "" || strings.Contains(host, "/")) {
+				return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.service %q: want [<Namespace>/]<Hostname>", i, p.Name, h.Service)
+			}
+			if h.PathPrefix != "" && !strings.HasPrefix(h.PathPrefix, "/") {
+				return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.pathPrefix %q must start with /", i, p.Name, h.PathPrefix)
 			}
 		}
 		for _, t := range []string{timeoutOf(p)} {

@@ -254,7 +254,7 @@ func Providers(ctx context.Context, mesh compile.Mesh, meshDir string, extAllow 
 		case p.EnvoyExtAuthzGrpc != nil:
 			out[p.Name] = authz.WithBodyIf(authz.StaticProvider{Allow: extAllow}, p.EnvoyExtAuthzGrpc.IncludeRequestBodyInCheck)
 		case p.EnvoyExtAuthzHTTP != nil:
-			out[p.Name] = authz.StaticProvider{Allow: extAllow}
+			out[p.Name] = authz.WithBodyIf(authz.StaticProvider{Allow: extAllow}, p.EnvoyExtAuthzHTTP.IncludeRequestBodyInCheck)
 		}
 	}
 	return out, nil

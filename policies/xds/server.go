@@ -680,6 +680,21 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 				Body: g.IncludeRequestBodyInCheck}
 			continue
 		}
+		if h := p.EnvoyExtAuthzHTTP; h != nil {
+			if provs == nil {
+				provs = map[string]authz.WireProvider{}
+			}
+			status, err := authz.ParseStatusOnError(h.StatusOnError)
+			if err != nil {
+				return authz.WireBundle{}, fmt.Errorf("extension provider %q: envoyExtAuthzHttp.statusOnError: %w", p.Name, err)
+			}
+			provs[p.Name] = authz.WireProvider{ExtAuthzHTTP: &authz.WireExtAuthzHTTP{
+				Target: net.JoinHostPort(h.Host(), strconv.Itoa(h.Port)), PathPrefix: h.PathPrefix, Timeout: h.Timeout, FailOpen: h.FailOpen, StatusOnError: status,
+				IncludeRequestHeadersInCheck: h.IncludeRequestHeadersInCheck, IncludeAdditionalHeadersInCheck: h.IncludeAdditionalHeadersInCheck,
+				HeadersToUpstreamOnAllow: h.HeadersToUpstreamOnAllow, HeadersToDownstreamOnAllow: h.HeadersToDownstreamOnAllow, HeadersToDownstreamOnDeny: h.HeadersToDownstreamOnDeny,
+			}, Body: h.IncludeRequestBodyInCheck}
+			continue
+		}
 		if p.RampartRego == nil {
 			continue
 		}
@@ -714,6 +729,10 @@ func Compile(objs []source.Object, mesh compile.Mesh, wl compile.Workload) (auth
 		h.Write(provs[n].Bundle)
 		if x := provs[n].ExtAuthzGRPC; x != nil {
 			fmt.Fprintf(h, "%s\x00%s\x00%t\x00%d\x00", x.Target, x.Timeout, x.FailOpen, x.StatusOnError)
+		}
+		if x := provs[n].ExtAuthzHTTP; x != nil {
+			js, _ := json.Marshal(x) // maps marshal in key order
+			h.Write(js)
 		}
 		if b := provs[n].Body; b != nil {
 			fmt.Fprintf(h, "body\x00%d\x00%t\x00%t\x00", b.MaxRequestBytes, b.AllowPartialMessage, b.PackAsBytes)

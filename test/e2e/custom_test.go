@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -130,6 +131,68 @@ func TestCustomExtAuthzGRPCInSidecar(t *testing.T) {
 		"--mesh-config", filepath.Join(dir, "meshconfig.yaml"), "--control-plane", procs.FreeAddr(t), "--monitoring-listen", procs.FreeAddr(t))
 	up.WaitLog(t, "mesh is up", 90*time.Second)
 	checkCustom(t, "127.0.41.1", "x-user", "carol")
+}
+
+// An Istio envoyExtAuthzHttp provider, configured as the istio.io
+// authz-custom task does (pathPrefix, includeRequestHeadersInCheck,
+// headersToUpstreamOnAllow, headersToDownstreamOnDeny): the sidecar asks a
+// real HTTP ext_authz server, here one allowing x-user: dave on /details/0.
+func TestCustomExtAuthzHTTPInSidecar(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a mesh")
+	}
+	authzSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("x-user") == "dave" && r.URL.Path == "/check/details/0" && r.Header.Get("x-api-key") == "" {
+			w.Header().Set("x-ext-authz-check-result", "allowed")
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		w.Header().Set("x-ext-authz-check-result", "denied")
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, "RBAC: access denied") // as checkCustom expects of a denial
+	}))
+	defer authzSrv.Close()
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(authzSrv.URL, "http://"))
+	dir := procs.ShortTempDir(t)
+	cfg := filepath.Join(dir, "mesh")
+	if err := os.MkdirAll(cfg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	meshConfig := "extensionProviders:\n- name: ext\n  envoyExtAuthzHttp:\n    service: \"" + host + "\"\n    port: " + port + "\n    pathPrefix: /check\n" +
+		"    includeRequestHeadersInCheck: [x-user]\n    headersToUpstreamOnAllow: [x-ext-authz-check-result]\n    headersToDownstreamOnDeny: [x-ext-authz-check-result]\n"
+	if err := os.WriteFile(filepath.Join(dir, "meshconfig.yaml"), []byte(meshConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg, "mesh.yaml"), []byte(customMesh("ext", "127.0.42")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up := procs.Start(t, dir, "up", "rampartctl", "up", cfg, "--state-dir", filepath.Join(dir, "state"), "--bin", procs.BinDir(t),
+		"--mesh-config", filepath.Join(dir, "meshconfig.yaml"), "--control-plane", procs.FreeAddr(t), "--monitoring-listen", procs.FreeAddr(t))
+	up.WaitLog(t, "mesh is up", 90*time.Second)
+	checkCustom(t, "127.0.42.1", "x-user", "dave")
+	// Only the headers includeRequestHeadersInCheck names go to the server:
+	// an x-api-key it would refuse never reaches it.
+	proxyURL, _ := url.Parse("http://127.0.42.1:15001")
+	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}, Timeout: 5 * time.Second}
+	req, _ := http.NewRequest(http.MethodGet, "http://details:9080/details/0", nil)
+	req.Header.Set("x-user", "dave")
+	req.Header.Set("x-api-key", "k")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("x-api-key, which the provider is not sent: %d, want 200", resp.StatusCode)
+	}
+	req.Header.Set("x-user", "mallory")
+	if resp, err = client.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 403 || resp.Header.Get("x-ext-authz-check-result") != "denied" {
+		t.Errorf("mallory: %d, x-ext-authz-check-result %q; want 403 with the server's header (headersToDownstreamOnDeny)", resp.StatusCode, resp.Header.Get("x-ext-authz-check-result"))
+	}
 }
 
 type carolOnly struct {
