@@ -254,6 +254,9 @@ func decodeObject(file string, node *yaml.Node, inList bool) ([]Object, error) {
 	if raw.Metadata.CreationTimestamp != nil {
 		o.CreationTimestamp = *raw.Metadata.CreationTimestamp
 	}
+	if err := checkIstioKind(file, o); err != nil {
+		return nil, err
+	}
 	if err := checkRampartKind(file, node, o); err != nil {
 		return nil, err
 	}
