@@ -297,7 +297,7 @@ allowed is required; status, policy and findings are checked when given. The
 exit code is 1 if any case fails.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var results []offline.CaseResult
+			results := []offline.CaseResult{} // "[]", not null, in -o json when no case runs
 			for _, file := range args {
 				cases, err := offline.LoadCases(file)
 				if err != nil {

@@ -9,10 +9,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"math"
+	"net"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -23,6 +27,7 @@ import (
 	"github.com/rampart-mesh/rampart/policies/compile"
 	regolib "github.com/rampart-mesh/rampart/policies/rego"
 	"github.com/rampart-mesh/rampart/policies/source"
+	yamlv3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
 )
 
@@ -58,9 +63,35 @@ type RequestSpec struct {
 	Body *string `json:"body"`
 }
 
-// DecodeStrict decodes YAML into v, refusing unknown keys.
+// headerValue is a header's value as REQ.yaml gives it: a string, or a
+// whole number or boolean written without quotes. Anything else (no value,
+// a map, a list inside the list, a number YAML would rewrite such as 1.10)
+// is refused rather than turned into text the request never carried.
+func headerValue(v any) (string, error) {
+	switch t := v.(type) {
+	case string:
+		return t, nil
+	case bool:
+		return strconv.FormatBool(t), nil
+	case float64:
+		if t == math.Trunc(t) && math.Abs(t) < 1<<53 {
+			return strconv.FormatInt(int64(t), 10), nil
+		}
+		return "", fmt.Errorf("%v is a number YAML may rewrite: quote the value", t)
+	case nil:
+		return "", errors.New(`no value: write "" for an empty header`)
+	default:
+		return "", fmt.Errorf("a %T is not a header value: give a string, or a list of strings for a repeated header", v)
+	}
+}
+
+// DecodeStrict decodes one YAML document into v, refusing unknown and
+// duplicate keys and further documents.
 func DecodeStrict(data []byte, v any) error {
-	js, err := yaml.YAMLToJSON(data)
+	if docs := countDocuments(data); docs > 1 {
+		return fmt.Errorf("%d YAML documents; want one", docs)
+	}
+	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		return err
 	}
@@ -293,6 +324,16 @@ func (r *RequestSpec) authzRequest() (*authz.Request, error) {
 	default:
 		return nil, fmt.Errorf("request: protocol %q is not http, grpc or tcp", r.Protocol)
 	}
+	switch r.ExtAuthz {
+	case "", "allow", "deny":
+	default:
+		return nil, fmt.Errorf("request: extAuthz %q is not allow or deny", r.ExtAuthz)
+	}
+	for field, v := range map[string]string{"workload.ip": r.Workload.IP, "source.ip": r.Source.IP, "remoteIp": r.RemoteIP, "destinationIp": r.DestinationIP} {
+		if v != "" && net.ParseIP(v) == nil {
+			return nil, fmt.Errorf("request: %s %q is not an IP address", field, v)
+		}
+	}
 	if ar.SourceIP == "" {
 		ar.SourceIP = "127.0.0.1"
 	}
@@ -326,15 +367,16 @@ func (r *RequestSpec) authzRequest() (*authz.Request, error) {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		switch v := r.Headers[name].(type) {
-		case string:
-			ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: v})
-		case []any:
-			for _, e := range v {
-				ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: fmt.Sprint(e)})
+		vals := []any{r.Headers[name]}
+		if list, ok := r.Headers[name].([]any); ok {
+			vals = list
+		}
+		for _, e := range vals {
+			v, err := headerValue(e)
+			if err != nil {
+				return nil, fmt.Errorf("request: headers.%s: %v", name, err)
 			}
-		default:
-			ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: fmt.Sprint(v)})
+			ar.Headers = append(ar.Headers, authz.Header{Name: name, Value: v})
 		}
 	}
 	if r.Body != nil {
@@ -469,4 +511,20 @@ func upstream(hs []authz.Header, res jwt.Result) UpstreamHeaders {
 	}
 	sort.Strings(u.Removed)
 	return u
+}
+
+// countDocuments counts the YAML documents in data (0 when it does not
+// parse: the decoder reports that).
+func countDocuments(data []byte) int {
+	dec := yamlv3.NewDecoder(bytes.NewReader(data))
+	n := 0
+	for {
+		var node yamlv3.Node
+		if err := dec.Decode(&node); err != nil {
+			return n
+		}
+		if len(node.Content) > 0 {
+			n++
+		}
+	}
 }
