@@ -119,7 +119,7 @@ Files in the state directory:
 	f.StringVar(&c.CAKey, "ca-key", "", "bring your own CA: PEM private key of --ca-cert")
 	f.StringVar(&c.CAChain, "ca-chain", "", "bring your own CA: PEM chain from --ca-cert's issuer up to the root")
 	f.StringVar(&c.Kubeconfig, "kubeconfig", "", "read Istio objects, Services, EndpointSlices and Pods from this Kubernetes cluster (kubeconfig file; \"in-cluster\" for the pod's service account), beside or instead of --config-dir")
-	f.StringVar(&c.KubeNamespace, "kube-namespace", "", "with --kubeconfig: watch only this namespace (default: all)")
+	f.StringVar(&c.KubeNamespace, "kube-namespace", "", "with --kubeconfig: watch only this namespace, and the mesh's root namespace for Istio objects (mesh-wide policies live there); needs list/watch in both (default: all namespaces)")
 	f.StringArrayVar(&c.ConfigDir, "config-dir", nil, "configuration file or directory (Istio and Rampart YAML), watched; each sidecar gets its compiled policy over xDS (repeatable)")
 	f.StringVar(&c.MeshConfig, "mesh-config", "", "Istio MeshConfig YAML (rootNamespace, trustDomain, pathNormalization, extensionProviders, h2UpgradePolicy)")
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
@@ -190,7 +190,7 @@ func run(ctx context.Context, c config) error {
 		if err != nil {
 			return fmt.Errorf("--kubeconfig %s: %w", c.Kubeconfig, err)
 		}
-		kcfg = &kube.Config{Kube: kc, Istio: ic, Dynamic: dc, Namespace: c.KubeNamespace}
+		kcfg = &kube.Config{Kube: kc, Istio: ic, Dynamic: dc, Namespace: c.KubeNamespace, RootNamespace: mesh.RootNamespace}
 	}
 	reg := cli.NewRegistry()
 	srv, err := controlplane.New(controlplane.Config{

@@ -48,3 +48,24 @@ func TestMissingCRDDoesNotHoldTheSync(t *testing.T) {
 			len(s.Objects()), warn)
 	}
 }
+
+// --kube-namespace narrows the watch to one namespace; the mesh's root
+// namespace (mesh-wide AuthorizationPolicies, PeerAuthentication STRICT,
+// Sidecar defaults) is read too, and no other namespace is.
+func TestKubeNamespaceReadsRootNamespace(t *testing.T) {
+	f := newFixture(t, "bookinfo.yaml", "istio.yaml")
+	r := f.start(t, Config{Namespace: "default", RootNamespace: "istio-system"})
+	defer r.stop(t)
+	found := false
+	var got []string
+	for _, o := range r.Objects() {
+		got = append(got, o.Kind+" "+o.Namespace+"/"+o.Name)
+		found = found || (o.Kind == "PeerAuthentication" && o.Namespace == "istio-system")
+		if o.Namespace != "default" && o.Namespace != "istio-system" {
+			t.Errorf("%s %s/%s read, outside default and the root namespace", o.Kind, o.Namespace, o.Name)
+		}
+	}
+	if !found {
+		t.Errorf("the mesh-wide PeerAuthentication istio-system/default is not read with Namespace=default; Objects() = %v", got)
+	}
+}

@@ -42,6 +42,11 @@ type Config struct {
 	// With a namespace set, only that Namespace object is watched, so the source
 	// needs no cluster-wide list/watch permission.
 	Namespace string
+	// RootNamespace is the mesh's root namespace: with Namespace set (and
+	// another), its Istio objects are watched too, since mesh-wide policies
+	// (AuthorizationPolicy, PeerAuthentication, RequestAuthentication, the
+	// default Sidecar) live there and apply to Namespace's workloads.
+	RootNamespace string
 	// Resync is the informers' resync period; 0 turns resync off. A resync
 	// replays the cache and does not call OnChange.
 	Resync time.Duration
@@ -62,6 +67,7 @@ type Source struct {
 	kube  informers.SharedInformerFactory
 	nss   informers.SharedInformerFactory // Namespaces, possibly narrowed to cfg.Namespace
 	istio istioinformers.SharedInformerFactory
+	root  istioinformers.SharedInformerFactory         // the root namespace's, with Config.Namespace; else nil
 	dyn   dynamicinformer.DynamicSharedInformerFactory // nil without Config.Dynamic
 
 	services     cache.SharedIndexInformer
@@ -113,6 +119,10 @@ func New(cfg Config) (*Source, error) {
 		return nil, fmt.Errorf("kube source: index endpoint slices: %w", err)
 	}
 	s.istioKinds = istioKinds(s.istio)
+	if cfg.Namespace != "" && cfg.RootNamespace != "" && cfg.RootNamespace != cfg.Namespace {
+		s.root = istioinformers.NewSharedInformerFactoryWithOptions(cfg.Istio, cfg.Resync, istioinformers.WithNamespace(cfg.RootNamespace))
+		s.istioKinds = append(s.istioKinds, istioKinds(s.root)...)
+	}
 	if cfg.Dynamic != nil {
 		s.dyn = dynamicinformer.NewFilteredDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync, cfg.Namespace, nil)
 		s.rampartKinds = rampartKinds(s.dyn)
@@ -164,6 +174,9 @@ func (s *Source) Run(ctx context.Context) error {
 		s.kube.Shutdown()
 		s.nss.Shutdown()
 		s.istio.Shutdown()
+		if s.root != nil {
+			s.root.Shutdown()
+		}
 		if s.dyn != nil {
 			s.dyn.Shutdown()
 		}
@@ -171,6 +184,9 @@ func (s *Source) Run(ctx context.Context) error {
 	s.kube.Start(ctx.Done())
 	s.nss.Start(ctx.Done())
 	s.istio.Start(ctx.Done())
+	if s.root != nil {
+		s.root.Start(ctx.Done())
+	}
 	if s.dyn != nil {
 		s.dyn.Start(ctx.Done())
 	}
@@ -180,7 +196,7 @@ func (s *Source) Run(ctx context.Context) error {
 		return nil // only when ctx ended
 	}
 	s.synced.Store(true)
-	s.log.Info("caches synced", "namespace", s.cfg.Namespace, "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("caches synced", "namespace", s.cfg.Namespace, "root_namespace", s.cfg.RootNamespace, "took", time.Since(start).Round(time.Millisecond))
 	s.changed()
 	<-ctx.Done()
 	return nil
