@@ -199,7 +199,11 @@ func decodeObject(file string, node *yaml.Node, inList bool) ([]Object, error) {
 	if err := node.Decode(&v); err != nil {
 		return nil, fmt.Errorf("%s:%d: %w", file, node.Line, err)
 	}
-	js, err := json.Marshal(stringKeys(v))
+	sk, err := stringKeys(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s:%d: %w", file, node.Line, err)
+	}
+	js, err := json.Marshal(sk)
 	if err != nil {
 		return nil, fmt.Errorf("%s:%d: %w", file, node.Line, err)
 	}
@@ -265,24 +269,42 @@ func decodeObject(file string, node *yaml.Node, inList bool) ([]Object, error) {
 
 // stringKeys turns mappings with non-string keys (YAML allows `8080: ...`, which
 // PeerAuthentication's portLevelMtls uses) into string-keyed maps, as JSON needs.
-func stringKeys(v any) any {
+// Keys that become the same string (8080 and 8080.0, or 8080 and "8080")
+// are an error: which one JSON kept would be left to map order.
+func stringKeys(v any) (any, error) {
 	switch t := v.(type) {
 	case map[string]any:
 		for k, e := range t {
-			t[k] = stringKeys(e)
+			c, err := stringKeys(e)
+			if err != nil {
+				return nil, err
+			}
+			t[k] = c
 		}
-		return t
+		return t, nil
 	case map[any]any:
 		out := make(map[string]any, len(t))
 		for k, e := range t {
-			out[fmt.Sprint(k)] = stringKeys(e)
+			ks := fmt.Sprint(k)
+			if _, dup := out[ks]; dup {
+				return nil, fmt.Errorf("two keys read as %q: write each key once", ks)
+			}
+			c, err := stringKeys(e)
+			if err != nil {
+				return nil, err
+			}
+			out[ks] = c
 		}
-		return out
+		return out, nil
 	case []any:
 		for i, e := range t {
-			t[i] = stringKeys(e)
+			c, err := stringKeys(e)
+			if err != nil {
+				return nil, err
+			}
+			t[i] = c
 		}
-		return t
+		return t, nil
 	}
-	return v
+	return v, nil
 }

@@ -21,6 +21,7 @@ func TestParse(t *testing.T) {
 		{name: "a List item's error names its line", in: "# c\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: A, metadata: {name: x}}\n- {apiVersion: v1, kind: A, metadata: {}}\n", wantErr: "items[1]: f.yaml:6: A without metadata.name"},
 		{name: "a List inside a List", in: "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items: []\n", wantErr: "f.yaml:4: a List inside a List"},
 		{name: "an empty List", in: "apiVersion: v1\nkind: List\nitems: []\n"},
+		{name: "keys that read the same", in: "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {portLevelMtls: {8080: {mode: DISABLE}, 8080.0: {mode: STRICT}}}\n", wantErr: `f.yaml:1: two keys read as "8080"`},
 		{name: "integer mapping keys", in: "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {portLevelMtls: {8080: {mode: STRICT}}}\n", names: []string{"p"}, lines: []int{1}},
 		{name: "bad YAML names the file", in: "kind: [\n", wantErr: "f.yaml"},
 		{name: "a scalar document", in: "just a string\n", wantErr: "f.yaml:1: a document must be a mapping"},
