@@ -344,8 +344,11 @@ func (e *Engine) Decide(ctx context.Context, r *Request) Decision {
 			if status == 0 {
 				status = 403
 			}
+			// The denying provider's response headers go on the denial
+			// (an HTTP ext_authz server's headers with several values);
+			// those of providers that allowed do not.
 			d.Headers, d.Body = out.Headers, out.Body
-			d.AppendHeaders, d.RemoveHeaders, d.ResponseHeaders = nil, nil, nil
+			d.AppendHeaders, d.RemoveHeaders, d.ResponseHeaders = nil, nil, out.ResponseHeaders
 			return d.deny(r, status, m.Policy, m.Rule, fmt.Sprintf("denied by CUSTOM policy %s rules[%d] (provider %s): %s", m.Policy, m.Rule, m.Provider, out.Reason))
 		}
 		changes = changes.merge(out)

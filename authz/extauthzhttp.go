@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -63,8 +64,9 @@ func NewExtAuthzHTTPProvider(cfg ExtAuthzHTTPConfig) (*ExtAuthzHTTPProvider, err
 	if cfg.Target == "" || strings.Contains(cfg.Target, "/") {
 		return nil, fmt.Errorf("ext_authz HTTP provider: target %q: want host:port", cfg.Target)
 	}
-	if cfg.PathPrefix != "" && !strings.HasPrefix(cfg.PathPrefix, "/") {
-		return nil, fmt.Errorf("ext_authz HTTP provider: pathPrefix %q must start with /", cfg.PathPrefix)
+	if cfg.PathPrefix != "" && (!strings.HasPrefix(cfg.PathPrefix, "/") || strings.HasPrefix(cfg.PathPrefix, "//") ||
+		strings.ContainsFunc(cfg.PathPrefix, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '?' || r == '#' })) {
+		return nil, fmt.Errorf("ext_authz HTTP provider: pathPrefix %q: want a path starting with one /, without spaces, control characters, ? or #", cfg.PathPrefix)
 	}
 	for k, v := range cfg.IncludeAdditionalHeadersInCheck {
 		if err := checkProviderHeader(k, v); err != nil {
@@ -132,8 +134,17 @@ func (p *ExtAuthzHTTPProvider) Check(ctx context.Context, req *Request, _ ast.Va
 	if err != nil {
 		return p.failed("ext_authz HTTP check: " + err.Error())
 	}
-	// The path goes as it is (normalized, with its query), behind the prefix.
-	hr.URL.Opaque = p.cfg.PathPrefix + path
+	// The path goes as it is (normalized, with its query), behind the
+	// prefix, in origin form: as an opaque URL a path starting "//" would
+	// be sent as an absolute URL naming a host the client chose.
+	target, query, _ := strings.Cut(p.cfg.PathPrefix+path, "?")
+	hr.URL.Path, hr.URL.RawPath, hr.URL.RawQuery = target, target, query
+	if unescaped, err := url.PathUnescape(target); err == nil {
+		hr.URL.Path = unescaped
+	}
+	if hr.URL.EscapedPath() != target {
+		return p.failed(fmt.Sprintf("ext_authz HTTP check: path %q cannot be sent as it is", target))
+	}
 	hr.Host = req.fastHost()
 	hr.ContentLength = n
 	if n == 0 {
@@ -168,7 +179,7 @@ func (p *ExtAuthzHTTPProvider) Check(ctx context.Context, req *Request, _ ast.Va
 				res.Headers[strings.ToLower(k)] = strings.Join(vs, ",")
 			}
 			if headerMatch(k, p.cfg.HeadersToDownstreamOnAllow) {
-				res.ResponseHeaders = append(res.ResponseHeaders, ResponseHeader{Name: strings.ToLower(k), Value: strings.Join(vs, ",")})
+				res.ResponseHeaders = append(res.ResponseHeaders, responseValues(k, vs)...)
 			}
 		}
 		return res
@@ -189,10 +200,26 @@ func (p *ExtAuthzHTTPProvider) Check(ctx context.Context, req *Request, _ ast.Va
 			continue
 		}
 		if len(p.cfg.HeadersToDownstreamOnDeny) == 0 || headerMatch(lk, p.cfg.HeadersToDownstreamOnDeny) || headerMatch(lk, always) {
-			res.Headers[lk] = strings.Join(vs, ",")
+			if len(vs) > 1 {
+				// Each value its own line (Set-Cookie cannot be joined).
+				res.ResponseHeaders = append(res.ResponseHeaders, responseValues(lk, vs)...)
+			} else {
+				res.Headers[lk] = vs[0]
+			}
 		}
 	}
 	return res
+}
+
+// responseValues are the response header operations that give the client
+// every value of a header on its own line (Set-Cookie cannot be joined with
+// commas): the first replaces the response's header, the rest are added.
+func responseValues(name string, vs []string) []ResponseHeader {
+	out := make([]ResponseHeader, len(vs))
+	for i, v := range vs {
+		out[i] = ResponseHeader{Name: strings.ToLower(name), Value: v, Append: i > 0}
+	}
+	return out
 }
 
 func (p *ExtAuthzHTTPProvider) failedOrOpen(reason string) ProviderResult {

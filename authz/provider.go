@@ -106,6 +106,10 @@ func (res ProviderResult) check() error {
 	return nil
 }
 
+// CheckProviderHeader checks a header a provider's configuration adds
+// (includeAdditionalHeadersInCheck) as a provider's answers are checked.
+func CheckProviderHeader(name, value string) error { return checkProviderHeader(name, value) }
+
 func checkProviderHeader(name, value string) error {
 	if !validHeaderName(name) || strings.HasPrefix(name, ":") {
 		return fmt.Errorf("header name %q is not one a provider may set", name)

@@ -268,8 +268,14 @@ func (m Mesh) WithDefaults() (Mesh, error) {
 			if ns, host, ok := strings.Cut(h.Service, "/"); ok && (ns == "" || host == "" || strings.Contains(host, "/")) {
 				return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.service %q: want [<Namespace>/]<Hostname>", i, p.Name, h.Service)
 			}
-			if h.PathPrefix != "" && !strings.HasPrefix(h.PathPrefix, "/") {
-				return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.pathPrefix %q must start with /", i, p.Name, h.PathPrefix)
+			if h.PathPrefix != "" && (!strings.HasPrefix(h.PathPrefix, "/") || strings.HasPrefix(h.PathPrefix, "//") ||
+				strings.ContainsFunc(h.PathPrefix, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '?' || r == '#' })) {
+				return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.pathPrefix %q: want a path starting with one /, without spaces, control characters, ? or #", i, p.Name, h.PathPrefix)
+			}
+			for k, v := range h.IncludeAdditionalHeadersInCheck {
+				if err := authz.CheckProviderHeader(strings.ToLower(k), v); err != nil {
+					return m, fmt.Errorf("mesh config: extensionProviders[%d] (%s): envoyExtAuthzHttp.includeAdditionalHeadersInCheck: %v", i, p.Name, err)
+				}
 			}
 		}
 		for _, t := range []string{timeoutOf(p)} {

@@ -1003,8 +1003,9 @@ func (s *Server) validate(objs []source.Object) (nw *compile.Networking, nfs, re
 
 // refuseKubeObjects returns objs with each object from Kubernetes
 // (objs[nDir:]) that bad names back at its last good version, or left out
-// when it has none; fromDir reports that bad names an object from a file,
-// whose change cannot be refused alone.
+// when it has none; fromDir reports that the change cannot be refused object
+// by object: bad names an object from a file (its editor sees the error), or,
+// at start, a security object with no last good version.
 func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad map[string]string) (kept []source.Object, fromDir bool) {
 	for _, o := range objs[:nDir] {
 		if _, ok := bad[objectKey(o)]; ok {
@@ -1020,9 +1021,18 @@ func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad map[strin
 			kept = append(kept, o)
 			continue
 		}
+		g, ok := s.kubeGood[k]
+		if !ok && !s.loaded && securityKinds[o.Kind] {
+			// At start there is no last good version to keep: this one may
+			// have been valid before a restart and be what the sidecars
+			// enforce. Leaving a security object out would fail open, so
+			// rampartd does not start until it is fixed.
+			s.log.Error("a cluster security object is refused, and rampartd has no last good version of it to keep: fix the object", "object", k, "finding", why)
+			return nil, true
+		}
 		refused = true
 		s.rejects.WithLabelValues("invalid_object").Inc()
-		if g, ok := s.kubeGood[k]; ok {
+		if ok {
 			s.log.Error("a cluster object's change is refused; it stays at its last good version", "object", k, "finding", why)
 			kept = append(kept, g)
 		} else {
@@ -1033,6 +1043,11 @@ func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad map[strin
 	// alone.
 	return kept, !refused
 }
+
+// securityKinds are the kinds whose absence relaxes a control: refused
+// alone, they are kept at their last good version, never left out when
+// rampartd has none.
+var securityKinds = map[string]bool{"AuthorizationPolicy": true, "RequestAuthentication": true, "PeerAuthentication": true, "RateLimitPolicy": true}
 
 // objectKey names an object as findings do: "Kind namespace/name".
 func objectKey(o source.Object) string {

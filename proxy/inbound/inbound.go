@@ -589,6 +589,16 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if r.TLS != nil {
 		ar.SNI = r.TLS.ServerName
 	}
+	// The client's X-Forwarded-Client-Cert is never trusted: it is
+	// replaced by the sidecar's statement of the verified peer before
+	// anything reads the request (policies, CUSTOM providers, the app), as
+	// Envoy's connection manager sets it ahead of its filters.
+	delete(r.Header, "X-Forwarded-Client-Cert")
+	var xfcc []string
+	if principal != "" {
+		xfcc = []string{"By=" + spiffeIDOf(s.cfg.SVID) + ";URI=" + principal}
+		r.Header["X-Forwarded-Client-Cert"] = xfcc
+	}
 	ar.Headers = make([]authz.Header, 0, len(r.Header)+2)
 	for name, vals := range r.Header {
 		for _, v := range vals {
@@ -682,9 +692,11 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	for _, h := range an.SetHeaders {
 		r.Header.Set(h[0], h[1])
 	}
+	// Again after the providers' and authentication's changes, which may not
+	// speak for the peer either.
 	delete(r.Header, "X-Forwarded-Client-Cert")
-	if principal != "" {
-		r.Header.Set("x-forwarded-client-cert", "By="+spiffeIDOf(s.cfg.SVID)+";URI="+principal)
+	if xfcc != nil {
+		r.Header["X-Forwarded-Client-Cert"] = xfcc
 	}
 	return 200, true, d.ResponseHeaders
 }
