@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/registry"
@@ -80,6 +81,10 @@ spec:
 		kube.mu.Unlock()
 		x.KubeChanged()
 		err2 := x.reload(false)
+		// Refused on both reloads, reported (and counted) once.
+		if n := testutil.ToFloat64(x.rejects.WithLabelValues("invalid_object")); n != 1 {
+			t.Errorf("rampart_xds_config_rejected_total{reason=invalid_object} = %v after two reloads with one bad object, want 1", n)
+		}
 		if eps := endpointsOf(x, id.String()); !strings.Contains(eps, "10.0.0.8") {
 			t.Errorf("namespace foo's endpoint change was refused because of an object in namespace tenant;\n"+
 				"proxies still route to the deleted pod:\n  reload after VS: %v\n  reload after pod churn: %v\n  endpoints served: %s", err1, err2, eps)

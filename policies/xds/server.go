@@ -114,6 +114,9 @@ type Server struct {
 	// by "Kind namespace/name": what an object whose new version is refused
 	// stays at.
 	kubeGood map[string]source.Object
+	// kubeRefused holds the cluster objects the last load refused alone, with
+	// why: a refusal already reported is not reported again on every reload.
+	kubeRefused map[string]string
 
 	pushes      prometheus.Counter
 	rejects     *prometheus.CounterVec
@@ -476,6 +479,7 @@ func (s *Server) reload(first bool) error {
 		nfs     []compile.Finding
 		refused []compile.Finding
 	)
+	refusedNow := map[string]string{}
 	for round := 0; ; round++ {
 		nw, nfs, refused = s.validate(objs)
 		if len(refused) == 0 {
@@ -485,7 +489,7 @@ func (s *Server) reload(first bool) error {
 		for _, f := range refused {
 			bad[f.Object] = f.String()
 		}
-		kept, fromDir := s.refuseKubeObjects(objs, nDir, bad)
+		kept, fromDir := s.refuseKubeObjects(objs, nDir, bad, refusedNow)
 		if fromDir || round == 1 {
 			s.rejects.WithLabelValues("invalid").Inc()
 			s.mu.Lock()
@@ -502,7 +506,7 @@ func (s *Server) reload(first bool) error {
 	for _, o := range objs[min(nDir, len(objs)):] {
 		good[objectKey(o)] = o
 	}
-	s.kubeGood = good
+	s.kubeGood, s.kubeRefused = good, refusedNow
 	// Only reload writes objs, net and providers, so they cannot change
 	// between these two locked sections.
 	next := loaded{objs: objs, net: nw, providers: providersDigest(s.cfg.Mesh)}
@@ -1006,7 +1010,7 @@ func (s *Server) validate(objs []source.Object) (nw *compile.Networking, nfs, re
 // when it has none; fromDir reports that the change cannot be refused object
 // by object: bad names an object from a file (its editor sees the error), or,
 // at start, a security object with no last good version.
-func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad map[string]string) (kept []source.Object, fromDir bool) {
+func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad, now map[string]string) (kept []source.Object, fromDir bool) {
 	for _, o := range objs[:nDir] {
 		if _, ok := bad[objectKey(o)]; ok {
 			return nil, true
@@ -1031,12 +1035,17 @@ func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad map[strin
 			return nil, true
 		}
 		refused = true
-		s.rejects.WithLabelValues("invalid_object").Inc()
+		now[k] = why
+		level := slog.LevelDebug // reported when it was first refused
+		if s.kubeRefused[k] != why {
+			level = slog.LevelError
+			s.rejects.WithLabelValues("invalid_object").Inc()
+		}
 		if ok {
-			s.log.Error("a cluster object's change is refused; it stays at its last good version", "object", k, "finding", why)
+			s.log.Log(context.Background(), level, "a cluster object's change is refused; it stays at its last good version", "object", k, "finding", why)
 			kept = append(kept, g)
 		} else {
-			s.log.Error("a cluster object is refused and left out", "object", k, "finding", why)
+			s.log.Log(context.Background(), level, "a cluster object is refused and left out", "object", k, "finding", why)
 		}
 	}
 	// A finding that names no object from either source cannot be refused
