@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -21,9 +20,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/rampart-mesh/rampart/authn"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -285,24 +282,6 @@ func (s *fixedExtAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.Ch
 	return s.resp, nil
 }
 
-func startFixedExtAuthz(t *testing.T, srv *fixedExtAuthz) *grpc.ClientConn {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	authv3.RegisterAuthorizationServer(gs, srv)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
-
 func hvo(k, v string, appendValue *bool) *corev3.HeaderValueOption {
 	o := &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}}
 	if appendValue != nil {
@@ -321,7 +300,7 @@ func TestExtAuthzOKHeaderChanges(t *testing.T) {
 		HeadersToRemove:      []string{"Authorization"},
 		ResponseHeadersToAdd: []*corev3.HeaderValueOption{hvo("x-r", "a", nil), hvo("x-r2", "b", &yes)},
 	}}}}
-	p, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: startFixedExtAuthz(t, fixed)})
+	p, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: startExtAuthz(t, fixed)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +334,7 @@ func TestExtAuthzInvalidStatus(t *testing.T) {
 		{"statusOnError invalid too", 99, 99, 403},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: startFixedExtAuthz(t, deny(tc.code)), StatusOnError: tc.statusOnError})
+			p, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: startExtAuthz(t, deny(tc.code)), StatusOnError: tc.statusOnError})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -695,7 +674,7 @@ func TestExtAuthzAppendAction(t *testing.T) {
 			act("x-r-set", "c", corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD),
 		},
 	}}}}
-	p, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: startFixedExtAuthz(t, fixed)})
+	p, err := NewExtAuthzProvider(ExtAuthzConfig{Conn: startExtAuthz(t, fixed)})
 	if err != nil {
 		t.Fatal(err)
 	}

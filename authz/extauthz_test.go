@@ -46,7 +46,8 @@ func (s *sampleExtAuthz) Check(ctx context.Context, r *authv3.CheckRequest) (*au
 		}}}, nil
 }
 
-func startExtAuthz(t *testing.T, srv *sampleExtAuthz) *grpc.ClientConn {
+// startExtAuthz serves srv on a loopback port and returns a connection to it.
+func startExtAuthz(t *testing.T, srv authv3.AuthorizationServer) *grpc.ClientConn {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

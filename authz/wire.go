@@ -98,13 +98,9 @@ func (b WireBundle) LoadProviders(ctx context.Context) (map[string]Provider, err
 			}
 		}
 		if x := p.ExtAuthzHTTP; x != nil {
-			var timeout time.Duration
-			if x.Timeout != "" {
-				d, err := time.ParseDuration(x.Timeout)
-				if err != nil {
-					return nil, fmt.Errorf("provider %s: timeout %q: %w", name, x.Timeout, err)
-				}
-				timeout = d
+			timeout, err := wireTimeout(x.Timeout)
+			if err != nil {
+				return nil, fmt.Errorf("provider %s: %w", name, err)
 			}
 			hp, err := NewExtAuthzHTTPProvider(ExtAuthzHTTPConfig{Target: x.Target, PathPrefix: x.PathPrefix, Timeout: timeout, FailOpen: x.FailOpen,
 				StatusOnError: x.StatusOnError, IncludeRequestHeadersInCheck: x.IncludeRequestHeadersInCheck, IncludeAdditionalHeadersInCheck: x.IncludeAdditionalHeadersInCheck,
@@ -116,13 +112,9 @@ func (b WireBundle) LoadProviders(ctx context.Context) (map[string]Provider, err
 			continue
 		}
 		if x := p.ExtAuthzGRPC; x != nil {
-			var timeout time.Duration
-			if x.Timeout != "" {
-				d, err := time.ParseDuration(x.Timeout)
-				if err != nil {
-					return nil, fmt.Errorf("provider %s: timeout %q: %w", name, x.Timeout, err)
-				}
-				timeout = d
+			timeout, err := wireTimeout(x.Timeout)
+			if err != nil {
+				return nil, fmt.Errorf("provider %s: %w", name, err)
 			}
 			// Istio's service is [<Namespace>/]<Hostname>; the control plane
 			// drops the namespace. A target that still has one would never
@@ -152,6 +144,18 @@ func (b WireBundle) LoadProviders(ctx context.Context) (map[string]Provider, err
 		out[name] = WithBodyIf(rp, p.Body)
 	}
 	return out, nil
+}
+
+// wireTimeout reads a provider's timeout ("" means the provider's default).
+func wireTimeout(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("timeout %q: %w", s, err)
+	}
+	return d, nil
 }
 
 // Extension encodes b as the ECDS resource.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/registry"
@@ -109,17 +110,9 @@ spec:
 // whole.
 func TestKubeObjectKeepsLastGood(t *testing.T) {
 	a := catest.Authority(t)
-	parse := func(y string) []source.Object {
-		t.Helper()
-		o, err := source.Parse("kubernetes", []byte(y))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return o
-	}
-	good := parse("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n")
-	typo := parse("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {pathz: [/admin]}}]}]\n")
-	other := parse("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: other, namespace: foo}\nspec: {}\n")
+	good := parseKube(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n")
+	typo := parseKube(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {pathz: [/admin]}}]}]\n")
+	other := parseKube(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: other, namespace: foo}\nspec: {}\n")
 	mesh, _ := compile.Mesh{}.WithDefaults()
 	kube := &fakeKube{objs: good, reg: &registry.Registry{Domain: "cluster.local"}}
 	x, err := New(Config{Kube: kube, Mesh: mesh, Trust: a.Bundle()})
@@ -129,15 +122,9 @@ func TestKubeObjectKeepsLastGood(t *testing.T) {
 	if err := x.reload(true); err != nil {
 		t.Fatal(err)
 	}
-	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/foo/sa/httpbin")
-	x.nodes[id.String()] = &node{id: id, workload: compile.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{}}, acked: map[string]string{}}
 	policy := func() string {
 		t.Helper()
-		if err := x.push(id.String(), time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		wb, _, _ := x.Config(id.String())
-		return wb.Modules["rampart/policy.rego"]
+		return httpbinBundle(t, x).Modules["rampart/policy.rego"]
 	}
 	if p := policy(); !strings.Contains(p, `"/admin"`) {
 		t.Fatalf("setup: the DENY on /admin is not in the bundle:\n%s", p)
@@ -166,4 +153,80 @@ func TestKubeObjectKeepsLastGood(t *testing.T) {
 	if err := y.reload(true); err == nil || !strings.Contains(err.Error(), "pathz") {
 		t.Errorf("a file with the typo: %v; want the change refused, naming the field", err)
 	}
+}
+
+// A RequestAuthentication in the cluster edited into one rampartd refuses
+// (a second jwtRule whose issuer is no URL, without jwksUri) is kept at its
+// last good version by the running rampartd. That version lives only in
+// memory: a restarted rampartd (upgrade, reschedule, a second replica) must
+// not leave the RequestAuthentication out, or the workload would stop
+// validating JWTs (a forged or expired token reaching the app; DENY rules on
+// request.auth.claims no longer matching); it refuses to start instead.
+func TestKubeSecurityObjectRefusedAtStart(t *testing.T) {
+	a := catest.Authority(t)
+	good := parseKube(t, "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules:\n  - {issuer: \"https://issuer.example\", jwksUri: \"https://issuer.example/jwks\"}\n")
+	edited := parseKube(t, "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules:\n  - {issuer: \"https://issuer.example\", jwksUri: \"https://issuer.example/jwks\"}\n  - {issuer: \"internal\"}\n")
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	jwtRules := func(x *Server) string {
+		t.Helper()
+		return string(httpbinBundle(t, x).JWTRules)
+	}
+
+	// The running rampartd: good, then the edit.
+	kube := &fakeKube{objs: good, reg: &registry.Registry{Domain: "cluster.local"}}
+	x, err := New(Config{Kube: kube, Mesh: mesh, Trust: a.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.reload(true); err != nil {
+		t.Fatal(err)
+	}
+	kube.mu.Lock()
+	kube.objs = edited
+	kube.mu.Unlock()
+	x.KubeChanged()
+	if err := x.reload(false); err != nil {
+		t.Fatal(err)
+	}
+	running := jwtRules(x)
+	if !strings.Contains(running, "issuer.example") {
+		t.Fatalf("setup: running rampartd serves %s", running)
+	}
+
+	// rampartd restarts with the same cluster state.
+	y, err := New(Config{Kube: &fakeKube{objs: edited, reg: &registry.Registry{Domain: "cluster.local"}}, Mesh: mesh, Trust: a.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = y.reload(true)
+	if err == nil {
+		if restarted := jwtRules(y); !strings.Contains(restarted, "issuer.example") {
+			t.Errorf("after a restart the RequestAuthentication is gone: the running rampartd serves jwtRules %s, the restarted one %s (start error: %v)", running, restarted, err)
+		}
+	}
+}
+
+// parseKube parses y as objects read from the cluster.
+func parseKube(t *testing.T, y string) []source.Object {
+	t.Helper()
+	o, err := source.Parse("kubernetes", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// httpbinBundle is the bundle x serves a proxy of foo/httpbin (registered
+// if it is not yet).
+func httpbinBundle(t *testing.T, x *Server) authz.WireBundle {
+	t.Helper()
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/foo/sa/httpbin")
+	if x.nodes[id.String()] == nil {
+		x.nodes[id.String()] = &node{id: id, workload: compile.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{}}, acked: map[string]string{}}
+	}
+	if err := x.push(id.String(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	wb, _, _ := x.Config(id.String())
+	return wb
 }

@@ -12,25 +12,7 @@ import (
 	"time"
 
 	"github.com/rampart-mesh/rampart/authz"
-	"github.com/rampart-mesh/rampart/policies/compile"
-	"github.com/rampart-mesh/rampart/policies/offline"
-	"github.com/rampart-mesh/rampart/policies/source"
 )
-
-// bodyBundle is withCustom's bundle, with p as provider "opa".
-func bodyBundle(t *testing.T, p authz.Provider) authz.Bundle {
-	t.Helper()
-	mesh, err := compile.ParseMesh([]byte("extensionProviders:\n- name: opa\n  envoyExtAuthzGrpc: {service: opa.foo.svc.cluster.local, port: 9000}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := source.Parse("policies.yaml", []byte(policies))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, _ := offline.Compile(objs, mesh, compile.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{"app": "httpbin"}})
-	return offline.Bundle(out, mesh, map[string]authz.Provider{"opa": p})
-}
 
 // jsonUserApp answers with the user of the JSON body it got (the content type it
 // reads is the first, as r.Header.Get has it).
@@ -109,7 +91,7 @@ default allow := true
 allow := false if contains(input.attributes.request.http.body, "evil")
 `
 	rp := regoBundle(t, policy)
-	newBundle := bodyBundle(t, authz.WithBody(rp, authz.BodyConfig{MaxRequestBytes: 1024}))
+	newBundle := customBundle(t, policies, authz.WithBody(rp, authz.BodyConfig{MaxRequestBytes: 1024}))
 	e := start(t, ModePermissive, withCustom(t, rp), jsonUserApp(t), func(c *Config) {
 		c.Authn = swapAuthn{eng: c.Engine, b: newBundle}
 	})

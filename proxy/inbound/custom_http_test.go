@@ -1,7 +1,6 @@
 package inbound
 
 import (
-	"context"
 	"net/http"
 	"net/http/httptest"
 	"path"
@@ -9,12 +8,9 @@ import (
 	"testing"
 
 	"github.com/rampart-mesh/rampart/authz"
-	"github.com/rampart-mesh/rampart/policies/compile"
-	"github.com/rampart-mesh/rampart/policies/offline"
-	"github.com/rampart-mesh/rampart/policies/source"
 )
 
-const reviewCustomAll = `apiVersion: security.istio.io/v1
+const customAllPolicies = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: ext, namespace: foo}
 spec:
@@ -23,26 +19,6 @@ spec:
   rules:
   - to: [{operation: {notPaths: ["/healthz"]}}]
 `
-
-func withCustomPolicies(t *testing.T, pols string, p authz.Provider) func(*Config) {
-	t.Helper()
-	return func(c *Config) {
-		mesh, err := compile.ParseMesh([]byte("extensionProviders:\n- name: opa\n  envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 8000}\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		objs, err := source.Parse("policies.yaml", []byte(pols))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, _ := offline.Compile(objs, mesh, compile.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{"app": "httpbin"}})
-		eng := authz.New(authz.Config{})
-		if err := eng.Load(context.Background(), offline.Bundle(out, mesh, map[string]authz.Provider{"opa": p})); err != nil {
-			t.Fatal(err)
-		}
-		c.Engine = eng
-	}
-}
 
 // An ext_authz HTTP server that cleans the path it is asked about (as a
 // careful server does) and denies /admin: a client that asks for
@@ -65,7 +41,7 @@ func TestCustomHTTPDoubleSlashChecked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := start(t, ModePermissive, withCustomPolicies(t, reviewCustomAll, p))
+	e := start(t, ModePermissive, withCustomPolicies(t, customAllPolicies, p))
 	resp, _, err := e.get(t, e.client, "/admin/x", nil)
 	if err != nil || resp.StatusCode != 403 {
 		t.Fatalf("setup: /admin/x: %v %v; want 403", resp, err)
@@ -97,7 +73,7 @@ func TestCustomHTTPCheckGetsSidecarXFCC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := start(t, ModePermissive, withCustomPolicies(t, reviewCustomAll, p))
+	e := start(t, ModePermissive, withCustomPolicies(t, customAllPolicies, p))
 	forged := "By=spiffe://cluster.local/ns/foo/sa/httpbin;URI=spiffe://cluster.local/ns/prod/sa/admin"
 	resp, _, err := e.get(t, e.client, "/x", map[string]string{"x-forwarded-client-cert": forged})
 	if err != nil || resp.StatusCode != 200 {

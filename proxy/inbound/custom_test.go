@@ -30,22 +30,36 @@ func (f fixedResult) Check(context.Context, *authz.Request, ast.Value) authz.Pro
 // withCustom makes p the CUSTOM provider "opa" the test policies name.
 func withCustom(t *testing.T, p authz.Provider) func(*Config) {
 	t.Helper()
+	return withCustomPolicies(t, policies, p)
+}
+
+// withCustomPolicies loads pols, compiled for foo/httpbin, with p as the
+// CUSTOM provider "opa".
+func withCustomPolicies(t *testing.T, pols string, p authz.Provider) func(*Config) {
+	t.Helper()
 	return func(c *Config) {
-		mesh, err := compile.ParseMesh([]byte("extensionProviders:\n- name: opa\n  envoyExtAuthzGrpc: {service: opa.foo.svc.cluster.local, port: 9000}\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		objs, err := source.Parse("policies.yaml", []byte(policies))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, _ := offline.Compile(objs, mesh, compile.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{"app": "httpbin"}})
 		eng := authz.New(authz.Config{})
-		if err := eng.Load(context.Background(), offline.Bundle(out, mesh, map[string]authz.Provider{"opa": p})); err != nil {
+		if err := eng.Load(context.Background(), customBundle(t, pols, p)); err != nil {
 			t.Fatal(err)
 		}
 		c.Engine = eng
 	}
+}
+
+// customBundle is pols compiled for foo/httpbin, with p as the CUSTOM
+// provider "opa".
+func customBundle(t *testing.T, pols string, p authz.Provider) authz.Bundle {
+	t.Helper()
+	mesh, err := compile.ParseMesh([]byte("extensionProviders:\n- name: opa\n  envoyExtAuthzGrpc: {service: opa.foo.svc.cluster.local, port: 9000}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := source.Parse("policies.yaml", []byte(pols))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := offline.Compile(objs, mesh, compile.Workload{Namespace: "foo", Name: "httpbin", Labels: map[string]string{"app": "httpbin"}})
+	return offline.Bundle(out, mesh, map[string]authz.Provider{"opa": p})
 }
 
 func regoBundle(t *testing.T, policy string) *authz.RegoProvider {
