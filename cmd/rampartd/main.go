@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"github.com/rampart-mesh/rampart/policies/source/kube"
-	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -182,15 +181,11 @@ func run(ctx context.Context, c config) error {
 		if err != nil {
 			return fmt.Errorf("--kubeconfig %s: %w", c.Kubeconfig, err)
 		}
-		ic, err := istioclient.NewForConfig(rc)
-		if err != nil {
-			return fmt.Errorf("--kubeconfig %s: %w", c.Kubeconfig, err)
-		}
 		dc, err := dynamic.NewForConfig(rc)
 		if err != nil {
 			return fmt.Errorf("--kubeconfig %s: %w", c.Kubeconfig, err)
 		}
-		kcfg = &kube.Config{Kube: kc, Istio: ic, Dynamic: dc, Namespace: c.KubeNamespace, RootNamespace: mesh.RootNamespace}
+		kcfg = &kube.Config{Kube: kc, Dynamic: dc, Namespace: c.KubeNamespace, RootNamespace: mesh.RootNamespace}
 	}
 	reg := cli.NewRegistry()
 	srv, err := controlplane.New(controlplane.Config{

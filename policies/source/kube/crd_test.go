@@ -22,7 +22,7 @@ func TestMissingCRDDoesNotHoldTheSync(t *testing.T) {
 		return true, nil, apierrors.NewNotFound(RateLimitPolicies.GroupResource(), "")
 	})
 	var logs lockedBuffer
-	s, err := New(Config{Kube: f.kube, Istio: f.istio, Dynamic: f.dyn, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	s, err := New(Config{Kube: f.kube, Dynamic: f.dyn, Log: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

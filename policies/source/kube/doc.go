@@ -17,9 +17,11 @@
 // caches change and leaves the rest to its caller. Objects enter the caches
 // trimmed (no managed fields; Pods keep only what the registry reads).
 //
-// Rampart's own policy.rampart.dev kinds (RateLimitPolicy; CRDs in
-// deploy/crds) are watched through a dynamic informer (Config.Dynamic) and
-// become source.Objects the same way.
+// Istio's kinds and Rampart's own policy.rampart.dev kinds (RateLimitPolicy;
+// CRDs in deploy/crds) are watched through dynamic informers
+// (Config.Dynamic): their specs reach the compiler as the API server stores
+// them, so a field this build does not know (a newer CRD in the cluster) is a
+// finding, not silently dropped as istio.io/api's typed decoders would.
 //
 // It is control plane: it must not import proxy/..., ca/agent or ca/workloadapi.
 package kube

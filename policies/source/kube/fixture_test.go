@@ -17,7 +17,6 @@ import (
 	"encoding/json"
 
 	"github.com/rampart-mesh/rampart/policies/api"
-	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	istioscheme "istio.io/client-go/pkg/clientset/versioned/scheme"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -72,17 +71,44 @@ func decodeFile(t *testing.T, path string) []runtime.Object {
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", path, err, doc)
 		}
+		if strings.HasSuffix(obj.GetObjectKind().GroupVersionKind().Group, "istio.io") {
+			// Checked strictly as the typed object above; served by the
+			// dynamic client, as the source reads it.
+			u := &unstructured.Unstructured{}
+			if err := u.UnmarshalJSON(mustJSON(t, doc)); err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			obj = u
+		}
 		out = append(out, obj)
 	}
 }
 
+func mustJSON(t *testing.T, doc []byte) []byte {
+	t.Helper()
+	js, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
 // fixture is a pair of fake clientsets seeded from testdata.
 type fixture struct {
-	kube  *kubefake.Clientset
-	istio *istiofake.Clientset
-	dyn   *dynamicfake.FakeDynamicClient // Rampart's own kinds
-	// istioWatches and dynWatches count watches the fakes have opened.
-	istioWatches, dynWatches atomic.Int32
+	kube *kubefake.Clientset
+	dyn  *dynamicfake.FakeDynamicClient // Istio's and Rampart's kinds
+	// dynWatches counts the watches the dynamic fake has opened.
+	dynWatches atomic.Int32
+}
+
+// listKinds are the dynamic fake's list kinds for every custom resource the
+// source watches.
+func listKinds() map[schema.GroupVersionResource]string {
+	m := map[schema.GroupVersionResource]string{RateLimitPolicies: api.KindRateLimitPolicy + "List"}
+	for gvr, kind := range IstioResources {
+		m[gvr] = kind + "List"
+	}
+	return m
 }
 
 // rampartObject decodes a policy.rampart.dev document as the dynamic client
@@ -114,32 +140,24 @@ func newFixture(t *testing.T, files ...string) *fixture {
 	// on (the default since 1.35) they would wait for a bookmark the fake never
 	// sends. A real API server streams lists; fakes need the classic list+watch.
 	clientfeaturestesting.SetFeatureDuringTest(t, clientfeatures.WatchListClient, false)
-	var kubeObjs, istioObjs, dynObjs []runtime.Object
+	var kubeObjs, dynObjs []runtime.Object
 	for _, f := range files {
 		for _, obj := range decodeFile(t, filepath.Join("testdata", f)) {
 			if _, ok := obj.(*unstructured.Unstructured); ok {
 				dynObjs = append(dynObjs, obj)
-			} else if strings.HasSuffix(obj.GetObjectKind().GroupVersionKind().Group, "istio.io") {
-				istioObjs = append(istioObjs, obj)
 			} else {
 				kubeObjs = append(kubeObjs, obj)
 			}
 		}
 	}
-	f := &fixture{kube: kubefake.NewClientset(kubeObjs...), istio: istiofake.NewSimpleClientset(istioObjs...),
-		dyn: dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
-			map[schema.GroupVersionResource]string{RateLimitPolicies: api.KindRateLimitPolicy + "List"}, dynObjs...)}
+	f := &fixture{kube: kubefake.NewClientset(kubeObjs...),
+		dyn: dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), listKinds(), dynObjs...)}
+	// The dynamic fake's watch starts from "now" (it ignores resourceVersion),
+	// so a change made between an informer's list and its watch would be lost:
+	// tests wait until every watch is open before they change anything.
 	f.dyn.PrependWatchReactor("*", func(a clienttesting.Action) (bool, watch.Interface, error) {
 		w, err := f.dyn.Tracker().Watch(a.GetResource(), a.GetNamespace())
 		f.dynWatches.Add(1)
-		return true, w, err
-	})
-	// The Istio fake's watch starts from "now" (it ignores resourceVersion), so a
-	// change made between an informer's list and its watch would be lost: tests
-	// wait until every Istio watch is open before they change anything.
-	f.istio.PrependWatchReactor("*", func(a clienttesting.Action) (bool, watch.Interface, error) {
-		w, err := f.istio.Tracker().Watch(a.GetResource(), a.GetNamespace())
-		f.istioWatches.Add(1)
 		return true, w, err
 	})
 	return f
@@ -160,7 +178,7 @@ type running struct {
 func (f *fixture) start(t *testing.T, cfg Config) *running {
 	t.Helper()
 	r := &running{done: make(chan error, 1)}
-	cfg.Kube, cfg.Istio, cfg.Dynamic = f.kube, f.istio, f.dyn
+	cfg.Kube, cfg.Dynamic = f.kube, f.dyn
 	cfg.OnChange = func() { r.changes.Add(1) }
 	if cfg.Log == nil {
 		cfg.Log = testLogger(t)
@@ -174,9 +192,8 @@ func (f *fixture) start(t *testing.T, cfg Config) *running {
 	r.cancel = cancel
 	go func() { r.done <- s.Run(ctx) }()
 	t.Cleanup(func() { r.stop(t) })
-	eventually(t, "caches synced and Istio watches open", func() bool {
-		return s.HasSynced() && f.istioWatches.Load() >= int32(len(s.istioKinds)) &&
-			f.dynWatches.Load() >= int32(len(s.rampartKinds)) && r.changes.Load() >= 1
+	eventually(t, "caches synced and custom kinds' watches open", func() bool {
+		return s.HasSynced() && f.dynWatches.Load() >= int32(len(s.crdKinds)) && r.changes.Load() >= 1
 	})
 	return r
 }

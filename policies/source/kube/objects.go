@@ -1,94 +1,93 @@
 package kube
 
 import (
-	"bytes"
 	"encoding/json"
 	"maps"
 	"sort"
 
+	"github.com/rampart-mesh/rampart/policies/api"
 	"github.com/rampart-mesh/rampart/policies/source"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
-	securityv1 "istio.io/client-go/pkg/apis/security/v1"
-	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 )
 
-// istioKind is one Istio kind the source watches.
-type istioKind struct {
-	apiVersion string
-	kind       string
-	informer   cache.SharedIndexInformer
+// crdKind is one custom kind the source watches (Istio's or Rampart's).
+type crdKind struct {
+	resource schema.GroupVersionResource
+	kind     string
+	informer cache.SharedIndexInformer
 }
 
-func istioKinds(f istioinformers.SharedInformerFactory) []istioKind {
-	sec, net := f.Security().V1(), f.Networking().V1()
-	const security, networking = "security.istio.io/v1", "networking.istio.io/v1"
-	return []istioKind{
-		{security, "AuthorizationPolicy", sec.AuthorizationPolicies().Informer()},
-		{security, "PeerAuthentication", sec.PeerAuthentications().Informer()},
-		{security, "RequestAuthentication", sec.RequestAuthentications().Informer()},
-		{networking, "DestinationRule", net.DestinationRules().Informer()},
-		{networking, "Gateway", net.Gateways().Informer()},
-		{networking, "ServiceEntry", net.ServiceEntries().Informer()},
-		{networking, "Sidecar", net.Sidecars().Informer()},
-		{networking, "VirtualService", net.VirtualServices().Informer()},
-		{networking, "WorkloadEntry", net.WorkloadEntries().Informer()},
+func (k crdKind) apiVersion() string { return k.resource.GroupVersion().String() }
+
+// RateLimitPolicies is the resource of Rampart's RateLimitPolicy CRD.
+var RateLimitPolicies = schema.GroupVersionResource{Group: api.Group, Version: api.Version, Resource: api.ResourceRateLimitPolicies}
+
+func istio(group, resource string) schema.GroupVersionResource {
+	return schema.GroupVersionResource{Group: group + ".istio.io", Version: "v1", Resource: resource}
+}
+
+// IstioResources are the Istio kinds the source reads, by resource; the
+// values are their kinds.
+var IstioResources = map[schema.GroupVersionResource]string{
+	istio("security", "authorizationpolicies"):  "AuthorizationPolicy",
+	istio("security", "peerauthentications"):    "PeerAuthentication",
+	istio("security", "requestauthentications"): "RequestAuthentication",
+	istio("networking", "destinationrules"):     "DestinationRule",
+	istio("networking", "gateways"):             "Gateway",
+	istio("networking", "serviceentries"):       "ServiceEntry",
+	istio("networking", "sidecars"):             "Sidecar",
+	istio("networking", "virtualservices"):      "VirtualService",
+	istio("networking", "workloadentries"):      "WorkloadEntry",
+}
+
+// istioKinds watches Istio's kinds through the dynamic client, not Istio's
+// typed one: istio.io/api's decoders skip fields they do not know, so a field
+// that a newer Istio CRD in the cluster keeps (version skew) would vanish
+// before validation, and the object be enforced without it. As unstructured
+// objects the spec reaches the compiler as the API server stores it, and an
+// unknown field is a finding there, as it is in a file.
+func istioKinds(f dynamicinformer.DynamicSharedInformerFactory) []crdKind {
+	var out []crdKind
+	for gvr, kind := range IstioResources {
+		out = append(out, crdKind{gvr, kind, f.ForResource(gvr).Informer()})
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].kind < out[j].kind })
+	return out
 }
 
-// specOf returns the metadata and the istio.io/api spec of a typed Istio
-// object. The client-go types embed the spec message by value; the pointer
-// points into the cache, so it is only read.
-func specOf(obj any) (metav1.Object, proto.Message, bool) {
-	switch o := obj.(type) {
-	case *securityv1.AuthorizationPolicy:
-		return o, &o.Spec, true
-	case *securityv1.PeerAuthentication:
-		return o, &o.Spec, true
-	case *securityv1.RequestAuthentication:
-		return o, &o.Spec, true
-	case *networkingv1.DestinationRule:
-		return o, &o.Spec, true
-	case *networkingv1.Gateway:
-		return o, &o.Spec, true
-	case *networkingv1.ServiceEntry:
-		return o, &o.Spec, true
-	case *networkingv1.Sidecar:
-		return o, &o.Spec, true
-	case *networkingv1.VirtualService:
-		return o, &o.Spec, true
-	case *networkingv1.WorkloadEntry:
-		return o, &o.Spec, true
-	}
-	return nil, nil, false
+func rampartKinds(f dynamicinformer.DynamicSharedInformerFactory) []crdKind {
+	return []crdKind{{RateLimitPolicies, api.KindRateLimitPolicy, f.ForResource(RateLimitPolicies).Informer()}}
 }
 
-// Objects returns every Istio and Rampart object in the caches as source.Object, ordered by
-// kind, namespace and name. Spec is the protojson of the object's spec, as the
-// YAML source gives it; File is "kubernetes" and Line 0.
+// Objects returns every Istio and Rampart object in the caches as
+// source.Object, ordered by kind, namespace and name. Spec is the object's
+// spec as the API server holds it, in JSON, for the same strict decoding the
+// YAML source's objects get; File is "kubernetes" and Line 0.
 func (s *Source) Objects() []source.Object {
 	var out []source.Object
-	for _, k := range s.istioKinds {
+	for _, k := range s.crdKinds {
 		for _, item := range k.informer.GetStore().List() {
-			m, spec, ok := specOf(item)
+			u, ok := item.(*unstructured.Unstructured)
 			if !ok {
 				continue
 			}
-			js, err := specJSON(spec)
-			if err != nil {
-				// Cannot happen for a message the informer decoded; say so if it does.
-				s.log.Error("encode spec; object left out", "kind", k.kind, "namespace", m.GetNamespace(), "name", m.GetName(), "err", err)
-				continue
+			o := objectOf(k.apiVersion(), k.kind, u)
+			if spec, found := u.Object["spec"]; found {
+				js, err := json.Marshal(spec)
+				if err != nil {
+					// Cannot happen for what the informer decoded from JSON; say so if it does.
+					s.log.Error("encode spec; object left out", "kind", k.kind, "namespace", u.GetNamespace(), "name", u.GetName(), "err", err)
+					continue
+				}
+				o.Spec = js
 			}
-			o := objectOf(k.apiVersion, k.kind, m)
-			o.Spec = js
 			out = append(out, o)
 		}
 	}
-	out = append(out, s.rampartObjects()...)
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]
 		if a.Kind != b.Kind {
@@ -113,20 +112,6 @@ func (s *Source) Namespaces() []source.Object {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
-}
-
-func specJSON(m proto.Message) (json.RawMessage, error) {
-	js, err := protojson.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	// protojson varies its whitespace on purpose; compact it so equal specs
-	// are equal bytes.
-	var b bytes.Buffer
-	if err := json.Compact(&b, js); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
 }
 
 // lastApplied is kubectl's copy of the whole object: large, and never config.

@@ -2,10 +2,12 @@ package kube
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/registry"
 	"github.com/rampart-mesh/rampart/policies/source"
 	"go.uber.org/goleak"
@@ -16,6 +18,8 @@ import (
 	networkingapi "istio.io/api/networking/v1alpha3"
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 func unmarshalSpec(t *testing.T, o source.Object, m proto.Message) {
@@ -162,4 +166,44 @@ func TestObjectsMatchFileSource(t *testing.T) {
 		t.Errorf("ServiceEntry httpbin-ext in the registry = %+v", se)
 	}
 	r.stop(t)
+}
+
+// A cluster whose Istio CRDs are newer than the istio.io/api Rampart links
+// keeps fields Rampart does not know. Istio's typed client would drop them
+// on decode, and an ALLOW rule narrowed by such a field would be enforced
+// wider than written. Read as the API server stores it, the field reaches the
+// compiler, which reports it with its path, as it does for a file.
+func TestUnknownFieldFromNewerCRDReachesTheCompiler(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	f := newFixture(t)
+	ap := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+		"metadata": map[string]any{"name": "allow-get", "namespace": "default"},
+		"spec": map[string]any{
+			"action": "ALLOW",
+			"rules": []any{map[string]any{"to": []any{map[string]any{"operation": map[string]any{
+				"methods":        []any{"GET"},
+				"futureNotPaths": []any{"/admin"},
+			}}}}},
+		},
+	}}
+	if _, err := f.dyn.Resource(istio("security", "authorizationpolicies")).Namespace("default").Create(t.Context(), ap, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r := f.start(t, Config{})
+	objs := r.Objects()
+	r.stop(t)
+	if len(objs) != 1 || !strings.Contains(string(objs[0].Spec), "futureNotPaths") {
+		t.Fatalf("Objects() = %+v; want the AuthorizationPolicy with its spec as stored", objs)
+	}
+	_, fs := compile.DecodeAuthorizationPolicies(objs, "default")
+	found := false
+	for _, f := range fs {
+		if f.Severity == compile.SeverityError && strings.Contains(f.Path, "futureNotPaths") && strings.Contains(f.Message, "newer Istio") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("findings %v; want an error naming spec.rules[0].to[0].operation.futureNotPaths", fs)
+	}
 }

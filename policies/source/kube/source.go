@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,10 +31,10 @@ var ErrRunning = errors.New("kube source is already running")
 type Config struct {
 	// Kube is the Kubernetes clientset (Services, EndpointSlices, Pods, Namespaces).
 	Kube kubernetes.Interface
-	// Istio is the Istio clientset (security.istio.io and networking.istio.io).
-	Istio istioclient.Interface
-	// Dynamic is the client for Rampart's own kinds (policy.rampart.dev
-	// RateLimitPolicy), whose CRDs are in deploy/crds. Nil leaves them unwatched.
+	// Dynamic is the client for the custom kinds: Istio's
+	// (security.istio.io/v1 and networking.istio.io/v1, read as the API server
+	// stores them, so a field this build does not know is seen) and Rampart's
+	// own (policy.rampart.dev RateLimitPolicy; CRDs in deploy/crds).
 	Dynamic dynamic.Interface
 	// Namespace limits every namespaced informer to one namespace; "" watches all.
 	// With a namespace set, only that Namespace object is watched, so the source
@@ -64,18 +62,16 @@ type Source struct {
 	cfg Config
 	log *slog.Logger
 
-	kube  informers.SharedInformerFactory
-	nss   informers.SharedInformerFactory // Namespaces, possibly narrowed to cfg.Namespace
-	istio istioinformers.SharedInformerFactory
-	root  istioinformers.SharedInformerFactory         // the root namespace's, with Config.Namespace; else nil
-	dyn   dynamicinformer.DynamicSharedInformerFactory // nil without Config.Dynamic
+	kube informers.SharedInformerFactory
+	nss  informers.SharedInformerFactory // Namespaces, possibly narrowed to cfg.Namespace
+	dyn  dynamicinformer.DynamicSharedInformerFactory
+	root dynamicinformer.DynamicSharedInformerFactory // Istio kinds in the root namespace, with Config.Namespace; else nil
 
-	services     cache.SharedIndexInformer
-	slices       cache.SharedIndexInformer
-	pods         cache.SharedIndexInformer
-	namespaces   cache.SharedIndexInformer
-	istioKinds   []istioKind
-	rampartKinds []rampartKind
+	services   cache.SharedIndexInformer
+	slices     cache.SharedIndexInformer
+	pods       cache.SharedIndexInformer
+	namespaces cache.SharedIndexInformer
+	crdKinds   []crdKind // Istio's, the root namespace's Istio kinds, Rampart's
 
 	running atomic.Bool
 	synced  atomic.Bool
@@ -90,8 +86,8 @@ func New(cfg Config) (*Source, error) {
 	if cfg.Kube == nil {
 		return nil, errors.New("kube source: Config.Kube (a Kubernetes clientset) is required")
 	}
-	if cfg.Istio == nil {
-		return nil, errors.New("kube source: Config.Istio (an Istio clientset) is required")
+	if cfg.Dynamic == nil {
+		return nil, errors.New("kube source: Config.Dynamic (a dynamic client, for Istio's and Rampart's kinds) is required")
 	}
 	if cfg.Resync < 0 {
 		return nil, fmt.Errorf("kube source: Config.Resync %v is negative; use 0 to turn resync off", cfg.Resync)
@@ -109,7 +105,7 @@ func New(cfg Config) (*Source, error) {
 		}))
 	}
 	s.nss = informers.NewSharedInformerFactoryWithOptions(cfg.Kube, cfg.Resync, nsOpts...)
-	s.istio = istioinformers.NewSharedInformerFactoryWithOptions(cfg.Istio, cfg.Resync, istioinformers.WithNamespace(cfg.Namespace))
+	s.dyn = dynamicinformer.NewFilteredDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync, cfg.Namespace, nil)
 
 	s.services = s.kube.Core().V1().Services().Informer()
 	s.slices = s.kube.Discovery().V1().EndpointSlices().Informer()
@@ -118,25 +114,19 @@ func New(cfg Config) (*Source, error) {
 	if err := s.slices.AddIndexers(cache.Indexers{byService: sliceService}); err != nil {
 		return nil, fmt.Errorf("kube source: index endpoint slices: %w", err)
 	}
-	s.istioKinds = istioKinds(s.istio)
+	s.crdKinds = istioKinds(s.dyn)
 	if cfg.Namespace != "" && cfg.RootNamespace != "" && cfg.RootNamespace != cfg.Namespace {
-		s.root = istioinformers.NewSharedInformerFactoryWithOptions(cfg.Istio, cfg.Resync, istioinformers.WithNamespace(cfg.RootNamespace))
-		s.istioKinds = append(s.istioKinds, istioKinds(s.root)...)
+		s.root = dynamicinformer.NewFilteredDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync, cfg.RootNamespace, nil)
+		s.crdKinds = append(s.crdKinds, istioKinds(s.root)...)
 	}
-	if cfg.Dynamic != nil {
-		s.dyn = dynamicinformer.NewFilteredDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync, cfg.Namespace, nil)
-		s.rampartKinds = rampartKinds(s.dyn)
-	}
+	s.crdKinds = append(s.crdKinds, rampartKinds(s.dyn)...)
 
 	type watched struct {
 		kind string
 		inf  cache.SharedIndexInformer
 	}
 	all := []watched{{"Service", s.services}, {"EndpointSlice", s.slices}, {"Pod", s.pods}, {"Namespace", s.namespaces}}
-	for _, k := range s.istioKinds {
-		all = append(all, watched{k.kind, k.informer})
-	}
-	for _, k := range s.rampartKinds {
+	for _, k := range s.crdKinds {
 		all = append(all, watched{k.kind, k.informer})
 	}
 	for _, i := range all {
@@ -173,22 +163,16 @@ func (s *Source) Run(ctx context.Context) error {
 		// Shutdown waits for every informer goroutine, handlers included.
 		s.kube.Shutdown()
 		s.nss.Shutdown()
-		s.istio.Shutdown()
+		s.dyn.Shutdown()
 		if s.root != nil {
 			s.root.Shutdown()
-		}
-		if s.dyn != nil {
-			s.dyn.Shutdown()
 		}
 	}()
 	s.kube.Start(ctx.Done())
 	s.nss.Start(ctx.Done())
-	s.istio.Start(ctx.Done())
+	s.dyn.Start(ctx.Done())
 	if s.root != nil {
 		s.root.Start(ctx.Done())
-	}
-	if s.dyn != nil {
-		s.dyn.Start(ctx.Done())
 	}
 
 	start := time.Now()
@@ -208,10 +192,7 @@ func (s *Source) HasSynced() bool { return s.synced.Load() }
 
 func (s *Source) hasSyncedFuncs() []cache.InformerSynced {
 	out := []cache.InformerSynced{s.services.HasSynced, s.slices.HasSynced, s.pods.HasSynced, s.namespaces.HasSynced}
-	for _, k := range s.istioKinds {
-		out = append(out, s.syncedOrAbsent(k.kind, k.informer))
-	}
-	for _, k := range s.rampartKinds {
+	for _, k := range s.crdKinds {
 		out = append(out, s.syncedOrAbsent(k.kind, k.informer))
 	}
 	return out

@@ -14,11 +14,10 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/testing/protocmp"
 	securityapi "istio.io/api/security/v1beta1"
-	securityv1 "istio.io/client-go/pkg/apis/security/v1"
-	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	kubefake "k8s.io/client-go/kubernetes/fake"
@@ -55,15 +54,15 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 func TestNewValidates(t *testing.T) {
-	kube, istio := kubefake.NewClientset(), istiofake.NewSimpleClientset()
+	kube, dyn := kubefake.NewClientset(), newFixture(t).dyn
 	tests := []struct {
 		name string
 		cfg  Config
 		want string
 	}{
-		{"no kube client", Config{Istio: istio}, "Config.Kube"},
-		{"no istio client", Config{Kube: kube}, "Config.Istio"},
-		{"negative resync", Config{Kube: kube, Istio: istio, Resync: -time.Second}, "Config.Resync"},
+		{"no kube client", Config{Dynamic: dyn}, "Config.Kube"},
+		{"no dynamic client", Config{Kube: kube}, "Config.Dynamic"},
+		{"negative resync", Config{Kube: kube, Dynamic: dyn, Resync: -time.Second}, "Config.Resync"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -73,7 +72,7 @@ func TestNewValidates(t *testing.T) {
 			}
 		})
 	}
-	if _, err := New(Config{Kube: kube, Istio: istio}); err != nil {
+	if _, err := New(Config{Kube: kube, Dynamic: dyn}); err != nil {
 		t.Fatalf("New with both clients: %v", err)
 	}
 }
@@ -99,7 +98,7 @@ func TestRunReturnsOnCancelBeforeSync(t *testing.T) {
 	})
 	var logs lockedBuffer
 	var changes int
-	s, err := New(Config{Kube: f.kube, Istio: f.istio, Log: slog.New(slog.NewTextHandler(&logs, nil)), OnChange: func() { changes++ }})
+	s, err := New(Config{Kube: f.kube, Dynamic: f.dyn, Log: slog.New(slog.NewTextHandler(&logs, nil)), OnChange: func() { changes++ }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +129,7 @@ func TestRunReturnsOnCancelBeforeSync(t *testing.T) {
 // A resync replays objects with an unchanged resourceVersion: not a change.
 func TestResyncIsNotAChange(t *testing.T) {
 	calls := 0
-	s, err := New(Config{Kube: kubefake.NewClientset(), Istio: istiofake.NewSimpleClientset(), OnChange: func() { calls++ }})
+	s, err := New(Config{Kube: kubefake.NewClientset(), Dynamic: newFixture(t).dyn, OnChange: func() { calls++ }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,22 +184,26 @@ func TestLiveChanges(t *testing.T) {
 		return nil, false, false
 	}
 
-	deny := &securityv1.AuthorizationPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "deny-ratings", Namespace: "default"},
-		Spec:       securityapi.AuthorizationPolicy{Action: securityapi.AuthorizationPolicy_DENY},
-	}
+	aps := f.dyn.Resource(istio("security", "authorizationpolicies")).Namespace("default")
+	deny := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+		"metadata": map[string]any{"name": "deny-ratings", "namespace": "default"},
+		"spec":     map[string]any{"action": "DENY"},
+	}}
 	step("AuthorizationPolicy created", func() error {
-		_, err := f.istio.SecurityV1().AuthorizationPolicies("default").Create(ctx, deny, metav1.CreateOptions{})
+		_, err := aps.Create(ctx, deny, metav1.CreateOptions{})
 		return err
 	}, func() bool { return hasObject("AuthorizationPolicy", "default", "deny-ratings") })
 
 	step("AuthorizationPolicy updated", func() error {
-		ap, err := f.istio.SecurityV1().AuthorizationPolicies("default").Get(ctx, "deny-ratings", metav1.GetOptions{})
+		ap, err := aps.Get(ctx, "deny-ratings", metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
-		ap.Spec.Action = securityapi.AuthorizationPolicy_AUDIT
-		_, err = f.istio.SecurityV1().AuthorizationPolicies("default").Update(ctx, ap, metav1.UpdateOptions{})
+		if err := unstructured.SetNestedField(ap.Object, "AUDIT", "spec", "action"); err != nil {
+			return err
+		}
+		_, err = aps.Update(ctx, ap, metav1.UpdateOptions{})
 		return err
 	}, func() bool {
 		for _, o := range r.Objects() {
@@ -245,7 +248,7 @@ func TestLiveChanges(t *testing.T) {
 	}, func() bool { return r.Registry("").Service("ratings.default.svc.cluster.local") == nil })
 
 	step("AuthorizationPolicy deleted", func() error {
-		return f.istio.SecurityV1().AuthorizationPolicies("default").Delete(ctx, "deny-ratings", metav1.DeleteOptions{})
+		return aps.Delete(ctx, "deny-ratings", metav1.DeleteOptions{})
 	}, func() bool { return !hasObject("AuthorizationPolicy", "default", "deny-ratings") })
 
 	step("Namespace created", func() error {
