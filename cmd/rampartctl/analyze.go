@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/rampart-mesh/rampart/policies/compile"
@@ -37,6 +40,12 @@ Exit code: 0 no errors (warnings allowed), 1 at least one error.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			objs, mesh, _, err := pf.load()
 			if err != nil {
+				if output == outputJSON {
+					// Machine readers get JSON on stdout whatever happens.
+					if werr := writeJSON(cmd.OutOrStdout(), []compile.Finding{unreadable(err, pf.meshFile)}); werr != nil {
+						return werr
+					}
+				}
 				return err
 			}
 			findings := analyze(objs, mesh)
@@ -78,6 +87,23 @@ Exit code: 0 no errors (warnings allowed), 1 at least one error.`,
 	addOutputFlag(c, &output)
 	c.Flags().BoolVar(&checkJWKS, "check-jwks", false, "fetch every RequestAuthentication's JWKS now and report unreachable issuers")
 	return c
+}
+
+// unreadable is the finding for configuration analyze could not read: a
+// file's YAML, or the mesh config.
+func unreadable(err error, meshFile string) compile.Finding {
+	f := compile.Finding{Code: "FILE-UNREADABLE", Severity: compile.SeverityError, Message: err.Error()}
+	var fe *source.FileError
+	var pe *fs.PathError
+	switch {
+	case errors.As(err, &fe):
+		f.File, f.Line, f.Message = fe.File, fe.Line, fe.Message()
+	case errors.As(err, &pe):
+		f.File = pe.Path
+	case meshFile != "" && strings.HasPrefix(err.Error(), meshFile+": "):
+		f.File, f.Message = meshFile, strings.TrimPrefix(err.Error(), meshFile+": ")
+	}
+	return f
 }
 
 // analyze validates every security object; objects without a namespace are

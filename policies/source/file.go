@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -104,16 +105,59 @@ func ReadPaths(paths []string) ([]Object, error) {
 	var out []Object
 	for _, f := range files {
 		data, err := readFile(f)
-		if err != nil {
-			return nil, err
+		if err == nil {
+			var objs []Object
+			objs, err = Parse(f, data)
+			out = append(out, objs...)
 		}
-		objs, err := Parse(f, data)
 		if err != nil {
-			return nil, err
+			return nil, fileError(f, err)
 		}
-		out = append(out, objs...)
 	}
 	return out, nil
+}
+
+// FileError is a file ReadPaths could not read or parse. Its message names the
+// file (and the line, where there is one), as the error it wraps does.
+type FileError struct {
+	File string
+	Line int // 0 when the error is about the whole file
+	Err  error
+}
+
+func (e *FileError) Error() string { return e.Err.Error() }
+func (e *FileError) Unwrap() error { return e.Err }
+
+// Message is the error without its "file:line: " prefix.
+func (e *FileError) Message() string {
+	msg := e.Err.Error()
+	if e.Line > 0 {
+		if m, ok := strings.CutPrefix(msg, fmt.Sprintf("%s:%d: ", e.File, e.Line)); ok {
+			return m
+		}
+	}
+	if m, ok := strings.CutPrefix(msg, e.File+": "); ok {
+		return m
+	}
+	return msg
+}
+
+// fileError finds the line in the messages this file writes ("FILE:LINE: ...",
+// or the YAML parser's "FILE: yaml: line N: ...").
+func fileError(file string, err error) *FileError {
+	e := &FileError{File: file, Err: err}
+	msg := err.Error()
+	if rest, ok := strings.CutPrefix(msg, file+":"); ok {
+		if rest, ok = strings.CutPrefix(rest, " yaml: line "); ok {
+			rest = " " + rest
+		}
+		if n, _, ok := strings.Cut(strings.TrimSpace(rest), ":"); ok {
+			if line, err := strconv.Atoi(n); err == nil && line > 0 {
+				e.Line = line
+			}
+		}
+	}
+	return e
 }
 
 // readFile reads a config file of at most MaxFileBytes: a file that is not a
