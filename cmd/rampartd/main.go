@@ -6,17 +6,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/rampart-mesh/rampart/policies/source/kube"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/rampart-mesh/rampart/policies/source/kube"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
 
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/cmd/internal/cli"
@@ -120,10 +122,43 @@ Files in the state directory:
 	f.StringVar(&c.Kubeconfig, "kubeconfig", "", "read Istio objects, Services, EndpointSlices and Pods from this Kubernetes cluster (kubeconfig file; \"in-cluster\" for the pod's service account), beside or instead of --config-dir")
 	f.StringVar(&c.KubeNamespace, "kube-namespace", "", "with --kubeconfig: watch only this namespace, and the mesh's root namespace for Istio objects (mesh-wide policies live there); needs list/watch in both (default: all namespaces)")
 	f.StringArrayVar(&c.ConfigDir, "config-dir", nil, "configuration file or directory (Istio and Rampart YAML), watched; each sidecar gets its compiled policy over xDS (repeatable)")
-	f.StringVar(&c.MeshConfig, "mesh-config", "", "Istio MeshConfig YAML (rootNamespace, trustDomain, pathNormalization, extensionProviders, h2UpgradePolicy)")
+	f.StringVar(&c.MeshConfig, "mesh-config", "", "Istio MeshConfig YAML (rootNamespace, trustDomain, pathNormalization, extensionProviders, h2UpgradePolicy); its trustDomain and rootNamespace, when set, must equal --trust-domain and --root-namespace")
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	f.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	return cmd
+}
+
+// meshConfig parses the --mesh-config file. Its trustDomain and
+// rootNamespace must be the ones the CA uses (--trust-domain,
+// --root-namespace): policies compiled with another trust domain would name
+// principals no SVID carries, and an ALLOW would never match nor a DENY fire
+// (failing open); a root namespace other than the CA's would leave mesh-wide
+// policies unapplied. Where the file leaves them out, the flags' values apply.
+func meshConfig(file string, data []byte, trustDomain, rootNamespace string) (compile.Mesh, error) {
+	mesh, err := compile.ParseMesh(data)
+	if err != nil {
+		return mesh, fmt.Errorf("--mesh-config %s: %w", file, err)
+	}
+	var set struct {
+		TrustDomain   *string `json:"trustDomain"`
+		RootNamespace *string `json:"rootNamespace"`
+	}
+	if err := yaml.Unmarshal(data, &set); err != nil {
+		return mesh, fmt.Errorf("--mesh-config %s: %w", file, err)
+	}
+	if set.TrustDomain == nil || *set.TrustDomain == "" {
+		mesh.TrustDomain = trustDomain
+	} else if *set.TrustDomain != trustDomain {
+		return mesh, fmt.Errorf("--mesh-config %s: trustDomain %q is not the CA's trust domain %q (--trust-domain): policies would name principals no identity carries; set --trust-domain %s, or remove trustDomain from the file",
+			file, *set.TrustDomain, trustDomain, *set.TrustDomain)
+	}
+	if set.RootNamespace == nil || *set.RootNamespace == "" {
+		mesh.RootNamespace = rootNamespace
+	} else if *set.RootNamespace != rootNamespace {
+		return mesh, fmt.Errorf("--mesh-config %s: rootNamespace %q is not rampartd's root namespace %q (--root-namespace): set --root-namespace %s, or remove rootNamespace from the file",
+			file, *set.RootNamespace, rootNamespace, *set.RootNamespace)
+	}
+	return mesh, nil
 }
 
 func run(ctx context.Context, c config) error {
@@ -162,8 +197,8 @@ func run(ctx context.Context, c config) error {
 		if err != nil {
 			return fmt.Errorf("--mesh-config: %w", err)
 		}
-		if mesh, err = compile.ParseMesh(data); err != nil {
-			return fmt.Errorf("--mesh-config %s: %w", c.MeshConfig, err)
+		if mesh, err = meshConfig(c.MeshConfig, data, td.Name(), c.RootNamespace); err != nil {
+			return err
 		}
 	}
 	var kcfg *kube.Config

@@ -36,6 +36,16 @@ func TestBinariesHelpVersionAndBadInput(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `unknown field "stateDri"`) || !strings.Contains(err.Error(), "bad.yaml") {
 		t.Errorf("unknown config key: err = %v; want the key and the file named", err)
 	}
+	// A mesh config naming another trust domain than the CA's would compile
+	// policies whose principals no identity carries (a DENY never firing).
+	meshTD := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(meshTD, []byte("trustDomain: example.org\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = procs.RunErr(t, "rampartd", "--state-dir", filepath.Join(dir, "td"), "--listen", "127.0.0.1:0", "--mesh-config", meshTD)
+	if err == nil || !strings.Contains(err.Error(), `trustDomain "example.org" is not the CA's trust domain "cluster.local"`) {
+		t.Errorf("mesh config with another trust domain: err = %v", err)
+	}
 	_, err = procs.RunErr(t, "rampart-sidecar", "--control-plane", "127.0.0.1:1")
 	if err == nil || !strings.Contains(err.Error(), "--root-cert is required") {
 		t.Errorf("sidecar without --root-cert: err = %v", err)
