@@ -43,9 +43,10 @@ import (
 type Config struct {
 	// ControlPlane is rampartd's identity endpoint, host:port.
 	ControlPlane string
-	// RootCerts are trusted for the first connection to the control plane. Later
-	// connections also trust the bundle the agent has fetched, so root rotation
-	// does not strand an agent started with the old root.
+	// RootCerts are trusted for the first connection to the control plane only.
+	// Once the agent holds a bundle fetched from the control plane, it trusts that
+	// bundle alone: rotation does not strand an agent started with the old root,
+	// and a root the rotation retired stops authenticating the control plane.
 	RootCerts []*x509.Certificate
 	// Token returns the bearer credential (join token or Kubernetes token). It is
 	// called when the agent has no valid SVID to authenticate with.
@@ -620,15 +621,15 @@ func (a *Agent) DialControlPlane() (*grpc.ClientConn, error) {
 	return a.dial(true)
 }
 
-// trustForControlPlane is the configured roots plus the fetched bundle.
+// trustForControlPlane is the latest bundle fetched from rampartd once there is
+// one, else the configured roots. The roots are for first contact only: a root
+// that a rotation retired has left the bundle, and whoever holds its key must not
+// be able to pose as rampartd and push a bundle of their own.
 func (a *Agent) trustForControlPlane() x509bundle.Source {
-	b := x509bundle.FromX509Authorities(a.cfg.TrustDomain, a.cfg.RootCerts)
 	if cur := a.cur.Load().bundle; cur != nil {
-		for _, r := range cur.X509Authorities() {
-			b.AddX509Authority(r)
-		}
+		return cur.X509Bundle()
 	}
-	return b
+	return x509bundle.FromX509Authorities(a.cfg.TrustDomain, a.cfg.RootCerts)
 }
 
 // FetchJWTSVID returns a JWT-SVID for the agent's identity and the audiences, from

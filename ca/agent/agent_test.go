@@ -1,7 +1,16 @@
 package agent_test
 
 import (
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -10,10 +19,15 @@ import (
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/agent"
 	"github.com/rampart-mesh/rampart/ca/jointoken"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -434,4 +448,128 @@ func TestAgentRetriesFasterNearExpiry(t *testing.T) {
 	if got := mustSVID(t, a); serial(got) == serial(good) {
 		t.Fatalf("no renewal within MinRetry of the CA's return 1.5 s before expiry (failures %v)", renewals(t, reg, "failure"))
 	}
+}
+
+// After a rotation has retired the root the agent was started with (--root-cert),
+// that root no longer authenticates the control plane: whoever holds its key
+// (rotation is what an operator does when a key may have leaked) cannot pose as
+// rampartd and replace the agent's trust bundle.
+func TestAgentStopsTrustingRetiredRoot(t *testing.T) {
+	const waiters = 2 // the agent and the Authority's rotation loop
+	clk := newFakeClock()
+	dir := t.TempDir()
+	auth, err := ca.New(ca.Config{StateDir: dir, Clock: clk, SVIDTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := auth.Load(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { auth.Close() })
+	oldKeyPEM, err := os.ReadFile(filepath.Join(dir, "ca", "gen-1.key")) // the key that leaks
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldKey, err := ca.ParseKeyPEM(oldKeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := &controlPlane{Authority: auth, Tokens: jointoken.New(dir, clk), Clock: clk, Roots: auth.Roots()}
+	goRun(t, "authority", auth.Run)
+	cp.StartServer(t, "127.0.0.1:0")
+	oldRoot := cp.Roots[0]
+
+	path := newForwarder(t, cp.Addr)
+	tokenFn, _ := oneToken(cp.Token(t, "shop", "cart"))
+	var logs syncBuffer
+	a := newAgent(t, cp, agent.Config{ControlPlane: path.Addr(), Token: tokenFn, Log: bufferLogger(&logs)})
+	startAgent(t, a)
+	settle(t, clk, waiters)
+
+	if _, err := auth.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; auth.Status().Phase != ca.PhaseIdle; i++ {
+		if i > 40 {
+			t.Fatalf("the rotation did not complete: %+v", auth.Status())
+		}
+		step(t, clk, 5*time.Minute, waiters)
+	}
+	step(t, clk, 5*time.Minute, waiters) // the agent's bundle refresh
+	if a.Bundle().HasX509Authority(oldRoot) {
+		t.Fatal("precondition: the agent's bundle still holds the retired root")
+	}
+
+	// The attacker's "rampartd": the control plane's identity, certified by the
+	// retired root's key, serving a bundle that holds only the attacker's root.
+	cpID, err := ca.ControlPlaneIdentity(ca.DefaultRootNamespace).ID(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, err := ca.GenerateKey(ca.KeyECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(666), NotBefore: clk.Now().Add(-time.Hour), NotAfter: clk.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		URIs: []*url.URL{cpID.URL()},
+	}, oldRoot, leafKey.Public(), oldKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evilRoot := selfSignedRoot(t, clk.Now())
+	evilBundle := spiffebundle.FromX509Authorities(td, []*x509.Certificate{evilRoot})
+	evilBundle.SetSequenceNumber(1 << 40)
+	evilJSON, err := evilBundle.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}}})),
+		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			if err := ss.RecvMsg(new(emptypb.Empty)); err != nil {
+				return err
+			}
+			return ss.SendMsg(wrapperspb.Bytes(evilJSON))
+		}))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	path.Redirect(lis.Addr().String())
+
+	step(t, clk, 5*time.Minute, waiters) // the next bundle refresh reaches the attacker
+	if a.Bundle().HasX509Authority(evilRoot) {
+		t.Fatal("the agent accepted a control plane certified by the retired root and installed its trust bundle")
+	}
+	if !a.Bundle().HasX509Authority(cp.Authority.Roots()[0]) {
+		t.Error("the agent lost the current root from its bundle")
+	}
+	// The refresh or a renewal, whichever jitter made due first, was refused.
+	if want := "control plane certificate: x509svid: could not verify leaf certificate"; !strings.Contains(logs.String(), want) {
+		t.Errorf("the log does not say %q:\n%s", want, logs.String())
+	}
+}
+
+// selfSignedRoot is a CA certificate that no Rampart CA made.
+func selfSignedRoot(t *testing.T, now time.Time) *x509.Certificate {
+	t.Helper()
+	key, err := ca.GenerateKey(ca.KeyECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "not rampart"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -3,8 +3,11 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,3 +188,47 @@ func startControlPlane(t *testing.T, o cpOptions) *controlPlane {
 	t.Helper()
 	return catest.Start(t, catest.Options{Clock: o.clock, SVIDTTL: o.svidTTL, RootNamespace: o.rootNamespace, RunAuthority: o.runAuthority})
 }
+
+// forwarder is the network path from the agent to its control plane: a TCP relay
+// that can be pointed elsewhere, as an attacker on the path (or in DNS) would.
+type forwarder struct {
+	lis    net.Listener
+	target atomic.Pointer[string]
+	wg     sync.WaitGroup
+}
+
+func newForwarder(t *testing.T, target string) *forwarder {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &forwarder{lis: lis}
+	f.target.Store(&target)
+	f.wg.Go(func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", *f.target.Load())
+			if err != nil {
+				c.Close()
+				continue
+			}
+			f.wg.Go(func() { io.Copy(up, c); up.Close() })
+			f.wg.Go(func() { io.Copy(c, up); c.Close() })
+		}
+	})
+	t.Cleanup(func() {
+		lis.Close()
+		f.wg.Wait()
+	})
+	return f
+}
+
+// Addr is where the agent dials.
+func (f *forwarder) Addr() string { return f.lis.Addr().String() }
+
+// Redirect sends new connections to target.
+func (f *forwarder) Redirect(target string) { f.target.Store(&target) }

@@ -138,7 +138,7 @@ names (its --listen host, localhost or a loopback address): gRPC checks it.
 	f := cmd.Flags()
 	f.StringVar(&configFile, "config", "", "YAML config file; keys are the flag names in camelCase (controlPlane, rootCert, …); flags win; unknown keys are errors")
 	f.StringVar(&c.ControlPlane, "control-plane", c.ControlPlane, "rampartd's identity endpoint, host:port")
-	f.StringVar(&c.RootCert, "root-cert", "", "PEM file with the mesh root certificate(s) ('rampartctl ca root' prints it)")
+	f.StringVar(&c.RootCert, "root-cert", "", "PEM file with the mesh root certificate(s) ('rampartctl ca root' prints it); trusted for the first contact with rampartd only, then the trust bundle fetched from it")
 	f.StringVar(&c.TokenFile, "token-file", "", "file holding the join token (re-read whenever a token is needed)")
 	f.StringVar(&c.WorkloadAPISocket, "workload-api-socket", "", "Unix socket path for the SPIFFE Workload API; empty disables it")
 	f.StringVar(&c.Namespace, "namespace", "", "namespace to request (default: the one the join token names)")
