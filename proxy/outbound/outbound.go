@@ -242,6 +242,9 @@ type result struct {
 	cluster string
 	host    string
 	detail  string
+	// attempts is how many times the request was sent upstream (Envoy's
+	// UPSTREAM_REQUEST_ATTEMPT_COUNT); 0 when it never was.
+	attempts int
 	// abort: the upstream's body broke off after the response started. The
 	// handler panics with http.ErrAbortHandler once the request is recorded.
 	abort bool
@@ -256,13 +259,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// a 5xx) is logged; plain successes only at debug level, so the access
 	// log costs nothing on the hot path unless asked for.
 	level := slog.LevelDebug
-	if res.flags != "" || res.code >= 500 || s.cfg.AccessLogAll {
+	if res.flags != "" || res.code >= 500 || res.attempts > 1 || s.cfg.AccessLogAll {
 		level = slog.LevelInfo
 	}
 	if s.log.Enabled(r.Context(), level) {
 		s.log.Log(r.Context(), level, "access", "method", r.Method, "authority", r.Host, "path", r.URL.RequestURI(), "status", res.code,
 			"flags", flagOrDash(res.flags), "detail", res.detail, "cluster", res.cluster, "upstream", res.host,
-			"duration_ms", time.Since(start).Milliseconds(), "request_id", r.Header.Get("x-request-id"))
+			"attempts", res.attempts, "duration_ms", time.Since(start).Milliseconds(), "request_id", r.Header.Get("x-request-id"))
 	}
 	if res.abort {
 		// Returning would let the server end the message (the last chunk,
@@ -361,8 +364,16 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 		return res
 	}
 	if f := rt.Fault; f != nil {
+		delay, abort := f.ShouldDelay(s.rnd()), f.ShouldAbort(s.rnd())
+		if delay || abort {
+			if f.Enter() {
+				defer f.Leave()
+			} else {
+				delay, abort = false, false // max_active_faults reached
+			}
+		}
 		delayed := false
-		if f.ShouldDelay(s.rnd()) {
+		if delay {
 			delayed = true
 			t := time.NewTimer(f.Delay)
 			select {
@@ -372,23 +383,27 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 				return result{code: 499, flags: "DI,DC", detail: "downstream_remote_disconnect"}
 			}
 		}
-		if f.ShouldAbort(s.rnd()) {
+		if abort {
+			fi := "FI"
+			if delayed {
+				fi = "DI,FI" // Envoy logs both
+			}
 			body := f.AbortBody
 			if body == "" {
 				body = "fault filter abort"
 			}
 			if f.AbortGRPC {
 				grpcreply.Write(w, f.AbortGRPCStatus, body)
-				return result{code: http.StatusOK, flags: "FI", detail: "fault_filter_abort"}
+				return result{code: http.StatusOK, flags: fi, detail: "fault_filter_abort"}
 			}
 			if grpcreply.Is(r) {
 				grpcreply.Write(w, grpcreply.StatusFor(f.AbortStatus), body)
-				return result{code: http.StatusOK, flags: "FI", detail: "fault_filter_abort"}
+				return result{code: http.StatusOK, flags: fi, detail: "fault_filter_abort"}
 			}
 			w.Header().Set("content-type", "text/plain")
 			w.WriteHeader(f.AbortStatus)
 			_, _ = io.WriteString(w, body)
-			return result{code: f.AbortStatus, flags: "FI", detail: "fault_filter_abort"}
+			return result{code: f.AbortStatus, flags: fi, detail: "fault_filter_abort"}
 		}
 		if delayed {
 			res := s.forwardOrReply(w, r, rt, cors)
@@ -491,6 +506,9 @@ func (s *Server) forwardOrReply(w http.ResponseWriter, r *http.Request, rt *rout
 // trailers-only response, HTTP 200, with the gRPC status for code.
 func reply(w http.ResponseWriter, r *http.Request, code int, flags, detail string) result {
 	w.Header().Set("x-rampart-response-flags", flags)
+	if strings.Contains(flags, "UO") {
+		w.Header().Set("x-envoy-overloaded", "true") // as Envoy marks its overflow replies
+	}
 	if r != nil && grpcreply.Is(r) {
 		grpcreply.Write(w, grpcreply.StatusFor(code), detail)
 		return result{code: http.StatusOK, flags: flags, detail: detail}
@@ -501,12 +519,16 @@ func reply(w http.ResponseWriter, r *http.Request, code int, flags, detail strin
 	return result{code: code, flags: flags, detail: detail}
 }
 
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route, extra http.Header) result {
-	ctx := r.Context()
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route, extra http.Header) (res result) {
+	// The route timeout, like Envoy's, counts from the end of the request
+	// (its body read to the end), not from its headers: a slow upload is not
+	// an upstream timeout.
+	end := &requestEnd{}
+	ctx, cancelRoute := context.WithCancelCause(r.Context())
+	defer cancelRoute(nil)
 	if rt.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, rt.Timeout)
-		defer cancel()
+		stop := end.after(rt.Timeout, func() { cancelRoute(errRouteTimeout) })
+		defer stop.Stop()
 	}
 	// The request is this handler's own: the copy that leaves shares its
 	// header map (edited in place) and gets its own URL.
@@ -518,6 +540,10 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	out.URL = &u
 	out.RequestURI = ""
 	h1.RemoveHopHeaders(out.Header)
+	// The app's x-forwarded-client-cert is not passed on: Envoy's default
+	// (SANITIZE) on the sidecar's outbound listeners, so that an app cannot
+	// claim a peer identity to an upstream that trusts the header.
+	out.Header.Del("X-Forwarded-Client-Cert")
 	if upgrade != "" {
 		out.Header.Set("Connection", "Upgrade")
 		out.Header.Set("Upgrade", upgrade)
@@ -561,11 +587,17 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			}
 			body = b
 		case r.ContentLength < 0:
-			tee = &bodyTee{r: r.Body, limit: s.cfg.MaxRetryBody}
+			tee = &bodyTee{r: &endReader{ReadCloser: r.Body, end: end, size: -1}, limit: s.cfg.MaxRetryBody}
 			defer tee.Close()
 		default:
 			retriable = false
 		}
+	}
+	switch {
+	case out.Body == nil || out.Body == http.NoBody || body != nil || upgrade != "":
+		end.end() // no body, or read whole already; an upgrade's is the tunnel
+	case tee == nil:
+		out.Body = &endReader{ReadCloser: out.Body, end: end, size: r.ContentLength}
 	}
 	sendMirrors := func() {
 		if tee != nil {
@@ -628,7 +660,30 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	var ep upstream.Endpoint
 	var err error
 	flags := ""
+	// slot is the retry the cluster's max_retries breaker granted: held, as
+	// Envoy holds it, until the retried attempt is judged (the next retry
+	// asks again) or the request is done.
+	var slot func()
+	takeSlot := func(release func()) {
+		if slot != nil {
+			slot()
+		}
+		slot = release
+	}
+	defer func() { takeSlot(nil) }()
+	// Local replies name the cluster and the last host tried.
+	sent := 0
+	defer func() {
+		res.attempts = sent
+		if res.cluster == "" {
+			res.cluster = clusterName
+		}
+		if res.host == "" {
+			res.host = ep.Address
+		}
+	}()
 	permitted := false // the retry budget already let this attempt go
+	lastTry := ctx     // the context of the attempt whose response is sent
 	for i := 0; i < attempts; i++ {
 		if i > 0 && !permitted {
 			release, ok := cl.TryRetry()
@@ -636,7 +691,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 				flags = "UO"
 				break
 			}
-			release()
+			takeSlot(release)
 		}
 		permitted = false
 		if i > 0 {
@@ -647,16 +702,33 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			}
 			ceil := min(base<<min(i-1, 16), max(rt.Retry.BackOffMax, base))
 			wait := time.Duration(s.rnd() % uint64(ceil))
+			tm := time.NewTimer(wait)
 			select {
-			case <-time.After(wait):
+			case <-tm.C:
 			case <-ctx.Done():
+				tm.Stop()
 			}
-			flags = "URX"
 		}
+		// An attempt's own timers (per_try_timeout, per_try_idle_timeout)
+		// start, as the route's, once the request has ended.
 		actx := ctx
 		var cancel context.CancelFunc = func() {}
-		if rt.Retry != nil && rt.Retry.PerTryTimeout > 0 {
-			actx, cancel = context.WithTimeout(ctx, rt.Retry.PerTryTimeout)
+		var idle *endTimer
+		if p := rt.Retry; p != nil && (p.PerTryTimeout > 0 || p.PerTryIdleTimeout > 0) {
+			var acancel context.CancelCauseFunc
+			actx, acancel = context.WithCancelCause(ctx)
+			var try *endTimer
+			if p.PerTryTimeout > 0 {
+				try = end.after(p.PerTryTimeout, func() { acancel(errPerTryTimeout) })
+			}
+			if p.PerTryIdleTimeout > 0 {
+				idle = end.after(p.PerTryIdleTimeout, func() { acancel(errPerTryIdle) })
+			}
+			cancel = func() {
+				try.Stop()
+				idle.Stop()
+				acancel(nil)
+			}
 		}
 		// A shallow copy when an attempt has its own context or body (the
 		// transport does not modify a request); otherwise out itself.
@@ -671,48 +743,72 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			cur = tee.reader()
 			try.Body = cur
 		}
+		lastTry = actx
 		req := upstream.Request{HashKey: hashKey, HasHash: hasHash}
 		if rt.Retry != nil && rt.Retry.AvoidPreviousHosts {
 			req.Exclude = tried
 		}
+		sent++
 		resp, ep, err = cl.RoundTrip(try, req)
 		if ep.Address != "" {
 			tried = append(tried, ep.Address)
+		}
+		if err == nil && idle != nil && upgrade == "" { // an upgrade's body is the tunnel
+			idle.Reset() // the headers came: the body's reads reset it again
+			resp.Body = &idleReader{ReadCloser: resp.Body, idle: idle}
 		}
 		if len(mirrors) > 0 && !tee.unread() {
 			sendMirrors() // a streamed body: the copy is complete once the attempt read it
 			mirrors = nil
 		}
 		if err != nil {
+			tryCause := context.Cause(actx)
 			cancel()
+			switch {
+			case r.Context().Err() != nil:
+				// The client went away: Envoy's downstream termination,
+				// not an upstream's failure.
+				return result{code: 499, flags: "DC", detail: "downstream_remote_disconnect"}
+			case context.Cause(ctx) == errRouteTimeout:
+				return reply(w, r, http.StatusGatewayTimeout, "UT", "upstream_response_timeout")
+			case upstream.Flag(err) == upstream.FlagNoHealthyUpstream:
+				// Envoy answers at once when there is no host to try.
+				return reply(w, r, http.StatusServiceUnavailable, "UH", "no_healthy_upstream")
+			}
 			kind := route.AttemptReset
 			switch {
-			case ctx.Err() != nil:
+			case tryCause == errPerTryTimeout || tryCause == errPerTryIdle:
 				kind = route.AttemptTimeout
-			case actx.Err() != nil:
-				kind = route.AttemptTimeout
-			case upstream.Flag(err) == upstream.FlagConnectFailure || upstream.Flag(err) == upstream.FlagNoHealthyUpstream:
+			case upstream.Flag(err) == upstream.FlagConnectFailure:
 				kind = route.AttemptConnectFailure
 			}
-			if ctx.Err() != nil {
-				return reply(w, r, http.StatusGatewayTimeout, "UT", "upstream_response_timeout")
-			}
-			if retriable && i+1 < attempts && rt.Retry.ShouldRetry(0, kind) && upstream.Flag(err) != "UO" && replayable(true) {
+			again := retriable && rt.Retry.ShouldRetry(0, kind) && upstream.Flag(err) != "UO"
+			if again && i+1 < attempts && replayable(true) {
 				continue
+			}
+			// URX: the attempt would have been retried, but no retry was left.
+			urx := ""
+			if again && i+1 == attempts {
+				urx = ",URX"
+			}
+			if kind == route.AttemptTimeout {
+				detail := "upstream_per_try_timeout"
+				if tryCause == errPerTryIdle {
+					detail = "upstream_per_try_idle_timeout"
+				}
+				return reply(w, r, http.StatusGatewayTimeout, "UT"+urx, detail)
 			}
 			f := upstream.Flag(err)
 			if f == "" {
 				f = "UC"
 			}
-			if kind == route.AttemptTimeout {
-				return reply(w, r, http.StatusGatewayTimeout, "UT", "upstream_per_try_timeout")
-			}
-			if flags == "URX" {
-				f += ",URX"
-			}
-			return reply(w, r, http.StatusServiceUnavailable, f, "upstream_reset_before_response_started{"+err.Error()+"}")
+			return reply(w, r, http.StatusServiceUnavailable, f+urx, "upstream_reset_before_response_started{"+err.Error()+"}")
 		}
-		if retriable && i+1 < attempts && shouldRetryResponse(rt.Retry, resp) && replayable(false) {
+		again := retriable && shouldRetryResponse(rt.Retry, resp)
+		if again && i+1 == attempts {
+			flags = "URX" // retriable, and no retry left
+		}
+		if again && i+1 < attempts && replayable(false) {
 			// The budget is asked before this response is thrown away: when
 			// it says no, the client gets this response (flag UO), as Envoy
 			// forwards the upstream's answer on a retry overflow. A body
@@ -723,7 +819,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			} else if !replayable(true) {
 				release()
 			} else {
-				release()
+				takeSlot(release)
 				permitted = true
 				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
@@ -764,14 +860,21 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 		f.Flush() // a streaming client needs the headers before the first message
 		flush = f
 	}
-	if flags != "URX" && flags != "UO" && flags != "URX,UO" {
-		flags = ""
-	}
+	takeSlot(nil) // the retried attempt is judged: its slot is free again
 	// A read that failed because the client's own request ended (it went
 	// away) is not the upstream's doing, and there is no one left to abort.
 	if err := copyBody(w, flush, resp.Body); err != nil && r.Context().Err() == nil {
-		return result{code: resp.StatusCode, cluster: clusterName, host: ep.Address, flags: strings.TrimPrefix(flags+",UC", ","),
-			detail: "upstream_reset_after_response_started{" + err.Error() + "}", abort: true}
+		f, detail := "UC", "upstream_reset_after_response_started{"+err.Error()+"}"
+		switch context.Cause(lastTry) {
+		case errRouteTimeout:
+			f, detail = "UT", "upstream_response_timeout"
+		case errPerTryTimeout:
+			f, detail = "UT", "upstream_per_try_timeout"
+		case errPerTryIdle:
+			f, detail = "UT", "upstream_per_try_idle_timeout"
+		}
+		return result{code: resp.StatusCode, cluster: clusterName, host: ep.Address, flags: strings.TrimPrefix(flags+","+f, ","),
+			detail: detail, abort: true}
 	}
 	for k, vs := range resp.Trailer {
 		w.Header()[http.TrailerPrefix+k] = vs
@@ -783,6 +886,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 // its HTTP status, or by the grpc-status in its headers (a trailers-only gRPC
 // response) for the policy's gRPC conditions.
 func shouldRetryResponse(p *route.RetryPolicy, resp *http.Response) bool {
+	if resp.Header.Get("x-envoy-ratelimited") != "" {
+		// Envoy retries a response its upstream marked rate limited only
+		// under envoy-ratelimited, never under 5xx or gateway-error.
+		return p.ShouldRetry(resp.StatusCode, route.AttemptRateLimited)
+	}
 	if p.ShouldRetry(resp.StatusCode, route.AttemptOK) {
 		return true
 	}
@@ -1039,4 +1147,115 @@ type codeRecorder struct {
 func (c *codeRecorder) WriteHeader(code int) {
 	c.code = code
 	c.ResponseWriter.WriteHeader(code)
+}
+
+// The causes of a request's or an attempt's cancellation by its timers.
+var (
+	errRouteTimeout  = errors.New("route timeout")
+	errPerTryTimeout = errors.New("per-try timeout")
+	errPerTryIdle    = errors.New("per-try idle timeout")
+)
+
+// requestEnd is the end of the downstream request: its body read to the end,
+// or none. Envoy starts the route's and the attempts' timers there.
+type requestEnd struct {
+	mu      sync.Mutex
+	ended   bool
+	pending []*endTimer
+}
+
+// endTimer calls f d after the request ended (or after its last Reset).
+type endTimer struct {
+	e       *requestEnd
+	d       time.Duration
+	f       func()
+	t       *time.Timer // nil until the request ends; guarded by e.mu
+	stopped bool
+}
+
+// after returns a timer that calls f d after the request ends: from now if it
+// has ended.
+func (e *requestEnd) after(d time.Duration, f func()) *endTimer {
+	t := &endTimer{e: e, d: d, f: f}
+	e.mu.Lock()
+	if e.ended {
+		t.t = time.AfterFunc(d, f)
+	} else {
+		e.pending = append(e.pending, t)
+	}
+	e.mu.Unlock()
+	return t
+}
+
+// end marks the request ended and starts the pending timers; later calls do
+// nothing.
+func (e *requestEnd) end() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return
+	}
+	e.ended = true
+	for _, t := range e.pending {
+		if !t.stopped {
+			t.t = time.AfterFunc(t.d, t.f)
+		}
+	}
+	e.pending = nil
+}
+
+// Stop keeps the timer from firing; nil is a timer never set.
+func (t *endTimer) Stop() {
+	if t == nil {
+		return
+	}
+	t.e.mu.Lock()
+	t.stopped = true
+	if t.t != nil {
+		t.t.Stop()
+	}
+	t.e.mu.Unlock()
+}
+
+// Reset starts the count again, if it has started and not fired or stopped.
+func (t *endTimer) Reset() {
+	t.e.mu.Lock()
+	if t.t != nil && !t.stopped && t.t.Stop() {
+		t.t.Reset(t.d)
+	}
+	t.e.mu.Unlock()
+}
+
+// endReader is a request body that marks the request ended when it has been
+// read to its end: EOF, or size bytes when the length is known (a transport
+// may stop reading at the declared length).
+type endReader struct {
+	io.ReadCloser
+	end  *requestEnd
+	size int64 // -1: unknown
+	n    int64
+}
+
+func (r *endReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	r.n += int64(n)
+	if err == io.EOF || (r.size >= 0 && r.n >= r.size) {
+		r.end.end()
+	}
+	return n, err
+}
+
+// idleReader is an upstream response body whose reads restart the attempt's
+// idle timer (per_try_idle_timeout).
+type idleReader struct {
+	io.ReadCloser
+	idle *endTimer
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if n > 0 {
+		r.idle.Reset()
+	}
+	return n, err
 }

@@ -146,7 +146,7 @@ func TestStreamedBodyRetriedAfterConnectFailure(t *testing.T) {
 				}
 			}
 			// Every request tried the dead endpoint first: the test tests a retry.
-			if n := strings.Count(log.String(), "flags=URX"); n != requests {
+			if n := strings.Count(log.String(), "attempts=2"); n != requests {
 				t.Errorf("%d of %d requests were retried, want all; log:\n%s", n, requests, log.String())
 			}
 		})

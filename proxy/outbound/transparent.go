@@ -130,6 +130,16 @@ func (s *Server) proxyTCP(ctx context.Context, c *transparentConn) {
 	listener.SpliceIdle(conn, up, chain.idleOf())
 }
 
+// passthroughTransport is the PassthroughCluster's client: to the original
+// destination itself, never through a proxy the environment names
+// (http.DefaultTransport honours HTTP_PROXY).
+var passthroughTransport = &http.Transport{
+	Proxy:               nil,
+	DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	MaxIdleConnsPerHost: 16,
+	IdleConnTimeout:     90 * time.Second,
+}
+
 // passthrough forwards an HTTP request no route knows to where it was going,
 // as Istio's PassthroughCluster does (plaintext, no mesh identity).
 func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, dst netip.AddrPort) result {
@@ -137,7 +147,9 @@ func (s *Server) passthrough(w http.ResponseWriter, r *http.Request, dst netip.A
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", dst.String()
 			pr.Out.Host = pr.In.Host
+			pr.Out.Header.Del("X-Forwarded-Client-Cert") // as forward: the app's is not passed on
 		},
+		Transport: passthroughTransport,
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			w.Header().Set("x-rampart-response-flags", "UF")
 			http.Error(w, "upstream connect error: "+err.Error(), http.StatusServiceUnavailable)

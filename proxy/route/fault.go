@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -83,7 +84,25 @@ type Fault struct {
 	AbortPercent    Fraction
 	AbortBody       string // Envoy's default is "fault filter abort"
 	MaxActive       uint32 // max_active_faults; 0 is unlimited
+	active          *atomic.Int64
 }
+
+// Enter reports whether a fault may be injected into one more request, and
+// counts it active until Leave; past MaxActive it is not (Envoy's
+// faults_overflow: the request goes on unfaulted).
+func (f *Fault) Enter() bool {
+	if f.active == nil {
+		f.active = new(atomic.Int64) // a Fault built in code, not compiled
+	}
+	if n := f.active.Add(1); f.MaxActive > 0 && n > int64(f.MaxActive) {
+		f.active.Add(-1)
+		return false
+	}
+	return true
+}
+
+// Leave ends a fault Enter let in.
+func (f *Fault) Leave() { f.active.Add(-1) }
 
 // ShouldDelay reports, for a uniform random rnd, whether this request is
 // delayed (by f.Delay).
@@ -112,7 +131,7 @@ func compileFault(at loc, field string, a *anypb.Any) (*Fault, error) {
 	case hf.GetResponseRateLimit() != nil:
 		return nil, at.unsupported(field+".response_rate_limit", "response rate-limit faults")
 	}
-	f := &Fault{AbortBody: "fault filter abort", MaxActive: hf.GetMaxActiveFaults().GetValue()}
+	f := &Fault{AbortBody: "fault filter abort", MaxActive: hf.GetMaxActiveFaults().GetValue(), active: new(atomic.Int64)}
 	var err error
 	if d := hf.GetDelay(); d != nil {
 		switch s := d.GetFaultDelaySecifier().(type) {

@@ -87,7 +87,7 @@ virtual_hosts:
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {
 			f := mustMatch(t, tab, request("GET", tt.path)).Fault
-			if diff := cmp.Diff(tt.want, f); diff != "" {
+			if diff := cmp.Diff(tt.want, f, cmpopts.IgnoreUnexported(Fault{})); diff != "" {
 				t.Errorf("Fault (-want +got):\n%s", diff)
 			}
 			if got := count(tt.outOf, f.ShouldDelay); got != tt.delays {

@@ -420,11 +420,12 @@ func TestRouting(t *testing.T) {
 		if a.took < 300*time.Millisecond || a.took > 2*time.Second {
 			t.Errorf("slow first attempt answered after %s, want between the per-try timeout (300ms) and 2s (well before the 3s hang)", a.took)
 		}
-		// Every attempt hangs: three attempts of 0.3 s, then 504 UT.
+		// Every attempt hangs: three attempts of 0.3 s, then 504 UT, and URX:
+		// the last would have been retried, had a retry been left.
 		a = m.get(t, "http://echo:8000/pertry?sleep=3s", "x-request-id", "pertry-always")
 		t.Logf("every attempt slow: %d %s after %s", a.code, a.flags, a.took.Round(time.Millisecond))
-		if a.err != nil || a.code != http.StatusGatewayTimeout || a.flags != "UT" {
-			t.Errorf("every attempt slow: %d flags %q %v, want 504 UT", a.code, a.flags, a.err)
+		if a.err != nil || a.code != http.StatusGatewayTimeout || a.flags != "UT,URX" {
+			t.Errorf("every attempt slow: %d flags %q %v, want 504 UT,URX", a.code, a.flags, a.err)
 		}
 		if a.took < 900*time.Millisecond || a.took > 2500*time.Millisecond {
 			t.Errorf("every attempt slow: answered after %s, want about 3 × 300ms", a.took)
