@@ -551,7 +551,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	if te {
 		out.Header.Set("Te", "trailers")
 	}
-	out.Header.Set("x-forwarded-proto", "http")
+	if out.Header.Get("x-forwarded-proto") == "" {
+		out.Header.Set("x-forwarded-proto", "http") // Envoy keeps the app's (not an edge proxy)
+	}
 	clusterName := rt.PickCluster(s.rnd())
 	rt.ApplyRequestFor(out, clusterName)
 	out.URL.Scheme = "http"

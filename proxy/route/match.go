@@ -225,7 +225,9 @@ func (h headerRef) value(r *http.Request) (string, bool) {
 		}
 		return m, true
 	case refPath:
-		if r.RequestURI != "" {
+		// As sent, in origin form: a proxy request's absolute target
+		// (http://host/p) is matched as Envoy sees it, by its path.
+		if strings.HasPrefix(r.RequestURI, "/") {
 			return r.RequestURI, true
 		}
 		if r.URL == nil {

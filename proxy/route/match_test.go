@@ -1,6 +1,7 @@
 package route
 
 import (
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -140,6 +141,20 @@ func TestMatchHeaders(t *testing.T) {
 				t.Errorf("header %s with %q: got %v, want %v", tt.header, tt.hdr, got, tt.want)
 			}
 		})
+	}
+}
+
+// A proxy request (the app using the sidecar as its HTTP proxy) carries an
+// absolute target; ":path" is its origin form, as Envoy sees the request.
+func TestMatchPathHeaderOfProxyRequest(t *testing.T) {
+	tab := oneVhost(t, "- match: {prefix: /, headers: [{name: \":path\", string_match: {exact: \"/p?q=1\"}}]}\n  route: {cluster: c}")
+	r := httptest.NewRequest("GET", "http://reviews:9080/p?q=1", nil)
+	if r.RequestURI != "http://reviews:9080/p?q=1" {
+		t.Fatalf("setup: RequestURI %q", r.RequestURI)
+	}
+	r.URL.Scheme, r.URL.Host = "", "" // as the outbound path leaves it
+	if tab.Match("rc", r) == nil {
+		t.Error(`":path" did not match the proxy request's origin-form target`)
 	}
 }
 
