@@ -64,3 +64,52 @@ func TestAnalyzeJSONOnUnreadableConfig(t *testing.T) {
 		})
 	}
 }
+
+// authz check -o json that cannot run prints its error as JSON, with the
+// unreadable file as a finding, and no decision a reader could take for one.
+func TestAuthzCheckJSONOnUnreadableConfig(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	req := filepath.Join(dir, "req.yaml")
+	if err := os.WriteFile(req, []byte("method: GET\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "empty.yaml"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	badReq := filepath.Join(dir, "badreq.yaml")
+	if err := os.WriteFile(badReq, []byte("methd: GET\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, file, req, wantErr string
+		findings                 int
+	}{
+		{"policy file", bad, req, "did not find expected", 1},
+		{"request file", filepath.Join(dir, "empty.yaml"), badReq, "methd", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			cmd := newAuthzCheckCmd()
+			cmd.SetOut(&out)
+			cmd.SetErr(&bytes.Buffer{})
+			cmd.SilenceUsage, cmd.SilenceErrors = true, true
+			cmd.SetArgs([]string{"-f", tt.file, "--request", tt.req, "-o", "json"})
+			if err := cmd.Execute(); err == nil {
+				t.Fatal("check succeeded")
+			}
+			var got map[string]json.RawMessage
+			if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+				t.Fatalf("stdout is not one JSON object: %v\n%s", err, out.String())
+			}
+			var fs []compile.Finding
+			_ = json.Unmarshal(got["findings"], &fs)
+			if _, ok := got["allowed"]; ok || !bytes.Contains(got["error"], []byte(tt.wantErr)) || len(fs) != tt.findings {
+				t.Errorf("output %s; want an error mentioning %q, %d findings and no decision", out.String(), tt.wantErr, tt.findings)
+			}
+		})
+	}
+}

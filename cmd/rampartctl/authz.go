@@ -209,27 +209,44 @@ REQ.yaml (every field optional; defaults in brackets):
 
 The output has allowed, status (200, 400, 403, 413; 0 for TCP), policy, rule, reason,
 the dry-run result and the validation findings. The exit code is 0 whatever the
-decision; it is 1 only if the check could not run.`,
+decision; it is 1 only if the check could not run (with -o json, stdout then
+has {"error": ..., "findings": [...]} and no decision).`,
 		Example: `  rampartctl authz check -f policies/ --request req.yaml -o json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// With -o json, a check that cannot run still prints one JSON
+			// object: its error, and no decision.
+			fail := func(err error, fs ...compile.Finding) error {
+				if output == outputJSON {
+					if fs == nil {
+						fs = []compile.Finding{}
+					}
+					if werr := writeJSON(cmd.OutOrStdout(), struct {
+						Error    string            `json:"error"`
+						Findings []compile.Finding `json:"findings"`
+					}{err.Error(), fs}); werr != nil {
+						return werr
+					}
+				}
+				return err
+			}
 			objs, mesh, dir, err := pf.load()
 			if err != nil {
-				return err
+				return fail(err, unreadable(err, pf.meshFile))
 			}
 			var req offline.RequestSpec
 			if reqFile != "" {
 				data, err := os.ReadFile(reqFile)
 				if err != nil {
-					return err
+					return fail(err)
 				}
 				if err := offline.DecodeStrict(data, &req); err != nil {
-					return fmt.Errorf("%s: %w", reqFile, err)
+					return fail(fmt.Errorf("%s: %w", reqFile, err))
 				}
 			}
 			res, err := offline.Check(cmd.Context(), objs, mesh, dir, req)
 			if err != nil {
-				return err
+				return fail(err)
 			}
 			if decisionLog != "" {
 				if err := logDecision(cmd.Context(), decisionLog, logAllows, res); err != nil {
