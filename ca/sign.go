@@ -26,11 +26,44 @@ const MaxCSRBytes = 16 << 10
 // carry exactly one URI SAN, the identity's SPIFFE ID; nothing else from the CSR is
 // copied into the certificate. ttl 0 means the default; a longer one is capped. It
 // returns the chain: the SVID first, then the signing chain up to and including the root.
-func (a *Authority) SignCSR(csrDER []byte, ident Identity, ttl time.Duration) (chain []*x509.Certificate, err error) {
+func (a *Authority) SignCSR(csrDER []byte, ident Identity, ttl time.Duration) ([]*x509.Certificate, error) {
+	c, err := a.CheckCSR(csrDER, ident)
+	if err != nil {
+		return nil, err
+	}
+	return a.Issue(c, ttl)
+}
+
+// CheckedCSR is a certificate request CheckCSR accepted for one identity.
+type CheckedCSR struct {
+	pub     crypto.PublicKey
+	id      spiffeid.ID
+	checked time.Duration // time spent checking, counted with the signing time
+}
+
+// CheckCSR does every check SignCSR does, without signing. A caller that must
+// spend a single-use credential only on a request the CA grants checks first,
+// spends the credential, then calls Issue.
+func (a *Authority) CheckCSR(csrDER []byte, ident Identity) (*CheckedCSR, error) {
 	start := a.clock.Now()
-	defer func() {
-		a.metrics.observeSign(err, a.clock.Since(start))
-	}()
+	c, err := a.checkCSR(csrDER, ident)
+	if err != nil {
+		a.metrics.observeSign(err, 0)
+		return nil, err
+	}
+	c.checked = a.clock.Since(start)
+	return c, nil
+}
+
+// Issue signs a request CheckCSR accepted. ttl is as for SignCSR.
+func (a *Authority) Issue(c *CheckedCSR, ttl time.Duration) (chain []*x509.Certificate, err error) {
+	start := a.clock.Now()
+	chain, err = a.sign(c.pub, c.id, ttl, nil, nil)
+	a.metrics.observeSign(err, c.checked+a.clock.Since(start))
+	return chain, err
+}
+
+func (a *Authority) checkCSR(csrDER []byte, ident Identity) (*CheckedCSR, error) {
 	want, err := ident.ID(a.cfg.TrustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrIdentityMismatch, err)
@@ -60,7 +93,23 @@ func (a *Authority) SignCSR(csrDER []byte, ident Identity, ttl time.Duration) (c
 	if got != want {
 		return nil, fmt.Errorf("%w: CSR asks for %s but the credential is for %s", ErrIdentityMismatch, got, want)
 	}
-	return a.sign(csr.PublicKey, want, ttl, nil, nil)
+	// Checked here too, so a request is not granted (and its credential spent)
+	// when signing is bound to fail.
+	if err := a.signerUsable(); err != nil {
+		return nil, err
+	}
+	return &CheckedCSR{pub: csr.PublicKey, id: want}, nil
+}
+
+// signerUsable fails once any certificate of the signing chain has expired.
+func (a *Authority) signerUsable() error {
+	now := a.clock.Now()
+	for _, c := range a.cur.Load().signer.chain {
+		if !c.NotAfter.After(now) {
+			return errors.New("the signing CA has expired")
+		}
+	}
+	return nil
 }
 
 func (a *Authority) sign(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration, dns []string, ips []net.IP) ([]*x509.Certificate, error) {

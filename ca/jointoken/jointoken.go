@@ -31,7 +31,7 @@ import (
 // Prefix starts every join token, so a leaked one is recognisable.
 const Prefix = "rampart-join."
 
-// Errors from Check. Each says why a credential was refused.
+// Errors from Check, Authenticate and Consume. Each says why a credential was refused.
 var (
 	ErrUnknown   = errors.New("unknown join token")
 	ErrExpired   = errors.New("join token expired")
@@ -96,42 +96,82 @@ func (s *Store) Create(ident ca.Identity, ttl time.Duration, reusable bool) (str
 // Check verifies token and, unless it is reusable, consumes it. It returns the
 // identity the token is bound to.
 func (s *Store) Check(token string) (ca.Identity, error) {
+	rec, h, err := s.lookup(token)
+	if err != nil {
+		return ca.Identity{}, err
+	}
+	if err := s.consume(rec, h); err != nil {
+		return ca.Identity{}, err
+	}
+	return rec.identity(), nil
+}
+
+// Authenticate implements the CA server's credential check: it verifies token
+// and returns the identity it is bound to, without spending it. The server calls
+// Consume once it has accepted the request the token came with, so a refused
+// request leaves a single-use token usable.
+func (s *Store) Authenticate(_ context.Context, token string) (ca.Identity, error) {
+	rec, _, err := s.lookup(token)
+	if err != nil {
+		return ca.Identity{}, err
+	}
+	return rec.identity(), nil
+}
+
+// Consume spends token unless it is reusable. Of concurrent calls for one
+// single-use token exactly one succeeds; the others get ErrUsed.
+func (s *Store) Consume(_ context.Context, token string) error {
+	rec, h, err := s.lookup(token)
+	if err != nil {
+		return err
+	}
+	return s.consume(rec, h)
+}
+
+// lookup finds token's unexpired record and returns it with the token's hash.
+func (s *Store) lookup(token string) (record, string, error) {
 	if !strings.HasPrefix(token, Prefix) || len(token) > 512 {
-		return ca.Identity{}, ErrMalformed
+		return record{}, "", ErrMalformed
 	}
 	h := hash(token)
 	pending := filepath.Join(s.dir, "pending", h)
 	data, err := os.ReadFile(pending)
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, err := os.Stat(filepath.Join(s.dir, "used", h)); err == nil {
-			return ca.Identity{}, ErrUsed
+			return record{}, "", ErrUsed
 		}
-		return ca.Identity{}, ErrUnknown
+		return record{}, "", ErrUnknown
 	}
 	if err != nil {
-		return ca.Identity{}, fmt.Errorf("read join token: %w", err)
+		return record{}, "", fmt.Errorf("read join token: %w", err)
 	}
 	var rec record
 	if err := json.Unmarshal(data, &rec); err != nil {
-		return ca.Identity{}, fmt.Errorf("join token record %s: %w", pending, err)
+		return record{}, "", fmt.Errorf("join token record %s: %w", pending, err)
 	}
 	if !s.clock.Now().Before(rec.ExpiresAt) {
-		return ca.Identity{}, fmt.Errorf("%w at %s", ErrExpired, rec.ExpiresAt.Format(time.RFC3339))
+		return record{}, "", fmt.Errorf("%w at %s", ErrExpired, rec.ExpiresAt.Format(time.RFC3339))
 	}
-	if !rec.Reusable {
-		if err := os.Rename(pending, filepath.Join(s.dir, "used", h)); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return ca.Identity{}, ErrUsed // another request consumed it first
-			}
-			return ca.Identity{}, fmt.Errorf("consume join token: %w", err)
-		}
-	}
-	return ca.Identity{Namespace: rec.Namespace, ServiceAccount: rec.ServiceAccount}, nil
+	return rec, h, nil
 }
 
-// Authenticate implements the CA server's credential check.
-func (s *Store) Authenticate(_ context.Context, token string) (ca.Identity, error) {
-	return s.Check(token)
+// consume moves a single-use token's record from pending/ to used/. The rename
+// is atomic: of two concurrent calls, exactly one finds the record to move.
+func (s *Store) consume(rec record, h string) error {
+	if rec.Reusable {
+		return nil
+	}
+	if err := os.Rename(filepath.Join(s.dir, "pending", h), filepath.Join(s.dir, "used", h)); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return ErrUsed // another request consumed it first
+		}
+		return fmt.Errorf("consume join token: %w", err)
+	}
+	return nil
+}
+
+func (r record) identity() ca.Identity {
+	return ca.Identity{Namespace: r.Namespace, ServiceAccount: r.ServiceAccount}
 }
 
 func hash(token string) string {

@@ -1,6 +1,7 @@
 package jointoken
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"io/fs"
@@ -199,14 +200,26 @@ func flipChar(c byte) string {
 	return "A"
 }
 
+// Of concurrent uses of one single-use token exactly one wins, whether they
+// check it in one step or, as the CA server does, authenticate and then consume.
 func TestConcurrentCheck(t *testing.T) {
+	check := func(_ context.Context, s *Store, tok string) error { _, err := s.Check(tok); return err }
+	authThenConsume := func(ctx context.Context, s *Store, tok string) error {
+		if _, err := s.Authenticate(ctx, tok); err != nil {
+			return err
+		}
+		return s.Consume(ctx, tok)
+	}
 	tests := []struct {
 		name        string
+		use         func(ctx context.Context, s *Store, tok string) error
 		reusable    bool
 		wantSuccess int
 	}{
-		{name: "single use", reusable: false, wantSuccess: 1},
-		{name: "reusable", reusable: true, wantSuccess: 20},
+		{name: "single use", use: check, reusable: false, wantSuccess: 1},
+		{name: "reusable", use: check, reusable: true, wantSuccess: 20},
+		{name: "single use, authenticate then consume", use: authThenConsume, reusable: false, wantSuccess: 1},
+		{name: "reusable, authenticate then consume", use: authThenConsume, reusable: true, wantSuccess: 20},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -224,7 +237,7 @@ func TestConcurrentCheck(t *testing.T) {
 			for i := range n {
 				wg.Go(func() {
 					<-start
-					_, errs[i] = s.Check(tok)
+					errs[i] = tt.use(t.Context(), s, tok)
 				})
 			}
 			close(start)
@@ -283,18 +296,54 @@ func TestStoreHoldsNoTokens(t *testing.T) {
 	}
 }
 
-func TestAuthenticate(t *testing.T) {
-	s, _, _ := newStore(t)
-	tok, err := s.Create(web, time.Hour, false)
-	if err != nil {
-		t.Fatal(err)
+// The CA server authenticates a token without spending it, and consumes it
+// only for a request it grants: a refused request leaves the token usable.
+func TestAuthenticateThenConsume(t *testing.T) {
+	tests := []struct {
+		name         string
+		reusable     bool
+		wantAfterUse error // Authenticate and Consume once the token is consumed
+	}{
+		{name: "single use", wantAfterUse: ErrUsed},
+		{name: "reusable", reusable: true},
 	}
-	if got, err := s.Authenticate(t.Context(), tok); err != nil || got != web {
-		t.Fatalf("Authenticate() = %v, %v; want %v", got, err, web)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _, _ := newStore(t)
+			tok, err := s.Create(web, time.Hour, tt.reusable)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 3 {
+				if got, err := s.Authenticate(t.Context(), tok); err != nil || got != web {
+					t.Fatalf("Authenticate() #%d before Consume = %v, %v; want %v (it must not spend the token)", i+1, got, err, web)
+				}
+			}
+			if err := s.Consume(t.Context(), tok); err != nil {
+				t.Fatalf("Consume() = %v", err)
+			}
+			if _, err := s.Authenticate(t.Context(), tok); !errors.Is(err, tt.wantAfterUse) {
+				t.Errorf("Authenticate() after Consume = %v, want %v", err, tt.wantAfterUse)
+			}
+			if err := s.Consume(t.Context(), tok); !errors.Is(err, tt.wantAfterUse) {
+				t.Errorf("second Consume() = %v, want %v", err, tt.wantAfterUse)
+			}
+		})
 	}
-	if _, err := s.Authenticate(t.Context(), tok); !errors.Is(err, ErrUsed) {
-		t.Fatalf("second Authenticate() = %v, want ErrUsed", err)
-	}
+	t.Run("refused tokens", func(t *testing.T) {
+		s, clk, _ := newStore(t)
+		tok, err := s.Create(web, time.Minute, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clk.Step(time.Minute)
+		if err := s.Consume(t.Context(), tok); !errors.Is(err, ErrExpired) {
+			t.Errorf("Consume() of an expired token = %v, want %v", err, ErrExpired)
+		}
+		if err := s.Consume(t.Context(), Prefix+"ZGVmYXVsdC93ZWI.AAAA"); !errors.Is(err, ErrUnknown) {
+			t.Errorf("Consume() of an unknown token = %v, want %v", err, ErrUnknown)
+		}
+	})
 }
 
 func listFiles(t *testing.T, root string) []string {

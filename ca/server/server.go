@@ -31,10 +31,16 @@ import (
 	"k8s.io/utils/clock"
 )
 
-// Authenticator checks a bearer credential and returns the identity it proves.
-// Join tokens implement it in local mode; Kubernetes TokenReview in a cluster.
+// Authenticator checks bearer credentials. Join tokens implement it in local
+// mode; Kubernetes TokenReview in a cluster.
 type Authenticator interface {
+	// Authenticate returns the identity token proves, without spending it.
 	Authenticate(ctx context.Context, token string) (ca.Identity, error)
+	// Consume spends a single-use token. The server calls it only for a request
+	// it has checked and will grant, so a refused request leaves the token
+	// usable. It fails when the token was spent already: of concurrent requests
+	// with one single-use token, at most one gets a certificate.
+	Consume(ctx context.Context, token string) error
 }
 
 // Config configures a Server.
@@ -250,33 +256,41 @@ func peerAddr(ctx context.Context) string {
 	return "unknown"
 }
 
+// credential is how a caller authenticated: its X.509-SVID, or a bearer token
+// that is spent only once its request is granted.
+type credential struct {
+	via   string // "svid" or "token"
+	token string
+}
+
 // authenticate establishes the caller's identity: its X.509-SVID if it presented a
-// valid one (renewal), else its bearer credential.
-func (s *Server) authenticate(ctx context.Context) (ca.Identity, string, error) {
+// valid one (renewal), else its bearer credential, which it does not spend.
+func (s *Server) authenticate(ctx context.Context) (ca.Identity, credential, error) {
 	if id, ok := s.peerID(ctx); ok {
 		ident, err := ca.IdentityFromID(id)
 		if err != nil {
-			return ca.Identity{}, "", status.Errorf(codes.PermissionDenied, "client certificate: %v", err)
+			return ca.Identity{}, credential{}, status.Errorf(codes.PermissionDenied, "client certificate: %v", err)
 		}
-		return ident, "svid", nil
+		return ident, credential{via: "svid"}, nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	if len(vals) == 0 {
-		return ca.Identity{}, "", status.Error(codes.Unauthenticated, "no credential: send 'authorization: Bearer <join token>' metadata or a client X.509-SVID")
+		return ca.Identity{}, credential{}, status.Error(codes.Unauthenticated, "no credential: send 'authorization: Bearer <join token>' metadata or a client X.509-SVID")
 	}
 	if len(vals) > 1 {
-		return ca.Identity{}, "", status.Error(codes.Unauthenticated, "more than one authorization header")
+		return ca.Identity{}, credential{}, status.Error(codes.Unauthenticated, "more than one authorization header")
 	}
 	token, ok := strings.CutPrefix(vals[0], "Bearer ")
 	if !ok {
-		return ca.Identity{}, "", status.Error(codes.Unauthenticated, "authorization metadata must be 'Bearer <token>'")
+		return ca.Identity{}, credential{}, status.Error(codes.Unauthenticated, "authorization metadata must be 'Bearer <token>'")
 	}
-	ident, err := s.cfg.Authenticator.Authenticate(ctx, strings.TrimSpace(token))
+	token = strings.TrimSpace(token)
+	ident, err := s.cfg.Authenticator.Authenticate(ctx, token)
 	if err != nil {
-		return ca.Identity{}, "", status.Errorf(codes.Unauthenticated, "credential rejected: %v", err)
+		return ca.Identity{}, credential{}, status.Errorf(codes.Unauthenticated, "credential rejected: %v", err)
 	}
-	return ident, "token", nil
+	return ident, credential{via: "token", token: token}, nil
 }
 
 // CreateCertificate implements Istio's certificate service.
@@ -298,15 +312,16 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 		log.Warn("certificate request refused", "reason", "negative validity_duration", "validity_duration", req.GetValidityDuration())
 		return nil, status.Error(codes.InvalidArgument, "validity_duration must not be negative")
 	}
-	ident, via, err := s.authenticate(ctx)
+	ident, cred, err := s.authenticate(ctx)
 	if err != nil {
 		s.cfg.Authority.CountRejected("unauthenticated")
 		log.Warn("certificate request refused", "reason", status.Convert(err).Message())
 		return nil, err
 	}
-	log = log.With("identity", ident.String(), "credential", via)
-	ttl := requestedTTL(req.GetValidityDuration())
-	chain, err := s.cfg.Authority.SignCSR(block.Bytes, ident, ttl)
+	log = log.With("identity", ident.String(), "credential", cred.via)
+	// The request is checked in full before a single-use token is spent: a
+	// sidecar whose CSR is refused corrects it and retries with the same token.
+	checked, err := s.cfg.Authority.CheckCSR(block.Bytes, ident)
 	switch {
 	case errors.Is(err, ca.ErrIdentityMismatch):
 		log.Warn("certificate request refused", "reason", err.Error())
@@ -315,6 +330,18 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 		log.Warn("certificate request refused", "reason", err.Error())
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	case err != nil:
+		log.Error("signing failed", "err", err)
+		return nil, status.Errorf(codes.Internal, "signing failed: %v", err)
+	}
+	if cred.via == "token" {
+		if err := s.cfg.Authenticator.Consume(ctx, cred.token); err != nil {
+			s.cfg.Authority.CountRejected("unauthenticated")
+			log.Warn("certificate request refused", "reason", "credential rejected: "+err.Error())
+			return nil, status.Errorf(codes.Unauthenticated, "credential rejected: %v", err)
+		}
+	}
+	chain, err := s.cfg.Authority.Issue(checked, requestedTTL(req.GetValidityDuration()))
+	if err != nil {
 		log.Error("signing failed", "err", err)
 		return nil, status.Errorf(codes.Internal, "signing failed: %v", err)
 	}

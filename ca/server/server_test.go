@@ -764,3 +764,91 @@ func TestServingCertificate(t *testing.T) {
 		t.Error("after the switch the serving certificate still chains to the old root")
 	}
 }
+
+// A request the CA refuses does not spend its single-use join token: the
+// sidecar corrects its CSR and retries with the same token.
+func TestRefusedRequestDoesNotSpendToken(t *testing.T) {
+	rsa1024, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		csr      func(t *testing.T) string
+		wantCode codes.Code
+	}{
+		{name: "another identity", csr: func(t *testing.T) string { return csrPEM(t, newKey(t), adminID) }, wantCode: codes.PermissionDenied},
+		{name: "weak key", csr: func(t *testing.T) string { return csrPEM(t, rsa1024, webID) }, wantCode: codes.InvalidArgument},
+		{name: "two URI SANs", csr: func(t *testing.T) string { return csrPEM(t, newKey(t), webID, adminID) }, wantCode: codes.InvalidArgument},
+		{name: "bad signature", csr: func(t *testing.T) string {
+			block, _ := pem.Decode([]byte(csrPEM(t, newKey(t), webID)))
+			block.Bytes[len(block.Bytes)-1] ^= 0xff // the last byte of the signature
+			return string(pem.EncodeToMemory(block))
+		}, wantCode: codes.InvalidArgument},
+		{name: "malformed CSR", csr: func(*testing.T) string { return "not a CSR" }, wantCode: codes.InvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := startServer(t)
+			tok := f.token(t, web)
+			client := istioca.NewIstioCertificateServiceClient(f.dial(t, nil))
+			_, err := client.CreateCertificate(bearer(t.Context(), tok), &istioca.IstioCertificateRequest{Csr: tt.csr(t)})
+			if status.Code(err) != tt.wantCode {
+				t.Fatalf("refused request: %v, want %s", err, tt.wantCode)
+			}
+			resp, err := client.CreateCertificate(bearer(t.Context(), tok), &istioca.IstioCertificateRequest{Csr: csrPEM(t, newKey(t), webID)})
+			if err != nil {
+				t.Fatalf("the corrected request with the same single-use token was refused: %v (the refused one spent it)", err)
+			}
+			if id, _, err := x509svid.Verify(parseChain(t, resp.GetCertChain()), f.a.Bundle()); err != nil || id != webID {
+				t.Errorf("issued chain: Verify = %s, %v; want %s", id, err, webID)
+			}
+			// Granted, the token is spent.
+			_, err = client.CreateCertificate(bearer(t.Context(), tok), &istioca.IstioCertificateRequest{Csr: csrPEM(t, newKey(t), webID)})
+			if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "join token already used") {
+				t.Errorf("a third request with the token: %v, want Unauthenticated (join token already used)", err)
+			}
+		})
+	}
+}
+
+// Of concurrent requests with one single-use token, exactly one gets a
+// certificate, although the token is checked before it is spent.
+func TestSingleUseTokenIssuesOnce(t *testing.T) {
+	const n = 8
+	f := startServer(t)
+	tok := f.token(t, web)
+	client := istioca.NewIstioCertificateServiceClient(f.dial(t, nil))
+	csrs := make([]string, n)
+	for i := range csrs {
+		csrs[i] = csrPEM(t, newKey(t), webID)
+	}
+	errs := make([]error, n)
+	var (
+		wg    sync.WaitGroup
+		start = make(chan struct{})
+	)
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			_, errs[i] = client.CreateCertificate(bearer(t.Context(), tok), &istioca.IstioCertificateRequest{Csr: csrs[i]})
+		})
+	}
+	close(start)
+	wg.Wait()
+	granted := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			granted++
+		case status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "join token already used"):
+			t.Errorf("a losing request: %v, want Unauthenticated (join token already used)", err)
+		}
+	}
+	if granted != 1 {
+		t.Errorf("%d of %d concurrent requests with one single-use token got a certificate, want 1", granted, n)
+	}
+	if got := f.issued(t, "success"); got != 1 {
+		t.Errorf("issued{success} = %v, want 1", got)
+	}
+}
