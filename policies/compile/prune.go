@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/dynamicpb"
 )
 
 // decodeIstioSpec decodes o's spec into m the way istiod receives it: the API
@@ -47,9 +49,90 @@ func decodeIstioSpec(o source.Object, m proto.Message, schemaCode, unknownCode s
 		err = protojson.Unmarshal(pruned, m)
 	}
 	if err != nil {
-		return append(fs, newFinding(o, SeverityError, schemaCode, "spec", "%v", err)), false
+		where, why := schemaError(pruned, m.ProtoReflect().Descriptor(), "spec", err)
+		return append(fs, newFinding(o, SeverityError, schemaCode, where, "%s", why)), false
 	}
 	return fs, true
+}
+
+// schemaError finds, in js (a JSON object for a message md that does not
+// decode), the field that makes it fail: each field is decoded alone, and one
+// that fails alone is searched further when it is a message (or a list or
+// map of them). It returns the field's path under path and the decoder's
+// error without its position in the JSON (the JSON is re-marshalled, so a
+// position in it would point nowhere in the user's file). When no field fails
+// alone (say, two fields of one oneof), it is the object's, and err.
+func schemaError(js []byte, md protoreflect.MessageDescriptor, path string, err error) (string, string) {
+	if p, e := failingField(js, md, path); e != nil {
+		return p, cleanProtoErr(e)
+	}
+	return path, cleanProtoErr(err)
+}
+
+func failingField(js []byte, md protoreflect.MessageDescriptor, path string) (string, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(js, &obj); err != nil || obj == nil {
+		return path, protojson.Unmarshal(js, dynamicpb.NewMessage(md))
+	}
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		one, _ := json.Marshal(map[string]json.RawMessage{k: obj[k]})
+		err := protojson.Unmarshal(one, dynamicpb.NewMessage(md))
+		if err == nil {
+			continue
+		}
+		fd := md.Fields().ByJSONName(k)
+		if fd == nil {
+			fd = md.Fields().ByTextName(k)
+		}
+		at := path + "." + k
+		if fd == nil || fd.Kind() != protoreflect.MessageKind && !(fd.IsMap() && fd.MapValue().Kind() == protoreflect.MessageKind) {
+			return at, err
+		}
+		switch {
+		case fd.IsMap():
+			vd := fd.MapValue()
+			var m map[string]json.RawMessage
+			if json.Unmarshal(obj[k], &m) != nil || vd.Kind() != protoreflect.MessageKind || wellKnown(vd.Message()) {
+				return at, err
+			}
+			for _, mk := range slices.Sorted(maps.Keys(m)) {
+				if p, e := failingField(m[mk], vd.Message(), fmt.Sprintf("%s[%s]", at, mk)); e != nil {
+					return p, e
+				}
+			}
+		case wellKnown(fd.Message()):
+			return at, err
+		case fd.IsList():
+			var l []json.RawMessage
+			if json.Unmarshal(obj[k], &l) != nil {
+				return at, err
+			}
+			for i, e := range l {
+				if p, ferr := failingField(e, fd.Message(), fmt.Sprintf("%s[%d]", at, i)); ferr != nil {
+					return p, ferr
+				}
+			}
+		default:
+			if p, e := failingField(obj[k], fd.Message(), at); e != nil {
+				return p, e
+			}
+		}
+		return at, err
+	}
+	return path, nil
+}
+
+// wellKnown: google.protobuf types have JSON forms of their own (a Duration
+// is a string, a Struct any object); they are judged whole.
+func wellKnown(md protoreflect.MessageDescriptor) bool {
+	return strings.HasPrefix(string(md.FullName()), "google.protobuf.")
+}
+
+// protoErrPos is protojson's "proto: (line 1:45): " prefix, or "proto: ".
+var protoErrPos = regexp.MustCompile(`^proto:\s*(\(line \d+:\d+\):\s*)?`)
+
+func cleanProtoErr(err error) string {
+	return protoErrPos.ReplaceAllString(err.Error(), "")
 }
 
 // clusterFile is the File of the objects policies/source/kube reads from a

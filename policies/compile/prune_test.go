@@ -95,11 +95,15 @@ func TestDecodeDropsUnknownFields(t *testing.T) {
 		doc: head("AuthorizationPolicy") + `spec:
   rulez: []
   rules: {to: []}`,
-		want: []string{"error AP-SCHEMA spec", "error AP-UNKNOWN-FIELD spec.rulez"},
+		want: []string{"error AP-SCHEMA spec.rules", "error AP-UNKNOWN-FIELD spec.rulez"},
 	}, {
 		name: "AuthorizationPolicy: an unknown enum value is no unknown field",
 		doc:  head("AuthorizationPolicy") + "spec: {action: DENYY, rules: [{}]}",
-		want: []string{"error AP-SCHEMA spec"},
+		want: []string{"error AP-SCHEMA spec.action"},
+	}, {
+		name: "a wrong type deep in a list names its field",
+		doc:  head("AuthorizationPolicy") + "spec: {rules: [{}, {to: [{operation: {paths: /admin}}]}]}",
+		want: []string{"error AP-SCHEMA spec.rules[1].to[0].operation.paths"},
 	}, {
 		name: "RequestAuthentication",
 		doc: head("RequestAuthentication") + `spec:
@@ -138,7 +142,7 @@ func TestDecodeDropsUnknownFields(t *testing.T) {
 	}, {
 		name: "PeerAuthentication with a bad mode is left out",
 		doc:  head("PeerAuthentication") + "spec: {mtls: {mode: STRICTER}, extra: 1}",
-		want: []string{"error PA-SCHEMA spec", "error PA-UNKNOWN-FIELD spec.extra"},
+		want: []string{"error PA-SCHEMA spec.mtls.mode", "error PA-UNKNOWN-FIELD spec.extra"},
 	}, {
 		name:   "proto field names are known, as protojson reads them",
 		doc:    head("AuthorizationPolicy") + "spec: {rules: [{from: [{source: {not_ip_blocks: [10.0.0.0/8]}}]}]}",

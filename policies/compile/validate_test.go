@@ -127,8 +127,8 @@ rules:
   - source: {serviceAccounts: ["sa", "ns/sa"], notServiceAccounts: ["other"]}`},
 
 	// AP-SCHEMA / AP-UNKNOWN-FIELD
-	{name: "schema wrong type", spec: `rules: {from: []}`, want: []string{"error AP-SCHEMA spec"}},
-	{name: "schema unknown action", spec: `action: PERMIT`, want: []string{"error AP-SCHEMA spec"}},
+	{name: "schema wrong type", spec: `rules: {from: []}`, want: []string{"error AP-SCHEMA spec.rules"}},
+	{name: "schema unknown action", spec: `action: PERMIT`, want: []string{"error AP-SCHEMA spec.action"}},
 	{name: "unknown top-level field", spec: `rulez: []`, want: []string{"error AP-UNKNOWN-FIELD spec.rulez"}},
 	{name: "unknown nested fields", spec: `
 action: DENY
@@ -154,7 +154,7 @@ rules:
 - from:
   - source: {ip_blocks: [10.0.0.0/8], not_namespaces: [bar]}`},
 	{name: "unknown field and a wrong type", spec: "rulez: []\nrules: {from: []}", want: []string{
-		"error AP-SCHEMA spec",
+		"error AP-SCHEMA spec.rules",
 		"error AP-UNKNOWN-FIELD spec.rulez",
 	}},
 
