@@ -104,6 +104,7 @@ func (g *generation) root() *x509.Certificate { return g.chain[len(g.chain)-1] }
 var (
 	ErrInvalidCSR         = errors.New("invalid CSR")
 	ErrIdentityMismatch   = errors.New("CSR identity does not match the credential")
+	ErrReservedIdentity   = errors.New("reserved for the control plane")
 	ErrRotationInProgress = errors.New("a root rotation is already in progress")
 	ErrExternalCA         = errors.New("the signing CA is operator-supplied")
 	ErrStateDirInUse      = errors.New("state directory is in use by another rampartd")

@@ -19,7 +19,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rampart_ca_certificates_issued_total",
-			Help: "X.509-SVID signing requests by result (success, invalid_csr, identity_mismatch, error; the CA server adds unauthenticated and invalid_request).",
+			Help: "X.509-SVID signing requests by result (success, invalid_csr, identity_mismatch, reserved_identity, error; the CA server adds unauthenticated and invalid_request).",
 		}, []string{"result"}),
 		signTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "rampart_ca_sign_duration_seconds",
@@ -40,7 +40,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
-	for _, r := range []string{"success", "invalid_csr", "identity_mismatch", "error"} {
+	for _, r := range []string{"success", "invalid_csr", "identity_mismatch", "reserved_identity", "error"} {
 		m.issued.WithLabelValues(r)
 	}
 	return m, nil
@@ -55,6 +55,8 @@ func (m *metrics) observeSign(err error, d time.Duration) {
 		result = "invalid_csr"
 	case errors.Is(err, ErrIdentityMismatch):
 		result = "identity_mismatch"
+	case errors.Is(err, ErrReservedIdentity):
+		result = "reserved_identity"
 	default:
 		result = "error"
 	}

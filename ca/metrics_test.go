@@ -23,14 +23,19 @@ func TestMetrics(t *testing.T) {
 	if _, err := a.SignCSR([]byte("junk"), testIdent, 0); err == nil {
 		t.Fatal("SignCSR of junk succeeded")
 	}
+	cp := ControlPlaneIdentity(DefaultRootNamespace)
+	if _, err := a.SignCSR(csrFor(t, key, "spiffe://example.org/ns/rampart-system/sa/rampartd"), cp, 0); err == nil {
+		t.Fatal("SignCSR for the control plane's identity succeeded")
+	}
 	a.CountRejected("unauthenticated")
 
 	const issued = `
-# HELP rampart_ca_certificates_issued_total X.509-SVID signing requests by result (success, invalid_csr, identity_mismatch, error; the CA server adds unauthenticated and invalid_request).
+# HELP rampart_ca_certificates_issued_total X.509-SVID signing requests by result (success, invalid_csr, identity_mismatch, reserved_identity, error; the CA server adds unauthenticated and invalid_request).
 # TYPE rampart_ca_certificates_issued_total counter
 rampart_ca_certificates_issued_total{result="error"} 0
 rampart_ca_certificates_issued_total{result="identity_mismatch"} 1
 rampart_ca_certificates_issued_total{result="invalid_csr"} 1
+rampart_ca_certificates_issued_total{result="reserved_identity"} 1
 rampart_ca_certificates_issued_total{result="success"} 2
 rampart_ca_certificates_issued_total{result="unauthenticated"} 1
 `

@@ -24,7 +24,8 @@ const MaxCSRBytes = 16 << 10
 
 // SignCSR verifies csrDER and signs it into an X.509-SVID for ident. The CSR must
 // carry exactly one URI SAN, the identity's SPIFFE ID; nothing else from the CSR is
-// copied into the certificate. ttl 0 means the default; a longer one is capped. It
+// copied into the certificate. The control plane's identity is refused
+// (ErrReservedIdentity): IssueServingCert alone produces it. ttl 0 means the default; a longer one is capped. It
 // returns the chain: the SVID first, then the signing chain up to and including the root.
 func (a *Authority) SignCSR(csrDER []byte, ident Identity, ttl time.Duration) ([]*x509.Certificate, error) {
 	c, err := a.CheckCSR(csrDER, ident)
@@ -67,6 +68,11 @@ func (a *Authority) checkCSR(csrDER []byte, ident Identity) (*CheckedCSR, error)
 	want, err := ident.ID(a.cfg.TrustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrIdentityMismatch, err)
+	}
+	// Agents authenticate rampartd by this identity: a workload holding it could
+	// pose as the control plane to every sidecar.
+	if ident == ControlPlaneIdentity(a.cfg.RootNamespace) {
+		return nil, fmt.Errorf("%s is %w: only rampartd's own serving certificate carries it, never a workload SVID", want, ErrReservedIdentity)
 	}
 	if len(csrDER) > MaxCSRBytes {
 		return nil, fmt.Errorf("%w: %d bytes is over the %d-byte limit", ErrInvalidCSR, len(csrDER), MaxCSRBytes)

@@ -7,14 +7,15 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 	"math/big"
 	"net"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -260,6 +261,49 @@ func TestSignCSRRejects(t *testing.T) {
 	// cases above fail for the reason they name.
 	if _, err := a.SignCSR(valid, testIdent, 0); err != nil {
 		t.Fatalf("valid CSR rejected: %v", err)
+	}
+}
+
+// The control plane's identity is rampartd's alone: agents authenticate rampartd
+// by it, so no CSR gets it, whatever credential it came with. Only the identity
+// in the Authority's own root namespace is reserved.
+func TestSignCSRRefusesControlPlaneIdentity(t *testing.T) {
+	tests := []struct {
+		name          string
+		rootNamespace string
+		ident         Identity
+		wantErr       error
+	}{
+		{name: "default root namespace", ident: ControlPlaneIdentity(DefaultRootNamespace), wantErr: ErrReservedIdentity},
+		{name: "configured root namespace", rootNamespace: "mesh-root", ident: ControlPlaneIdentity("mesh-root"), wantErr: ErrReservedIdentity},
+		{name: "rampartd in another namespace", rootNamespace: "mesh-root", ident: ControlPlaneIdentity(DefaultRootNamespace)},
+		{name: "another service account in the root namespace", ident: Identity{Namespace: DefaultRootNamespace, ServiceAccount: "rampartd-helper"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newTestAuthority(t, Config{RootNamespace: tt.rootNamespace})
+			id, err := tt.ident.ID(testTD)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chain, err := a.SignCSR(csrFor(t, testKey(t, "p256"), id.String()), tt.ident, 0)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("SignCSR(%s) error = %v, want %v", id, err, tt.wantErr)
+			}
+			if tt.wantErr == nil {
+				return
+			}
+			if chain != nil {
+				t.Errorf("SignCSR() returned %d certificates with an error", len(chain))
+			}
+			if !strings.Contains(err.Error(), id.String()) {
+				t.Errorf("error %q does not name %s", err, id)
+			}
+			// rampartd's serving certificate is still issued.
+			if _, err := a.IssueServingCert(nil, nil); err != nil {
+				t.Errorf("IssueServingCert: %v", err)
+			}
+		})
 	}
 }
 

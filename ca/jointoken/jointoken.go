@@ -41,16 +41,34 @@ var (
 
 // Store is a directory of join tokens.
 type Store struct {
-	dir   string
-	clock clock.PassiveClock
+	dir           string
+	clock         clock.PassiveClock
+	rootNamespace string
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithRootNamespace names the mesh root namespace (rampartd's --root-namespace),
+// where the control plane's identity lives. Default ca.DefaultRootNamespace.
+func WithRootNamespace(ns string) Option {
+	return func(s *Store) {
+		if ns != "" {
+			s.rootNamespace = ns
+		}
+	}
 }
 
 // New returns the Store under stateDir/tokens. It does no I/O.
-func New(stateDir string, clk clock.PassiveClock) *Store {
+func New(stateDir string, clk clock.PassiveClock, opts ...Option) *Store {
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	return &Store{dir: filepath.Join(stateDir, "tokens"), clock: clk}
+	s := &Store{dir: filepath.Join(stateDir, "tokens"), clock: clk, rootNamespace: ca.DefaultRootNamespace}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 type record struct {
@@ -61,10 +79,16 @@ type record struct {
 	Reusable       bool      `json:"reusable,omitempty"`
 }
 
-// Create mints a token for ident valid for ttl and returns it.
+// Create mints a token for ident valid for ttl and returns it. It refuses the
+// control plane's identity (ca.ErrReservedIdentity): agents trust whoever holds
+// it as rampartd, and the CA would refuse to sign for it anyway.
 func (s *Store) Create(ident ca.Identity, ttl time.Duration, reusable bool) (string, error) {
 	if err := ident.Validate(); err != nil {
 		return "", err
+	}
+	if ident == ca.ControlPlaneIdentity(s.rootNamespace) {
+		return "", fmt.Errorf("%s (spiffe://<trust-domain>/ns/%s/sa/%s) is rampartd's own identity, %w: sidecars trust whoever holds it as rampartd, so no join token is made for it; choose another service account",
+			ident, ident.Namespace, ident.ServiceAccount, ca.ErrReservedIdentity)
 	}
 	if ttl <= 0 {
 		return "", fmt.Errorf("token TTL must be positive, got %s", ttl)

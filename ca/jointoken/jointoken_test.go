@@ -57,26 +57,49 @@ func TestCreateAndCheck(t *testing.T) {
 
 func TestCreateRejects(t *testing.T) {
 	tests := []struct {
-		name    string
-		ident   ca.Identity
-		ttl     time.Duration
-		wantErr string
+		name          string
+		rootNamespace string
+		ident         ca.Identity
+		ttl           time.Duration
+		wantErr       string
+		wantIs        error
 	}{
 		{name: "invalid namespace", ident: ca.Identity{Namespace: "Default", ServiceAccount: "web"}, ttl: time.Hour, wantErr: "namespace"},
 		{name: "zero TTL", ident: web, ttl: 0, wantErr: "TTL must be positive"},
 		{name: "negative TTL", ident: web, ttl: -time.Minute, wantErr: "TTL must be positive"},
+		{name: "control plane identity", ident: ca.ControlPlaneIdentity(ca.DefaultRootNamespace), ttl: time.Hour,
+			wantErr: "rampart-system/rampartd (spiffe://<trust-domain>/ns/rampart-system/sa/rampartd) is rampartd's own identity", wantIs: ca.ErrReservedIdentity},
+		{name: "control plane identity in the configured root namespace", rootNamespace: "mesh-root", ident: ca.ControlPlaneIdentity("mesh-root"), ttl: time.Hour,
+			wantErr: "spiffe://<trust-domain>/ns/mesh-root/sa/rampartd", wantIs: ca.ErrReservedIdentity},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, _, dir := newStore(t)
+			dir := t.TempDir()
+			s := New(dir, nil, WithRootNamespace(tt.rootNamespace))
 			tok, err := s.Create(tt.ident, tt.ttl, false)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || tok != "" {
 				t.Fatalf("Create() = %q, %v; want error containing %q", tok, err, tt.wantErr)
+			}
+			if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
+				t.Errorf("Create() error = %v, want %v", err, tt.wantIs)
 			}
 			if files := listFiles(t, dir); len(files) != 0 {
 				t.Errorf("a refused Create left files: %v", files)
 			}
 		})
+	}
+}
+
+// Only rampartd's identity in the store's root namespace is reserved.
+func TestCreateRampartdElsewhere(t *testing.T) {
+	s := New(t.TempDir(), nil, WithRootNamespace("mesh-root"))
+	ident := ca.ControlPlaneIdentity(ca.DefaultRootNamespace) // an ordinary identity in this mesh
+	tok, err := s.Create(ident, time.Hour, false)
+	if err != nil {
+		t.Fatalf("Create(%s) with root namespace mesh-root: %v", ident, err)
+	}
+	if got, err := s.Check(tok); err != nil || got != ident {
+		t.Errorf("Check() = %v, %v; want %v", got, err, ident)
 	}
 }
 

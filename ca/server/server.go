@@ -323,7 +323,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 	// sidecar whose CSR is refused corrects it and retries with the same token.
 	checked, err := s.cfg.Authority.CheckCSR(block.Bytes, ident)
 	switch {
-	case errors.Is(err, ca.ErrIdentityMismatch):
+	case errors.Is(err, ca.ErrIdentityMismatch), errors.Is(err, ca.ErrReservedIdentity):
 		log.Warn("certificate request refused", "reason", err.Error())
 		return nil, status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, ca.ErrInvalidCSR):

@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -54,6 +55,7 @@ var (
 // fixture is a running Server with a real Authority and join-token store.
 type fixture struct {
 	a      *ca.Authority
+	dir    string // the state directory
 	tokens *jointoken.Store
 	clk    *clocktesting.FakeClock // the join tokens' clock
 	caClk  clock.WithTicker        // the Authority's and Server's clock
@@ -105,7 +107,7 @@ func startServerWith(t *testing.T, caClk clock.WithTicker, propagation time.Dura
 	}
 	t.Cleanup(func() { a.Close() })
 	clk := clocktesting.NewFakeClock(time.Now())
-	f := &fixture{a: a, tokens: jointoken.New(dir, clk), clk: clk, caClk: caClk, reg: reg, logs: &syncBuffer{}}
+	f := &fixture{a: a, dir: dir, tokens: jointoken.New(dir, clk), clk: clk, caClk: caClk, reg: reg, logs: &syncBuffer{}}
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -850,5 +852,49 @@ func TestSingleUseTokenIssuesOnce(t *testing.T) {
 	}
 	if got := f.issued(t, "success"); got != 1 {
 		t.Errorf("issued{success} = %v, want 1", got)
+	}
+}
+
+// No credential gets a workload an X.509-SVID for rampartd's own identity, which
+// agents trust as their control plane: not a join token for it (one minted by a
+// store that did not know the root namespace, or before tokens for it were
+// refused), not rampartd's serving certificate presented for a "renewal".
+func TestNoWorkloadSVIDForControlPlaneIdentity(t *testing.T) {
+	f := startServer(t)
+	cpIdent := ca.ControlPlaneIdentity(ca.DefaultRootNamespace)
+	if _, err := f.tokens.Create(cpIdent, time.Hour, false); !errors.Is(err, ca.ErrReservedIdentity) {
+		t.Errorf("join token for %s: Create err = %v, want %v", cpIdent, err, ca.ErrReservedIdentity)
+	}
+	tok, err := jointoken.New(f.dir, f.clk, jointoken.WithRootNamespace("elsewhere")).Create(cpIdent, time.Hour, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving, err := f.a.IssueServingCert(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		ctx  context.Context
+		conn *grpc.ClientConn
+	}{
+		{name: "join token", ctx: bearer(t.Context(), tok), conn: f.dial(t, nil)},
+		{name: "rampartd's serving certificate", ctx: t.Context(), conn: f.dial(t, serving)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := f.issued(t, "reserved_identity")
+			resp, err := istioca.NewIstioCertificateServiceClient(tt.conn).CreateCertificate(tt.ctx,
+				&istioca.IstioCertificateRequest{Csr: csrPEM(t, newKey(t), serverID)})
+			if status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("CreateCertificate for %s: %v (response %v), want PermissionDenied", serverID, err, resp != nil)
+			}
+			if !strings.Contains(err.Error(), serverID.String()) || !strings.Contains(err.Error(), "reserved for the control plane") {
+				t.Errorf("refusal %q does not name %s as reserved for the control plane", err, serverID)
+			}
+			if got := f.issued(t, "reserved_identity"); got != before+1 {
+				t.Errorf("issued{reserved_identity} went from %v to %v, want +1", before, got)
+			}
+		})
 	}
 }

@@ -16,6 +16,7 @@ func newTokenCmd() *cobra.Command {
 	}
 	var (
 		stateDir, ns, sa string
+		rootNamespace    string
 		ttl              time.Duration
 		reusable         bool
 	)
@@ -27,14 +28,17 @@ func newTokenCmd() *cobra.Command {
 A join token lets one sidecar get its first SVID for exactly one identity,
 spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>. It expires after
 --ttl and is single use unless --reusable: the sidecar renews with its SVID
-afterwards. Only a hash of the token is stored in the state directory.`,
+afterwards. Only a hash of the token is stored in the state directory.
+
+rampartd's own identity, spiffe://<trust-domain>/ns/<root-namespace>/sa/rampartd,
+is refused: sidecars trust whoever holds it as their control plane.`,
 		Example: `  rampartctl token create --state-dir .rampart --namespace default --service-account web > web.token`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if ns == "" || sa == "" {
 				return fmt.Errorf("--namespace and --service-account are required")
 			}
-			tok, err := jointoken.New(stateDir, nil).Create(ca.Identity{Namespace: ns, ServiceAccount: sa}, ttl, reusable)
+			tok, err := jointoken.New(stateDir, nil, jointoken.WithRootNamespace(rootNamespace)).Create(ca.Identity{Namespace: ns, ServiceAccount: sa}, ttl, reusable)
 			if err != nil {
 				return err
 			}
@@ -48,6 +52,7 @@ afterwards. Only a hash of the token is stored in the state directory.`,
 	f.StringVar(&sa, "service-account", "", "service account of the identity")
 	f.DurationVar(&ttl, "ttl", time.Hour, "how long the token may be used")
 	f.BoolVar(&reusable, "reusable", false, "allow the token to be used more than once until it expires")
+	f.StringVar(&rootNamespace, "root-namespace", ca.DefaultRootNamespace, "rampartd's --root-namespace, where its own identity (service account rampartd) lives; no token is made for that identity")
 	cmd.AddCommand(create)
 	return cmd
 }
