@@ -38,7 +38,7 @@ func newFinding(o source.Object, severity, code, path, format string, args ...an
 	if ns != "" {
 		obj = o.Kind + " " + ns + "/" + o.Name
 	}
-	return Finding{Code: code, Severity: severity, Object: obj, File: o.File, Line: o.Line, Path: path, Message: fmt.Sprintf(format, args...)}
+	return Finding{Code: code, Severity: severity, Object: obj, File: o.File, Line: o.LineOf(path), Path: path, Message: fmt.Sprintf(format, args...)}
 }
 
 // Finding codes for AuthorizationPolicy.

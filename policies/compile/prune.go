@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -85,6 +86,11 @@ func failingField(js []byte, md protoreflect.MessageDescriptor, path string) (st
 			fd = md.Fields().ByTextName(k)
 		}
 		at := path + "." + k
+		if fd != nil {
+			if want := shapeOf(fd); want != "" && !hasShape(obj[k], want) {
+				return at, fmt.Errorf("want %s, got %s", want, jsonKind(obj[k]))
+			}
+		}
 		if fd == nil || fd.Kind() != protoreflect.MessageKind && !(fd.IsMap() && fd.MapValue().Kind() == protoreflect.MessageKind) {
 			return at, err
 		}
@@ -128,11 +134,52 @@ func wellKnown(md protoreflect.MessageDescriptor) bool {
 	return strings.HasPrefix(string(md.FullName()), "google.protobuf.")
 }
 
-// protoErrPos is protojson's "proto: (line 1:45): " prefix, or "proto: ".
-var protoErrPos = regexp.MustCompile(`^proto:\s*(\(line \d+:\d+\):\s*)?`)
+// shapeOf is the JSON shape a field needs: "a list" or "an object" (for a
+// message or a map, well-known types aside), else "".
+func shapeOf(fd protoreflect.FieldDescriptor) string {
+	switch {
+	case fd.IsList():
+		return "a list"
+	case fd.IsMap():
+		return "an object"
+	case fd.Kind() == protoreflect.MessageKind && !wellKnown(fd.Message()):
+		return "an object"
+	}
+	return ""
+}
+
+func hasShape(raw json.RawMessage, want string) bool {
+	b := bytes.TrimSpace(raw)
+	if len(b) == 0 || string(b) == "null" {
+		return true // protojson reads null as unset
+	}
+	return want == "a list" && b[0] == '[' || want == "an object" && b[0] == '{'
+}
+
+func jsonKind(raw json.RawMessage) string {
+	b := bytes.TrimSpace(raw)
+	switch {
+	case len(b) == 0:
+		return "nothing"
+	case b[0] == '[':
+		return "a list"
+	case b[0] == '{':
+		return "an object"
+	case b[0] == '"':
+		return "a string " + string(b)
+	case string(b) == "true" || string(b) == "false":
+		return "a boolean"
+	}
+	return "a number " + string(b)
+}
+
+// protoErrPos is protojson's "proto: " prefix and its "(line 1:45)"
+// positions.
+var protoErrPos = regexp.MustCompile(`\s*\(line \d+:\d+\)`)
 
 func cleanProtoErr(err error) string {
-	return protoErrPos.ReplaceAllString(err.Error(), "")
+	msg := strings.TrimSpace(strings.TrimPrefix(protoErrPos.ReplaceAllString(err.Error(), ""), "proto:"))
+	return strings.TrimSpace(strings.TrimPrefix(msg, ":"))
 }
 
 // clusterFile is the File of the objects policies/source/kube reads from a

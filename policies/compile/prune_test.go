@@ -168,3 +168,18 @@ func TestDecodeDropsUnknownFields(t *testing.T) {
 		})
 	}
 }
+
+// A schema error in a file names the field's own line and says what shape
+// it wanted, without positions in JSON the user never wrote.
+func TestSchemaErrorAtFieldLine(t *testing.T) {
+	doc := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: foo}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation:\n        paths: /admin\n"
+	objs, err := source.Parse("p.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fs := DecodeAuthorizationPolicies(objs, "default")
+	if len(fs) != 1 || fs[0].Line != 9 || fs[0].Path != "spec.rules[0].to[0].operation.paths" ||
+		fs[0].Message != `want a list, got a string "/admin"` {
+		t.Fatalf("findings %+v; want one at line 9, spec.rules[0].to[0].operation.paths, wanting a list", fs)
+	}
+}

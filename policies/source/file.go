@@ -32,6 +32,50 @@ type Object struct {
 
 	// Spec is the object's spec as JSON, for typed decoding (protojson for Istio kinds).
 	Spec json.RawMessage
+	// Lines holds, for an object read from a file, the line of each field
+	// under spec, by path: "spec.rules[0].to[0].operation.paths"; a mapping's
+	// keys are also under "path[key]" (a map field's entries).
+	Lines map[string]int
+}
+
+// LineOf returns the line of the field at path, or of the nearest field
+// above it that has one, else the object's line.
+func (o Object) LineOf(path string) int {
+	for p := path; p != ""; {
+		if l, ok := o.Lines[p]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	return o.Line
+}
+
+// specLines records the line of every node under n, the spec's value node.
+func specLines(n *yaml.Node, path string, out map[string]int) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			out[path+"."+k.Value] = k.Line
+			out[path+"["+k.Value+"]"] = k.Line
+			specLines(v, path+"."+k.Value, out)
+			specLines(v, path+"["+k.Value+"]", out)
+		}
+	case yaml.SequenceNode:
+		for i, v := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			out[p] = v.Line
+			specLines(v, p, out)
+		}
+	case yaml.AliasNode:
+		if n.Alias != nil {
+			specLines(n.Alias, path, out)
+		}
+	}
 }
 
 // Group returns the API group of the object's apiVersion ("" for core).
@@ -301,6 +345,12 @@ func decodeObject(file string, node *yaml.Node, inList bool) ([]Object, error) {
 	}
 	if raw.Metadata.CreationTimestamp != nil {
 		o.CreationTimestamp = *raw.Metadata.CreationTimestamp
+	}
+	for i := 0; i+1 < len(node.Content); i += 2 {
+		if node.Content[i].Value == "spec" {
+			o.Lines = map[string]int{"spec": node.Content[i].Line}
+			specLines(node.Content[i+1], "spec", o.Lines)
+		}
 	}
 	if err := checkIstioKind(file, o); err != nil {
 		return nil, err

@@ -129,3 +129,41 @@ func TestReadPathsSymlinkAndSpecialFiles(t *testing.T) {
 		t.Errorf("a file over MaxFileBytes: %v; want it refused", err)
 	}
 }
+
+// Findings point at the field: an object read from a file knows the line of
+// every field under spec, and of the nearest one above a path it lacks.
+func TestObjectLineOf(t *testing.T) {
+	doc := `# comment
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: [/admin]
+  - from:
+    - source:
+        principals:
+        - x
+        - y
+`
+	objs, err := Parse("p.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := objs[0]
+	for path, want := range map[string]int{
+		"spec":                                5,
+		"spec.action":                         6,
+		"spec.rules[0].to[0].operation.paths": 10,
+		"spec.rules[1].from[0].source.principals[1]": 15,
+		"spec.rules[1].from[0].source.notPrincipals": 12, // absent: its parent's
+		"metadata.name": 2, // outside spec: the object's
+	} {
+		if got := o.LineOf(path); got != want {
+			t.Errorf("LineOf(%s) = %d, want %d", path, got, want)
+		}
+	}
+}
