@@ -128,6 +128,8 @@ func (refuseAll) Authenticate(context.Context, string) (ca.Identity, error) {
 	return ca.Identity{}, os.ErrPermission
 }
 
+func (refuseAll) Consume(context.Context, string) error { return os.ErrPermission }
+
 // TestServerPushesOnlyAffectedProxies: a change in one namespace gives new
 // snapshots to that namespace's proxies only.
 func TestServerPushesOnlyAffectedProxies(t *testing.T) {
