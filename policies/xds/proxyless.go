@@ -36,9 +36,9 @@ func isProxyless(n *corev3.Node) bool {
 
 // newCaches makes the sidecars' (ADS mode) and proxyless clients' snapshot
 // caches, and the cache the ADS server reads: each request goes to its node's.
-func newCaches() (sidecar, proxyless cachev3.SnapshotCache, mux cachev3.Cache) {
-	sidecar = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	proxyless = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+func newCaches(keys cachev3.NodeHash) (sidecar, proxyless cachev3.SnapshotCache, mux cachev3.Cache) {
+	sidecar = cachev3.NewSnapshotCache(true, keys, nil)
+	proxyless = cachev3.NewSnapshotCache(false, keys, nil)
 	classify := func(n *corev3.Node) string {
 		if isProxyless(n) {
 			return cacheProxyless

@@ -365,7 +365,7 @@ func changedObjects(prev, next []source.Object) []change {
 
 // content is o without where it was read from.
 func content(o source.Object) source.Object {
-	o.File, o.Line = "", 0
+	o.File, o.Line, o.Lines = "", 0, nil
 	return o
 }
 

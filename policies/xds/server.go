@@ -20,9 +20,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -68,8 +70,12 @@ type Config struct {
 	Trust x509bundle.Source
 	// PollInterval is how often the paths are checked for changes. Default 100 ms.
 	PollInterval time.Duration
-	Log          *slog.Logger
-	Metrics      prometheus.Registerer
+	// ForgetAfter is how long rampartd keeps a proxy that has no stream
+	// (shown DISCONNECTED) before it drops its state and snapshot. Default 10
+	// minutes.
+	ForgetAfter time.Duration
+	Log         *slog.Logger
+	Metrics     prometheus.Registerer
 }
 
 // KubeSource is what the server reads from Kubernetes (kube.Source).
@@ -89,6 +95,11 @@ type Server struct {
 	grpcCache cachev3.SnapshotCache
 	mux       cachev3.Cache
 	ads       serverv3.Server
+
+	// keys names each proxy's entry in nodes and in the snapshot caches.
+	keys nodeKeys
+	// swept is when nodes disconnected for ForgetAfter were last dropped.
+	swept time.Time
 
 	mu   sync.Mutex
 	objs []source.Object // last good configuration
@@ -176,9 +187,10 @@ type node struct {
 	// so a proxy that reconnected before the first load and already runs
 	// that version gets no answer to ACK: its claim stands for the ACK.
 	claimed  map[string]string
-	nack     string    // the proxy's reason, when its last answer was a NACK
-	streams  int       // open ADS streams
-	since    time.Time // when its current stream opened
+	nacks    map[string]string // by type URL: the reason of a NACK not yet followed by an ACK of that type
+	streams  int               // open ADS streams
+	gone     time.Time         // when its last stream closed
+	since    time.Time         // when its current stream opened
 	lastSeen time.Time
 	// proxyless is a gRPC client (GENERATOR: grpc); names are the resources
 	// it subscribes to, by type URL.
@@ -292,6 +304,15 @@ func (n *node) synced() bool {
 
 // ackedAll is the version every subscribed type has ACKed, or the oldest
 // differing one.
+// nackText is the reasons of the NACKs in force, by type.
+func (n *node) nackText() string {
+	var out []string
+	for _, t := range slices.Sorted(maps.Keys(n.nacks)) {
+		out = append(out, t[strings.LastIndex(t, ".")+1:]+": "+n.nacks[t])
+	}
+	return strings.Join(out, "; ")
+}
+
 func (n *node) ackedAll() string {
 	out := ""
 	for _, v := range n.acked {
@@ -308,11 +329,11 @@ func (s *Server) Status() []ProxyStatus {
 	defer s.mu.Unlock()
 	out := make([]ProxyStatus, 0, len(s.nodes))
 	for id, n := range s.nodes {
-		st := ProxyStatus{Proxy: id, Workload: n.workload.Namespace + "/" + n.workload.Name, Sent: n.sent, Acked: n.ackedAll(), NACK: n.nack, Connected: n.since}
+		st := ProxyStatus{Proxy: id, Workload: n.workload.Namespace + "/" + n.workload.Name, Sent: n.sent, Acked: n.ackedAll(), NACK: n.nackText(), Connected: n.since}
 		switch {
 		case n.streams == 0:
 			st.Status = "DISCONNECTED"
-		case n.nack != "":
+		case len(n.nacks) > 0:
 			st.Status = "NACKED"
 		case n.synced():
 			st.Status = "SYNCED"
@@ -333,6 +354,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Trust == nil {
 		return nil, errors.New("xds: Trust is required")
 	}
+	if cfg.ForgetAfter <= 0 {
+		cfg.ForgetAfter = 10 * time.Minute
+	}
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 100 * time.Millisecond
 	}
@@ -343,7 +367,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Metrics = prometheus.NewRegistry()
 	}
 	s := &Server{cfg: cfg, log: cfg.Log.With("component", "xds"), nodes: map[string]*node{}, streams: map[int64]*stream{}}
-	s.cache, s.grpcCache, s.mux = newCaches()
+	s.cache, s.grpcCache, s.mux = newCaches(&s.keys)
 	s.pushes = prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_xds_pushes_total", Help: "Snapshots set for proxies."})
 	s.rejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rampart_xds_config_rejected_total", Help: "Configuration changes refused (the last good configuration stays), by reason."}, []string{"reason"})
 	s.proxies = prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_xds_connected_proxies", Help: "Proxies with an open ADS stream."})
@@ -414,7 +438,8 @@ func (s *Server) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case now := <-t.C:
+			s.forgetGone(now)
 			if err := s.reload(false); err != nil {
 				s.log.Error("configuration change refused; the last good configuration stays in force", "err", err)
 			}
@@ -768,7 +793,9 @@ func (s *Server) onClosed(streamID int64, _ *corev3.Node) {
 	s.mu.Lock()
 	if st := s.streams[streamID]; st != nil && st.counted {
 		if n := s.nodes[st.nodeKey]; n != nil {
-			n.streams--
+			if n.streams--; n.streams == 0 {
+				n.gone = time.Now()
+			}
 		}
 	}
 	delete(s.streams, streamID)
@@ -777,7 +804,7 @@ func (s *Server) onClosed(streamID int64, _ *corev3.Node) {
 }
 
 // onRequest checks the node id against the stream's certificate, registers new
-// proxies, and records NACKs.
+// proxies, and records ACKs and NACKs.
 func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) error {
 	s.mu.Lock()
 	st := s.streams[streamID]
@@ -788,76 +815,153 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 	certID := st.certID
 	// The node id is "<SPIFFE ID>" or "<SPIFFE ID>~<workload name>" (several
 	// workloads may share a service account); its identity must be the
-	// certificate's. Only the first request of a stream carries the node.
+	// certificate's. go-control-plane gives every request the node of the
+	// stream's first.
 	nodeID := req.GetNode().GetId()
+	s.mu.Lock()
+	key := st.nodeKey
+	s.mu.Unlock()
+	if nodeID == "" && key == "" {
+		return errors.New("the first request of a stream must carry the node")
+	}
 	if nodeID != "" {
 		if idPart, _, _ := strings.Cut(nodeID, "~"); idPart != certID {
 			s.log.Warn("xDS request refused: node id is not the client certificate's identity", "node", nodeID, "certificate", certID)
 			return fmt.Errorf("node id %q is not your identity %q", nodeID, certID)
 		}
-		s.mu.Lock()
-		if st.nodeKey == "" {
-			st.nodeKey = nodeID
+		k, err := s.keys.assign(req.GetNode(), certID, s.idle)
+		if err != nil {
+			s.log.Warn("xDS stream refused", "node", nodeID, "reason", err.Error())
+			return status.Error(codes.ResourceExhausted, err.Error())
 		}
+		if key != "" && key != k {
+			return errors.New("a stream's node cannot change its workload (name or labels): open a new stream")
+		}
+		key = k
+		s.mu.Lock()
+		st.nodeKey = key
 		s.mu.Unlock()
-	}
-	s.mu.Lock()
-	key := st.nodeKey
-	s.mu.Unlock()
-	if key == "" {
-		return errors.New("the first request of a stream must carry the node")
 	}
 	if req.GetErrorDetail() != nil {
 		s.nacks.Inc()
-		s.log.Warn("proxy refused configuration (NACK)", "proxy", key, "version", req.GetVersionInfo(), "error", req.GetErrorDetail().GetMessage())
+		s.log.Warn("proxy refused configuration (NACK)", "proxy", key, "type", req.GetTypeUrl(), "version", req.GetVersionInfo(), "error", req.GetErrorDetail().GetMessage())
+	}
+	now := time.Now()
+	var wl compile.Workload
+	var wlErr error
+	var id spiffeid.ID
+	if nodeID != "" {
+		if id, wlErr = spiffeid.FromString(certID); wlErr == nil {
+			wl, wlErr = workloadOf(id, req.GetNode())
+		}
 	}
 	s.mu.Lock()
 	n, known := s.nodes[key]
+	if known && nodeID != "" && wlErr == nil && !st.counted && (builtKey(n) != builtKey(&node{workload: wl}) || n.proxyless != isProxyless(req.GetNode())) {
+		// Another workload took this key over (it had no stream): it starts
+		// afresh, as a new proxy.
+		s.cacheOf(n).ClearSnapshot(key)
+		delete(s.nodes, key)
+		known = false
+	}
 	if known {
-		n.lastSeen = time.Now()
+		n.lastSeen = now
 		if !st.counted {
 			st.counted = true
 			n.streams++
-			n.since = n.lastSeen
+			n.since, n.gone = now, time.Time{}
 		}
-		if _, ok := n.acked[req.GetTypeUrl()]; !ok {
-			n.acked[req.GetTypeUrl()] = "" // subscribed
-		}
-		n.noteClaim(req)
-		n.noteNames(req)
-		if req.GetResponseNonce() != "" {
-			if d := req.GetErrorDetail(); d != nil {
-				n.nack = d.GetMessage()
-			} else {
-				n.acked[req.GetTypeUrl()], n.nack = req.GetVersionInfo(), ""
-				if n.synced() && !n.changed.IsZero() {
-					s.convergence.Observe(time.Since(n.changed).Seconds())
-					n.changed = time.Time{}
-				}
-			}
+		n.note(req)
+		if req.GetResponseNonce() != "" && req.GetErrorDetail() == nil && n.synced() && !n.changed.IsZero() {
+			s.convergence.Observe(time.Since(n.changed).Seconds())
+			n.changed = time.Time{}
 		}
 	}
 	s.mu.Unlock()
-	if known || nodeID == "" {
+	if known {
 		return nil
 	}
-	id, err := spiffeid.FromString(certID)
-	if err != nil {
-		return err
+	if nodeID == "" {
+		return errors.New("unknown proxy: the stream's node was forgotten")
 	}
-	wl, err := workloadOf(id, req.GetNode())
-	if err != nil {
-		return err
+	if wlErr != nil {
+		return wlErr
 	}
 	s.mu.Lock()
-	now := time.Now()
-	s.nodes[key] = &node{id: id, workload: wl, streams: 1, since: now, lastSeen: now, acked: map[string]string{req.GetTypeUrl(): ""}, proxyless: isProxyless(req.GetNode())}
-	s.nodes[key].noteNames(req)
-	s.nodes[key].noteClaim(req)
+	n = &node{id: id, workload: wl, streams: 1, since: now, lastSeen: now, acked: map[string]string{}, proxyless: isProxyless(req.GetNode())}
+	n.note(req)
+	s.nodes[key] = n
 	st.counted = true
 	s.mu.Unlock()
 	s.log.Info("proxy connected", "proxy", key, "workload", wl.Namespace+"/"+wl.Name)
 	return s.push(key, now)
+}
+
+// note records what a request says of the proxy's state for its type: the
+// first request of a type on a stream (no nonce) what the proxy holds, empty
+// for a proxy that (re)started with nothing, whatever its earlier process
+// ACKed; an answer its ACK or NACK of that type.
+func (n *node) note(req *discovery.DiscoveryRequest) {
+	t := req.GetTypeUrl()
+	switch {
+	case req.GetResponseNonce() == "":
+		n.acked[t] = req.GetVersionInfo()
+	case req.GetErrorDetail() != nil:
+		if n.nacks == nil {
+			n.nacks = map[string]string{}
+		}
+		n.nacks[t] = req.GetErrorDetail().GetMessage()
+	default:
+		n.acked[t] = req.GetVersionInfo()
+		delete(n.nacks, t)
+	}
+	n.noteClaim(req)
+	n.noteNames(req)
+}
+
+// idle reports whether no stream is open under a node key.
+func (s *Server) idle(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.nodes[key]
+	return n == nil || n.streams == 0
+}
+
+// forgetGone drops the proxies whose last stream closed ForgetAfter ago:
+// their state, snapshot and name, so that node ids and labels a client
+// makes up cannot grow rampartd's memory without bound. It runs at most once
+// a second.
+func (s *Server) forgetGone(now time.Time) {
+	if now.Sub(s.swept) < time.Second {
+		return
+	}
+	s.swept = now
+	var gone []string
+	s.mu.Lock()
+	for key, n := range s.nodes {
+		if n.streams == 0 && !n.gone.IsZero() && now.Sub(n.gone) >= s.cfg.ForgetAfter {
+			gone = append(gone, key)
+			s.cacheOf(n).ClearSnapshot(key)
+			delete(s.nodes, key)
+		}
+	}
+	if len(gone) > 0 {
+		// Compiled output no remaining proxy uses goes too.
+		used := map[string]bool{}
+		for _, n := range s.nodes {
+			used[builtKey(n)] = true
+		}
+		for k := range s.built {
+			if !used[k] {
+				delete(s.built, k)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, key := range gone {
+		s.keys.forget(key)
+		s.log.Debug("forgot a disconnected proxy", "proxy", key)
+	}
 }
 
 // workloadOf takes the namespace from the certificate (never from the proxy's
