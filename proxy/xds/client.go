@@ -74,8 +74,15 @@ type Client struct {
 	waits   map[string]time.Time
 	settled time.Time
 
-	nacked  string // version last refused, and how often in a row
-	nackRun int
+	// nacked is, by type URL, the version last refused and how often in a
+	// row: per type, since a server may send one version of every type (as
+	// rampartd does), and one type's refusal is no resend of another's.
+	nacked map[string]nackRun
+}
+
+type nackRun struct {
+	version string
+	run     int
 }
 
 // New validates cfg.
@@ -205,16 +212,20 @@ func (c *Client) stream(ctx context.Context) error {
 			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: aerr.Error()}
 			// A server that resends what was just refused would make a hot loop:
 			// refusing the same version again waits longer each time.
-			if resp.GetVersionInfo() == c.nacked {
-				c.nackRun++
-				wait := min(c.cfg.MinBackoff<<min(c.nackRun, 10), c.cfg.MaxBackoff)
+			if n, ok := c.nacked[t]; ok && n.version == resp.GetVersionInfo() {
+				n.run++
+				c.nacked[t] = n
+				wait := min(c.cfg.MinBackoff<<min(n.run, 10), c.cfg.MaxBackoff)
 				select {
 				case <-ctx.Done():
 					return ctx.Err()
 				case <-time.After(wait):
 				}
 			} else {
-				c.nacked, c.nackRun = resp.GetVersionInfo(), 0
+				if c.nacked == nil {
+					c.nacked = map[string]nackRun{}
+				}
+				c.nacked[t] = nackRun{version: resp.GetVersionInfo()}
 				c.log.Error("configuration refused (NACK); the last good one stays", "type", t, "version", resp.GetVersionInfo(), "err", aerr)
 			}
 		} else {
@@ -222,7 +233,7 @@ func (c *Client) stream(ctx context.Context) error {
 			if t == ExtensionConfigType {
 				c.applied = resp.GetVersionInfo()
 			}
-			c.nacked, c.nackRun = "", 0
+			delete(c.nacked, t)
 			ack.VersionInfo = resp.GetVersionInfo()
 		}
 		if err := st.Send(ack); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/rampart-mesh/rampart/authz"
+	"github.com/rampart-mesh/rampart/ca/catest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
@@ -190,5 +192,49 @@ func TestClientRetriesAndStops(t *testing.T) {
 	defer mu.Unlock()
 	if dials < 3 {
 		t.Fatalf("%d dials in 300 ms with a 10-20 ms backoff", dials)
+	}
+}
+
+// A server that sends one version of every type (as rampartd does) may have
+// two of them refused: the second type's NACK is no resend of the first's,
+// so it is logged with its reason and answered at once, not held back as a
+// hot loop would be.
+func TestNACKsOfTwoTypesAtOneVersion(t *testing.T) {
+	srv := &scripted{out: make(chan *discovery.DiscoveryResponse, 1)}
+	gs := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(gs, srv)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	defer gs.Stop()
+	var logs catest.SyncBuffer
+	eng := authz.New(authz.Config{})
+	c, err := New(Config{
+		Dial: func() (*grpc.ClientConn, error) {
+			return grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		},
+		Node:       &corev3.Node{Id: "spiffe://cluster.local/ns/foo/sa/web"},
+		Apply:      func(ctx context.Context, wb authz.WireBundle) error { return eng.Load(ctx, wb.Bundle()) },
+		MinBackoff: time.Minute, // a held-back NACK would outlast the test
+		Log:        slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for i, typ := range []string{ExtensionConfigType, ClusterType} {
+		nonce := fmt.Sprint("n", i)
+		srv.out <- &discovery.DiscoveryResponse{VersionInfo: "v9", Nonce: nonce, TypeUrl: typ, Resources: []*anypb.Any{anyOf(t, wrapperspb.String("x"))}}
+		if r := srv.reply(t, nonce); r.GetErrorDetail() == nil {
+			t.Fatalf("%s: answer %v; want a NACK", typ, r)
+		}
+	}
+	if n := strings.Count(logs.String(), "configuration refused (NACK)"); n != 2 {
+		t.Errorf("%d NACKs logged; want one per type:\n%s", n, logs.String())
 	}
 }
