@@ -358,10 +358,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) result {
 	if r.Header.Get("x-request-id") == "" {
 		r.Header.Set("x-request-id", uuid.New())
 	}
-	// CORS comes before fault injection, as in Istio's filter chain.
-	cors, res, done := s.cors(w, r, rt.Cors)
-	if done {
-		return res
+	// CORS comes before fault injection, as in Istio's filter chain. Envoy's
+	// CORS filter is bypassed on a route that redirects or answers directly.
+	var cors http.Header
+	if rt.Redirect == nil && rt.Direct == nil {
+		var res result
+		var done bool
+		if cors, res, done = s.cors(w, r, rt.Cors); done {
+			return res
+		}
 	}
 	if f := rt.Fault; f != nil {
 		delay, abort := f.ShouldDelay(s.rnd()), f.ShouldAbort(s.rnd())

@@ -81,6 +81,28 @@ func clusterAction(name string) *routev3.Route_Route {
 // Envoy's CORS filter: an allowed origin's preflight is answered by the
 // sidecar; an unmatched one is forwarded or answered empty, as configured;
 // actual requests from an allowed origin get the allow headers.
+// Envoy's CORS filter is bypassed on a route that redirects: an allowed
+// origin's preflight gets the redirect, not the filter's answer.
+func TestCorsBypassedOnRedirect(t *testing.T) {
+	cp := &corsv3.CorsPolicy{AllowOriginStringMatch: []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "https://ok.example"}}},
+		AllowMethods: "GET,POST"}
+	addr, _ := routeServer(t, map[string]string{}, &routev3.Route{
+		Action:               &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{PathRewriteSpecifier: &routev3.RedirectAction_PathRedirect{PathRedirect: "/moved"}}},
+		TypedPerFilterConfig: map[string]*anypb.Any{"envoy.filters.http.cors": mustAny(t, cp)}})
+	req, _ := http.NewRequest("OPTIONS", "http://"+addr+"/x", nil)
+	req.Host = "up"
+	req.Header.Set("Origin", "https://ok.example")
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("preflight to a redirect route: %d, allow-origin %q; want the 301 and no CORS headers", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
+	}
+}
+
 func TestCorsPolicy(t *testing.T) {
 	for _, tc := range []struct {
 		name, method, origin string
