@@ -71,6 +71,13 @@ type Config struct {
 	MinRetry, MaxRetry time.Duration
 	// DialTimeout bounds one request to the control plane. Default 10 s.
 	DialTimeout time.Duration
+	// DataDir, if set, is a directory (created mode 0700) where the agent keeps
+	// its SVID with the key and its trust bundle (mode 0600, replaced atomically
+	// on every change) across restarts. At start a stored SVID that is still
+	// valid, chains to the stored bundle and is for this agent's identity is
+	// served and renews itself, so a workload that joined with a single-use token
+	// rejoins after a restart without one. Without DataDir both live in memory only.
+	DataDir string
 
 	Clock   clock.WithTicker
 	Log     *slog.Logger
@@ -246,8 +253,20 @@ func (a *Agent) GetJWTBundleForTrustDomain(td spiffeid.TrustDomain) (*jwtbundle.
 }
 
 // Run obtains the first SVID, then renews it and refreshes the bundle until ctx
-// ends. Failures are retried with backoff; the last good SVID stays in use.
+// ends. Failures are retried with backoff; the last good SVID stays in use. With
+// a DataDir it first restores what the directory holds, and fails if the
+// directory cannot be used.
 func (a *Agent) Run(ctx context.Context) error {
+	if a.cfg.DataDir != "" {
+		lock, err := a.openDataDir()
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer lock.Close()
+		if err := a.restore(); err != nil {
+			return fmt.Errorf("agent: data dir: %w", err)
+		}
+	}
 	var (
 		nextRenew  time.Time // zero: now
 		nextBundle time.Time
@@ -542,7 +561,14 @@ func (a *Agent) fetchBundle(ctx context.Context, conn *grpc.ClientConn) (*spiffe
 	return b, nil
 }
 
+// publish makes svid and b current and keeps them in DataDir.
 func (a *Agent) publish(svid *x509svid.SVID, b *spiffebundle.Bundle) {
+	old := a.set(svid, b)
+	a.persist(old, a.cur.Load())
+}
+
+// set makes svid and b current and returns what they replaced.
+func (a *Agent) set(svid *x509svid.SVID, b *spiffebundle.Bundle) *state {
 	old := a.cur.Load()
 	issued := old.issuedAt
 	if svid != old.svid {
@@ -558,6 +584,7 @@ func (a *Agent) publish(svid *x509svid.SVID, b *spiffebundle.Bundle) {
 		clear(a.jwtCache)
 		a.jwtMu.Unlock()
 	}
+	return old
 }
 
 // dial opens a connection to the control plane. The server must present an SVID

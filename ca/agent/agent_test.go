@@ -453,8 +453,14 @@ func TestAgentRetriesFasterNearExpiry(t *testing.T) {
 // After a rotation has retired the root the agent was started with (--root-cert),
 // that root no longer authenticates the control plane: whoever holds its key
 // (rotation is what an operator does when a key may have leaked) cannot pose as
-// rampartd and replace the agent's trust bundle.
+// rampartd and replace the agent's trust bundle. Nor after a restart with the
+// same --root-cert, when the agent keeps its bundle in a data dir.
 func TestAgentStopsTrustingRetiredRoot(t *testing.T) {
+	t.Run("running", func(t *testing.T) { testStopsTrustingRetiredRoot(t, false) })
+	t.Run("restarted with a data dir", func(t *testing.T) { testStopsTrustingRetiredRoot(t, true) })
+}
+
+func testStopsTrustingRetiredRoot(t *testing.T, restart bool) {
 	const waiters = 2 // the agent and the Authority's rotation loop
 	clk := newFakeClock()
 	dir := t.TempDir()
@@ -482,8 +488,12 @@ func TestAgentStopsTrustingRetiredRoot(t *testing.T) {
 	path := newForwarder(t, cp.Addr)
 	tokenFn, _ := oneToken(cp.Token(t, "shop", "cart"))
 	var logs syncBuffer
-	a := newAgent(t, cp, agent.Config{ControlPlane: path.Addr(), Token: tokenFn, Log: bufferLogger(&logs)})
-	startAgent(t, a)
+	cfg := agent.Config{ControlPlane: path.Addr(), Token: tokenFn, Log: bufferLogger(&logs)}
+	if restart {
+		cfg.DataDir = t.TempDir()
+	}
+	a := newAgent(t, cp, cfg)
+	stop := startAgent(t, a)
 	settle(t, clk, waiters)
 
 	if _, err := auth.Rotate(); err != nil {
@@ -498,6 +508,16 @@ func TestAgentStopsTrustingRetiredRoot(t *testing.T) {
 	step(t, clk, 5*time.Minute, waiters) // the agent's bundle refresh
 	if a.Bundle().HasX509Authority(oldRoot) {
 		t.Fatal("precondition: the agent's bundle still holds the retired root")
+	}
+	if restart {
+		stop()
+		// Its configuration is unchanged: RootCerts still holds only the old root.
+		a = newAgent(t, cp, cfg)
+		startAgent(t, a)
+		settle(t, clk, waiters)
+		if a.Bundle().HasX509Authority(oldRoot) {
+			t.Fatal("precondition: the restarted agent's bundle holds the retired root")
+		}
 	}
 
 	// The attacker's "rampartd": the control plane's identity, certified by the

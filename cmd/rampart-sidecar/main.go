@@ -31,6 +31,7 @@ type config struct {
 	ControlPlane      string       `json:"controlPlane"`
 	RootCert          string       `json:"rootCert"`
 	TokenFile         string       `json:"tokenFile"`
+	DataDir           string       `json:"dataDir"`
 	WorkloadAPISocket string       `json:"workloadAPISocket"`
 	Namespace         string       `json:"namespace"`
 	ServiceAccount    string       `json:"serviceAccount"`
@@ -93,13 +94,26 @@ func newCommand() *cobra.Command {
 		Short: "Rampart sidecar: workload identity agent, SPIFFE Workload API, proxy, or the agent of a proxyless gRPC app",
 		Long: `rampart-sidecar runs beside one workload.
 
-It generates the workload's private key in memory (the key never leaves the
-process except to the app: through the Workload API, or with --proxyless as a
-file in --cert-dir), sends a CSR to rampartd
-with the join token from --token-file, and renews its X.509-SVID at about half
-its lifetime. Renewals authenticate with the current SVID, so a single-use token
-is enough. If rampartd is unreachable the last good SVID keeps being served until
-it expires, and renewal resumes on its own when rampartd returns.
+It generates the workload's private key in memory (the key leaves the process
+only for the app, through the Workload API or with --proxyless as a file in
+--cert-dir, and with --data-dir for a file only the sidecar's user can read),
+sends a CSR to rampartd with the join token from --token-file, and renews its
+X.509-SVID at about half its lifetime. Renewals authenticate with the current
+SVID, so the token is needed to join only. If rampartd is unreachable the last
+good SVID keeps being served until it expires, and renewal resumes on its own
+when rampartd returns.
+
+Without --data-dir the SVID and its key live in memory only: a restarted
+sidecar joins again with its token, which a single-use token (the default of
+'rampartctl token create') no longer allows. With --data-dir DIR the sidecar
+keeps its SVID, key and trust bundle in DIR (created 0700; files 0600, replaced
+atomically on every rotation), and at start an SVID stored there that is still
+valid, chains to the stored bundle and is for this sidecar's identity is served
+at once and renewed with itself instead of the token. If it has expired (the
+sidecar was down longer than the SVID's TTL), the sidecar needs a new token.
+The stored bundle, not --root-cert, authenticates rampartd after a restart
+(remove DIR to start over from --root-cert). Give each sidecar its own DIR; it
+holds the workload's private key.
 
 Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 (point SPIFFE_ENDPOINT_SOCKET=unix://<path> at it for go-spiffe and other clients).
@@ -122,7 +136,7 @@ names (its --listen host, localhost or a loopback address): gRPC checks it.
 		Example: `  rampartctl token create --state-dir .rampart --namespace default --service-account web > web.token
   rampartctl ca root --state-dir .rampart > root.pem
   rampart-sidecar --control-plane 127.0.0.1:15012 --root-cert root.pem \
-      --token-file web.token --workload-api-socket /tmp/web/agent.sock
+      --token-file web.token --data-dir /var/lib/rampart/web --workload-api-socket /tmp/web/agent.sock
 
   # a proxyless gRPC app: no proxy, its identity and bootstrap in files
   rampart-sidecar --control-plane 127.0.0.1:15012 --root-cert root.pem \
@@ -140,6 +154,7 @@ names (its --listen host, localhost or a loopback address): gRPC checks it.
 	f.StringVar(&c.ControlPlane, "control-plane", c.ControlPlane, "rampartd's identity endpoint, host:port")
 	f.StringVar(&c.RootCert, "root-cert", "", "PEM file with the mesh root certificate(s) ('rampartctl ca root' prints it); trusted for the first contact with rampartd only, then the trust bundle fetched from it")
 	f.StringVar(&c.TokenFile, "token-file", "", "file holding the join token (re-read whenever a token is needed)")
+	f.StringVar(&c.DataDir, "data-dir", "", "directory where the sidecar keeps its SVID, key and trust bundle across restarts, so that a single-use token is enough (see above); one per sidecar; empty: memory only")
 	f.StringVar(&c.WorkloadAPISocket, "workload-api-socket", "", "Unix socket path for the SPIFFE Workload API; empty disables it")
 	f.StringVar(&c.Namespace, "namespace", "", "namespace to request (default: the one the join token names)")
 	f.StringVar(&c.ServiceAccount, "service-account", "", "service account to request (default: the one the join token names)")
@@ -297,6 +312,7 @@ func run(ctx context.Context, c config) error {
 			RootNamespace: c.RootNamespace,
 			KeyType:       kt,
 			TTL:           time.Duration(c.SVIDTTL),
+			DataDir:       c.DataDir,
 		},
 		WorkloadAPISocket: c.WorkloadAPISocket,
 		Inbound:           in,

@@ -28,7 +28,9 @@ func newTokenCmd() *cobra.Command {
 A join token lets one sidecar get its first SVID for exactly one identity,
 spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>. It expires after
 --ttl and is single use unless --reusable: the sidecar renews with its SVID
-afterwards. Only a hash of the token is stored in the state directory.
+afterwards, and with --data-dir rejoins with it after a restart (without, a
+restarted sidecar needs a new token). A request the CA refuses does not spend
+the token. Only a hash of the token is stored in the state directory.
 
 rampartd's own identity, spiffe://<trust-domain>/ns/<root-namespace>/sa/rampartd,
 is refused: sidecars trust whoever holds it as their control plane.`,

@@ -177,8 +177,11 @@ func newUpCmd() *cobra.Command {
 
   1. rampartd, watching DIR (edit a file and the change is live), its CA in --state-dir
      (a second 'up' reuses it);
-  2. for every Process in DIR, a sidecar with a fresh join token and then the
-     app process; a gateway Process gets a sidecar in gateway mode and no app.
+  2. for every Process in DIR, a sidecar with a fresh single-use join token and
+     its own --data-dir, STATE/sidecars/NAMESPACE.NAME, where it keeps its SVID
+     (started again with the same flags, its token spent, it rejoins with it),
+     then the app process; a gateway Process gets a sidecar in gateway mode and
+     no app.
 
 The registry is Istio's own: ServiceEntry (hosts, ports, workloadSelector)
 and WorkloadEntry (address, labels, serviceAccount). A workload no
@@ -367,8 +370,11 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 		}
 		sort.Strings(labels)
 		sock := filepath.Join(runDir, p.Name+".sock")
+		// Its own data dir: started again with this command line, its
+		// single-use token spent, the sidecar rejoins with the SVID kept there.
+		dataDir := filepath.Join(stateDir, "sidecars", p.Namespace+"."+p.Name)
 		args := []string{"rampart-sidecar", "--control-plane", cpListen, "--root-cert", rootFile, "--token-file", tokFile,
-			"--workload", p.Namespace + "/" + p.Name, "--labels", strings.Join(labels, ","),
+			"--data-dir", dataDir, "--workload", p.Namespace + "/" + p.Name, "--labels", strings.Join(labels, ","),
 			"--metrics-listen", net.JoinHostPort(p.Address, "15090")}
 		if p.Gateway {
 			for _, port := range p.GatewayPorts {

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -241,4 +242,73 @@ func TestRejectedTokens(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A sidecar that joined with a single-use token is killed (a crash: no clean
+// shutdown) and started again with the same token file and --data-dir: it
+// serves an SVID for its identity again, renewed with the one it kept. Without
+// a data dir the same token is refused as used.
+func TestSidecarRestartRejoinsWithDataDir(t *testing.T) {
+	m := startMesh(t)
+	tok := m.token(t, "default", "web") // single use, the default
+	dataDir := filepath.Join(m.dir, "web-data")
+	sock := filepath.Join(m.dir, "web.sock")
+	args := []string{"--control-plane", m.cp, "--root-cert", m.root, "--token-file", tok, "--data-dir", dataDir, "--workload-api-socket", sock}
+
+	first := procs.Start(t, m.dir, "sidecar-web", "rampart-sidecar", args...)
+	first.WaitLog(t, "workload API serving", 20*time.Second)
+	before := fetchSVID(t, sock)
+	if err := first.Cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	procs.Eventually(t, 10*time.Second, "the killed sidecar exits", first.Exited)
+	for _, name := range []string{"svid.pem", "bundle.json"} {
+		fi, err := os.Stat(filepath.Join(dataDir, name))
+		if err != nil {
+			t.Fatalf("the data dir after the kill: %v", err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %04o, want 0600", name, fi.Mode().Perm())
+		}
+	}
+
+	// Control: the token is spent, so a sidecar without the data dir cannot join.
+	noData := procs.Start(t, m.dir, "sidecar-web-no-data", "rampart-sidecar",
+		"--control-plane", m.cp, "--root-cert", m.root, "--token-file", tok, "--workload-api-socket", filepath.Join(m.dir, "nodata.sock"))
+	noData.WaitLog(t, "join token already used", 15*time.Second)
+	noData.Stop(t)
+
+	restarted := procs.Start(t, m.dir, "sidecar-web-restarted", "rampart-sidecar", args...)
+	restarted.WaitLog(t, "X.509-SVID restored", 20*time.Second)
+	restarted.WaitLog(t, "X.509-SVID rotated", 20*time.Second) // renewed with the kept SVID
+	restarted.WaitLog(t, "workload API serving", 20*time.Second)
+	after := fetchSVID(t, sock)
+	if after.ID.String() != "spiffe://cluster.local/ns/default/sa/web" {
+		t.Errorf("after the restart the sidecar serves %s", after.ID)
+	}
+	bundle, err := spiffebundle.Parse(td, []byte(procs.Run(t, "rampartctl", "ca", "bundle", "--state-dir", m.state)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := x509svid.Verify(after.Certificates, bundle); err != nil {
+		t.Errorf("the SVID served after the restart does not verify against 'rampartctl ca bundle': %v", err)
+	}
+	if after.Certificates[0].SerialNumber.Cmp(before.Certificates[0].SerialNumber) == 0 {
+		t.Error("the restarted sidecar serves the SVID from before the kill, not a renewed one")
+	}
+	if out := restarted.Output(); strings.Contains(out, "already used") {
+		t.Errorf("the restarted sidecar presented its spent token:\n%s", out)
+	}
+}
+
+// fetchSVID is what an app does once: read its X.509-SVID from the Workload API.
+func fetchSVID(t *testing.T, sock string) *x509svid.SVID {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+sock))
+	if err != nil {
+		t.Fatalf("FetchX509SVID(%s): %v", sock, err)
+	}
+	return svid
 }
