@@ -140,7 +140,7 @@ func TestObjectsMatchFileSource(t *testing.T) {
 		}
 		opts := cmp.Options{cmp.FilterPath(func(p cmp.Path) bool {
 			switch p.String() {
-			case "File", "Line", "Spec":
+			case "File", "Line", "Lines", "Spec":
 				return true
 			}
 			return false
