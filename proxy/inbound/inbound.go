@@ -580,8 +580,17 @@ func (s *Server) check(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		ar.SourceIP = host
 		ar.SourcePort, _ = strconv.Atoi(port)
 	}
+	// The destination is the listener's address: the inbound connection's,
+	// or for a gateway's request (Guard) its own listener's, which its
+	// server puts in the context.
+	var local net.Addr
 	if c, ok := ctx.Value(connKey{}).(net.Conn); ok {
-		if host, port, err := net.SplitHostPort(c.LocalAddr().String()); err == nil {
+		local = c.LocalAddr()
+	} else if a, ok := ctx.Value(http.LocalAddrContextKey).(net.Addr); ok {
+		local = a
+	}
+	if local != nil {
+		if host, port, err := net.SplitHostPort(local.String()); err == nil {
 			ar.DestinationIP = host
 			ar.DestinationPort, _ = strconv.Atoi(port)
 		}
