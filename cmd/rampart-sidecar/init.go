@@ -38,6 +38,10 @@ workload's traffic passes through its sidecar without the app knowing:
             (by --proxy-uid) and loopback, is redirected to --outbound-port;
   inbound   connections to --inbound-ports arrive at --inbound-port.
 
+The sidecar's own connections to the pod's addresses (not 127.0.0.1) on a
+captured inbound port are sent to --inbound-port too, so the sidecar's
+--app must be a 127.0.0.1 address when inbound traffic is captured.
+
 The sidecar then runs with --transparent and finds where each connection was
 going with SO_ORIGINAL_DST. Run it as root (or with CAP_NET_ADMIN) once per
 namespace, before the app starts, like Istio's init container; it replaces the
@@ -75,10 +79,23 @@ func captureRules(c initConfig) ([][]string, error) {
 		nat("-D", "PREROUTING", "-p", "tcp", "-j", chainInbound),
 		nat("-F", chainOutput), nat("-X", chainOutput),
 		nat("-F", chainInbound), nat("-X", chainInbound),
+		nat("-N", chainInbound),
 		nat("-N", chainOutput),
-		nat("-A", chainOutput, "-m", "owner", "--uid-owner", strconv.Itoa(c.proxyUID), "-j", "RETURN"),
-		nat("-A", chainOutput, "-d", "127.0.0.0/8", "-j", "RETURN"),
 	}
+	uid := strconv.Itoa(c.proxyUID)
+	if c.inboundPorts != "" {
+		// The sidecar's own connection to its pod's address (the app calling
+		// a service whose endpoint is this pod) goes over loopback and never
+		// passes PREROUTING: send it to the inbound capture too, so it meets
+		// mTLS and authorization rather than the app's port (Istio's
+		// ISTIO_OUTPUT does the same). The sidecar's forwarding to the app
+		// goes to 127.0.0.1 (--app), which stays out.
+		rules = append(rules, nat("-A", chainOutput, "!", "-d", "127.0.0.1/32", "-o", "lo", "-p", "tcp", "-m", "owner", "--uid-owner", uid, "-j", chainInbound))
+	}
+	rules = append(rules,
+		nat("-A", chainOutput, "-m", "owner", "--uid-owner", uid, "-j", "RETURN"),
+		nat("-A", chainOutput, "-d", "127.0.0.0/8", "-j", "RETURN"),
+	)
 	for _, p := range c.excludeOutPort {
 		if p <= 0 || p > 65535 {
 			return nil, fmt.Errorf("--exclude-outbound-ports: %d is not a port", p)
@@ -88,7 +105,6 @@ func captureRules(c initConfig) ([][]string, error) {
 	rules = append(rules,
 		nat("-A", chainOutput, "-p", "tcp", "-j", "REDIRECT", "--to-ports", strconv.Itoa(c.outboundPort)),
 		nat("-A", "OUTPUT", "-p", "tcp", "-j", chainOutput),
-		nat("-N", chainInbound),
 	)
 	switch c.inboundPorts {
 	case "":
