@@ -119,7 +119,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	if len(cfg.ConfigPaths) > 0 || kubeSrc != nil {
-		xc := xds.Config{Paths: cfg.ConfigPaths, Mesh: cfg.Mesh, Trust: bundleSource{authority}, Log: cfg.Log, Metrics: cfg.Registry}
+		xc := xds.Config{Paths: cfg.ConfigPaths, Mesh: cfg.Mesh, Trust: bundleSource{authority}, StateDir: cfg.CA.StateDir, Log: cfg.Log, Metrics: cfg.Registry}
 		if kubeSrc != nil {
 			xc.Kube = kubeSrc
 		}

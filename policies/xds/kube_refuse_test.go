@@ -230,3 +230,57 @@ func httpbinBundle(t *testing.T, x *Server) authz.WireBundle {
 	wb, _, _ := x.Config(id.String())
 	return wb
 }
+
+// With a state dir, the last good versions of the cluster's objects outlive
+// a restart: a restarted rampartd finds the refused RequestAuthentication's
+// last good version there, starts, and serves it, as the running one did.
+func TestKubeLastGoodKeptAcrossRestart(t *testing.T) {
+	a := catest.Authority(t)
+	good := parseKube(t, "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules:\n  - {issuer: \"https://issuer.example\", jwksUri: \"https://issuer.example/jwks\"}\n")
+	edited := parseKube(t, "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules:\n  - {issuer: \"https://issuer.example\", jwksUri: \"https://issuer.example/jwks\"}\n  - {issuer: \"internal\"}\n")
+	mesh, _ := compile.Mesh{}.WithDefaults()
+	state := t.TempDir()
+	kube := &fakeKube{objs: good, reg: &registry.Registry{Domain: "cluster.local"}}
+	x, err := New(Config{Kube: kube, Mesh: mesh, Trust: a.Bundle(), StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.reload(true); err != nil {
+		t.Fatal(err)
+	}
+	kube.mu.Lock()
+	kube.objs = edited
+	kube.mu.Unlock()
+	x.KubeChanged()
+	if err := x.reload(false); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(state, lastGoodFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("saved last good objects: %v, mode %v; want a 0600 file", err, fi.Mode())
+	}
+
+	y, err := New(Config{Kube: &fakeKube{objs: edited, reg: &registry.Registry{Domain: "cluster.local"}}, Mesh: mesh, Trust: a.Bundle(), StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := y.reload(true); err != nil {
+		t.Fatalf("restart with the refused object and its saved last good version: %v", err)
+	}
+	if rules := string(httpbinBundle(t, y).JWTRules); !strings.Contains(rules, "issuer.example") || strings.Contains(rules, "internal") {
+		t.Errorf("the restarted rampartd serves jwtRules %s; want the last good version", rules)
+	}
+
+	// A corrupt file is reported and read as none: the start is refused, as
+	// without a state dir.
+	if err := os.WriteFile(filepath.Join(state, lastGoodFile), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	z, err := New(Config{Kube: &fakeKube{objs: edited, reg: &registry.Registry{Domain: "cluster.local"}}, Mesh: mesh, Trust: a.Bundle(), StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := z.reload(true); err == nil {
+		t.Error("started with a refused security object and no readable last good version")
+	}
+}

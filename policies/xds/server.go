@@ -70,6 +70,9 @@ type Config struct {
 	Trust x509bundle.Source
 	// PollInterval is how often the paths are checked for changes. Default 100 ms.
 	PollInterval time.Duration
+	// StateDir, if set, is where the cluster objects of the last good
+	// configuration are kept across restarts (kube-last-good.json).
+	StateDir string
 	// ForgetAfter is how long rampartd keeps a proxy that has no stream
 	// (shown DISCONNECTED) before it drops its state and snapshot. Default 10
 	// minutes.
@@ -125,6 +128,8 @@ type Server struct {
 	// by "Kind namespace/name": what an object whose new version is refused
 	// stays at.
 	kubeGood map[string]source.Object
+	// kubeSaved is the digest of the kubeGood last written to StateDir.
+	kubeSaved string
 	// kubeRefused holds the cluster objects the last load refused alone, with
 	// why: a refusal already reported is not reported again on every reload.
 	kubeRefused map[string]string
@@ -473,6 +478,15 @@ func (s *Server) reload(first bool) error {
 	if same && !first {
 		return nil
 	}
+	if first && s.kubeGood == nil && s.cfg.Kube != nil {
+		// The cluster objects the last run had in force: what a refused one
+		// stays at, now as before the restart.
+		good, err := loadLastGood(s.cfg.StateDir)
+		if err != nil {
+			s.log.Error("cannot read the cluster's last good objects; a refused security object will stop the start", "err", err)
+		}
+		s.kubeGood, s.kubeSaved = good, digestOf(good)
+	}
 	objs, err := source.ReadPaths(s.cfg.Paths)
 	nDir := len(objs) // objs[nDir:] come from Kubernetes
 	if err == nil && s.cfg.Kube != nil {
@@ -532,6 +546,16 @@ func (s *Server) reload(first bool) error {
 		good[objectKey(o)] = o
 	}
 	s.kubeGood, s.kubeRefused = good, refusedNow
+	if s.cfg.StateDir != "" && s.cfg.Kube != nil {
+		if d := digestOf(good); d != s.kubeSaved {
+			if err := saveLastGood(s.cfg.StateDir, good); err != nil {
+				// Serving goes on; only a restart would miss it.
+				s.log.Error("cannot keep the cluster's last good objects for a restart", "dir", s.cfg.StateDir, "err", err)
+			} else {
+				s.kubeSaved = d
+			}
+		}
+	}
 	// Only reload writes objs, net and providers, so they cannot change
 	// between these two locked sections.
 	next := loaded{objs: objs, net: nw, providers: providersDigest(s.cfg.Mesh)}
