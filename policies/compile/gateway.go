@@ -2,6 +2,7 @@ package compile
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -51,10 +52,7 @@ func (b *outboundBuilder) gateways() error {
 				if bound == "" {
 					continue
 				}
-				for _, h := range vs.Spec.GetHosts() {
-					if !gatewayHostAllowed(srv.GetHosts(), h, vs.Object.Namespace) {
-						continue
-					}
+				for _, h := range gatewayHosts(serverHostsFor(srv.GetHosts(), g.Object.Namespace, vs.Object.Namespace), vs.Spec.GetHosts()) {
 					vh := &routev3.VirtualHost{Name: fmt.Sprintf("%s:%d", h, port), Domains: []string{h}}
 					if h != "*" {
 						vh.Domains = append(vh.Domains, fmt.Sprintf("%s:%d", h, port))
@@ -97,20 +95,58 @@ func (b *outboundBuilder) gateways() error {
 	return nil
 }
 
-// gatewayHostAllowed reports whether a server's hosts ("ns/host" or "host",
-// wildcards allowed) admit a VirtualService host.
-func gatewayHostAllowed(serverHosts []string, host, vsNS string) bool {
-	for _, sh := range serverHosts {
-		ns, h, ok := strings.Cut(sh, "/")
-		if !ok {
-			ns, h = "*", sh
+// serverHostsFor is the host names of a server's hosts that a VirtualService
+// in namespace vsNS may bind to (Istio's NamesForNamespace): "host" and
+// "*/host" admit every namespace, "ns/host" only ns, and "./host" only the
+// Gateway's own namespace (Istio's sanitizeServerHostNamespace).
+func serverHostsFor(hosts []string, gwNS, vsNS string) []string {
+	var out []string
+	for _, h := range hosts {
+		if ns, name, ok := strings.Cut(h, "/"); ok {
+			if ns == "." {
+				ns = gwNS
+			}
+			if ns != "*" && ns != vsNS {
+				continue
+			}
+			h = name
 		}
-		if ns != "*" && ns != "." && ns != vsNS {
-			continue
-		}
-		if h == "*" || hostMatches(h, host) || hostMatches(host, h) {
-			return true
+		out = append(out, strings.ToLower(h))
+	}
+	return out
+}
+
+// gatewayHosts is the intersection of a server's host names and a
+// VirtualService's hosts, as Istio's Names.Intersection: for each pair where
+// one covers the other, the more specific of the two. A VirtualService host
+// "*" bound to a server for a.example.com serves a.example.com only.
+func gatewayHosts(server, vs []string) []string {
+	var out []string
+	add := func(h string) {
+		if !slices.Contains(out, h) {
+			out = append(out, h)
 		}
 	}
-	return false
+	for _, sh := range server {
+		for _, vh := range vs {
+			vh = strings.ToLower(vh)
+			switch {
+			case hostSubsetOf(sh, vh):
+				add(sh)
+			case hostSubsetOf(vh, sh):
+				add(vh)
+			}
+		}
+	}
+	return out
+}
+
+// hostSubsetOf reports whether every name host a covers is covered by b
+// (Istio's Name.SubsetOf): a wildcard "*suffix" covers the names ending in
+// suffix, so "*" covers all.
+func hostSubsetOf(a, b string) bool {
+	if !strings.HasPrefix(b, "*") {
+		return a == b
+	}
+	return strings.HasSuffix(strings.TrimPrefix(a, "*"), b[1:])
 }

@@ -1,0 +1,132 @@
+package compile
+
+import (
+	"fmt"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/rampart-mesh/rampart/proxy/route"
+)
+
+var ingress = Workload{Namespace: "istio-system", Name: "istio-ingressgateway", Labels: map[string]string{"istio": "ingressgateway"}}
+
+// gatewayTable compiles the ingress workload's config and builds the route
+// table the sidecar would, so a test sees what a request meets.
+func gatewayTable(t *testing.T, cfg string) (*route.Table, []Finding) {
+	t.Helper()
+	out, fs := outbound(t, cfg, ingress)
+	tab, err := route.New(out.Routes)
+	if err != nil {
+		t.Fatalf("the sidecar refuses the compiled routes: %v", err)
+	}
+	return tab, fs
+}
+
+// gatewayGet matches a GET for url on the gateway's route configuration http.8080.
+func gatewayGet(tab *route.Table, url string) *route.Route {
+	return tab.Match(GatewayRoutePrefix+"8080", httptest.NewRequest("GET", url, nil))
+}
+
+// Istio binds a VirtualService to a server for the intersection of the
+// server's hosts (those open to the VirtualService's namespace) and its own.
+func TestGatewayServerHosts(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		serverHosts string // YAML list
+		vsNS        string
+		vsHosts     string // YAML list
+		routed      []string
+		notRouted   []string
+	}{
+		{name: "vs * within one server host", serverHosts: `["bookinfo.example.com"]`, vsNS: "default", vsHosts: `["*"]`,
+			routed: []string{"bookinfo.example.com"}, notRouted: []string{"internal-admin.corp", "x.bookinfo.example.com"}},
+		{name: "vs wildcard wider than the server host", serverHosts: `["a.example.com"]`, vsNS: "default", vsHosts: `["*.example.com"]`,
+			routed: []string{"a.example.com"}, notRouted: []string{"b.example.com"}},
+		{name: "server wildcard wider than the vs host", serverHosts: `["*.example.com"]`, vsNS: "default", vsHosts: `["a.example.com"]`,
+			routed: []string{"a.example.com"}, notRouted: []string{"b.example.com"}},
+		{name: "nested wildcards", serverHosts: `["*.example.com"]`, vsNS: "default", vsHosts: `["*.eu.example.com", "other.org"]`,
+			routed: []string{"x.eu.example.com"}, notRouted: []string{"x.us.example.com", "other.org"}},
+		{name: "no overlap", serverHosts: `["a.example.com"]`, vsNS: "default", vsHosts: `["b.example.com"]`,
+			notRouted: []string{"a.example.com", "b.example.com"}},
+		{name: "case does not matter", serverHosts: `["A.Example.com"]`, vsNS: "default", vsHosts: `["a.EXAMPLE.com"]`,
+			routed: []string{"a.example.com"}},
+		{name: "dot is the gateway's namespace, not the vs's", serverHosts: `["./a.example.com"]`, vsNS: "default", vsHosts: `["a.example.com"]`,
+			notRouted: []string{"a.example.com"}},
+		{name: "dot admits the gateway's namespace", serverHosts: `["./a.example.com"]`, vsNS: "istio-system", vsHosts: `["a.example.com"]`,
+			routed: []string{"a.example.com"}},
+		{name: "named namespace admits it", serverHosts: `["default/a.example.com"]`, vsNS: "default", vsHosts: `["a.example.com"]`,
+			routed: []string{"a.example.com"}},
+		{name: "named namespace refuses others", serverHosts: `["team/a.example.com"]`, vsNS: "default", vsHosts: `["a.example.com"]`,
+			notRouted: []string{"a.example.com"}},
+		{name: "star namespace admits all", serverHosts: `["*/a.example.com"]`, vsNS: "default", vsHosts: `["*"]`,
+			routed: []string{"a.example.com"}, notRouted: []string{"b.example.com"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: %s}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: %s}
+spec:
+  hosts: %s
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: reviews.default.svc.cluster.local, port: {number: 9080}}}]
+`, tc.serverHosts, tc.vsNS, tc.vsHosts)
+			tab, _ := gatewayTable(t, cfg)
+			for _, h := range tc.routed {
+				if rt := gatewayGet(tab, "http://"+h+"/"); rt == nil || rt.Cluster != "outbound|9080||reviews.default.svc.cluster.local" {
+					t.Errorf("Host %s: %v, want reviews", h, rt)
+				}
+			}
+			for _, h := range tc.notRouted {
+				if rt := gatewayGet(tab, "http://"+h+"/"); rt != nil {
+					t.Errorf("Host %s routed to %s (virtual host %s); want no route", h, rt.Cluster, rt.VirtualHost)
+				}
+			}
+		})
+	}
+}
+
+// The domains are the intersection's hosts, the more specific of each pair,
+// as Istio's Names.Intersection.
+func TestGatewayHostsIntersection(t *testing.T) {
+	for _, tc := range []struct {
+		server, vs, want []string
+	}{
+		{[]string{"foo.com", "bar.com"}, []string{"*.com"}, []string{"foo.com", "bar.com"}},
+		{[]string{"foo.com", "*.net"}, []string{"*.com", "bar.net"}, []string{"foo.com", "bar.net"}},
+		{[]string{"foo.com", "*.net"}, []string{"*.bar.net"}, []string{"*.bar.net"}},
+		{[]string{"foo.com"}, []string{"bar.com"}, nil},
+		{[]string{"*"}, []string{"a.com", "*.b.com"}, []string{"a.com", "*.b.com"}},
+		{[]string{"a.com"}, []string{"*"}, []string{"a.com"}},
+		{[]string{"*.com"}, []string{"com"}, nil},
+	} {
+		if got := gatewayHosts(tc.server, tc.vs); !cmp.Equal(got, tc.want) {
+			t.Errorf("gatewayHosts(%v, %v) = %v, want %v", tc.server, tc.vs, got, tc.want)
+		}
+	}
+}
+
+func TestGatewayServerHostsNamespace(t *testing.T) {
+	hosts := []string{"./own.example.com", "*/any.example.com", "team/team.example.com", "Bare.example.com"}
+	for _, tc := range []struct {
+		vsNS string
+		want string
+	}{
+		{"istio-system", "own.example.com any.example.com bare.example.com"},
+		{"team", "any.example.com team.example.com bare.example.com"},
+		{"default", "any.example.com bare.example.com"},
+	} {
+		if got := strings.Join(serverHostsFor(hosts, "istio-system", tc.vsNS), " "); got != tc.want {
+			t.Errorf("VirtualService in %s: %s, want %s", tc.vsNS, got, tc.want)
+		}
+	}
+}
