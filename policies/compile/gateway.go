@@ -15,11 +15,61 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
+// MeshGateway is the gateway name that stands for every sidecar.
+const MeshGateway = "mesh"
+
+// gwOrMesh is the gateway a route is compiled for: "ns/name", or "mesh" for sidecars.
 func gwOrMesh(gw string) string {
 	if gw == "" {
-		return "mesh"
+		return MeshGateway
 	}
 	return gw
+}
+
+// resolveGateway names a gateway in a VirtualService's spec.gateways or
+// match gateways as "ns/name", as Istio's resolveGatewayName: "mesh" stays,
+// "./name" and a short name are in the VirtualService's namespace, and the
+// legacy "name.ns[.svc.cluster.local]" is ns/name.
+func resolveGateway(name, vsNS string) string {
+	if name == MeshGateway {
+		return name
+	}
+	if ns, n, ok := strings.Cut(name, "/"); ok {
+		if ns == "." {
+			return vsNS + "/" + n
+		}
+		return name
+	}
+	n, rest, ok := strings.Cut(name, ".")
+	if !ok {
+		return vsNS + "/" + name
+	}
+	ns, _, _ := strings.Cut(rest, ".")
+	return ns + "/" + n
+}
+
+// boundTo reports whether a VirtualService's spec.gateways names the gateway "ns/name".
+func boundTo(vs *VirtualService, gw string) bool {
+	for _, name := range vs.Spec.GetGateways() {
+		if resolveGateway(name, vs.Object.Namespace) == gw {
+			return true
+		}
+	}
+	return false
+}
+
+// matchesGateway reports whether a match's gateways (none: all the
+// VirtualService's) include the gateway a route is compiled for.
+func matchesGateway(gws []string, vsNS, gw string) bool {
+	if len(gws) == 0 {
+		return true
+	}
+	for _, name := range gws {
+		if resolveGateway(name, vsNS) == gwOrMesh(gw) {
+			return true
+		}
+	}
+	return false
 }
 
 // GatewayRoutePrefix names a gateway's route configurations: "http.<port>", as Istio.
@@ -43,13 +93,9 @@ func (b *outboundBuilder) gateways() error {
 			port := srv.GetPort().GetNumber()
 			for i := range b.n.VirtualServices {
 				vs := &b.n.VirtualServices[i]
-				bound := ""
-				for _, name := range vs.Spec.GetGateways() {
-					if name == full || (name == g.Object.Name && vs.Object.Namespace == g.Object.Namespace) {
-						bound = name
-					}
-				}
-				if bound == "" {
+				// Istio's VirtualServicesForGateway: bound to the gateway and
+				// exported to the gateway proxy's namespace.
+				if !visible(vs.Spec.GetExportTo(), vs.Object.Namespace, b.wl.Namespace) || !boundTo(vs, full) {
 					continue
 				}
 				for _, h := range gatewayHosts(serverHostsFor(srv.GetHosts(), g.Object.Namespace, vs.Object.Namespace), vs.Spec.GetHosts()) {
@@ -58,7 +104,7 @@ func (b *outboundBuilder) gateways() error {
 						vh.Domains = append(vh.Domains, fmt.Sprintf("%s:%d", h, port))
 					}
 					for j, hr := range vs.Spec.GetHttp() {
-						rs, err := b.httpRoute(vs, j, hr, port, bound)
+						rs, err := b.httpRoute(vs, j, hr, port, full)
 						if err != nil {
 							return err
 						}

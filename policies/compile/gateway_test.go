@@ -1,12 +1,13 @@
 package compile
 
 import (
+	"cmp"
 	"fmt"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/rampart-mesh/rampart/proxy/route"
 )
 
@@ -109,7 +110,7 @@ func TestGatewayHostsIntersection(t *testing.T) {
 		{[]string{"a.com"}, []string{"*"}, []string{"a.com"}},
 		{[]string{"*.com"}, []string{"com"}, nil},
 	} {
-		if got := gatewayHosts(tc.server, tc.vs); !cmp.Equal(got, tc.want) {
+		if got := gatewayHosts(tc.server, tc.vs); !slices.Equal(got, tc.want) {
 			t.Errorf("gatewayHosts(%v, %v) = %v, want %v", tc.server, tc.vs, got, tc.want)
 		}
 	}
@@ -127,6 +128,114 @@ func TestGatewayServerHostsNamespace(t *testing.T) {
 	} {
 		if got := strings.Join(serverHostsFor(hosts, "istio-system", tc.vsNS), " "); got != tc.want {
 			t.Errorf("VirtualService in %s: %s, want %s", tc.vsNS, got, tc.want)
+		}
+	}
+}
+
+// Istio's VirtualServicesForGateway honours exportTo: the gateway proxy's
+// namespace must see the VirtualService.
+func TestGatewayExportTo(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		vsNS     string
+		exportTo string
+		served   bool
+	}{
+		{"unset", "default", "", true},
+		{"everywhere", "default", `exportTo: ["*"]`, true},
+		{"own namespace only", "default", `exportTo: ["."]`, false},
+		{"another namespace", "default", `exportTo: ["team"]`, false},
+		{"the gateway's namespace", "default", `exportTo: ["istio-system"]`, true},
+		{"own namespace is the gateway's", "istio-system", `exportTo: ["."]`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*/a.example.com"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: %s}
+spec:
+  hosts: ["a.example.com"]
+  %s
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: reviews.default.svc.cluster.local, port: {number: 9080}}}]
+`, tc.vsNS, tc.exportTo)
+			tab, _ := gatewayTable(t, cfg)
+			if rt := gatewayGet(tab, "http://a.example.com/"); (rt != nil) != tc.served {
+				t.Errorf("served = %v, want %v", rt != nil, tc.served)
+			}
+		})
+	}
+}
+
+// Gateway names in spec.gateways and in match gateways are compared once
+// resolved to ns/name, whatever form each is written in.
+func TestGatewayNameForms(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		vsNS       string // default when empty
+		gateways   string // spec.gateways
+		matchGWs   string // http[0].match[0].gateways
+		bound      bool
+		matchApply bool
+	}{
+		{"short and qualified", "", "[gw]", "[default/gw]", true, true},
+		{"qualified and short", "", "[default/gw]", "[gw]", true, true},
+		{"dot", "", "[./gw]", "[./gw]", true, true},
+		{"legacy FQDN", "", "[gw.default.svc.cluster.local]", "[gw.default]", true, true},
+		{"match names another gateway", "", "[gw]", "[other/gw]", true, false},
+		{"match names the mesh", "", "[gw, mesh]", "[mesh]", true, false},
+		{"short name is the vs's namespace", "team", "[gw]", "[gw]", false, false},
+		{"short name in a match is the vs's namespace", "team", "[default/gw]", "[gw]", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: %s}
+spec:
+  hosts: ["a.example.com"]
+  gateways: %s
+  http:
+  - match: [{uri: {prefix: /admin}, gateways: %s}]
+    directResponse: {status: 403}
+  - route: [{destination: {host: reviews.default.svc.cluster.local, port: {number: 9080}}}]
+`, cmp.Or(tc.vsNS, "default"), tc.gateways, tc.matchGWs)
+			tab, _ := gatewayTable(t, cfg)
+			rt := gatewayGet(tab, "http://a.example.com/admin/users")
+			switch {
+			case !tc.bound:
+				if rt != nil {
+					t.Errorf("not bound, yet routed: %+v", rt)
+				}
+			case rt == nil:
+				t.Error("bound, yet not routed")
+			case (rt.Direct != nil) != tc.matchApply:
+				t.Errorf("/admin: direct response %v, want the match to apply = %v (cluster %q)", rt.Direct != nil, tc.matchApply, rt.Cluster)
+			}
+		})
+	}
+}
+
+func TestResolveGateway(t *testing.T) {
+	for in, want := range map[string]string{
+		"mesh": "mesh", "gw": "vsns/gw", "./gw": "vsns/gw", "ns/gw": "ns/gw", "*/gw": "*/gw",
+		"gw.ns": "ns/gw", "gw.ns.svc.cluster.local": "ns/gw",
+	} {
+		if got := resolveGateway(in, "vsns"); got != want {
+			t.Errorf("resolveGateway(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

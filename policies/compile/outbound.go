@@ -784,7 +784,7 @@ func headerMatcher(name string, m *networking.StringMatch, invert bool) *routev3
 // routeMatches translates a rule's matches into Envoy route matches; those that
 // cannot apply to this proxy or port (sourceLabels, sourceNamespace, port,
 // gateways) are dropped, and a rule left with none does not apply.
-func (b *outboundBuilder) routeMatches(ms []*networking.HTTPMatchRequest, port uint32, gw string) ([]*routev3.RouteMatch, bool) {
+func (b *outboundBuilder) routeMatches(ms []*networking.HTTPMatchRequest, port uint32, gw, vsNS string) ([]*routev3.RouteMatch, bool) {
 	if len(ms) == 0 {
 		return []*routev3.RouteMatch{{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}}, true
 	}
@@ -796,7 +796,7 @@ func (b *outboundBuilder) routeMatches(ms []*networking.HTTPMatchRequest, port u
 		if !registry.Matches(m.GetSourceLabels(), b.wl.Labels) || (m.GetSourceNamespace() != "" && m.GetSourceNamespace() != b.wl.Namespace) {
 			continue
 		}
-		if len(m.GetGateways()) > 0 && !slicesContains(m.GetGateways(), gwOrMesh(gw)) {
+		if !matchesGateway(m.GetGateways(), vsNS, gw) {
 			continue
 		}
 		rm := &routev3.RouteMatch{}
@@ -894,7 +894,7 @@ func headerOps(ops *networking.Headers_HeaderOperations) ([]*corev3.HeaderValueO
 }
 
 func (b *outboundBuilder) httpRoute(vs *VirtualService, idx int, h *networking.HTTPRoute, port uint32, gw string) ([]*routev3.Route, error) {
-	matches, ok := b.routeMatches(h.GetMatch(), port, gw)
+	matches, ok := b.routeMatches(h.GetMatch(), port, gw, vs.Object.Namespace)
 	if !ok {
 		return nil, nil
 	}
