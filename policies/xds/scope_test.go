@@ -294,9 +294,14 @@ func TestChangeRecomputesAffectedWorkloadsOnly(t *testing.T) {
 		// Only the proxies that can see svc-b get new routes.
 		wantRecompiled: everyone, wantChanged: []string{"a/app1", "a/app2", "b/app"},
 	}, {
-		name:           "VirtualService bound to a gateway in another namespace",
-		edit:           func(f *fixture) { f.write("vs.yaml", vsYAML("b", "3s", `["."]`, `[ingress/gw]`)) },
-		wantRecompiled: []string{"b/app", "ingress/gw"}, wantChanged: []string{"ingress/gw"},
+		name: "VirtualService bound to a gateway in another namespace, exported to its own",
+		edit: func(f *fixture) { f.write("vs.yaml", vsYAML("b", "3s", `["."]`, `[ingress/gw]`)) },
+		// Istio: exportTo applies at gateways too; the gateway does not see it.
+		wantRecompiled: []string{"b/app", "ingress/gw"},
+	}, {
+		name:           "VirtualService bound to a gateway in another namespace, exported to the gateway's",
+		edit:           func(f *fixture) { f.write("vs.yaml", vsYAML("b", "3s", `["ingress"]`, `[ingress/gw]`)) },
+		wantRecompiled: []string{"ingress/gw"}, wantChanged: []string{"ingress/gw"},
 	}, {
 		name:           "DestinationRule exported to a",
 		edit:           func(f *fixture) { f.write("dr.yaml", drYAML("b", `["a"]`)) },
