@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -204,7 +205,7 @@ func WireBundleFrom(res *anypb.Any) (WireBundle, error) {
 	if err != nil {
 		return b, err
 	}
-	if err := json.Unmarshal(js, &b); err != nil {
+	if err := DecodeWire(js, &b); err != nil {
 		return b, fmt.Errorf("bundle: %w", err)
 	}
 	if b.Revision == "" || len(b.Modules) == 0 {
@@ -216,4 +217,24 @@ func WireBundleFrom(res *anypb.Any) (WireBundle, error) {
 // Bundle is the engine bundle of a wire bundle.
 func (b WireBundle) Bundle() Bundle {
 	return Bundle{Revision: b.Revision, Modules: b.Modules, PathNormalization: b.PathNormalization}
+}
+
+// DecodeWire decodes a part of the wire bundle strictly: a field this
+// sidecar does not know is an error, not skipped. A newer control plane's
+// field may carry policy (a provider's body setting, say); enforced without
+// it, the bundle would allow more than it says, so the sidecar refuses it
+// (NACK) and the last good bundle stays.
+func DecodeWire(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if strings.HasPrefix(err.Error(), "json: unknown field") {
+			return fmt.Errorf("%s: this sidecar does not know it (is the control plane newer? upgrade the sidecar)", strings.TrimPrefix(err.Error(), "json: "))
+		}
+		return err
+	}
+	if dec.More() {
+		return errors.New("data after the JSON value")
+	}
+	return nil
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rampart-mesh/rampart/authn/jwt"
+	"github.com/rampart-mesh/rampart/authz"
 	"github.com/rampart-mesh/rampart/proxy/inbound"
 )
 
@@ -65,7 +65,7 @@ func (j *jwtAuthn) build(data []byte) (*jwtRules, error) {
 		data = []byte("[]")
 	}
 	var rules []jwt.Rule
-	if err := json.Unmarshal(data, &rules); err != nil {
+	if err := authz.DecodeWire(data, &rules); err != nil {
 		return nil, err
 	}
 	r := &jwtRules{n: len(rules)}

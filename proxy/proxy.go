@@ -9,7 +9,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -755,10 +754,11 @@ func parsePeerMode(data []byte, app string) (string, error) {
 		return inbound.ModePermissive, nil
 	}
 	var pol struct {
-		Mode  string            `json:"mode"`
-		Ports map[string]string `json:"ports"`
+		Mode   string            `json:"mode"`
+		Policy string            `json:"policy"` // the PeerAuthentication that set it, for reading
+		Ports  map[string]string `json:"ports"`
 	}
-	if err := json.Unmarshal(data, &pol); err != nil {
+	if err := authz.DecodeWire(data, &pol); err != nil {
 		return "", err
 	}
 	mode := pol.Mode
