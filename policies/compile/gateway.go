@@ -13,6 +13,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/rampart-mesh/rampart/policies/registry"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	networking "istio.io/api/networking/v1alpha3"
 )
 
 // MeshGateway is the gateway name that stands for every sidecar.
@@ -76,21 +77,28 @@ func matchesGateway(gws []string, vsNS, gw string) bool {
 const GatewayRoutePrefix = "http."
 
 // gateways adds, for a proxy that Istio Gateways select by its labels, a
-// listener per HTTP server port and the routes of the VirtualServices bound to
-// those gateways ("<namespace>/<name>", or "<name>" from the gateway's namespace).
+// listener per HTTP server port and a route configuration "http.PORT" that
+// merges every server on the port, as Istio's buildGatewayHTTPRouteConfig: a
+// virtual host per host name, holding the routes of every VirtualService
+// bound to a server there, in the order the servers and VirtualServices come.
 func (b *outboundBuilder) gateways() error {
-	ports := map[uint32][]*routev3.VirtualHost{}
+	ports := map[uint32]*gatewayPort{}
 	for _, g := range b.n.Gateways {
 		if len(g.Spec.GetSelector()) == 0 || !registry.Matches(g.Spec.GetSelector(), b.wl.Labels) {
 			continue
 		}
 		full := g.Object.Namespace + "/" + g.Object.Name
 		for _, srv := range g.Spec.GetServers() {
-			proto := strings.ToUpper(srv.GetPort().GetProtocol())
-			if proto != "HTTP" && proto != "HTTP2" && proto != "GRPC" {
-				continue // TLS termination at the gateway is not served yet
+			if !gatewayServes(srv) {
+				continue // validateGateway reports it (GW-UNSUPPORTED)
 			}
 			port := srv.GetPort().GetNumber()
+			gp := ports[port]
+			if gp == nil {
+				gp = &gatewayPort{port: port, vhosts: map[string]*routev3.VirtualHost{}, redirect: map[string]bool{}}
+				ports[port] = gp
+			}
+			redirect := srv.GetTls().GetHttpsRedirect()
 			for i := range b.n.VirtualServices {
 				vs := &b.n.VirtualServices[i]
 				// Istio's VirtualServicesForGateway: bound to the gateway and
@@ -98,31 +106,49 @@ func (b *outboundBuilder) gateways() error {
 				if !visible(vs.Spec.GetExportTo(), vs.Object.Namespace, b.wl.Namespace) || !boundTo(vs, full) {
 					continue
 				}
-				for _, h := range gatewayHosts(serverHostsFor(srv.GetHosts(), g.Object.Namespace, vs.Object.Namespace), vs.Spec.GetHosts()) {
-					vh := &routev3.VirtualHost{Name: fmt.Sprintf("%s:%d", h, port), Domains: []string{h}}
-					if h != "*" {
-						vh.Domains = append(vh.Domains, fmt.Sprintf("%s:%d", h, port))
+				hosts := gatewayHosts(serverHostsFor(srv.GetHosts(), g.Object.Namespace, vs.Object.Namespace), vs.Spec.GetHosts())
+				if len(hosts) == 0 {
+					continue
+				}
+				var routes []*routev3.Route
+				for j, hr := range vs.Spec.GetHttp() {
+					rs, err := b.httpRoute(vs, j, hr, port, full)
+					if err != nil {
+						return err
 					}
-					for j, hr := range vs.Spec.GetHttp() {
-						rs, err := b.httpRoute(vs, j, hr, port, full)
-						if err != nil {
-							return err
-						}
-						vh.Routes = append(vh.Routes, rs...)
+					routes = append(routes, rs...)
+				}
+				for _, h := range hosts {
+					vh := gp.vhost(h)
+					vh.Routes = append(vh.Routes, routes...)
+					gp.redirect[h] = gp.redirect[h] || redirect
+				}
+			}
+			if redirect {
+				// Every host of the server redirects, bound or not.
+				for _, h := range srv.GetHosts() {
+					if _, name, ok := strings.Cut(h, "/"); ok {
+						h = name
 					}
-					ports[port] = append(ports[port], vh)
+					h = strings.ToLower(h)
+					gp.vhost(h)
+					gp.redirect[h] = true
 				}
 			}
 		}
 	}
 	keys := make([]uint32, 0, len(ports))
-	for p := range ports {
-		keys = append(keys, p)
+	for p, gp := range ports {
+		// A port nothing is bound to gets no listener (Istio's answers 404).
+		if len(gp.hosts) > 0 {
+			keys = append(keys, p)
+		}
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
 	for _, p := range keys {
 		name := GatewayRoutePrefix + strconv.Itoa(int(p))
-		b.out.Routes = append(b.out.Routes, &routev3.RouteConfiguration{Name: name, VirtualHosts: ports[p], ValidateClusters: wrapperspb.Bool(false)})
+		b.out.Routes = append(b.out.Routes, &routev3.RouteConfiguration{Name: name, VirtualHosts: ports[p].virtualHosts(),
+			ValidateClusters: wrapperspb.Bool(false), IgnorePortInHostMatching: true})
 		l, err := httpListener(p)
 		if err != nil {
 			return err
@@ -139,6 +165,81 @@ func (b *outboundBuilder) gateways() error {
 		b.out.Listeners = append(b.out.Listeners, l)
 	}
 	return nil
+}
+
+// gatewayServes reports whether Rampart serves a gateway server: plaintext
+// HTTP only (HTTP, HTTP2, GRPC, GRPC-WEB). TLS termination, passthrough and
+// TCP servers are not, and validateGateway says so.
+func gatewayServes(srv *networking.Server) bool {
+	return registry.IsHTTP(strings.ToUpper(srv.GetPort().GetProtocol()))
+}
+
+// gatewayPort is what the servers on one gateway port serve: a virtual host
+// per host name (Istio's vHostDedupMap), since two virtual hosts with one
+// domain make the sidecar refuse the whole route configuration.
+type gatewayPort struct {
+	port     uint32
+	hosts    []string // in the order first seen
+	vhosts   map[string]*routev3.VirtualHost
+	redirect map[string]bool // a server with tls.httpsRedirect has the host
+}
+
+// vhost is the virtual host for a lower-case host name, made on first use.
+func (p *gatewayPort) vhost(h string) *routev3.VirtualHost {
+	if vh, ok := p.vhosts[h]; ok {
+		return vh
+	}
+	// One domain: the route configuration ignores the Host's port (Istio's).
+	vh := &routev3.VirtualHost{Name: fmt.Sprintf("%s:%d", h, p.port), Domains: []string{h}}
+	p.hosts = append(p.hosts, h)
+	p.vhosts[h] = vh
+	return vh
+}
+
+// virtualHosts is the port's virtual hosts. Istio gives a host with
+// httpsRedirect require_tls ALL, which the sidecar's route table does not
+// implement; on a plaintext server it answers every request with a 301 to
+// https, which is what a redirect route with https_redirect does.
+func (p *gatewayPort) virtualHosts() []*routev3.VirtualHost {
+	out := make([]*routev3.VirtualHost, 0, len(p.hosts))
+	for _, h := range p.hosts {
+		vh := p.vhosts[h]
+		vh.Routes = catchAllLast(vh.Routes)
+		if p.redirect[h] {
+			vh.Routes = []*routev3.Route{httpsRedirectRoute()}
+		}
+		out = append(out, vh)
+	}
+	return out
+}
+
+// catchAllLast moves the routes that match every request (prefix "/", no
+// header or query matches) after the others, keeping each group's order, as
+// Istio's SortVHostRoutes does for gateway virtual hosts: a VirtualService's
+// catch-all does not hide the rules of one bound after it.
+func catchAllLast(routes []*routev3.Route) []*routev3.Route {
+	out := make([]*routev3.Route, 0, len(routes))
+	var all []*routev3.Route
+	for _, r := range routes {
+		m := r.GetMatch()
+		if m.GetPrefix() == "/" && len(m.GetHeaders()) == 0 && len(m.GetQueryParameters()) == 0 {
+			all = append(all, r)
+			continue
+		}
+		out = append(out, r)
+	}
+	return append(out, all...)
+}
+
+func httpsRedirectRoute() *routev3.Route {
+	return &routev3.Route{
+		Name:  "https-redirect",
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{
+			SchemeRewriteSpecifier: &routev3.RedirectAction_HttpsRedirect{HttpsRedirect: true},
+			ResponseCode:           routev3.RedirectAction_MOVED_PERMANENTLY,
+		}},
+	}
 }
 
 // serverHostsFor is the host names of a server's hosts that a VirtualService

@@ -239,3 +239,113 @@ func TestResolveGateway(t *testing.T) {
 		}
 	}
 }
+
+// Istio merges the servers of every Gateway on a port into one route
+// configuration with one virtual host per host name; the sidecar refuses a
+// route configuration where two virtual hosts share a domain.
+func TestGatewayServersShareAPort(t *testing.T) {
+	const cfg = `apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: public, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: partners, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: 8080, name: http, protocol: HTTP}, hosts: ["a.example.com", "*.example.com"]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: default}
+spec:
+  hosts: ["a.example.com"]
+  gateways: [istio-system/public, istio-system/partners]
+  http:
+  - match: [{uri: {prefix: /partners}, gateways: [istio-system/partners]}]
+    directResponse: {status: 418}
+  - route: [{destination: {host: reviews.default.svc.cluster.local, port: {number: 9080}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: other, namespace: default}
+spec:
+  hosts: ["A.example.com"]
+  gateways: [istio-system/public]
+  http:
+  - route: [{destination: {host: ratings.default.svc.cluster.local, port: {number: 9080}}}]
+`
+	out, _ := outbound(t, cfg, ingress)
+	var names []string
+	for _, rc := range out.Routes {
+		if rc.GetName() == GatewayRoutePrefix+"8080" {
+			for _, vh := range rc.GetVirtualHosts() {
+				names = append(names, vh.GetName())
+			}
+		}
+	}
+	if want := []string{"a.example.com:8080"}; !slices.Equal(names, want) {
+		t.Errorf("virtual hosts %v, want %v", names, want)
+	}
+	tab, _ := gatewayTable(t, cfg)
+	// The routes of each binding, public's, partners' then other's, with the
+	// catch-alls last (Istio's SortVHostRoutes): partners' /partners rule is
+	// not hidden by public's catch-all, which comes before other's.
+	if rt := gatewayGet(tab, "http://a.example.com/partners"); rt == nil || rt.Direct == nil || rt.Direct.Status != 418 {
+		t.Errorf("/partners: %+v, want partners' 418", rt)
+	}
+	if rt := gatewayGet(tab, "http://a.example.com/"); rt == nil || rt.Cluster != "outbound|9080||reviews.default.svc.cluster.local" {
+		t.Errorf("/: %+v, want reviews", rt)
+	}
+}
+
+// Istio: a server with tls.httpsRedirect answers every request for its hosts
+// with a 301 to https (require_tls ALL), bound VirtualService or not, and on
+// every server of the port that shares the host.
+func TestGatewayHTTPSRedirect(t *testing.T) {
+	const cfg = `apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["a.example.com", "istio-system/unbound.example.com"]
+    tls: {httpsRedirect: true}
+  - port: {number: 8080, name: http-plain, protocol: HTTP}
+    hosts: ["plain.example.com", "a.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: default}
+spec:
+  hosts: ["a.example.com", "plain.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: reviews.default.svc.cluster.local, port: {number: 9080}}}]
+`
+	tab, _ := gatewayTable(t, cfg)
+	for _, tc := range []struct{ url, location string }{
+		{"http://a.example.com/x?y=1", "https://a.example.com/x?y=1"},
+		{"http://a.example.com:8080/", "https://a.example.com:8080/"},
+		{"http://a.example.com:80/", "https://a.example.com/"},
+		{"http://unbound.example.com/z", "https://unbound.example.com/z"},
+	} {
+		rt := gatewayGet(tab, tc.url)
+		if rt == nil || rt.Redirect == nil {
+			t.Errorf("%s: %+v, want a redirect to %s", tc.url, rt, tc.location)
+			continue
+		}
+		req := httptest.NewRequest("GET", tc.url, nil)
+		if got := rt.Redirect.Location(req); got != tc.location || rt.Redirect.Code != 301 {
+			t.Errorf("%s: %d %s, want 301 %s", tc.url, rt.Redirect.Code, got, tc.location)
+		}
+	}
+	if rt := gatewayGet(tab, "http://plain.example.com/"); rt == nil || rt.Cluster != "outbound|9080||reviews.default.svc.cluster.local" {
+		t.Errorf("plain.example.com, on a server without httpsRedirect: %+v, want reviews", rt)
+	}
+}
