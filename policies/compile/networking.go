@@ -425,6 +425,12 @@ func validateVirtualService(o source.Object, vs *networking.VirtualService) []Fi
 	}
 	for i, t := range vs.GetTcp() {
 		weights(fmt.Sprintf("spec.tcp[%d].route", i), t.GetRoute())
+		for j, m := range t.GetMatch() {
+			if len(m.GetDestinationSubnets()) > 0 {
+				fs = append(fs, newFinding(o, SeverityWarning, CodeVSUnsupported, fmt.Sprintf("spec.tcp[%d].match[%d].destinationSubnets", i, j),
+					"destinationSubnets is not implemented: this match never applies, so connections to %v take the next route that applies; route by service host (a tcp route per ServiceEntry) instead", m.GetDestinationSubnets()))
+			}
+		}
 	}
 	for i, t := range vs.GetTls() {
 		fs = append(fs, validateTLSRoute(o, vs, fmt.Sprintf("spec.tls[%d]", i), t)...)

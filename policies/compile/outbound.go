@@ -625,6 +625,12 @@ func (b *outboundBuilder) l4Matches(ms []*networking.L4MatchAttributes, port uin
 		if m.GetPort() != 0 && m.GetPort() != port {
 			continue
 		}
+		// The listener does not match on the destination address, so a
+		// match limited to destinationSubnets never applies rather than
+		// taking every connection (validateVirtualService warns).
+		if len(m.GetDestinationSubnets()) > 0 {
+			continue
+		}
 		if !registry.Matches(m.GetSourceLabels(), b.wl.Labels) {
 			continue
 		}

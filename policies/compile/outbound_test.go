@@ -9,6 +9,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/rampart-mesh/rampart/policies/source"
@@ -319,6 +320,10 @@ spec: {labels: {app: x}}`, CodeSESchema, "spec.address"},
 kind: VirtualService
 metadata: {name: x}
 spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v9}}]}]}`, CodeVSMissingSubset, "spec.http[0].route[0].destination.subset"},
+		{"tcp destinationSubnets", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: x}
+spec: {hosts: [db], tcp: [{match: [{port: 5432}, {destinationSubnets: [10.99.0.0/16]}], route: [{destination: {host: db}}]}]}`, CodeVSUnsupported, "spec.tcp[0].match[1].destinationSubnets"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, fs := outbound(t, tc.yaml, productpage)
@@ -508,5 +513,47 @@ spec: {host: ratings, trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: D
 		if got := h2(clusterByName(out, "outbound|9080||ratings.default.svc.cluster.local")); got != tc.rating {
 			t.Errorf("mesh h2UpgradePolicy %q: ratings (DestinationRule DO_NOT_UPGRADE) h2 = %t", tc.policy, got)
 		}
+	}
+}
+
+// The sidecar's TCP listener cannot match the destination address, so a tcp
+// match with destinationSubnets never applies (and is reported) instead of
+// taking every connection; the route's other matches still do.
+func TestOutboundTCPDestinationSubnets(t *testing.T) {
+	for _, tc := range []struct {
+		name, match, want string
+	}{
+		{"subnets only", `[{destinationSubnets: ["10.99.0.0/16"]}]`, "outbound|5432||db.default.svc.cluster.local"},
+		{"subnets with a port", `[{destinationSubnets: ["10.99.0.0/16"], port: 5432}]`, "outbound|5432||db.default.svc.cluster.local"},
+		{"another match applies", `[{destinationSubnets: ["10.99.0.0/16"]}, {port: 5432}]`, "outbound|9080||ratings.default.svc.cluster.local"},
+		{"no match", `[]`, "outbound|9080||ratings.default.svc.cluster.local"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db]
+  tcp:
+  - match: ` + tc.match + `
+    route: [{destination: {host: ratings, port: {number: 9080}}}]
+  - route: [{destination: {host: db, port: {number: 5432}}}]
+`
+			out, _ := outbound(t, cfg, productpage)
+			for _, l := range out.Listeners {
+				if l.GetName() != "db.default.svc.cluster.local_5432" {
+					continue
+				}
+				tp := &tcpproxyv3.TcpProxy{}
+				if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
+					t.Fatal(err)
+				}
+				if tp.GetCluster() != tc.want {
+					t.Errorf("db's connections go to %q, want %q", tp.GetCluster(), tc.want)
+				}
+				return
+			}
+			t.Fatal("no listener for db")
+		})
 	}
 }
