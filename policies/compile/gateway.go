@@ -12,6 +12,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/rampart-mesh/rampart/policies/registry"
+	"github.com/rampart-mesh/rampart/policies/source"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 )
@@ -165,6 +166,27 @@ func (b *outboundBuilder) gateways() error {
 		b.out.Listeners = append(b.out.Listeners, l)
 	}
 	return nil
+}
+
+// validateGateway warns about the servers Rampart does not serve: they get
+// no listener, so the operator learns it here rather than from refused
+// connections.
+func validateGateway(o source.Object, gw *networking.Gateway) []Finding {
+	var fs []Finding
+	for i, srv := range gw.GetServers() {
+		if gatewayServes(srv) {
+			continue
+		}
+		tls := ""
+		if t := srv.GetTls(); t != nil {
+			tls = " and tls.mode " + t.GetMode().String()
+		}
+		port := srv.GetPort().GetNumber()
+		fs = append(fs, newFinding(o, SeverityWarning, CodeGWUnsupported, fmt.Sprintf("spec.servers[%d].port.protocol", i),
+			"server on port %d (%s) with protocol %q%s is not served: Rampart gateways serve plaintext HTTP, HTTP2, GRPC and GRPC-WEB servers only, not TLS termination, passthrough or TCP; this server gets no listener, so connections to port %d are refused",
+			port, srv.GetPort().GetName(), srv.GetPort().GetProtocol(), tls, port))
+	}
+	return fs
 }
 
 // gatewayServes reports whether Rampart serves a gateway server: plaintext

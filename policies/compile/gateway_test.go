@@ -349,3 +349,56 @@ spec:
 		t.Errorf("plain.example.com, on a server without httpsRedirect: %+v, want reviews", rt)
 	}
 }
+
+// Servers Rampart does not serve are reported, each by its path, so
+// rampartctl analyze tells the operator; the Gateway's HTTP servers still work.
+func TestGatewayUnsupportedServers(t *testing.T) {
+	const cfg = `apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}
+  - {port: {number: 8443, name: https, protocol: HTTPS}, hosts: ["*"], tls: {mode: SIMPLE, credentialName: cert}}
+  - {port: {number: 8444, name: tls, protocol: TLS}, hosts: ["*"], tls: {mode: PASSTHROUGH}}
+  - {port: {number: 8445, name: mtls, protocol: tls}, hosts: ["*"], tls: {mode: AUTO_PASSTHROUGH}}
+  - {port: {number: 9000, name: tcp, protocol: TCP}, hosts: ["*"]}
+  - {port: {number: 8081, name: grpc-web, protocol: GRPC-WEB}, hosts: ["*"]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: default}
+spec:
+  hosts: ["a.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: reviews.default.svc.cluster.local, port: {number: 9080}}}]
+`
+	tab, fs := gatewayTable(t, cfg)
+	var got []string
+	for _, f := range fs {
+		if f.Code != CodeGWUnsupported {
+			continue
+		}
+		if f.Severity != SeverityWarning || f.Object != "Gateway istio-system/gw" || f.Line == 0 {
+			t.Errorf("finding %s: want a warning on Gateway istio-system/gw with a line", f)
+		}
+		got = append(got, f.Path+" "+strings.SplitN(f.Message, ":", 2)[0])
+	}
+	want := []string{
+		`spec.servers[1].port.protocol server on port 8443 (https) with protocol "HTTPS" and tls.mode SIMPLE is not served`,
+		`spec.servers[2].port.protocol server on port 8444 (tls) with protocol "TLS" and tls.mode PASSTHROUGH is not served`,
+		`spec.servers[3].port.protocol server on port 8445 (mtls) with protocol "tls" and tls.mode AUTO_PASSTHROUGH is not served`,
+		`spec.servers[4].port.protocol server on port 9000 (tcp) with protocol "TCP" is not served`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("GW-UNSUPPORTED findings:\n got %q\nwant %q", got, want)
+	}
+	if rt := gatewayGet(tab, "http://a.example.com/"); rt == nil {
+		t.Error("the Gateway's HTTP server stopped serving")
+	}
+	if rt := tab.Match(GatewayRoutePrefix+"8081", httptest.NewRequest("GET", "http://a.example.com/", nil)); rt == nil {
+		t.Error("the GRPC-WEB server is not served")
+	}
+}

@@ -36,6 +36,7 @@ const (
 	CodeVSMissingSubset = "VS-UNKNOWN-SUBSET" // warning: a subset no DestinationRule defines
 	CodeSidecarSchema   = "SIDECAR-SCHEMA"    // a Sidecar that does not decode, or an egress host not "namespace/host"
 	CodeVSSNI           = "VS-SNI"            // a tls route without matches or sniHosts, or an sniHost outside the VirtualService's hosts
+	CodeGWUnsupported   = "GW-UNSUPPORTED"    // warning: a Gateway server Rampart does not serve (HTTPS, TLS, TCP, ...)
 )
 
 // VirtualService is a decoded networking.istio.io VirtualService.
@@ -146,6 +147,7 @@ func DecodeNetworkingWith(objs []source.Object, mesh Mesh, defaultNS string, ext
 				fs = append(fs, newFinding(o, SeverityError, CodeVSSchema, "spec", "%v", err))
 				continue
 			}
+			fs = append(fs, validateGateway(o, spec)...)
 			n.Gateways = append(n.Gateways, Gateway{o, spec})
 		}
 	}
