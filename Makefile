@@ -13,8 +13,12 @@ TOOLS := $(CURDIR)/.cache/tools
 STATICCHECK_VERSION ?= v0.8.2
 BENCHTIME ?= 2s
 AUTHZ_BENCHTIME ?= 100000x
+# The kube test tier's kube-apiserver and etcd, built from the Go module proxy
+# by hack/kube-tools.sh and cached outside the repo (test/internal/kubeapi).
+KUBE_VERSION ?= v1.37.2
+KUBE_TOOLS ?= $(HOME)/.cache/rampart-tools/kube-$(KUBE_VERSION)
 
-.PHONY: help build test test-unit test-e2e lint bench demo demo-identity fuzz clean
+.PHONY: help build kube-tools test test-unit test-e2e lint bench demo demo-identity fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,15 +29,18 @@ build: ## build bin/rampartd, bin/rampart-sidecar, bin/rampartctl and the Bookin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/rampart-sidecar
 	$(GO) build -trimpath -o $(BIN)/bookinfo ./deploy/examples/bookinfo/app
 
-test: build ## unit, conformance and e2e tests (what CI runs)
+kube-tools: ## build kube-apiserver and etcd for the kube tier into KUBE_TOOLS (once; about 10-15 minutes cold)
+	@K8S_VERSION=$(KUBE_VERSION) KUBE_TOOLS_DIR=$(KUBE_TOOLS) GO=$(GO) hack/kube-tools.sh >/dev/null
+
+test: build kube-tools ## unit, conformance, e2e and kube tests (what CI runs)
 	$(GO) vet ./...
-	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./...
+	RAMPART_KUBE_TOOLS=$(KUBE_TOOLS) RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./...
 
 test-unit: ## unit tests only
 	$(GO) test -count=1 -short ./...
 
-test-e2e: build ## end-to-end tests with real processes
-	RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m ./test/e2e/...
+test-e2e: build kube-tools ## end-to-end tests with real processes (the kube tier's included)
+	RAMPART_KUBE_TOOLS=$(KUBE_TOOLS) RAMPART_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m ./test/e2e/...
 
 lint: ## gofmt, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
