@@ -65,7 +65,7 @@ func Start(tb testing.TB) *Server {
 	tools := ToolsDir()
 	for _, bin := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(tools, bin)); err != nil {
-			tb.Fatalf("the kube test tier needs %s in %s: run `make kube-tools` (hack/kube-tools.sh builds kube-apiserver and etcd %s from the Go module proxy, about 10-15 minutes once), or set RAMPART_KUBE_TOOLS to a directory holding both",
+			tb.Fatalf("the kube test tier needs %s in %s: run `make kube-tools` (hack/kube-tools.sh builds kube-apiserver %s and etcd from the Go module proxy, about 10-15 minutes once), or set RAMPART_KUBE_TOOLS to a directory holding both",
 				bin, tools, Version)
 		}
 	}
