@@ -556,8 +556,17 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	if te {
 		out.Header.Set("Te", "trailers")
 	}
-	if out.Header.Get("x-forwarded-proto") == "" {
-		out.Header.Set("x-forwarded-proto", "http") // Envoy keeps the app's (not an edge proxy)
+	switch {
+	case s.cfg.Gateway:
+		// The mesh's edge: the scheme is the one the client used, whatever
+		// it says (Envoy with use_remote_address, as Istio's gateways).
+		proto := "http"
+		if r.TLS != nil {
+			proto = "https"
+		}
+		out.Header.Set("x-forwarded-proto", proto)
+	case out.Header.Get("x-forwarded-proto") == "":
+		out.Header.Set("x-forwarded-proto", "http") // a sidecar keeps the app's, as Envoy off the edge
 	}
 	clusterName := rt.PickCluster(s.rnd())
 	rt.ApplyRequestFor(out, clusterName)
@@ -693,6 +702,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	lastTry := ctx     // the context of the attempt whose response is sent
 	for i := 0; i < attempts; i++ {
 		if i > 0 && !permitted {
+			takeSlot(nil) // the last retry is judged: its slot is free before the next is asked
 			release, ok := cl.TryRetry()
 			if !ok {
 				flags = "UO"
@@ -713,7 +723,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			select {
 			case <-tm.C:
 			case <-ctx.Done():
+				// The request ended during the backoff: no attempt is made.
 				tm.Stop()
+				if r.Context().Err() != nil {
+					return result{code: 499, flags: "DC", detail: "downstream_remote_disconnect"}
+				}
+				return reply(w, r, http.StatusGatewayTimeout, "UT", "upstream_response_timeout")
 			}
 		}
 		// An attempt's own timers (per_try_timeout, per_try_idle_timeout)
@@ -821,6 +836,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			// forwards the upstream's answer on a retry overflow. A body
 			// not read yet is taken from this attempt only then: until
 			// then its transport may still start sending it.
+			takeSlot(nil) // this attempt's own retry slot is free before the next is asked
 			if release, ok := cl.TryRetry(); !ok {
 				flags = strings.TrimPrefix(flags+",UO", ",")
 			} else if !replayable(true) {
@@ -1156,11 +1172,13 @@ func (c *codeRecorder) WriteHeader(code int) {
 	c.ResponseWriter.WriteHeader(code)
 }
 
-// The causes of a request's or an attempt's cancellation by its timers.
+// The causes of a request's or an attempt's cancellation by its timers. They
+// are deadlines: the upstream package reads them as timeouts (UT, and a
+// local-origin failure for outlier detection), not as a client gone.
 var (
-	errRouteTimeout  = errors.New("route timeout")
-	errPerTryTimeout = errors.New("per-try timeout")
-	errPerTryIdle    = errors.New("per-try idle timeout")
+	errRouteTimeout  = fmt.Errorf("route timeout: %w", context.DeadlineExceeded)
+	errPerTryTimeout = fmt.Errorf("per-try timeout: %w", context.DeadlineExceeded)
+	errPerTryIdle    = fmt.Errorf("per-try idle timeout: %w", context.DeadlineExceeded)
 )
 
 // requestEnd is the end of the downstream request: its body read to the end,

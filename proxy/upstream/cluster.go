@@ -98,6 +98,9 @@ func (c *Cluster) RoundTrip(req *http.Request, o Request) (*http.Response, Endpo
 				return nil, h.ep, c.overflow(breakerPending, h.ep.Address)
 			}
 			flag := ctxFlag(err)
+			if ctx.Err() != nil {
+				flag = ctxFlag(context.Cause(ctx))
+			}
 			p.met.request(flag)
 			return nil, h.ep, &Error{Flag: flag, Cluster: c.name, Endpoint: h.ep.Address, Err: err}
 		}
@@ -356,7 +359,9 @@ func classify(ctx context.Context, err error) (flag, breaker string) {
 	case errors.Is(err, ErrOverflow):
 		return FlagOverflow, breakerConnections
 	case ctx.Err() != nil:
-		return ctxFlag(ctx.Err()), ""
+		// The cause tells a caller's timer (a cause that wraps
+		// DeadlineExceeded) from a caller gone.
+		return ctxFlag(context.Cause(ctx)), ""
 	case errors.As(err, &de):
 		return FlagConnectFailure, ""
 	}
