@@ -40,7 +40,8 @@ workload's traffic passes through its sidecar without the app knowing:
 
 The sidecar's own connections to the pod's addresses (not 127.0.0.1) on a
 captured inbound port are sent to --inbound-port too, so the sidecar's
---app must be a 127.0.0.1 address when inbound traffic is captured.
+--app must be a loopback address (127.0.0.0/8) when inbound traffic is
+captured, or the sidecar's forwarding to the app would come back to it.
 
 The sidecar then runs with --transparent and finds where each connection was
 going with SO_ORIGINAL_DST. Run it as root (or with CAP_NET_ADMIN) once per
@@ -89,8 +90,8 @@ func captureRules(c initConfig) ([][]string, error) {
 		// passes PREROUTING: send it to the inbound capture too, so it meets
 		// mTLS and authorization rather than the app's port (Istio's
 		// ISTIO_OUTPUT does the same). The sidecar's forwarding to the app
-		// goes to 127.0.0.1 (--app), which stays out.
-		rules = append(rules, nat("-A", chainOutput, "!", "-d", "127.0.0.1/32", "-o", "lo", "-p", "tcp", "-m", "owner", "--uid-owner", uid, "-j", chainInbound))
+		// goes to a loopback address (--app), which stays out.
+		rules = append(rules, nat("-A", chainOutput, "!", "-d", "127.0.0.0/8", "-o", "lo", "-p", "tcp", "-m", "owner", "--uid-owner", uid, "-j", chainInbound))
 	}
 	rules = append(rules,
 		nat("-A", chainOutput, "-m", "owner", "--uid-owner", uid, "-j", "RETURN"),
