@@ -119,6 +119,15 @@ func (b *outboundBuilder) gateways() error {
 					}
 					routes = append(routes, rs...)
 				}
+				// Istio's BuildHTTPRoutesForVirtualService stops at a
+				// VirtualService's first catch-all: its later rules are
+				// never reached, at the gateway as in a sidecar.
+				for k, r := range routes {
+					if isCatchAll(r) {
+						routes = routes[:k+1]
+						break
+					}
+				}
 				for _, h := range hosts {
 					vh := gp.vhost(h)
 					vh.Routes = append(vh.Routes, routes...)
@@ -235,6 +244,13 @@ func (p *gatewayPort) virtualHosts() []*routev3.VirtualHost {
 	return out
 }
 
+// isCatchAll reports whether a route matches every request: prefix "/" and
+// no header or query parameter matches.
+func isCatchAll(r *routev3.Route) bool {
+	m := r.GetMatch()
+	return m.GetPrefix() == "/" && len(m.GetHeaders()) == 0 && len(m.GetQueryParameters()) == 0 && m.GetRuntimeFraction() == nil
+}
+
 // catchAllLast moves the routes that match every request (prefix "/", no
 // header or query matches) after the others, keeping each group's order, as
 // Istio's SortVHostRoutes does for gateway virtual hosts: a VirtualService's
@@ -243,8 +259,7 @@ func catchAllLast(routes []*routev3.Route) []*routev3.Route {
 	out := make([]*routev3.Route, 0, len(routes))
 	var all []*routev3.Route
 	for _, r := range routes {
-		m := r.GetMatch()
-		if m.GetPrefix() == "/" && len(m.GetHeaders()) == 0 && len(m.GetQueryParameters()) == 0 {
+		if isCatchAll(r) {
 			all = append(all, r)
 			continue
 		}

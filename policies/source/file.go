@@ -38,42 +38,91 @@ type Object struct {
 	Lines map[string]int
 }
 
-// LineOf returns the line of the field at path, or of the nearest field
-// above it that has one, else the object's line.
+// LineOf returns the line of the field at path ("spec.rules[0].to"), or of
+// the deepest field on it that has one, else the object's line. A map
+// entry may be named either way: "spec.portLevelMtls[8080]" or
+// "spec.portLevelMtls.8080".
 func (o Object) LineOf(path string) int {
-	for p := path; p != ""; {
-		if l, ok := o.Lines[p]; ok {
-			return l
+	cur, line := "", o.Line
+	for _, seg := range pathSegments(path) {
+		next := ""
+		switch {
+		case cur == "":
+			next = seg.name
+		case seg.bracket:
+			if _, ok := o.Lines[cur+"["+seg.name+"]"]; ok {
+				next = cur + "[" + seg.name + "]"
+			} else {
+				next = cur + "." + seg.name
+			}
+		default:
+			next = cur + "." + seg.name
 		}
-		i := strings.LastIndexAny(p, ".[")
-		if i < 0 {
+		l, ok := o.Lines[next]
+		if !ok {
 			break
 		}
-		p = p[:i]
+		cur, line = next, l
 	}
-	return o.Line
+	return line
 }
 
-// specLines records the line of every node under n, the spec's value node.
-func specLines(n *yaml.Node, path string, out map[string]int) {
+type pathSegment struct {
+	name    string
+	bracket bool // [name]: a list index or a map key
+}
+
+// pathSegments splits "spec.a[0].b[k.x]" into spec, a, [0], b, [k.x].
+func pathSegments(path string) []pathSegment {
+	var out []pathSegment
+	for path != "" {
+		switch path[0] {
+		case '.':
+			path = path[1:]
+		case '[':
+			end := strings.IndexByte(path, ']')
+			if end < 0 {
+				return append(out, pathSegment{name: path[1:], bracket: true})
+			}
+			out = append(out, pathSegment{name: path[1:end], bracket: true})
+			path = path[end+1:]
+		default:
+			end := strings.IndexAny(path, ".[")
+			if end < 0 {
+				end = len(path)
+			}
+			out = append(out, pathSegment{name: path[:end]})
+			path = path[end:]
+		}
+	}
+	return out
+}
+
+// Bounds on the lines kept for one object: enough for any real spec, and a
+// hostile file cannot make them costly.
+const (
+	maxLineDepth   = 64
+	maxLineEntries = 100000
+)
+
+// specLines records the line of every node under n, the spec's value node,
+// down to maxLineDepth and up to maxLineEntries.
+func specLines(n *yaml.Node, path string, depth int, out map[string]int) {
+	if depth > maxLineDepth || len(out) >= maxLineEntries {
+		return
+	}
 	switch n.Kind {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			out[path+"."+k.Value] = k.Line
-			out[path+"["+k.Value+"]"] = k.Line
-			specLines(v, path+"."+k.Value, out)
-			specLines(v, path+"["+k.Value+"]", out)
+			specLines(v, path+"."+k.Value, depth+1, out)
 		}
 	case yaml.SequenceNode:
 		for i, v := range n.Content {
 			p := fmt.Sprintf("%s[%d]", path, i)
 			out[p] = v.Line
-			specLines(v, p, out)
-		}
-	case yaml.AliasNode:
-		if n.Alias != nil {
-			specLines(n.Alias, path, out)
+			specLines(v, p, depth+1, out)
 		}
 	}
 }
@@ -349,7 +398,7 @@ func decodeObject(file string, node *yaml.Node, inList bool) ([]Object, error) {
 	for i := 0; i+1 < len(node.Content); i += 2 {
 		if node.Content[i].Value == "spec" {
 			o.Lines = map[string]int{"spec": node.Content[i].Line}
-			specLines(node.Content[i+1], "spec", o.Lines)
+			specLines(node.Content[i+1], "spec", 0, o.Lines)
 		}
 	}
 	if err := checkIstioKind(file, o); err != nil {

@@ -167,3 +167,30 @@ spec:
 		}
 	}
 }
+
+// Field lines cost one entry per node: a deeply nested spec (hostile or
+// not) is parsed in linear time, with a bounded table, and a map entry is
+// found under either spelling.
+func TestObjectLinesBounded(t *testing.T) {
+	spec := "{x: 1}"
+	for range 40 {
+		spec = "{a: " + spec + "}"
+	}
+	doc := "apiVersion: v1\nkind: X\nmetadata: {name: a}\nspec: " + spec + "\n"
+	objs, err := Parse("p.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(objs[0].Lines); n > 100 {
+		t.Errorf("%d line entries for a 41-node spec", n)
+	}
+	objs, err = Parse("p.yaml", []byte("apiVersion: v1\nkind: X\nmetadata: {name: a}\nspec:\n  portLevelMtls:\n    \"8080\":\n      mode: STRICT\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"spec.portLevelMtls[8080].mode", "spec.portLevelMtls.8080.mode"} {
+		if got := objs[0].LineOf(p); got != 7 {
+			t.Errorf("LineOf(%s) = %d, want 7", p, got)
+		}
+	}
+}

@@ -47,7 +47,7 @@ func variant(n *corev3.Node) string {
 // assign returns n's key, naming it when it is new; it refuses a node past
 // the bounds. A new variant takes over the key of one no proxy is connected
 // under (idle), the node id's own first: a rollout that changed the labels
-// keeps its name.
+// keeps its name. The caller holds the server's lock (idle reads its state).
 func (k *nodeKeys) assign(n *corev3.Node, identity string, idle func(key string) bool) (key string, err error) {
 	id, v := n.GetId(), variant(n)
 	k.mu.Lock()
@@ -126,4 +126,20 @@ func (k *nodeKeys) ID(n *corev3.Node) string {
 		return key
 	}
 	return "\x00unassigned\x00" + n.GetId()
+}
+
+// sweep drops the keys used reports unused.
+func (k *nodeKeys) sweep(used func(key string) bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for id, vs := range k.byID {
+		for v, key := range vs {
+			if !used(key) {
+				delete(vs, v)
+			}
+		}
+		if len(vs) == 0 {
+			delete(k.byID, id)
+		}
+	}
 }

@@ -519,6 +519,7 @@ func (s *Server) reload(first bool) error {
 		refused []compile.Finding
 	)
 	refusedNow := map[string]string{}
+	substituted := map[string]bool{} // objects put back at their last good version
 	for round := 0; ; round++ {
 		nw, nfs, refused = s.validate(objs)
 		if len(refused) == 0 {
@@ -528,8 +529,11 @@ func (s *Server) reload(first bool) error {
 		for _, f := range refused {
 			bad[f.Object] = f.String()
 		}
-		kept, fromDir := s.refuseKubeObjects(objs, nDir, bad, refusedNow)
-		if fromDir || round == 1 {
+		kept, fromDir := s.refuseKubeObjects(objs, nDir, bad, refusedNow, substituted)
+		// Each round either refuses a new object or ends: a last good
+		// version refused in turn (saved by an older rampartd) is left out,
+		// or stops the start for a security kind, so three rounds suffice.
+		if fromDir || round == 2 {
 			s.rejects.WithLabelValues("invalid").Inc()
 			s.mu.Lock()
 			s.stamp = stamp
@@ -664,11 +668,17 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 	if err := consistent(n, snap, out); err != nil {
 		return err
 	}
+	// The snapshot is filed under the key in the same critical section that
+	// checks the key still names this proxy: one taken over by another
+	// workload, or forgotten, while this was compiled gets nothing.
 	s.mu.Lock()
-	if n.sent == b.version {
-		// The change did not touch this proxy: nothing to push.
-		s.mu.Unlock()
+	defer s.mu.Unlock()
+	if s.nodes[nodeID] != n || n.sent == b.version {
+		// The change did not touch this proxy, or it is gone: nothing to push.
 		return nil
+	}
+	if err := s.cacheOf(n).SetSnapshot(context.Background(), nodeID, snap); err != nil {
+		return err
 	}
 	n.changed = changed
 	n.sent, n.bundle, n.outbound = b.version, wb, out
@@ -676,10 +686,6 @@ func (s *Server) push(nodeID string, changed time.Time) error {
 		if v == n.sent {
 			n.acked[t] = v
 		}
-	}
-	s.mu.Unlock()
-	if err := s.cacheOf(n).SetSnapshot(context.Background(), nodeID, snap); err != nil {
-		return err
 	}
 	s.pushes.Inc()
 	return nil
@@ -853,7 +859,15 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 			s.log.Warn("xDS request refused: node id is not the client certificate's identity", "node", nodeID, "certificate", certID)
 			return fmt.Errorf("node id %q is not your identity %q", nodeID, certID)
 		}
-		k, err := s.keys.assign(req.GetNode(), certID, s.idle)
+		// The key is named and claimed for this stream in one critical
+		// section: a second workload's stream arriving at once sees it
+		// taken (busy), and gets a key of its own.
+		s.mu.Lock()
+		k, err := s.keys.assign(req.GetNode(), certID, func(key string) bool { return !s.busyLocked(key) })
+		if err == nil && key == "" {
+			st.nodeKey = k
+		}
+		s.mu.Unlock()
 		if err != nil {
 			s.log.Warn("xDS stream refused", "node", nodeID, "reason", err.Error())
 			return status.Error(codes.ResourceExhausted, err.Error())
@@ -862,9 +876,6 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 			return errors.New("a stream's node cannot change its workload (name or labels): open a new stream")
 		}
 		key = k
-		s.mu.Lock()
-		st.nodeKey = key
-		s.mu.Unlock()
 	}
 	if req.GetErrorDetail() != nil {
 		s.nacks.Inc()
@@ -943,12 +954,18 @@ func (n *node) note(req *discovery.DiscoveryRequest) {
 	n.noteNames(req)
 }
 
-// idle reports whether no stream is open under a node key.
-func (s *Server) idle(key string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := s.nodes[key]
-	return n == nil || n.streams == 0
+// busyLocked reports whether a stream is open under a node key, counted or
+// only claimed (its node not registered yet). s.mu is held.
+func (s *Server) busyLocked(key string) bool {
+	if n := s.nodes[key]; n != nil && n.streams > 0 {
+		return true
+	}
+	for _, st := range s.streams {
+		if st.nodeKey == key {
+			return true
+		}
+	}
+	return false
 }
 
 // forgetGone drops the proxies whose last stream closed ForgetAfter ago:
@@ -981,11 +998,14 @@ func (s *Server) forgetGone(now time.Time) {
 			}
 		}
 	}
-	s.mu.Unlock()
 	for _, key := range gone {
 		s.keys.forget(key)
 		s.log.Debug("forgot a disconnected proxy", "proxy", key)
 	}
+	// Names given to streams that never registered a proxy (refused on a
+	// later check) go too.
+	s.keys.sweep(func(key string) bool { return s.nodes[key] != nil || s.busyLocked(key) })
+	s.mu.Unlock()
 }
 
 // workloadOf takes the namespace from the certificate (never from the proxy's
@@ -1138,7 +1158,7 @@ func (s *Server) validate(objs []source.Object) (nw *compile.Networking, nfs, re
 // when it has none; fromDir reports that the change cannot be refused object
 // by object: bad names an object from a file (its editor sees the error), or,
 // at start, a security object with no last good version.
-func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad, now map[string]string) (kept []source.Object, fromDir bool) {
+func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad, now map[string]string, substituted map[string]bool) (kept []source.Object, fromDir bool) {
 	for _, o := range objs[:nDir] {
 		if _, ok := bad[objectKey(o)]; ok {
 			return nil, true
@@ -1154,6 +1174,11 @@ func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad, now map[
 			continue
 		}
 		g, ok := s.kubeGood[k]
+		if substituted[k] {
+			// Its last good version is refused too (saved by a rampartd
+			// that validated less): there is none to keep.
+			ok = false
+		}
 		if !ok && !s.loaded && securityKinds[o.Kind] {
 			// At start there is no last good version to keep: this one may
 			// have been valid before a restart and be what the sidecars
@@ -1172,6 +1197,7 @@ func (s *Server) refuseKubeObjects(objs []source.Object, nDir int, bad, now map[
 		if ok {
 			s.log.Log(context.Background(), level, "a cluster object's change is refused; it stays at its last good version", "object", k, "finding", why)
 			kept = append(kept, g)
+			substituted[k] = true
 		} else {
 			s.log.Log(context.Background(), level, "a cluster object is refused and left out", "object", k, "finding", why)
 		}

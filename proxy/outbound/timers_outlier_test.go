@@ -1,9 +1,9 @@
 package outbound
 
 import (
+	"bufio"
 	"context"
 	"io"
-	"bufio"
 	"log/slog"
 	"net"
 	"net/http"
