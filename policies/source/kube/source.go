@@ -10,6 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -239,8 +242,24 @@ func (s *Source) changed() {
 func (s *Source) updated(old, cur any) {
 	o, err1 := meta.Accessor(old)
 	c, err2 := meta.Accessor(cur)
-	if err1 == nil && err2 == nil && o.GetResourceVersion() == c.GetResourceVersion() && o.GetResourceVersion() != "" {
+	if err1 == nil && err2 == nil && o.GetResourceVersion() == c.GetResourceVersion() && o.GetResourceVersion() != "" && !contentDiffers(old, cur) {
 		return // a resync, not a change
 	}
 	s.changed()
+}
+
+// contentDiffers reports whether two versions of a custom object with the
+// same resourceVersion differ in what the source reads. It happens: after a
+// CRD changes, the API server's watch cache may first send an object pruned
+// by the old schema, and the relist then the whole object under the same
+// resourceVersion; that must count as a change.
+func contentDiffers(old, cur any) bool {
+	o, ok1 := old.(*unstructured.Unstructured)
+	c, ok2 := cur.(*unstructured.Unstructured)
+	if !ok1 || !ok2 {
+		return false
+	}
+	return !equality.Semantic.DeepEqual(o.Object["spec"], c.Object["spec"]) ||
+		!equality.Semantic.DeepEqual(o.GetLabels(), c.GetLabels()) ||
+		!equality.Semantic.DeepEqual(o.GetAnnotations(), c.GetAnnotations())
 }

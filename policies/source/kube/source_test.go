@@ -145,6 +145,21 @@ func TestResyncIsNotAChange(t *testing.T) {
 	if calls != 1 {
 		t.Fatalf("OnChange calls = %d after a real update; want 1", calls)
 	}
+	// A custom object whose content changed under the same resourceVersion
+	// (the watch cache's pruned copy, then the relist's whole one, after a
+	// CRD change) is a change; the same content is a resync.
+	ap := func(spec map[string]any) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+			"metadata": map[string]any{"name": "a", "namespace": "foo", "resourceVersion": "9"}, "spec": spec}}
+	}
+	s.updated(ap(map[string]any{"action": "DENY"}), ap(map[string]any{"action": "DENY"}))
+	if calls != 1 {
+		t.Fatalf("OnChange called on a custom object's resync")
+	}
+	s.updated(ap(map[string]any{"action": "DENY"}), ap(map[string]any{"action": "DENY", "futureField": true}))
+	if calls != 2 {
+		t.Fatalf("OnChange calls = %d after a content change under one resourceVersion; want 2", calls)
+	}
 }
 
 // Changes made through the API after Run started reach Objects and Registry
