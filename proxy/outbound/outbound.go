@@ -528,10 +528,16 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 	// The route timeout, like Envoy's, counts from the end of the request
 	// (its body read to the end), not from its headers: a slow upload is not
 	// an upstream timeout.
-	end := &requestEnd{}
-	ctx, cancelRoute := context.WithCancelCause(r.Context())
-	defer cancelRoute(nil)
+	// A route without timers (Istio's default: no timeout) pays for none.
+	var end *requestEnd
+	if rt.Timeout > 0 || rt.Retry != nil && (rt.Retry.PerTryTimeout > 0 || rt.Retry.PerTryIdleTimeout > 0) {
+		end = &requestEnd{}
+	}
+	ctx := r.Context()
 	if rt.Timeout > 0 {
+		var cancelRoute context.CancelCauseFunc
+		ctx, cancelRoute = context.WithCancelCause(ctx)
+		defer cancelRoute(nil)
 		stop := end.after(rt.Timeout, func() { cancelRoute(errRouteTimeout) })
 		defer stop.Stop()
 	}
@@ -603,13 +609,18 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			}
 			body = b
 		case r.ContentLength < 0:
-			tee = &bodyTee{r: &endReader{ReadCloser: r.Body, end: end, size: -1}, limit: s.cfg.MaxRetryBody}
+			var rb io.ReadCloser = r.Body
+			if end != nil {
+				rb = &endReader{ReadCloser: r.Body, end: end, size: -1}
+			}
+			tee = &bodyTee{r: rb, limit: s.cfg.MaxRetryBody}
 			defer tee.Close()
 		default:
 			retriable = false
 		}
 	}
 	switch {
+	case end == nil:
 	case out.Body == nil || out.Body == http.NoBody || body != nil || upgrade != "":
 		end.end() // no body, or read whole already; an upgrade's is the tunnel
 	case tee == nil:
