@@ -148,7 +148,8 @@ type Server struct {
 // has been counted against its proxy.
 type stream struct {
 	certID  string
-	nodeKey string // the node id of the stream's first request
+	nodeKey string       // the key of the stream's node (nodeKeys)
+	node    *corev3.Node // the node nodeKey was named for
 	counted bool
 }
 
@@ -854,7 +855,13 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 	if nodeID == "" && key == "" {
 		return errors.New("the first request of a stream must carry the node")
 	}
-	if nodeID != "" {
+	// go-control-plane gives every later request of a stream its first
+	// request's node (the same pointer): only a node the stream has not
+	// been named for is checked and keyed.
+	s.mu.Lock()
+	sameNode := st.node != nil && req.GetNode() == st.node
+	s.mu.Unlock()
+	if nodeID != "" && !sameNode {
 		if idPart, _, _ := strings.Cut(nodeID, "~"); idPart != certID {
 			s.log.Warn("xDS request refused: node id is not the client certificate's identity", "node", nodeID, "certificate", certID)
 			return fmt.Errorf("node id %q is not your identity %q", nodeID, certID)
@@ -865,7 +872,7 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 		s.mu.Lock()
 		k, err := s.keys.assign(req.GetNode(), certID, func(key string) bool { return !s.busyLocked(key) })
 		if err == nil && key == "" {
-			st.nodeKey = k
+			st.nodeKey, st.node = k, req.GetNode()
 		}
 		s.mu.Unlock()
 		if err != nil {
@@ -885,14 +892,14 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 	var wl compile.Workload
 	var wlErr error
 	var id spiffeid.ID
-	if nodeID != "" {
+	if nodeID != "" && !sameNode {
 		if id, wlErr = spiffeid.FromString(certID); wlErr == nil {
 			wl, wlErr = workloadOf(id, req.GetNode())
 		}
 	}
 	s.mu.Lock()
 	n, known := s.nodes[key]
-	if known && nodeID != "" && wlErr == nil && !st.counted && (builtKey(n) != builtKey(&node{workload: wl}) || n.proxyless != isProxyless(req.GetNode())) {
+	if known && nodeID != "" && !sameNode && wlErr == nil && !st.counted && (builtKey(n) != builtKey(&node{workload: wl}) || n.proxyless != isProxyless(req.GetNode())) {
 		// Another workload took this key over (it had no stream): it starts
 		// afresh, as a new proxy.
 		s.cacheOf(n).ClearSnapshot(key)
@@ -916,7 +923,7 @@ func (s *Server) onRequest(streamID int64, req *discovery.DiscoveryRequest) erro
 	if known {
 		return nil
 	}
-	if nodeID == "" {
+	if nodeID == "" || sameNode {
 		return errors.New("unknown proxy: the stream's node was forgotten")
 	}
 	if wlErr != nil {
@@ -1004,7 +1011,11 @@ func (s *Server) forgetGone(now time.Time) {
 	}
 	// Names given to streams that never registered a proxy (refused on a
 	// later check) go too.
-	s.keys.sweep(func(key string) bool { return s.nodes[key] != nil || s.busyLocked(key) })
+	claimed := make(map[string]bool, len(s.streams))
+	for _, st := range s.streams {
+		claimed[st.nodeKey] = true
+	}
+	s.keys.sweep(func(key string) bool { return s.nodes[key] != nil || claimed[key] })
 	s.mu.Unlock()
 }
 
