@@ -58,7 +58,7 @@ func digestOf(good map[string]source.Object) string {
 	h := sha256.New()
 	for _, k := range slices.Sorted(maps.Keys(good)) {
 		o := good[k]
-		fmt.Fprintf(h, "%s\x00%s\x00", k, o.Spec)
+		fmt.Fprintf(h, "%s\x00%s\x00%s\x00%d\x00", k, o.APIVersion, o.Spec, o.CreationTimestamp.UnixNano())
 		for _, l := range slices.Sorted(maps.Keys(o.Labels)) {
 			fmt.Fprintf(h, "l\x00%s\x00%s\x00", l, o.Labels[l])
 		}
@@ -96,5 +96,14 @@ func saveLastGood(dir string, good map[string]source.Object) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, lastGoodFile))
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, lastGoodFile)); err != nil {
+		return err
+	}
+	// The rename is durable once the directory is.
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
