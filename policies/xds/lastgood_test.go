@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/policies/compile"
@@ -52,5 +53,16 @@ spec:
 	}
 	if err := y.reload(true); err != nil {
 		t.Fatalf("with kube-last-good.json holding the (now refused) VirtualService, the start is refused: %v", err)
+	}
+}
+
+// An object deleted and recreated with the same spec has a new creation time,
+// which Istio's oldest-wins ordering reads: the saved set changes with it.
+func TestLastGoodDigestSeesRecreation(t *testing.T) {
+	o := source.Object{APIVersion: "security.istio.io/v1", Kind: "AuthorizationPolicy", Namespace: "foo", Name: "a", Spec: []byte(`{}`)}
+	before := digestOf(map[string]source.Object{objectKey(o): o})
+	o.CreationTimestamp = time.Unix(1700000000, 0)
+	if digestOf(map[string]source.Object{objectKey(o): o}) == before {
+		t.Error("a recreated object (new creation time) leaves the digest unchanged: it would not be saved")
 	}
 }
