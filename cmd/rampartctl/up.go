@@ -22,6 +22,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/jointoken"
 	"github.com/rampart-mesh/rampart/internal/freeport"
@@ -243,7 +245,7 @@ processes die with 'up' even if it is killed.`,
 	f.StringVar(&cpListen, "control-plane", "127.0.0.1:15012", "where rampartd serves xDS and the CA")
 	f.StringArrayVar(&sidecarArgs, "sidecar-arg", nil, "an extra flag for every sidecar (repeatable), e.g. --sidecar-arg=--log-level=debug or --sidecar-arg=--pprof")
 	f.StringArrayVar(&decisionLogArgs, "decision-log-arg", nil, "an extra flag for every sidecar that keeps a decision log, in STATE/audit/ (repeatable; client-only workloads keep none), e.g. --decision-log-arg=--decision-log-policy=/abs/log.rego or --decision-log-arg=--decision-log-lossless")
-	f.StringVar(&meshConfig, "mesh-config", "", "Istio MeshConfig YAML for rampartd (rootNamespace, trustDomain, h2UpgradePolicy, …)")
+	f.StringVar(&meshConfig, "mesh-config", "", "Istio MeshConfig YAML for rampartd (rootNamespace, trustDomain, h2UpgradePolicy, …); its trustDomain and rootNamespace also set rampartd's CA and every sidecar's")
 	f.StringVar(&monitoring, "monitoring-listen", "127.0.0.1:15014", "where rampartd serves /metrics")
 	f.DurationVar(&readyTimeout, "ready-timeout", 60*time.Second, "how long to wait for every sidecar to be SYNCED")
 	f.DurationVar(&duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
@@ -333,12 +335,33 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 	}
 	fmt.Fprintf(out, "starting rampartd on %s (state in %s, config from %s)\n", cpListen, stateDir, absDir)
 	cpArgs := []string{"rampartd", "--state-dir", stateDir, "--listen", cpListen, "--monitoring-listen", o.monitoring, "--config-dir", absDir}
+	rootNS := ca.DefaultRootNamespace
 	if o.meshConfig != "" {
 		mc, err := filepath.Abs(o.meshConfig)
 		if err != nil {
 			return err
 		}
 		cpArgs = append(cpArgs, "--mesh-config", mc)
+		// rampartd's CA must use the trust domain and root namespace the
+		// policies are compiled with: the mesh config's, where it sets them.
+		data, err := os.ReadFile(mc)
+		if err != nil {
+			return fmt.Errorf("--mesh-config: %w", err)
+		}
+		var set struct {
+			TrustDomain   string `json:"trustDomain"`
+			RootNamespace string `json:"rootNamespace"`
+		}
+		if err := yaml.Unmarshal(data, &set); err != nil {
+			return fmt.Errorf("--mesh-config %s: %w", mc, err)
+		}
+		if set.TrustDomain != "" {
+			cpArgs = append(cpArgs, "--trust-domain", set.TrustDomain)
+		}
+		if set.RootNamespace != "" {
+			cpArgs = append(cpArgs, "--root-namespace", set.RootNamespace)
+			rootNS = set.RootNamespace
+		}
 	}
 	if err := m.supervise(ctx, "rampartd", cpArgs, nil); err != nil {
 		return err
@@ -354,7 +377,7 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 	if err := os.WriteFile(rootFile, ca.EncodeCertsPEM(roots), 0o600); err != nil {
 		return err
 	}
-	tokens := jointoken.New(stateDir, nil)
+	tokens := jointoken.New(stateDir, nil, jointoken.WithRootNamespace(rootNS))
 	for _, p := range plans {
 		tok, err := tokens.Create(ca.Identity{Namespace: p.Namespace, ServiceAccount: p.ServiceAccount}, 10*time.Minute, false)
 		if err != nil {
@@ -375,7 +398,7 @@ func up(ctx context.Context, out io.Writer, dir, stateDir, bin, cpListen string,
 		dataDir := filepath.Join(stateDir, "sidecars", p.Namespace+"."+p.Name)
 		args := []string{"rampart-sidecar", "--control-plane", cpListen, "--root-cert", rootFile, "--token-file", tokFile,
 			"--data-dir", dataDir, "--workload", p.Namespace + "/" + p.Name, "--labels", strings.Join(labels, ","),
-			"--metrics-listen", net.JoinHostPort(p.Address, "15090")}
+			"--metrics-listen", net.JoinHostPort(p.Address, "15090"), "--root-namespace", rootNS}
 		if p.Gateway {
 			for _, port := range p.GatewayPorts {
 				args = append(args, "--gateway-listen", net.JoinHostPort(p.Address, fmt.Sprint(port)))

@@ -58,7 +58,10 @@ allow if {
 	input.parsed_body.user == "alice"
 }
 `)
-	write(filepath.Join(dir, "meshconfig.yaml"), "extensionProviders:\n- name: opa\n  rampartRego: {bundle: "+opa+", includeRequestBodyInCheck: {maxRequestBytes: 64}}\n")
+	// The mesh config names its own trust domain and root namespace: up
+	// starts rampartd's CA with them (rampartd refuses a mesh config that
+	// disagrees with its CA).
+	write(filepath.Join(dir, "meshconfig.yaml"), "trustDomain: example.org\nrootNamespace: mesh-root\nextensionProviders:\n- name: opa\n  rampartRego: {bundle: "+opa+", includeRequestBodyInCheck: {maxRequestBytes: 64}}\n")
 	write(filepath.Join(cfg, "mesh.yaml"), customMesh("opa", "127.0.40"))
 	// The details sidecar's decision log masks x-user; the client's sidecar,
 	// which keeps no decision log, must not get the flag.
@@ -67,6 +70,9 @@ allow if {
 		"--mesh-config", filepath.Join(dir, "meshconfig.yaml"), "--control-plane", procs.FreeAddr(t), "--monitoring-listen", procs.FreeAddr(t),
 		"--decision-log-arg=--decision-log-policy="+filepath.Join(dir, "log.rego"))
 	up.WaitLog(t, "mesh is up", 90*time.Second)
+	if st := procs.Run(t, "rampartctl", "proxy-status", "--state-dir", filepath.Join(dir, "state")); !strings.Contains(st, "spiffe://example.org/ns/default/sa/details") {
+		t.Errorf("proxy-status shows no identity in the mesh config's trust domain:\n%s", st)
+	}
 	checkCustom(t, "127.0.40.1", "x-user", "alice")
 	procs.Eventually(t, 10*time.Second, "mallory's denial in the details decision log, x-user masked", func() bool {
 		data, _ := os.ReadFile(filepath.Join(dir, "state", "audit", "default.details-v1.log"))
