@@ -641,7 +641,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt *route.Route
 			return
 		}
 		for _, m := range mirrors {
-			s.mirror(out, m, body)
+			s.mirror(out, m, body, rt.Timeout)
 		}
 	}
 	if tee == nil && len(mirrors) > 0 {
@@ -1133,13 +1133,18 @@ func copyBody(w io.Writer, f http.Flusher, r io.Reader) error {
 // mirror sends a copy of the request to another cluster and throws the answer
 // away, as Envoy's shadowing does: the Host gets "-shadow" appended, and the
 // copy never delays or changes the real request.
-func (s *Server) mirror(r *http.Request, mp route.Mirror, body []byte) {
+func (s *Server) mirror(r *http.Request, mp route.Mirror, body []byte, timeout time.Duration) {
 	clusterName := mp.Cluster
 	cl, ok := s.cfg.Upstreams.Cluster(clusterName)
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
+	// The copy has the route's timeout, as Envoy's shadow requests do;
+	// without one, it is still bounded.
+	if timeout <= 0 {
+		timeout = mirrorTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), timeout)
 	m := r.Clone(ctx)
 	if mp.HostRewrite != "" {
 		m.Host = mp.HostRewrite
@@ -1182,6 +1187,9 @@ func (c *codeRecorder) WriteHeader(code int) {
 	c.code = code
 	c.ResponseWriter.WriteHeader(code)
 }
+
+// mirrorTimeout bounds a mirrored copy on a route without a timeout.
+const mirrorTimeout = 10 * time.Second
 
 // The causes of a request's or an attempt's cancellation by its timers. They
 // are deadlines: the upstream package reads them as timeouts (UT, and a

@@ -234,6 +234,38 @@ func TestResponseHeadersOnLocalAnswers(t *testing.T) {
 
 // The mirror gets the request's body whether or not the route retries, of
 // known or unknown length; a body over the buffer limit is not mirrored.
+// A mirrored copy has the route's timeout, as Envoy's shadow requests do: a
+// shadow that hangs is given up on then, not after the fallback bound.
+func TestMirrorHasRouteTimeout(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer up.Close()
+	gaveUp := make(chan struct{}, 1)
+	shadow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+			gaveUp <- struct{}{}
+		case <-time.After(mirrorTimeout):
+		}
+	}))
+	defer shadow.Close()
+	a := clusterAction("up")
+	a.Route.Timeout = durationpb.New(200 * time.Millisecond)
+	a.Route.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: "shadow"}}
+	addr, _ := routeServer(t, map[string]string{"up": strings.TrimPrefix(up.URL, "http://"), "shadow": strings.TrimPrefix(shadow.URL, "http://")}, &routev3.Route{Action: a})
+	req, _ := http.NewRequest("GET", "http://"+addr+"/x", nil)
+	req.Host = "up"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	select {
+	case <-gaveUp:
+	case <-time.After(mirrorTimeout / 2):
+		t.Fatal("the mirrored copy outlived the route's 200ms timeout")
+	}
+}
+
 func TestMirrorCarriesBody(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body) }))
 	defer up.Close()
