@@ -155,57 +155,6 @@ func TestKubeObjectKeepsLastGood(t *testing.T) {
 	}
 }
 
-// A RequestAuthentication in the cluster edited into one rampartd refuses
-// (a second jwtRule whose issuer is no URL, without jwksUri) is kept at its
-// last good version by the running rampartd. That version lives only in
-// memory: a restarted rampartd (upgrade, reschedule, a second replica) must
-// not leave the RequestAuthentication out, or the workload would stop
-// validating JWTs (a forged or expired token reaching the app; DENY rules on
-// request.auth.claims no longer matching); it refuses to start instead.
-func TestKubeSecurityObjectRefusedAtStart(t *testing.T) {
-	a := catest.Authority(t)
-	good := parseKube(t, "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules:\n  - {issuer: \"https://issuer.example\", jwksUri: \"https://issuer.example/jwks\"}\n")
-	edited := parseKube(t, "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules:\n  - {issuer: \"https://issuer.example\", jwksUri: \"https://issuer.example/jwks\"}\n  - {issuer: \"internal\"}\n")
-	mesh, _ := compile.Mesh{}.WithDefaults()
-	jwtRules := func(x *Server) string {
-		t.Helper()
-		return string(httpbinBundle(t, x).JWTRules)
-	}
-
-	// The running rampartd: good, then the edit.
-	kube := &fakeKube{objs: good, reg: &registry.Registry{Domain: "cluster.local"}}
-	x, err := New(Config{Kube: kube, Mesh: mesh, Trust: a.Bundle()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := x.reload(true); err != nil {
-		t.Fatal(err)
-	}
-	kube.mu.Lock()
-	kube.objs = edited
-	kube.mu.Unlock()
-	x.KubeChanged()
-	if err := x.reload(false); err != nil {
-		t.Fatal(err)
-	}
-	running := jwtRules(x)
-	if !strings.Contains(running, "issuer.example") {
-		t.Fatalf("setup: running rampartd serves %s", running)
-	}
-
-	// rampartd restarts with the same cluster state.
-	y, err := New(Config{Kube: &fakeKube{objs: edited, reg: &registry.Registry{Domain: "cluster.local"}}, Mesh: mesh, Trust: a.Bundle()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = y.reload(true)
-	if err == nil {
-		if restarted := jwtRules(y); !strings.Contains(restarted, "issuer.example") {
-			t.Errorf("after a restart the RequestAuthentication is gone: the running rampartd serves jwtRules %s, the restarted one %s (start error: %v)", running, restarted, err)
-		}
-	}
-}
-
 // parseKube parses y as objects read from the cluster.
 func parseKube(t *testing.T, y string) []source.Object {
 	t.Helper()
@@ -231,56 +180,83 @@ func httpbinBundle(t *testing.T, x *Server) authz.WireBundle {
 	return wb
 }
 
-// With a state dir, the last good versions of the cluster's objects outlive
-// a restart: a restarted rampartd finds the refused RequestAuthentication's
-// last good version there, starts, and serves it, as the running one did.
-func TestKubeLastGoodKeptAcrossRestart(t *testing.T) {
+// A RequestAuthentication in the cluster edited into one rampartd refuses
+// (a second jwtRule whose issuer is no URL, without jwksUri) is kept at its
+// last good version by the running rampartd. A restarted rampartd (upgrade,
+// reschedule) must not leave it out, or the workload would stop validating
+// JWTs (a forged or expired token reaching the app; DENY rules on
+// request.auth.claims no longer matching). With a state dir it finds the
+// saved last good version and serves it; without one, or with an unreadable
+// file, it has none and refuses to start.
+func TestKubeSecurityObjectAcrossRestart(t *testing.T) {
 	a := catest.Authority(t)
 	good := parseKube(t, "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules:\n  - {issuer: \"https://issuer.example\", jwksUri: \"https://issuer.example/jwks\"}\n")
 	edited := parseKube(t, "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules:\n  - {issuer: \"https://issuer.example\", jwksUri: \"https://issuer.example/jwks\"}\n  - {issuer: \"internal\"}\n")
 	mesh, _ := compile.Mesh{}.WithDefaults()
-	state := t.TempDir()
-	kube := &fakeKube{objs: good, reg: &registry.Registry{Domain: "cluster.local"}}
-	x, err := New(Config{Kube: kube, Mesh: mesh, Trust: a.Bundle(), StateDir: state})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := x.reload(true); err != nil {
-		t.Fatal(err)
-	}
-	kube.mu.Lock()
-	kube.objs = edited
-	kube.mu.Unlock()
-	x.KubeChanged()
-	if err := x.reload(false); err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(filepath.Join(state, lastGoodFile))
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("saved last good objects: %v, mode %v; want a 0600 file", err, fi.Mode())
-	}
+	for _, tc := range []struct {
+		name      string
+		stateDir  bool
+		corrupt   bool // the saved file is unreadable at the restart
+		wantStart bool
+	}{
+		{"no state dir", false, false, false},
+		{"state dir", true, false, true},
+		{"unreadable saved file", true, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state := ""
+			if tc.stateDir {
+				state = t.TempDir()
+			}
+			// The running rampartd: good, then the edit, refused alone.
+			kube := &fakeKube{objs: good, reg: &registry.Registry{Domain: "cluster.local"}}
+			x, err := New(Config{Kube: kube, Mesh: mesh, Trust: a.Bundle(), StateDir: state})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := x.reload(true); err != nil {
+				t.Fatal(err)
+			}
+			kube.mu.Lock()
+			kube.objs = edited
+			kube.mu.Unlock()
+			x.KubeChanged()
+			if err := x.reload(false); err != nil {
+				t.Fatal(err)
+			}
+			if rules := string(httpbinBundle(t, x).JWTRules); !strings.Contains(rules, "issuer.example") {
+				t.Fatalf("setup: the running rampartd serves %s", rules)
+			}
+			if tc.stateDir {
+				fi, err := os.Stat(filepath.Join(state, lastGoodFile))
+				if err != nil || fi.Mode().Perm() != 0o600 {
+					t.Fatalf("saved last good objects: %v; want a 0600 file", err)
+				}
+			}
+			if tc.corrupt {
+				if err := os.WriteFile(filepath.Join(state, lastGoodFile), []byte("{"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
 
-	y, err := New(Config{Kube: &fakeKube{objs: edited, reg: &registry.Registry{Domain: "cluster.local"}}, Mesh: mesh, Trust: a.Bundle(), StateDir: state})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := y.reload(true); err != nil {
-		t.Fatalf("restart with the refused object and its saved last good version: %v", err)
-	}
-	if rules := string(httpbinBundle(t, y).JWTRules); !strings.Contains(rules, "issuer.example") || strings.Contains(rules, "internal") {
-		t.Errorf("the restarted rampartd serves jwtRules %s; want the last good version", rules)
-	}
-
-	// A corrupt file is reported and read as none: the start is refused, as
-	// without a state dir.
-	if err := os.WriteFile(filepath.Join(state, lastGoodFile), []byte("{"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	z, err := New(Config{Kube: &fakeKube{objs: edited, reg: &registry.Registry{Domain: "cluster.local"}}, Mesh: mesh, Trust: a.Bundle(), StateDir: state})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := z.reload(true); err == nil {
-		t.Error("started with a refused security object and no readable last good version")
+			// rampartd restarts with the same cluster state.
+			y, err := New(Config{Kube: &fakeKube{objs: edited, reg: &registry.Registry{Domain: "cluster.local"}}, Mesh: mesh, Trust: a.Bundle(), StateDir: state})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = y.reload(true)
+			if !tc.wantStart {
+				if err == nil {
+					t.Fatalf("started with a refused security object and no last good version of it: jwtRules %s", httpbinBundle(t, y).JWTRules)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("restart with the refused object and its saved last good version: %v", err)
+			}
+			if rules := string(httpbinBundle(t, y).JWTRules); !strings.Contains(rules, "issuer.example") || strings.Contains(rules, "internal") {
+				t.Errorf("the restarted rampartd serves jwtRules %s; want the last good version", rules)
+			}
+		})
 	}
 }

@@ -3,8 +3,6 @@ package xds
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -12,14 +10,12 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rampart-mesh/rampart/ca/catest"
-	"github.com/rampart-mesh/rampart/policies/compile"
 	"github.com/rampart-mesh/rampart/policies/source"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-const reviewPolicy = `apiVersion: security.istio.io/v1
+// onlyBDeny is a DENY on /admin for app=b workloads of foo.
+const onlyBDeny = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: only-b, namespace: foo}
 spec:
@@ -27,24 +23,6 @@ spec:
   action: DENY
   rules: [{to: [{operation: {paths: ["/admin"]}}]}]
 `
-
-func keysServer(t *testing.T) *Server {
-	t.Helper()
-	a := catest.Authority(t)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(reviewPolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mesh, _ := compile.Mesh{}.WithDefaults()
-	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle(), Metrics: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := x.reload(true); err != nil {
-		t.Fatal(err)
-	}
-	return x
-}
 
 func keysNode(id, app string) *corev3.Node {
 	md, _ := structpb.NewStruct(map[string]any{"NAME": "default", "LABELS": map[string]any{"app": app}})
@@ -55,7 +33,7 @@ func keysNode(id, app string) *corev3.Node {
 // another workload took the key over files nothing: the new proxy is never
 // served the old workload's policy.
 func TestNoStalePushAfterTakeover(t *testing.T) {
-	x := keysServer(t)
+	x := loadedServer(t, onlyBDeny)
 	const cert = "spiffe://cluster.local/ns/foo/sa/default"
 	const id = cert + "~default"
 	x.mu.Lock()
@@ -143,7 +121,7 @@ spec:
 // (rampartd restarted during a rollout) must end under two keys, each stream
 // counted on its own workload's node.
 func TestConcurrentFirstRequestsGetOwnKeys(t *testing.T) {
-	x := keysServer(t)
+	x := loadedServer(t, onlyBDeny)
 	const cert = "spiffe://cluster.local/ns/foo/sa/default"
 	for i := 0; i < 300; i++ {
 		id := fmt.Sprintf("%s~w%d", cert, i%60)

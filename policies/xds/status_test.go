@@ -20,15 +20,12 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-func statusServer(t *testing.T) *Server {
+// loadedServer is a Server whose configuration is one file, policy, loaded.
+func loadedServer(t *testing.T, policy string) *Server {
 	t.Helper()
 	a := catest.Authority(t)
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: p, namespace: foo}
-spec: {rules: [{to: [{operation: {paths: ["/a"]}}]}]}
-`), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(policy), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	mesh, _ := compile.Mesh{}.WithDefaults()
@@ -40,6 +37,11 @@ spec: {rules: [{to: [{operation: {paths: ["/a"]}}]}]}
 		t.Fatal(err)
 	}
 	return x
+}
+
+func statusServer(t *testing.T) *Server {
+	t.Helper()
+	return loadedServer(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec: {rules: [{to: [{operation: {paths: [\"/a\"]}}]}]}\n")
 }
 
 // A NACK of one type must stay visible (status NACKED, with its error text)
@@ -79,26 +81,7 @@ func TestNACKStaysUntilThatTypeIsACKed(t *testing.T) {
 // the same node id must get the configuration of its labels now, not of the
 // labels the node id was first seen with.
 func TestReconnectWithNewLabelsGetsTheirConfig(t *testing.T) {
-	a := catest.Authority(t)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: only-b, namespace: foo}
-spec:
-  selector: {matchLabels: {app: b}}
-  action: DENY
-  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mesh, _ := compile.Mesh{}.WithDefaults()
-	x, err := New(Config{Paths: []string{dir}, Mesh: mesh, Trust: a.Bundle(), Metrics: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := x.reload(true); err != nil {
-		t.Fatal(err)
-	}
+	x := loadedServer(t, onlyBDeny)
 	const id = "spiffe://cluster.local/ns/foo/sa/default~default"
 	connect := func(sid int64, app string) string {
 		t.Helper()

@@ -20,6 +20,22 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
+// hungUpstream never answers: each request waits until its client goes
+// away or the test ends.
+func hungUpstream(t *testing.T) *httptest.Server {
+	t.Helper()
+	hold := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hold:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(up.Close)
+	t.Cleanup(func() { close(hold) }) // runs first: the handlers return
+	return up
+}
+
 func get(t *testing.T, addr string, hdr ...string) *http.Response {
 	t.Helper()
 	req, _ := http.NewRequest("GET", "http://"+addr+"/x", nil)

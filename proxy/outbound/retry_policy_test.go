@@ -123,15 +123,7 @@ func TestNoURXAfterSuccessfulRetry(t *testing.T) {
 // A client that goes away while the upstream has not answered is Envoy's DC
 // (downstream connection termination), not a 504 upstream timeout (UT).
 func TestClientCancelIsDC(t *testing.T) {
-	hold := make(chan struct{})
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hold:
-		case <-r.Context().Done():
-		}
-	}))
-	defer up.Close()
-	defer close(hold)
+	up := hungUpstream(t)
 	addr, log := routeServer(t, map[string]string{"up": strings.TrimPrefix(up.URL, "http://")}, &routev3.Route{Action: clusterAction("up")})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/proxy/xds"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -37,28 +39,49 @@ func routeServer(t *testing.T, addrs map[string]string, rt *routev3.Route) (stri
 // routeServerWith is routeServer with every cluster changed by mod (if set).
 func routeServerWith(t *testing.T, addrs map[string]string, mod func(*clusterv3.Cluster), rt *routev3.Route) (string, *catest.SyncBuffer) {
 	t.Helper()
-	ups := newUpstreamsWith(t, addrs, mod)
+	addr, _, log := routeServerOpts(t, serverOpts{addrs: addrs, mod: mod}, rt)
+	return addr, log
+}
+
+// serverOpts are routeServerOpts's choices.
+type serverOpts struct {
+	addrs   map[string]string
+	mod     func(*clusterv3.Cluster) // changes every cluster, if set
+	gateway bool                     // a gateway listener on the server's own port
+}
+
+// routeServerOpts is routeServer with options; it also returns the
+// upstreams' metrics registry.
+func routeServerOpts(t *testing.T, o serverOpts, rt *routev3.Route) (string, *prometheus.Registry, *catest.SyncBuffer) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	ups := newUpstreamsReg(t, o.addrs, o.mod, reg)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := &catest.SyncBuffer{}
-	s, err := New(Config{Listener: lis, Upstreams: ups, Log: slog.New(slog.NewTextHandler(log, nil)), AccessLogAll: true})
+	s, err := New(Config{Listener: lis, Upstreams: ups, Log: slog.New(slog.NewTextHandler(log, nil)), AccessLogAll: true, Gateway: o.gateway})
 	if err != nil {
 		t.Fatal(err)
 	}
-	hcm := &hcmv3.HttpConnectionManager{RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: "80"}}}
+	port, dir := uint32(80), corev3.TrafficDirection_UNSPECIFIED
+	if o.gateway {
+		port, dir = uint32(lis.Addr().(*net.TCPAddr).Port), corev3.TrafficDirection_INBOUND
+	}
+	name := strconv.Itoa(int(port))
+	hcm := &hcmv3.HttpConnectionManager{RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: name}}}
 	l := &listenerv3.Listener{
-		Name: "0.0.0.0_80",
+		Name: "0.0.0.0_" + name, TrafficDirection: dir,
 		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-			Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 80}}}},
+			Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}},
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager",
 			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, hcm)}}}}},
 	}
 	if rt.Match == nil {
 		rt.Match = &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}
 	}
-	rc := &routev3.RouteConfiguration{Name: "80", VirtualHosts: []*routev3.VirtualHost{{Name: "up", Domains: []string{"*"}, Routes: []*routev3.Route{rt}}}}
+	rc := &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{Name: "up", Domains: []string{"*"}, Routes: []*routev3.Route{rt}}}}
 	apply, err := s.Prepare(&xds.Resources{
 		Listeners: map[string]*listenerv3.Listener{l.Name: l},
 		Routes:    map[string]*routev3.RouteConfiguration{rc.Name: rc},
@@ -71,7 +94,7 @@ func routeServerWith(t *testing.T, addrs map[string]string, mod func(*clusterv3.
 	errc := make(chan error, 1)
 	go func() { errc <- s.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-errc })
-	return lis.Addr().String(), log
+	return lis.Addr().String(), reg, log
 }
 
 func clusterAction(name string) *routev3.Route_Route {

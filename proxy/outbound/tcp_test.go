@@ -26,6 +26,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/ca/catest"
 	"github.com/rampart-mesh/rampart/internal/freeport"
@@ -164,6 +165,12 @@ func newUpstreams(t *testing.T, addrs map[string]string) *upstream.Manager {
 // newUpstreamsWith is newUpstreams with each cluster changed by mod (if set).
 func newUpstreamsWith(t *testing.T, addrs map[string]string, mod func(*clusterv3.Cluster)) *upstream.Manager {
 	t.Helper()
+	return newUpstreamsReg(t, addrs, mod, nil)
+}
+
+// newUpstreamsReg is newUpstreamsWith with the manager's metrics in reg.
+func newUpstreamsReg(t *testing.T, addrs map[string]string, mod func(*clusterv3.Cluster), reg prometheus.Registerer) *upstream.Manager {
+	t.Helper()
 	a, err := ca.New(ca.Config{StateDir: t.TempDir(), TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")})
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +179,7 @@ func newUpstreamsWith(t *testing.T, addrs map[string]string, mod func(*clusterv3
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	ups, err := upstream.NewManager(upstream.Config{SVID: staticSVID{catest.IssueSVID(t, a, "default", "client")}, Bundle: a.Bundle()})
+	ups, err := upstream.NewManager(upstream.Config{SVID: staticSVID{catest.IssueSVID(t, a, "default", "client")}, Bundle: a.Bundle(), Metrics: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,132 +2,34 @@ package outbound
 
 import (
 	"bufio"
-	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/rampart-mesh/rampart/ca"
-	"github.com/rampart-mesh/rampart/ca/catest"
-	"github.com/rampart-mesh/rampart/proxy/upstream"
-	"github.com/rampart-mesh/rampart/proxy/xds"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
-
-// timerServer is routeServerWith with a metrics registry for the upstreams.
-func timerServer(t *testing.T, addrs map[string]string, mod func(*clusterv3.Cluster), rt *routev3.Route) (string, *prometheus.Registry, *catest.SyncBuffer) {
-	return timerServerGW(t, false, addrs, mod, rt)
-}
-
-func timerServerGW(t *testing.T, gw bool, addrs map[string]string, mod func(*clusterv3.Cluster), rt *routev3.Route) (string, *prometheus.Registry, *catest.SyncBuffer) {
-	t.Helper()
-	reg := prometheus.NewRegistry()
-	a, err := ca.New(ca.Config{StateDir: t.TempDir(), TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Load(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	ups, err := upstream.NewManager(upstream.Config{SVID: staticSVID{catest.IssueSVID(t, a, "default", "client")}, Bundle: a.Bundle(), Metrics: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ups.Close)
-	var clusters []*clusterv3.Cluster
-	for name, addr := range addrs {
-		host, port, _ := net.SplitHostPort(addr)
-		p, _ := strconv.Atoi(port)
-		clusters = append(clusters, &clusterv3.Cluster{Name: name, ConnectTimeout: durationpb.New(5 * time.Second),
-			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
-			LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
-				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
-					SocketAddress: &corev3.SocketAddress{Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)}}}}}}}}}}},
-		})
-	}
-	if mod != nil {
-		for _, c := range clusters {
-			mod(c)
-		}
-	}
-	if err := ups.Update(clusters, nil); err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := &catest.SyncBuffer{}
-	s, err := New(Config{Listener: lis, Upstreams: ups, Log: slog.New(slog.NewTextHandler(log, nil)), AccessLogAll: true, Gateway: gw})
-	lport := uint32(80)
-	if gw {
-		lport = uint32(lis.Addr().(*net.TCPAddr).Port)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	hcm := &hcmv3.HttpConnectionManager{RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: strconv.Itoa(int(lport))}}}
-	l := &listenerv3.Listener{
-		Name: "0.0.0.0_" + strconv.Itoa(int(lport)), TrafficDirection: trafficDir(gw),
-		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-			Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: lport}}}},
-		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager",
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, hcm)}}}}},
-	}
-	if rt.Match == nil {
-		rt.Match = &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}
-	}
-	rc := &routev3.RouteConfiguration{Name: strconv.Itoa(int(lport)), VirtualHosts: []*routev3.VirtualHost{{Name: "up", Domains: []string{"*"}, Routes: []*routev3.Route{rt}}}}
-	apply, err := s.Prepare(&xds.Resources{Listeners: map[string]*listenerv3.Listener{l.Name: l}, Routes: map[string]*routev3.RouteConfiguration{rc.Name: rc}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	apply()
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-errc })
-	return lis.Addr().String(), reg, log
-}
 
 // A per-try timeout on a hung host is an upstream timeout (UT) and a local
 // origin failure for outlier detection: forward's timer causes wrap
 // DeadlineExceeded, so the upstream package does not read them as DC.
 func TestPerTryTimeoutCountsForOutlier(t *testing.T) {
-	hold := make(chan struct{})
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hold:
-		case <-r.Context().Done():
-		}
-	}))
-	defer up.Close()
-	defer close(hold)
+	up := hungUpstream(t)
 	a := clusterAction("up")
 	a.Route.RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(0),
 		PerTryTimeout: durationpb.New(100 * time.Millisecond)}
-	addr, reg, log := timerServer(t, map[string]string{"up": strings.TrimPrefix(up.URL, "http://")}, func(c *clusterv3.Cluster) {
+	addr, reg, log := routeServerOpts(t, serverOpts{addrs: map[string]string{"up": strings.TrimPrefix(up.URL, "http://")}, mod: func(c *clusterv3.Cluster) {
 		c.OutlierDetection = &clusterv3.OutlierDetection{Consecutive_5Xx: wrapperspb.UInt32(1), ConsecutiveGatewayFailure: wrapperspb.UInt32(1),
 			EnforcingConsecutiveGatewayFailure: wrapperspb.UInt32(100), MaxEjectionPercent: wrapperspb.UInt32(100)}
-	}, &routev3.Route{Action: a})
+	}}, &routev3.Route{Action: a})
 	resp := get(t, addr)
 	if resp.StatusCode != 504 {
 		t.Fatalf("status %d, want 504", resp.StatusCode)
@@ -164,70 +66,41 @@ func TestPerTryTimeoutCountsForOutlier(t *testing.T) {
 
 // Envoy's RetryStateImpl::shouldRetry calls resetRetry (releasing the retry
 // resource the previous retry held) before it asks the breaker for the next
-// one. With max_retries 1 and num_retries 2, one request alone may retry twice.
+// one. With max_retries 1 and num_retries 2, one request alone may retry
+// twice: after 503s (the response path) and after resets (the error path).
 func TestSecondRetryNotBlockedByOwnSlot(t *testing.T) {
-	var mu sync.Mutex
-	calls := 0
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		calls++
-		n := calls
-		mu.Unlock()
-		if n < 3 {
-			w.WriteHeader(503)
-			return
-		}
-		_, _ = w.Write([]byte("ok"))
-	}))
-	defer up.Close()
-	a := clusterAction("up")
-	a.Route.RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(2),
-		RetryBackOff: &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond)}}
-	addr, _, log := timerServer(t, map[string]string{"up": strings.TrimPrefix(up.URL, "http://")}, func(c *clusterv3.Cluster) {
-		c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{MaxRetries: wrapperspb.UInt32(1)}}}
-	}, &routev3.Route{Action: a})
-	resp := get(t, addr)
-	mu.Lock()
-	n := calls
-	mu.Unlock()
-	if resp.StatusCode != 200 || n != 3 {
-		t.Fatalf("one request alone, max_retries 1, num_retries 2, upstream 503,503,200: status %d after %d calls (flags %q); want 200 after 3 (its own first retry's slot is released before the second is asked)\n%s",
-			resp.StatusCode, n, resp.Header.Get("x-rampart-response-flags"), log.String())
-	}
-}
-
-// The same for connect failures (the error path's retry asks TryRetry while
-// the previous retry's slot is held).
-func TestSecondRetryAfterResetNotBlockedByOwnSlot(t *testing.T) {
-	var mu sync.Mutex
-	calls := 0
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		calls++
-		n := calls
-		mu.Unlock()
-		if n < 3 {
-			hj, _ := w.(http.Hijacker)
-			c, _, _ := hj.Hijack()
+	for _, tc := range []struct {
+		retryOn string
+		fail    func(w http.ResponseWriter)
+	}{
+		{"5xx", func(w http.ResponseWriter) { w.WriteHeader(503) }},
+		{"reset", func(w http.ResponseWriter) {
+			c, _, _ := w.(http.Hijacker).Hijack()
 			c.Close() // reset before a response
-			return
-		}
-		_, _ = w.Write([]byte("ok"))
-	}))
-	defer up.Close()
-	a := clusterAction("up")
-	a.Route.RetryPolicy = &routev3.RetryPolicy{RetryOn: "reset", NumRetries: wrapperspb.UInt32(2),
-		RetryBackOff: &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond)}}
-	addr, _, log := timerServer(t, map[string]string{"up": strings.TrimPrefix(up.URL, "http://")}, func(c *clusterv3.Cluster) {
-		c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{MaxRetries: wrapperspb.UInt32(1)}}}
-	}, &routev3.Route{Action: a})
-	resp := get(t, addr)
-	mu.Lock()
-	n := calls
-	mu.Unlock()
-	if resp.StatusCode != 200 || n != 3 {
-		t.Fatalf("max_retries 1, num_retries 2, upstream reset,reset,200: status %d after %d calls (flags %q); want 200 after 3\n%s",
-			resp.StatusCode, n, resp.Header.Get("x-rampart-response-flags"), log.String())
+		}},
+	} {
+		t.Run(tc.retryOn, func(t *testing.T) {
+			var calls atomic.Int32
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if calls.Add(1) < 3 {
+					tc.fail(w)
+					return
+				}
+				_, _ = w.Write([]byte("ok"))
+			}))
+			defer up.Close()
+			a := clusterAction("up")
+			a.Route.RetryPolicy = &routev3.RetryPolicy{RetryOn: tc.retryOn, NumRetries: wrapperspb.UInt32(2),
+				RetryBackOff: &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(time.Millisecond)}}
+			addr, _, log := routeServerOpts(t, serverOpts{addrs: map[string]string{"up": strings.TrimPrefix(up.URL, "http://")}, mod: func(c *clusterv3.Cluster) {
+				c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{MaxRetries: wrapperspb.UInt32(1)}}}
+			}}, &routev3.Route{Action: a})
+			resp := get(t, addr)
+			if n := calls.Load(); resp.StatusCode != 200 || n != 3 {
+				t.Fatalf("max_retries 1, num_retries 2, two failures then 200: status %d after %d calls (flags %q); want 200 after 3\n%s",
+					resp.StatusCode, n, resp.Header.Get("x-rampart-response-flags"), log.String())
+			}
+		})
 	}
 }
 
@@ -258,7 +131,7 @@ func TestPerTryIdleDoesNotCutActiveTunnel(t *testing.T) {
 	a.Route.RetryPolicy = &routev3.RetryPolicy{RetryOn: "connect-failure", NumRetries: wrapperspb.UInt32(1),
 		PerTryIdleTimeout: durationpb.New(300 * time.Millisecond)}
 	a.Route.UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "echo"}}
-	addr, _, log := timerServer(t, map[string]string{"up": strings.TrimPrefix(up.URL, "http://")}, nil, &routev3.Route{Action: a})
+	addr, _, log := routeServerOpts(t, serverOpts{addrs: map[string]string{"up": strings.TrimPrefix(up.URL, "http://")}}, &routev3.Route{Action: a})
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -295,7 +168,7 @@ func TestGatewayOverwritesForwardedProto(t *testing.T) {
 		got <- r.Header.Get("X-Forwarded-Proto")
 	}))
 	defer up.Close()
-	addr, _, log := timerServerGW(t, true, map[string]string{"up": strings.TrimPrefix(up.URL, "http://")}, nil, &routev3.Route{Action: clusterAction("up")})
+	addr, _, log := routeServerOpts(t, serverOpts{addrs: map[string]string{"up": strings.TrimPrefix(up.URL, "http://")}, gateway: true}, &routev3.Route{Action: clusterAction("up")})
 	resp := get(t, addr, "X-Forwarded-Proto", "https")
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d\n%s", resp.StatusCode, log.String())
@@ -303,11 +176,4 @@ func TestGatewayOverwritesForwardedProto(t *testing.T) {
 	if v := <-got; v != "http" {
 		t.Fatalf("plaintext request to the gateway with x-forwarded-proto: https reached the upstream with %q; want http (the edge overwrites it)", v)
 	}
-}
-
-func trafficDir(gw bool) corev3.TrafficDirection {
-	if gw {
-		return corev3.TrafficDirection_INBOUND
-	}
-	return corev3.TrafficDirection_UNSPECIFIED
 }

@@ -50,15 +50,7 @@ func TestRouteTimeoutStartsAfterRequestBody(t *testing.T) {
 // Envoy's per_try_idle_timeout ends an attempt whose upstream sends nothing
 // for that long (like the per-try timeout: 504 UT, or a retry).
 func TestPerTryIdleTimeout(t *testing.T) {
-	hold := make(chan struct{})
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hold:
-		case <-r.Context().Done():
-		}
-	}))
-	defer up.Close()
-	defer close(hold)
+	up := hungUpstream(t)
 	a := clusterAction("up")
 	a.Route.Timeout = durationpb.New(4 * time.Second)
 	a.Route.RetryPolicy = &routev3.RetryPolicy{RetryOn: "connect-failure", NumRetries: wrapperspb.UInt32(0),

@@ -100,9 +100,10 @@ func anyOf(t *testing.T, m proto.Message) *anypb.Any {
 	return a
 }
 
-// Malformed xDS is NACKed with its reason, never applied, never a crash; the
-// next good configuration is applied and ACKed.
-func TestClientNACKsMalformedConfig(t *testing.T) {
+// startScripted serves a scripted ADS server on loopback until the test
+// ends; dial connects a client to it.
+func startScripted(t *testing.T) (*scripted, func() (*grpc.ClientConn, error)) {
+	t.Helper()
 	srv := &scripted{out: make(chan *discovery.DiscoveryResponse, 1)}
 	gs := grpc.NewServer()
 	discovery.RegisterAggregatedDiscoveryServiceServer(gs, srv)
@@ -111,13 +112,20 @@ func TestClientNACKsMalformedConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
+	t.Cleanup(gs.Stop)
+	return srv, func() (*grpc.ClientConn, error) {
+		return grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+}
+
+// Malformed xDS is NACKed with its reason, never applied, never a crash; the
+// next good configuration is applied and ACKed.
+func TestClientNACKsMalformedConfig(t *testing.T) {
+	srv, dial := startScripted(t)
 
 	eng := authz.New(authz.Config{})
 	c, err := New(Config{
-		Dial: func() (*grpc.ClientConn, error) {
-			return grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		},
+		Dial:  dial,
 		Node:  &corev3.Node{Id: "spiffe://cluster.local/ns/foo/sa/web"},
 		Apply: func(ctx context.Context, wb authz.WireBundle) error { return eng.Load(ctx, wb.Bundle()) },
 	})
@@ -200,21 +208,11 @@ func TestClientRetriesAndStops(t *testing.T) {
 // so it is logged with its reason and answered at once, not held back as a
 // hot loop would be.
 func TestNACKsOfTwoTypesAtOneVersion(t *testing.T) {
-	srv := &scripted{out: make(chan *discovery.DiscoveryResponse, 1)}
-	gs := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(gs, srv)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
+	srv, dial := startScripted(t)
 	var logs catest.SyncBuffer
 	eng := authz.New(authz.Config{})
 	c, err := New(Config{
-		Dial: func() (*grpc.ClientConn, error) {
-			return grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		},
+		Dial:       dial,
 		Node:       &corev3.Node{Id: "spiffe://cluster.local/ns/foo/sa/web"},
 		Apply:      func(ctx context.Context, wb authz.WireBundle) error { return eng.Load(ctx, wb.Bundle()) },
 		MinBackoff: time.Minute, // a held-back NACK would outlast the test

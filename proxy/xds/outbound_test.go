@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -16,8 +15,6 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/rampart-mesh/rampart/authz"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -26,22 +23,12 @@ import (
 // never applied; a set is applied only once complete (EDS and RDS arrive after
 // CDS and LDS), and the client asks for exactly the names CDS and LDS list.
 func TestClientOutboundResources(t *testing.T) {
-	srv := &scripted{out: make(chan *discovery.DiscoveryResponse, 1)}
-	gs := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(gs, srv)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
+	srv, dial := startScripted(t)
 
 	var mu sync.Mutex
 	var applied []*Resources
 	c, err := New(Config{
-		Dial: func() (*grpc.ClientConn, error) {
-			return grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		},
+		Dial:  dial,
 		Node:  &corev3.Node{Id: "spiffe://cluster.local/ns/foo/sa/web~web"},
 		Apply: func(context.Context, authz.WireBundle) error { return nil },
 		ApplyOutbound: func(_ context.Context, r *Resources) error {

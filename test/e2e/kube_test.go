@@ -162,18 +162,7 @@ spec:
 		"--token-file", m.token(t, "bar", "sleep"), "--workload-api-socket", sock,
 		"--outbound-listen", procs.FreeAddr(t), "--metrics-listen", "")
 	procs.Eventually(t, 20*time.Second, "workload API socket "+sock, func() bool { _, err := os.Stat(sock); return err == nil })
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: meshPeerTLS(source(t, sock), td), DisableKeepAlives: true}}
-	status := func(path string) int {
-		t.Helper()
-		resp, err := client.Get("https://" + inboundAddr + path)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-		defer resp.Body.Close()
-		_, _ = io.Copy(io.Discard, resp.Body)
-		return resp.StatusCode
-	}
+	status := statusVia(t, sock, inboundAddr)
 
 	// The cluster's policy is enforced: sleep may GET /get*, nothing else.
 	procs.Eventually(t, 20*time.Second, "the cluster's AuthorizationPolicy allows /get", func() bool { return status("/get") == 200 })

@@ -168,3 +168,21 @@ func (tr *traffic) check(t *testing.T, minOK int64) {
 		t.Errorf("only %d requests succeeded, want at least %d", tr.ok.Load(), minOK)
 	}
 }
+
+// statusVia returns a function that GETs path from addr over mTLS with the
+// identity served on the Workload API socket sock, and returns the status.
+func statusVia(t *testing.T, sock, addr string) func(path string) int {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: meshPeerTLS(source(t, sock), td), DisableKeepAlives: true}}
+	return func(path string) int {
+		t.Helper()
+		resp, err := client.Get("https://" + addr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+}

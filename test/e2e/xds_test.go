@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -38,18 +37,7 @@ func TestPolicyOverXDS(t *testing.T) {
 	procs.WaitTCP(t, inboundAddr, 20*time.Second)
 
 	sock, _ := m.sidecar(t, "bar", "sleep")
-	src := source(t, sock)
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: meshPeerTLS(src, td), DisableKeepAlives: true}}
-	status := func(path string) int {
-		resp, err := client.Get("https://" + inboundAddr + path)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-		defer resp.Body.Close()
-		_, _ = io.Copy(io.Discard, resp.Body)
-		return resp.StatusCode
-	}
+	status := statusVia(t, sock, inboundAddr)
 	procs.Eventually(t, 10*time.Second, "the xDS bundle allows /get", func() bool { return status("/get") == 200 })
 	if got := status("/admin"); got != 403 {
 		t.Fatalf("/admin: %d, want 403", got)
