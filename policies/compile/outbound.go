@@ -601,6 +601,11 @@ func (b *outboundBuilder) tcpListener(s *registry.Service, p registry.Port) (*li
 			} else {
 				wc := &tcpproxyv3.TcpProxy_WeightedCluster{}
 				for _, d := range r.GetRoute() {
+					// Istio drops a zero-weight destination (Envoy's tcp_proxy
+					// refuses a cluster weight below 1).
+					if d.GetWeight() == 0 {
+						continue
+					}
 					wc.Clusters = append(wc.Clusters, &tcpproxyv3.TcpProxy_WeightedCluster_ClusterWeight{Name: b.destCluster(vs, d.GetDestination(), p.Number), Weight: uint32(d.GetWeight())})
 				}
 				tp.ClusterSpecifier = &tcpproxyv3.TcpProxy_WeightedClusters{WeightedClusters: wc}

@@ -557,3 +557,57 @@ spec:
 		})
 	}
 }
+
+// Istio leaves a destination with weight 0 out of the weighted clusters, for
+// tcp routes as for http ones (Envoy's tcp_proxy refuses a weight of 0).
+func TestOutboundZeroWeightDropped(t *testing.T) {
+	const cfg = `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db]
+  tcp:
+  - route:
+    - {destination: {host: db, port: {number: 5432}}, weight: 100}
+    - {destination: {host: ratings, port: {number: 9080}}, weight: 0}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 100}
+    - {destination: {host: reviews, subset: v2}, weight: 0}
+`
+	out, fs := outbound(t, cfg, productpage)
+	if len(fs) != 0 {
+		t.Fatalf("findings: %v", fs)
+	}
+	var tcp []string
+	for _, l := range out.Listeners {
+		if l.GetName() != "db.default.svc.cluster.local_5432" {
+			continue
+		}
+		tp := &tcpproxyv3.TcpProxy{}
+		if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range tp.GetWeightedClusters().GetClusters() {
+			tcp = append(tcp, c.GetName()+"="+strconv.Itoa(int(c.GetWeight())))
+		}
+	}
+	if got, want := strings.Join(tcp, " "), "outbound|5432||db.default.svc.cluster.local=100"; got != want {
+		t.Errorf("tcp weighted clusters %q, want %q", got, want)
+	}
+	var http []string
+	for _, r := range vhost(t, out, "9080", "reviews.default.svc.cluster.local").GetRoutes() {
+		for _, c := range r.GetRoute().GetWeightedClusters().GetClusters() {
+			http = append(http, c.GetName()+"="+strconv.Itoa(int(c.GetWeight().GetValue())))
+		}
+	}
+	if got, want := strings.Join(http, " "), "outbound|9080|v1|reviews.default.svc.cluster.local=100"; got != want {
+		t.Errorf("http weighted clusters %q, want %q", got, want)
+	}
+}
