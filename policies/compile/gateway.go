@@ -2,6 +2,7 @@ package compile
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"sort"
 	"strconv"
@@ -107,7 +108,7 @@ func (b *outboundBuilder) gateways() error {
 				if !visible(vs.Spec.GetExportTo(), vs.Object.Namespace, b.wl.Namespace) || !boundTo(vs, full) {
 					continue
 				}
-				hosts := gatewayHosts(serverHostsFor(srv.GetHosts(), g.Object.Namespace, vs.Object.Namespace), vs.Spec.GetHosts())
+				hosts := gatewayHosts(serverHostsFor(srv.GetHosts(), g.Object.Namespace, vs.Object.Namespace), b.vsHosts(vs))
 				if len(hosts) == 0 {
 					continue
 				}
@@ -296,6 +297,23 @@ func serverHostsFor(hosts []string, gwNS, vsNS string) []string {
 			h = name
 		}
 		out = append(out, strings.ToLower(h))
+	}
+	return out
+}
+
+// vsHosts is a VirtualService's hosts as Istio binds them to a gateway
+// server: a short name (no dot) is resolved in the VirtualService's
+// namespace, "reviews" in bookinfo being reviews.bookinfo.svc.cluster.local
+// (Istio's resolveVirtualServiceShortnames); "*" and IP addresses stay. The
+// server's hosts are not resolved.
+func (b *outboundBuilder) vsHosts(vs *VirtualService) []string {
+	out := make([]string, 0, len(vs.Spec.GetHosts()))
+	for _, h := range vs.Spec.GetHosts() {
+		if _, err := netip.ParseAddr(h); err == nil {
+			out = append(out, h)
+			continue
+		}
+		out = append(out, b.n.Registry.Resolve(h, vs.Object.Namespace))
 	}
 	return out
 }

@@ -63,6 +63,14 @@ func TestGatewayServerHosts(t *testing.T) {
 			notRouted: []string{"a.example.com"}},
 		{name: "star namespace admits all", serverHosts: `["*/a.example.com"]`, vsNS: "default", vsHosts: `["*"]`,
 			routed: []string{"a.example.com"}, notRouted: []string{"b.example.com"}},
+		// Istio resolves a VirtualService's short hosts in its namespace
+		// (resolveVirtualServiceShortnames) before binding; server hosts stay as written.
+		{name: "short vs host is the vs's namespace", serverHosts: `["*"]`, vsNS: "bookinfo", vsHosts: `["reviews"]`,
+			routed: []string{"reviews.bookinfo.svc.cluster.local"}, notRouted: []string{"reviews", "reviews.default.svc.cluster.local"}},
+		{name: "short vs host under a server wildcard", serverHosts: `["*.svc.cluster.local"]`, vsNS: "bookinfo", vsHosts: `["Reviews"]`,
+			routed: []string{"reviews.bookinfo.svc.cluster.local"}, notRouted: []string{"reviews"}},
+		{name: "short server host is not resolved", serverHosts: `["reviews"]`, vsNS: "bookinfo", vsHosts: `["reviews"]`,
+			notRouted: []string{"reviews", "reviews.bookinfo.svc.cluster.local"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := fmt.Sprintf(`apiVersion: networking.istio.io/v1
