@@ -32,7 +32,7 @@ func (a *Authority) SignCSR(csrDER []byte, ident Identity, ttl time.Duration) ([
 	if err != nil {
 		return nil, err
 	}
-	return a.Issue(c, ttl)
+	return a.Issue(c, ttl, nil)
 }
 
 // CheckedCSR is a certificate request CheckCSR accepted for one identity.
@@ -44,7 +44,7 @@ type CheckedCSR struct {
 
 // CheckCSR does every check SignCSR does, without signing. A caller that must
 // spend a single-use credential only on a request the CA grants checks first,
-// spends the credential, then calls Issue.
+// then calls Issue with the spending as its grant.
 func (a *Authority) CheckCSR(csrDER []byte, ident Identity) (*CheckedCSR, error) {
 	start := a.clock.Now()
 	c, err := a.checkCSR(csrDER, ident)
@@ -56,12 +56,27 @@ func (a *Authority) CheckCSR(csrDER []byte, ident Identity) (*CheckedCSR, error)
 	return c, nil
 }
 
-// Issue signs a request CheckCSR accepted. ttl is as for SignCSR.
-func (a *Authority) Issue(c *CheckedCSR, ttl time.Duration) (chain []*x509.Certificate, err error) {
+// Issue signs a request CheckCSR accepted. ttl is as for SignCSR. grant, if
+// not nil, runs once the certificate is signed, and the certificate is
+// returned only if grant returns nil: a caller spends a single-use credential
+// there, so a signing failure leaves the credential unspent, and a credential
+// spent by a concurrent request withholds the certificate. A refusal by grant
+// is returned as is and not counted, since the caller knows (and counts) why
+// it refused; the signing time excludes grant.
+func (a *Authority) Issue(c *CheckedCSR, ttl time.Duration, grant func() error) ([]*x509.Certificate, error) {
 	start := a.clock.Now()
-	chain, err = a.sign(c.pub, c.id, ttl, nil, nil)
-	a.metrics.observeSign(err, c.checked+a.clock.Since(start))
-	return chain, err
+	chain, err := a.sign(c.pub, c.id, ttl, nil, nil)
+	took := c.checked + a.clock.Since(start)
+	if err == nil && grant != nil {
+		if err := grant(); err != nil {
+			return nil, err
+		}
+	}
+	a.metrics.observeSign(err, took)
+	if err != nil {
+		return nil, err
+	}
+	return chain, nil
 }
 
 func (a *Authority) checkCSR(csrDER []byte, ident Identity) (*CheckedCSR, error) {

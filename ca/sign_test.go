@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -364,4 +365,61 @@ func hugeRSACSR(t *testing.T, bits int) []byte {
 		b.AddASN1BitString(sig)
 	})
 	return b.BytesOrPanic()
+}
+
+// Issue runs its grant (a caller spending a single-use credential) only after
+// the certificate is signed, and returns the certificate only if the grant
+// succeeds; a refused grant is the caller's to count, a signing failure the
+// Authority's.
+func TestIssueGrant(t *testing.T) {
+	errSpent := errors.New("token already used")
+	tests := []struct {
+		name        string
+		expire      bool  // the signing root expires between CheckCSR and Issue
+		grantErr    error // what the grant returns
+		wantGranted bool  // the grant ran
+		wantErr     string
+		wantCounts  map[string]float64
+	}{
+		{name: "signed and granted", wantGranted: true, wantCounts: map[string]float64{"success": 1, "error": 0}},
+		{name: "grant refused", grantErr: errSpent, wantGranted: true, wantErr: errSpent.Error(), wantCounts: map[string]float64{"success": 0, "error": 0}},
+		{name: "signing failed", expire: true, wantErr: "signing CA has expired", wantCounts: map[string]float64{"success": 0, "error": 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newFakeClock()
+			a := newTestAuthority(t, Config{Clock: clk, SVIDTTL: time.Hour, RootTTL: 2 * time.Hour})
+			checked, err := a.CheckCSR(csrFor(t, testKey(t, "p256"), testID.String()), testIdent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.expire {
+				clk.Step(3 * time.Hour)
+			}
+			granted := false
+			chain, err := a.Issue(checked, 0, func() error {
+				granted = true
+				return tt.grantErr
+			})
+			if granted != tt.wantGranted {
+				t.Errorf("grant ran: %v, want %v", granted, tt.wantGranted)
+			}
+			switch {
+			case tt.wantErr == "" && (err != nil || len(chain) == 0):
+				t.Fatalf("Issue() = %d certificates, %v; want a chain", len(chain), err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("Issue() error = %v, want one containing %q", err, tt.wantErr)
+			case tt.wantErr != "" && len(chain) != 0:
+				t.Errorf("Issue() returned %d certificates with an error", len(chain))
+			}
+			if tt.grantErr != nil && !errors.Is(err, tt.grantErr) {
+				t.Errorf("Issue() error = %v, want the grant's %v", err, tt.grantErr)
+			}
+			for result, want := range tt.wantCounts {
+				if got := testutil.ToFloat64(a.metrics.issued.WithLabelValues(result)); got != want {
+					t.Errorf("issued{%s} = %v, want %v", result, got, want)
+				}
+			}
+		})
+	}
 }

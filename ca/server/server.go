@@ -37,9 +37,10 @@ type Authenticator interface {
 	// Authenticate returns the identity token proves, without spending it.
 	Authenticate(ctx context.Context, token string) (ca.Identity, error)
 	// Consume spends a single-use token. The server calls it only for a request
-	// it has checked and will grant, so a refused request leaves the token
-	// usable. It fails when the token was spent already: of concurrent requests
-	// with one single-use token, at most one gets a certificate.
+	// it has checked and signed a certificate for, and sends the certificate
+	// only if Consume succeeds, so a refused request or a failed signing leaves
+	// the token usable. It fails when the token was spent already: of concurrent
+	// requests with one single-use token, at most one gets a certificate.
 	Consume(ctx context.Context, token string) error
 }
 
@@ -333,15 +334,23 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 		log.Error("signing failed", "err", err)
 		return nil, status.Errorf(codes.Internal, "signing failed: %v", err)
 	}
-	if cred.via == "token" {
-		if err := s.cfg.Authenticator.Consume(ctx, cred.token); err != nil {
-			s.cfg.Authority.CountRejected("unauthenticated")
-			log.Warn("certificate request refused", "reason", "credential rejected: "+err.Error())
-			return nil, status.Errorf(codes.Unauthenticated, "credential rejected: %v", err)
+	// A single-use token is spent only once the certificate is signed, and the
+	// certificate goes out only if this request spent it: a signing failure
+	// leaves the token usable, and of concurrent requests with one token only
+	// the one that spends it gets a certificate.
+	var consumeErr error
+	chain, err := s.cfg.Authority.Issue(checked, requestedTTL(req.GetValidityDuration()), func() error {
+		if cred.via == "token" {
+			consumeErr = s.cfg.Authenticator.Consume(ctx, cred.token)
 		}
-	}
-	chain, err := s.cfg.Authority.Issue(checked, requestedTTL(req.GetValidityDuration()))
-	if err != nil {
+		return consumeErr
+	})
+	switch {
+	case consumeErr != nil:
+		s.cfg.Authority.CountRejected("unauthenticated")
+		log.Warn("certificate request refused", "reason", "credential rejected: "+consumeErr.Error())
+		return nil, status.Errorf(codes.Unauthenticated, "credential rejected: %v", consumeErr)
+	case err != nil:
 		log.Error("signing failed", "err", err)
 		return nil, status.Errorf(codes.Internal, "signing failed: %v", err)
 	}

@@ -57,6 +57,7 @@ type fixture struct {
 	a      *ca.Authority
 	dir    string // the state directory
 	tokens *jointoken.Store
+	hooks  *hookedTokens           // the server's Authenticator: tokens with a test hook
 	clk    *clocktesting.FakeClock // the join tokens' clock
 	caClk  clock.WithTicker        // the Authority's and Server's clock
 	reg    *prometheus.Registry
@@ -65,6 +66,20 @@ type fixture struct {
 	// served records the chain the server presented on each handshake.
 	mu     sync.Mutex
 	served [][]*x509.Certificate
+}
+
+// hookedTokens is the join-token store with a hook that runs as the server
+// spends a token.
+type hookedTokens struct {
+	*jointoken.Store
+	onConsume func() // set before the requests it should see
+}
+
+func (h *hookedTokens) Consume(ctx context.Context, token string) error {
+	if h.onConsume != nil {
+		h.onConsume()
+	}
+	return h.Store.Consume(ctx, token)
 }
 
 // syncBuffer is a bytes.Buffer the server's goroutines may write while a test reads.
@@ -108,12 +123,13 @@ func startServerWith(t *testing.T, caClk clock.WithTicker, propagation time.Dura
 	t.Cleanup(func() { a.Close() })
 	clk := clocktesting.NewFakeClock(time.Now())
 	f := &fixture{a: a, dir: dir, tokens: jointoken.New(dir, clk), clk: clk, caClk: caClk, reg: reg, logs: &syncBuffer{}}
+	f.hooks = &hookedTokens{Store: f.tokens}
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Config{Authority: a, Authenticator: f.tokens, Listener: lis, Clock: caClk, Log: slog.New(slog.NewTextHandler(f.logs, nil))})
+	srv, err := New(Config{Authority: a, Authenticator: f.hooks, Listener: lis, Clock: caClk, Log: slog.New(slog.NewTextHandler(f.logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -849,6 +865,36 @@ func TestSingleUseTokenIssuesOnce(t *testing.T) {
 	}
 	if granted != 1 {
 		t.Errorf("%d of %d concurrent requests with one single-use token got a certificate, want 1", granted, n)
+	}
+	if got := f.issued(t, "success"); got != 1 {
+		t.Errorf("issued{success} = %v, want 1", got)
+	}
+}
+
+// A join token is spent only by a request that gets its certificate. Here the
+// CA's signing root expires while the token is being spent: spent before
+// signing, the token would be gone with no certificate to show for it, and
+// the workload could never join.
+func TestTokenSpentOnlyWithCertificate(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Now().Truncate(time.Second))
+	f := startServerWith(t, clk, 0)
+	tok := f.token(t, web)
+	client := istioca.NewIstioCertificateServiceClient(f.dial(t, nil))
+	var once sync.Once
+	f.hooks.onConsume = func() {
+		once.Do(func() { clk.Step(f.a.SigningRoot().NotAfter.Sub(clk.Now()) + time.Second) })
+	}
+	resp, err := client.CreateCertificate(bearer(t.Context(), tok), &istioca.IstioCertificateRequest{Csr: csrPEM(t, newKey(t), webID)})
+	_, authErr := f.tokens.Authenticate(t.Context(), tok)
+	spent := errors.Is(authErr, jointoken.ErrUsed)
+	if delivered := err == nil; delivered != spent {
+		t.Fatalf("certificate delivered: %v (err %v), token spent: %v (Authenticate = %v); want both or neither", delivered, err, spent, authErr)
+	}
+	if err != nil {
+		t.Fatalf("CreateCertificate = %v, want the certificate signed before the root expired", err)
+	}
+	if id, err := x509svid.IDFromCert(parseChain(t, resp.GetCertChain())[0]); err != nil || id != webID {
+		t.Errorf("issued SVID for %s (%v), want %s", id, err, webID)
 	}
 	if got := f.issued(t, "success"); got != 1 {
 		t.Errorf("issued{success} = %v, want 1", got)
