@@ -148,12 +148,11 @@ func (b *outboundBuilder) gateways() error {
 			}
 		}
 	}
+	// Every served port gets a listener, bound to a VirtualService or not:
+	// one with no virtual host answers 404 (NR), as Istio's.
 	keys := make([]uint32, 0, len(ports))
-	for p, gp := range ports {
-		// A port nothing is bound to gets no listener (Istio's answers 404).
-		if len(gp.hosts) > 0 {
-			keys = append(keys, p)
-		}
+	for p := range ports {
+		keys = append(keys, p)
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
 	for _, p := range keys {
@@ -228,11 +227,18 @@ func (p *gatewayPort) vhost(h string) *routev3.VirtualHost {
 	return vh
 }
 
-// virtualHosts is the port's virtual hosts. Istio gives a host with
+// virtualHosts is the port's virtual hosts, or with none, one that matches
+// every request to no route. Istio gives a host with
 // httpsRedirect require_tls ALL, which the sidecar's route table does not
 // implement; on a plaintext server it answers every request with a 301 to
 // https, which is what a redirect route with https_redirect does.
 func (p *gatewayPort) virtualHosts() []*routev3.VirtualHost {
+	if len(p.hosts) == 0 {
+		// Istio's default for a port no VirtualService is bound to: a
+		// virtual host for every domain without routes, so every request
+		// gets a 404 (NR).
+		return []*routev3.VirtualHost{{Name: fmt.Sprintf("blackhole:%d", p.port), Domains: []string{"*"}}}
+	}
 	out := make([]*routev3.VirtualHost, 0, len(p.hosts))
 	for _, h := range p.hosts {
 		vh := p.vhosts[h]

@@ -442,3 +442,57 @@ spec:
 		t.Fatalf("/internal on the gateway goes to %s; Istio sends every request to reviews (the first rule is a catch-all)", c)
 	}
 }
+
+// Istio gives every server port a listener, a VirtualService bound to it or
+// not; with no virtual host its route configuration has one for "*" without
+// routes ("blackhole:PORT"), and every request there is a 404 (NR).
+func TestGatewayUnboundPort(t *testing.T) {
+	const cfg = `apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}
+  - {port: {number: 8081, name: http-admin, protocol: HTTP}, hosts: ["admin.example.com"]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: default}
+spec:
+  hosts: ["a.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: reviews.default.svc.cluster.local, port: {number: 9080}}}]
+`
+	out, _ := outbound(t, cfg, ingress)
+	var listeners []string
+	for _, l := range out.Listeners {
+		if strings.HasPrefix(l.GetName(), "gateway_") {
+			listeners = append(listeners, l.GetName()+" "+l.GetTrafficDirection().String())
+		}
+	}
+	if want := []string{"gateway_0.0.0.0_8080 INBOUND", "gateway_0.0.0.0_8081 INBOUND"}; !slices.Equal(listeners, want) {
+		t.Errorf("gateway listeners %q, want %q", listeners, want)
+	}
+	var vhosts []string
+	for _, rc := range out.Routes {
+		if rc.GetName() == GatewayRoutePrefix+"8081" {
+			for _, vh := range rc.GetVirtualHosts() {
+				vhosts = append(vhosts, fmt.Sprintf("%s %v %d", vh.GetName(), vh.GetDomains(), len(vh.GetRoutes())))
+			}
+		}
+	}
+	if want := []string{"blackhole:8081 [*] 0"}; !slices.Equal(vhosts, want) {
+		t.Errorf("http.8081 virtual hosts %q, want %q", vhosts, want)
+	}
+	tab, _ := gatewayTable(t, cfg)
+	for _, url := range []string{"http://admin.example.com/", "http://a.example.com/"} {
+		if rt := tab.Match(GatewayRoutePrefix+"8081", httptest.NewRequest("GET", url, nil)); rt != nil {
+			t.Errorf("%s on 8081: routed to %+v, want no route (404 NR)", url, rt)
+		}
+	}
+	if rt := gatewayGet(tab, "http://a.example.com/"); rt == nil {
+		t.Error("the bound port 8080 stopped routing")
+	}
+}
