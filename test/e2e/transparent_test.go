@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,9 @@ import (
 // and its sidecar (running as the excluded uid) finds the original destination,
 // routes it and speaks mTLS to the server's sidecar, which the server's STRICT
 // PeerAuthentication requires. A destination outside the mesh passes through.
+// The same holds over IPv6: the namespaces have IPv6 addresses too, the apps
+// listen on both families, and traffic that init's ip6tables rules did not
+// capture would reach them without mTLS or authorization.
 func TestTransparentCapture(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs network namespaces")
@@ -26,7 +30,7 @@ func TestTransparentCapture(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("transparent capture needs root (network namespaces and iptables); run as root to test it")
 	}
-	for _, tool := range []string{"ip", "iptables", "setpriv", "curl"} {
+	for _, tool := range []string{"ip", "iptables", "ip6tables", "setpriv", "curl"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("transparent capture test needs %s (apt-get install iproute2 iptables util-linux curl): %v", tool, err)
 		}
@@ -36,6 +40,8 @@ func TestTransparentCapture(t *testing.T) {
 	nsA, nsB := "rmpa"+suffix, "rmpb"+suffix
 	subnet := fmt.Sprintf("10.%d.%d", 100+os.Getpid()%100, os.Getpid()%200)
 	ipA, ipB := subnet+".1", subnet+".2"
+	subnet6 := fmt.Sprintf("fd00:%x:%x::", 100+os.Getpid()%100, os.Getpid()%200)
+	ipB6 := subnet6 + "2"
 	run := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
@@ -53,6 +59,8 @@ func TestTransparentCapture(t *testing.T) {
 	run("ip", "link", "set", "vb"+suffix, "netns", nsB)
 	run("ip", "-n", nsA, "addr", "add", ipA+"/24", "dev", "va"+suffix)
 	run("ip", "-n", nsB, "addr", "add", ipB+"/24", "dev", "vb"+suffix)
+	run("ip", "-n", nsA, "addr", "add", subnet6+"1/64", "dev", "va"+suffix, "nodad")
+	run("ip", "-n", nsB, "addr", "add", ipB6+"/64", "dev", "vb"+suffix, "nodad")
 	for _, ns := range []string{nsA, nsB} {
 		run("ip", "-n", ns, "link", "set", "lo", "up")
 	}
@@ -145,12 +153,14 @@ spec:
 	asProxy := []string{"setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"}
 	start("sidecar-b", append(append([]string{"ip", "netns", "exec", nsB}, asProxy...), filepath.Join(bin, "rampart-sidecar"),
 		"--control-plane", cp, "--root-cert", root, "--token-file", token("b"), "--workload", "default/b", "--labels", "app=b",
-		"--inbound-listen", "0.0.0.0:15006", "--app", "127.0.0.1:9080", "--metrics-listen", "")...)
+		"--inbound-listen", ":15006", "--app", "127.0.0.1:9080", "--metrics-listen", "")...)
 	start("sidecar-a", append(append([]string{"ip", "netns", "exec", nsA}, asProxy...), filepath.Join(bin, "rampart-sidecar"),
 		"--control-plane", cp, "--root-cert", root, "--token-file", token("a"), "--workload", "default/a", "--labels", "app=a",
-		"--outbound-listen", "0.0.0.0:15001", "--transparent", "--access-log", "all", "--metrics-listen", "")...)
-	start("app-b", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "details", "--listen", "127.0.0.1:9080")
-	start("outside", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", ipB+":7000")
+		"--outbound-listen", ":15001", "--transparent", "--access-log", "all", "--metrics-listen", "")...)
+	// b's app listens on every address, as apps in pods do: only capture
+	// keeps a client from reaching it around the sidecar.
+	start("app-b", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "details", "--listen", ":9080")
+	start("outside", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", ":7000")
 
 	curl := func(args ...string) string {
 		out, _ := exec.Command("ip", append([]string{"netns", "exec", nsA, "curl", "-s", "-m", "5"}, args...)...).CombinedOutput()
@@ -165,17 +175,29 @@ spec:
 	}
 	// Without the sidecars' mTLS the STRICT port refuses: a plaintext client
 	// from the proxy's own uid (not captured) is reset.
-	direct, _ := exec.Command("ip", "netns", "exec", nsA, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
-		"curl", "-s", "-m", "5", "http://"+ipB+":9080/details/0").CombinedOutput()
-	if strings.Contains(string(direct), "Shakespeare") {
-		t.Errorf("an uncaptured plaintext client reached b's STRICT port: %s", direct)
+	for _, ip := range []string{ipB, ipB6} {
+		direct, _ := exec.Command("ip", "netns", "exec", nsA, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
+			"curl", "-s", "-m", "5", "http://"+net.JoinHostPort(ip, "9080")+"/details/0").CombinedOutput()
+		if strings.Contains(string(direct), "Shakespeare") {
+			t.Errorf("an uncaptured plaintext client reached b's STRICT port at %s: %s", ip, direct)
+		}
 	}
-	// A destination outside the mesh passes through untouched.
-	if out := curl("http://" + ipB + ":7000/ratings/0"); !strings.Contains(out, "Reviewer1") {
-		t.Errorf("passthrough to a service outside the mesh: %q", out)
+	// Over IPv6 the app's call is captured and authorized as well: the DENY
+	// answers, where an uncaptured call would reach b's app.
+	if out := curl("-w", " %{http_code}", "--resolve", "b:9080:["+ipB6+"]", "http://b:9080/details/1"); !strings.HasSuffix(out, " 403") {
+		t.Errorf("a call to b at its IPv6 address was not captured and authorized: %q", out)
+	}
+	// A destination outside the mesh passes through untouched, either family.
+	for _, ip := range []string{ipB, ipB6} {
+		if out := curl("http://" + net.JoinHostPort(ip, "7000") + "/ratings/0"); !strings.Contains(out, "Reviewer1") {
+			t.Errorf("passthrough to a service outside the mesh at %s: %q", ip, out)
+		}
 	}
 	logA, _ := os.ReadFile(filepath.Join(dir, "sidecar-a.log"))
 	if !strings.Contains(string(logA), "cluster=outbound|9080||b.default.svc.cluster.local") || !strings.Contains(string(logA), "cluster=PassthroughCluster") {
 		t.Errorf("sidecar a's access log lacks the mesh route or the passthrough:\n%s", logA)
+	}
+	if !strings.Contains(string(logA), "upstream=["+ipB6+"]:7000") {
+		t.Errorf("sidecar a's access log lacks the IPv6 passthrough to [%s]:7000:\n%s", ipB6, logA)
 	}
 }
