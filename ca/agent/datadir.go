@@ -4,7 +4,6 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rampart-mesh/rampart/ca"
+	"github.com/rampart-mesh/rampart/internal/regfile"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -186,27 +186,28 @@ func (a *Agent) readSVID() (*x509svid.SVID, error) {
 	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, nil
 }
 
-// readPrivate reads a file only its owner may read. A missing file is nil, nil.
+// maxDataFileSize bounds a file read from DataDir: the SVID with its key and
+// the bundle are kilobytes.
+const maxDataFileSize = 1 << 20
+
+// readPrivate reads a file only its owner may read. A missing file is nil,
+// nil. It must be a regular file of at most maxDataFileSize bytes, opened
+// without blocking: a FIFO or a device planted in the directory would
+// otherwise hang the agent's start, or feed it without end.
 func readPrivate(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	data, err := regfile.Read(path, maxDataFileSize, func(fi fs.FileInfo) error {
+		if fi.Mode().Perm()&0o077 != 0 {
+			return fmt.Errorf("%s is open to group or others (mode %04o); chmod 600 it, or remove it if others may have read it", path, fi.Mode().Perm())
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return nil, nil
+	case errors.Is(err, regfile.ErrNotRegular), errors.Is(err, regfile.ErrTooLarge):
+		return nil, fmt.Errorf("%w: the agent did not write it; remove it", err)
 	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s is open to group or others (mode %04o); chmod 600 it, or remove it if others may have read it", path, fi.Mode().Perm())
-	}
-	return io.ReadAll(f)
+	return data, err
 }
 
 // persist writes to DataDir what changed from old to cur. A failure is logged,

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -195,6 +196,15 @@ func TestAgentRefusesBadDataDir(t *testing.T) {
 			certs := data[strings.Index(string(data), "-----BEGIN CERTIFICATE-----"):]
 			write(t, filepath.Join(dir, "svid.pem"), string(other)+string(certs))
 		}, wantErr: "the private key does not belong to the first certificate"},
+		// A FIFO would hang the start (opening it waits for a writer), a
+		// device or a huge file would feed it without end.
+		{name: "FIFO for the SVID", setup: func(t *testing.T, dir string) { mkfifo(t, filepath.Join(dir, "svid.pem")) },
+			wantErr: "svid.pem is not a regular file (a named pipe)"},
+		{name: "FIFO for the bundle", setup: func(t *testing.T, dir string) { mkfifo(t, filepath.Join(dir, "bundle.json")) },
+			wantErr: "bundle.json is not a regular file (a named pipe)"},
+		{name: "oversized SVID file", setup: func(t *testing.T, dir string) {
+			write(t, filepath.Join(dir, "svid.pem"), strings.Repeat("x", 1<<20+1))
+		}, wantErr: "svid.pem is larger than 1048576 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -207,7 +217,16 @@ func TestAgentRefusesBadDataDir(t *testing.T) {
 			a := newAgent(t, cp, agent.Config{Token: func() (string, error) { return cp.Token(t, "shop", "cart"), nil }, DataDir: dir})
 			ctx, cancel := context.WithTimeout(t.Context(), waitFor)
 			defer cancel()
-			err := a.Run(ctx)
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(2 * waitFor): // the context cannot end a blocked open
+				releaseFIFOs(dir)
+				<-done
+				t.Fatal("Run() blocked opening a file in the data dir")
+			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Run() = %v, want an error containing %q", err, tt.wantErr)
 			}
@@ -228,6 +247,26 @@ func TestAgentRefusesBadDataDir(t *testing.T) {
 			t.Fatalf("Run() = %v, want %v naming %s", err, agent.ErrDataDirInUse, dir)
 		}
 	})
+}
+
+// mkfifo replaces path with a FIFO.
+func mkfifo(t *testing.T, path string) {
+	t.Helper()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Skip(err)
+	}
+}
+
+// releaseFIFOs lets an open of a FIFO in dir that waits for a writer go.
+func releaseFIFOs(dir string) {
+	for _, name := range []string{"svid.pem", "bundle.json"} {
+		if w, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+	}
 }
 
 func chmod(t *testing.T, path string, mode os.FileMode) {

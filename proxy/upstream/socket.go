@@ -5,12 +5,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
 	"slices"
 	"strings"
-	"syscall"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -18,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
+	"github.com/rampart-mesh/rampart/internal/regfile"
 	"github.com/rampart-mesh/rampart/proxy/route"
 )
 
@@ -260,45 +257,15 @@ func readDataSource(ds *corev3.DataSource) ([]byte, error) {
 const maxDataSourceSize = 1 << 20
 
 // readFile reads a certificate, key or CA file named by configuration. It runs
-// on the xDS goroutine, so it must neither block nor read without end: the
-// file is opened without blocking (a FIFO would otherwise wait for a writer),
-// must be a regular file (checked on the opened file, not the name), and must
-// hold at most maxDataSourceSize bytes.
+// on the xDS goroutine, so it must neither block nor read without end:
+// regfile opens it without blocking (a FIFO would otherwise wait for a
+// writer), and it must be a regular file of at most maxDataSourceSize bytes.
 func readFile(name string) ([]byte, error) {
-	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
+	b, err := regfile.Read(name, maxDataSourceSize, nil)
+	if errors.Is(err, regfile.ErrNotRegular) || errors.Is(err, regfile.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: point it at a PEM file", err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s): point it at a PEM file", name, fileKind(fi.Mode()))
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxDataSourceSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
-	}
-	if len(b) > maxDataSourceSize {
-		return nil, fmt.Errorf("%s is larger than %d bytes: point it at a PEM file", name, maxDataSourceSize)
-	}
-	return b, nil
-}
-
-func fileKind(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeNamedPipe != 0:
-		return "a named pipe"
-	case m&fs.ModeDevice != 0:
-		return "a device"
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	}
-	return "mode " + m.String()
+	return b, err
 }
 
 // loadKeyPairFiles is tls.LoadX509KeyPair through readFile.
