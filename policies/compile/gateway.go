@@ -78,7 +78,8 @@ func matchesGateway(gws []string, vsNS, gw string) bool {
 // GatewayRoutePrefix names a gateway's route configurations: "http.<port>", as Istio.
 const GatewayRoutePrefix = "http."
 
-// gateways adds, for a proxy that Istio Gateways select by its labels, a
+// gateways adds, for a proxy that Istio Gateways select by its labels (or
+// select with no selector at all), a
 // listener per HTTP server port and a route configuration "http.PORT" that
 // merges every server on the port, as Istio's buildGatewayHTTPRouteConfig: a
 // virtual host per host name, holding the routes of every VirtualService
@@ -86,7 +87,10 @@ const GatewayRoutePrefix = "http."
 func (b *outboundBuilder) gateways() error {
 	ports := map[uint32]*gatewayPort{}
 	for _, g := range b.n.Gateways {
-		if len(g.Spec.GetSelector()) == 0 || !registry.Matches(g.Spec.GetSelector(), b.wl.Labels) {
+		// A Gateway without a selector applies to every gateway proxy (Istio's
+		// mergeGateways). The workload may not be one: a sidecar without
+		// --gateway-listen ignores gateway (INBOUND) listeners.
+		if !registry.Matches(g.Spec.GetSelector(), b.wl.Labels) {
 			continue
 		}
 		full := g.Object.Namespace + "/" + g.Object.Name

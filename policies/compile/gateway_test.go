@@ -496,3 +496,44 @@ spec:
 		t.Error("the bound port 8080 stopped routing")
 	}
 }
+
+// Istio's mergeGateways applies a Gateway without a selector (absent or
+// empty) to every gateway proxy; one with a selector to those it matches.
+func TestGatewaySelector(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		selector string // YAML line, or ""
+		served   bool
+	}{
+		{"absent", "", true},
+		{"empty", "selector: {}", true},
+		{"matching", "selector: {istio: ingressgateway}", true},
+		{"another gateway's", "selector: {istio: egressgateway}", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  %s
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: default}
+spec:
+  hosts: ["a.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: reviews.default.svc.cluster.local, port: {number: 9080}}}]
+`, tc.selector)
+			tab, fs := gatewayTable(t, cfg)
+			if len(fs) != 0 {
+				t.Errorf("findings: %v", fs)
+			}
+			if rt := gatewayGet(tab, "http://a.example.com/"); (rt != nil) != tc.served {
+				t.Errorf("served = %v, want %v", rt != nil, tc.served)
+			}
+		})
+	}
+}

@@ -34,7 +34,7 @@ type loaded struct {
 type scope struct {
 	all        string // why every workload is affected; "" if not
 	namespaces map[string]bool
-	selectors  []map[string]string // never empty: an empty selector would match every workload
+	selectors  []map[string]string // never empty: an empty selector is everything
 }
 
 func (sc *scope) everything(why string) {
@@ -51,11 +51,15 @@ func (sc *scope) namespace(ns string) {
 }
 
 // selector adds the workloads whose labels carry every key and value of sel.
-// An empty selector adds nothing (Gateways with none select no workload).
-func (sc *scope) selector(sel map[string]string) {
-	if len(sel) > 0 {
-		sc.selectors = append(sc.selectors, sel)
+// An empty selector adds every workload, why says whose it is: a Gateway
+// with none applies to every gateway proxy, as Istio's, and compile cannot
+// tell a gateway proxy from a sidecar.
+func (sc *scope) selector(sel map[string]string, why string) {
+	if len(sel) == 0 {
+		sc.everything(why + " has no selector")
+		return
 	}
+	sc.selectors = append(sc.selectors, sel)
 }
 
 // affects reports whether wl's compiled output may differ after the change.
@@ -183,7 +187,7 @@ func changeScope(mesh compile.Mesh, prev, next loaded) *scope {
 					for _, n := range []*compile.Networking{prev.net, next.net} {
 						for _, g := range n.Gateways {
 							if g.Object.Namespace+"/"+g.Object.Name == full {
-								sc.selector(g.Spec.GetSelector())
+								sc.selector(g.Spec.GetSelector(), name+" is bound to Gateway "+full+", which")
 							}
 						}
 					}
@@ -213,7 +217,7 @@ func changeScope(mesh compile.Mesh, prev, next loaded) *scope {
 					sc.everything(name + " does not decode")
 					break
 				}
-				sc.selector(spec.GetSelector())
+				sc.selector(spec.GetSelector(), name)
 			}
 		case group == "networking.istio.io" && (kind == "ServiceEntry" || kind == "WorkloadEntry"):
 			// Compared below as the services and endpoints they make, together

@@ -337,6 +337,14 @@ spec: {hosts: [private.b.svc.cluster.local], ports: [{number: 7070, name: http}]
 		// Its server port has a listener, a VirtualService bound to it or not (Istio's).
 		wantRecompiled: []string{"ingress/gw"}, wantChanged: []string{"ingress/gw"},
 	}, {
+		name: "Gateway without a selector",
+		edit: func(f *fixture) {
+			f.write("gateway.yaml", strings.Replace(gatewayYAML(80), "  selector: {istio: ingressgateway}\n", "", 1))
+		},
+		// Istio applies it to every gateway proxy, and compile cannot tell
+		// one from a sidecar: every workload gets its listener.
+		wantRecompiled: everyone, wantChanged: []string{"a/app1", "a/app2", "b/app", "rampart-system/app"},
+	}, {
 		name: "a kind whose effect is not classified",
 		edit: func(f *fixture) {
 			f.write("ef.yaml", "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: x, namespace: b}\nspec: {}\n")
