@@ -72,11 +72,13 @@ type Config struct {
 	// DialTimeout bounds one request to the control plane. Default 10 s.
 	DialTimeout time.Duration
 	// DataDir, if set, is a directory (created mode 0700) where the agent keeps
-	// its SVID with the key and its trust bundle (mode 0600, replaced atomically
-	// on every change) across restarts. At start a stored SVID that is still
-	// valid, chains to the stored bundle and is for this agent's identity is
-	// served and renews itself, so a workload that joined with a single-use token
-	// rejoins after a restart without one. Without DataDir both live in memory only.
+	// its SVID with the key, its trust bundle and the SPIFFE ID it was issued
+	// (mode 0600, replaced atomically on every change) across restarts. At
+	// start a stored SVID that is still valid, chains to the stored bundle and
+	// is for this agent's identity is served and renews itself, so a workload
+	// that joined with a single-use token rejoins after a restart without one;
+	// one for another identity than the recorded one stops the agent. Without
+	// DataDir both live in memory only.
 	DataDir string
 
 	Clock   clock.WithTicker
@@ -96,6 +98,10 @@ type Agent struct {
 
 	jwtMu    sync.Mutex
 	jwtCache map[string]cachedJWT
+
+	// recorded is the SPIFFE ID DataDir records as issued to this agent
+	// (zero: none yet). Only Run's goroutine (restore, persist) uses it.
+	recorded spiffeid.ID
 }
 
 type cachedJWT struct {

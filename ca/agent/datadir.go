@@ -14,6 +14,7 @@ import (
 	"github.com/rampart-mesh/rampart/ca"
 	"github.com/rampart-mesh/rampart/internal/regfile"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -21,15 +22,21 @@ import (
 //
 //	svid.pem      the private key, then the SVID's chain leaf first (mode 0600)
 //	bundle.json   the trust bundle last fetched from the control plane (mode 0600)
+//	identity      the SPIFFE ID the CA issued this agent, one line (mode 0600)
 //	lock          held (flock) by the one agent using the directory
 //
-// Both files are replaced by rename on every change, the bundle before the SVID,
+// The files are replaced by rename on every change, the bundle before the SVID,
 // so a crash leaves each whole; key and certificate share one file so they never
-// disagree.
+// disagree. identity changes only with the identity the agent is issued (its
+// first SVID, or a move to another identity by configuration or token), and
+// then svid.pem is removed first: svid.pem never holds an SVID for another
+// identity than identity records, unless something other than the agent put it
+// there.
 const (
-	svidFileName   = "svid.pem"
-	bundleFileName = "bundle.json"
-	lockFileName   = "lock"
+	svidFileName     = "svid.pem"
+	bundleFileName   = "bundle.json"
+	identityFileName = "identity"
+	lockFileName     = "lock"
 )
 
 // ErrDataDirInUse means another agent holds Config.DataDir.
@@ -67,19 +74,30 @@ func (a *Agent) openDataDir() (*os.File, error) {
 
 // restore loads what DataDir holds. The stored bundle, when there is one, is
 // what the agent trusts for the control plane from now on, as it would be had
-// the agent not restarted. The stored SVID is published only if it is still
-// valid, chains to that trust and is for the identity the agent is configured
-// for; otherwise the agent joins with its token as on a first start. Files the
-// agent cannot read or parse, or that others may read, are errors (as is a
-// directory others may write, see openDataDir): the operator must look at them.
+// the agent not restarted. A stored SVID for another identity than the one
+// the directory records is an error: the agent did not write it. Otherwise it
+// is published only if it is still valid, chains to that trust and is for the
+// identity the agent is configured for (or its token names); if not, the agent
+// joins with its token as on a first start. Files the agent cannot read or
+// parse, or that others may read, are errors (as is a directory others may
+// write, see openDataDir): the operator must look at them.
 func (a *Agent) restore() error {
 	bundle, err := a.readBundle()
 	if err != nil {
 		return err
 	}
+	recorded, err := a.readRecordedID()
+	if err != nil {
+		return err
+	}
+	a.recorded = recorded
 	svid, err := a.readSVID()
 	if err != nil {
 		return err
+	}
+	if svid != nil && !recorded.IsZero() && svid.ID != recorded {
+		return fmt.Errorf("%s holds an X.509-SVID for %s, but this sidecar was issued %s (recorded in %s): the agent did not write that file (copied from another sidecar's data dir?); remove %s to join with a token, and give each sidecar its own data dir",
+			filepath.Join(a.cfg.DataDir, svidFileName), svid.ID, recorded, filepath.Join(a.cfg.DataDir, identityFileName), svidFileName)
 	}
 	if bundle != nil {
 		n, _ := bundle.SequenceNumber()
@@ -104,6 +122,16 @@ func (a *Agent) restore() error {
 		// No stored bundle (removed, or its write failed): trust what first
 		// contact trusts, as the SVID was just checked against.
 		bundle = spiffebundle.FromX509Authorities(a.cfg.TrustDomain, a.cfg.RootCerts)
+	}
+	if recorded.IsZero() {
+		// Written by an agent that kept no record: this SVID, which the
+		// directory's owner alone could have put there, is the identity from
+		// now on.
+		if err := a.writeRecordedID(svid.ID); err != nil {
+			a.log.Error("could not record the stored X.509-SVID's identity in the data dir", "file", filepath.Join(a.cfg.DataDir, identityFileName), "err", err)
+		} else {
+			a.log.Info("the data dir kept no identity record; recorded the stored X.509-SVID's", "file", filepath.Join(a.cfg.DataDir, identityFileName), "spiffe_id", svid.ID.String())
+		}
 	}
 	a.set(svid, bundle)
 	leaf := svid.Certificates[0]
@@ -186,6 +214,30 @@ func (a *Agent) readSVID() (*x509svid.SVID, error) {
 	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, nil
 }
 
+// readRecordedID reads the SPIFFE ID the CA last issued this agent; zero if
+// the directory records none (new, or written by an older agent).
+func (a *Agent) readRecordedID() (spiffeid.ID, error) {
+	path := filepath.Join(a.cfg.DataDir, identityFileName)
+	data, err := readPrivate(path)
+	if data == nil || err != nil {
+		return spiffeid.ID{}, err
+	}
+	id, err := spiffeid.FromString(strings.TrimSuffix(string(data), "\n"))
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%s: %w (it records the SPIFFE ID this sidecar was issued; remove it and %s to join with a token)", path, err, svidFileName)
+	}
+	return id, nil
+}
+
+// writeRecordedID records id as the identity the CA issued this agent.
+func (a *Agent) writeRecordedID(id spiffeid.ID) error {
+	if err := ca.WriteFileAtomic(filepath.Join(a.cfg.DataDir, identityFileName), []byte(id.String()+"\n"), 0o600); err != nil {
+		return err
+	}
+	a.recorded = id
+	return nil
+}
+
 // maxDataFileSize bounds a file read from DataDir: the SVID with its key and
 // the bundle are kilobytes.
 const maxDataFileSize = 1 << 20
@@ -229,6 +281,19 @@ func (a *Agent) persist(old, cur *state) {
 	}
 	if cur.svid != nil && cur.svid != old.svid {
 		path := filepath.Join(a.cfg.DataDir, svidFileName)
+		if cur.svid.ID != a.recorded {
+			// A first SVID, or one for another identity: the old file goes
+			// before the record changes, so that a crash in between cannot
+			// leave them naming two identities.
+			err := os.Remove(path)
+			if err == nil || errors.Is(err, fs.ErrNotExist) {
+				err = a.writeRecordedID(cur.svid.ID)
+			}
+			if err != nil {
+				a.log.Error("could not record this sidecar's identity in the data dir; after a restart it will need a new join token", "file", filepath.Join(a.cfg.DataDir, identityFileName), "spiffe_id", cur.svid.ID.String(), "err", err)
+				return
+			}
+		}
 		data, err := ca.EncodeKeyPEM(cur.svid.PrivateKey)
 		if err == nil {
 			err = ca.WriteFileAtomic(path, append(data, ca.EncodeCertsPEM(cur.svid.Certificates)...), 0o600)

@@ -68,7 +68,7 @@ func TestAgentRejoinsAfterRestart(t *testing.T) {
 // verifies against, and that only the owner can read or change them.
 func checkDataDir(t *testing.T, dir string, svid *x509svid.SVID) {
 	t.Helper()
-	wantMode := map[string]os.FileMode{dir: 0o700, filepath.Join(dir, "svid.pem"): 0o600, filepath.Join(dir, "bundle.json"): 0o600}
+	wantMode := map[string]os.FileMode{dir: 0o700, filepath.Join(dir, "svid.pem"): 0o600, filepath.Join(dir, "bundle.json"): 0o600, filepath.Join(dir, "identity"): 0o600}
 	for path, want := range wantMode {
 		fi, err := os.Stat(path)
 		if err != nil {
@@ -78,6 +78,9 @@ func checkDataDir(t *testing.T, dir string, svid *x509svid.SVID) {
 		if fi.Mode().Perm() != want {
 			t.Errorf("%s: mode %04o, want %04o", path, fi.Mode().Perm(), want)
 		}
+	}
+	if got := recordedID(t, dir); got != svid.ID.String() {
+		t.Errorf("identity records %q, want %s", got, svid.ID)
 	}
 	stored, err := x509svid.Load(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid.pem"))
 	if err != nil {
@@ -149,7 +152,7 @@ func TestAgentIgnoresUnusableStoredSVID(t *testing.T) {
 			tok := cp.Token(t, tt.ns, tt.sa)
 			var logs syncBuffer
 			a2 := newAgent(t, cp, agent.Config{Token: func() (string, error) { return tok, nil }, DataDir: dir, Log: bufferLogger(&logs)})
-			startAgent(t, a2)
+			stop2 := startAgent(t, a2)
 			got := mustSVID(t, a2)
 			if serial(got) == serial(stored) {
 				t.Fatal("the agent served the stored SVID")
@@ -163,8 +166,119 @@ func TestAgentIgnoresUnusableStoredSVID(t *testing.T) {
 			if !strings.Contains(logs.String(), "the stored X.509-SVID is not used") || !strings.Contains(logs.String(), tt.wantLog) {
 				t.Errorf("the log does not say the stored SVID is not used because %q:\n%s", tt.wantLog, logs.String())
 			}
+			stop2() // the files are written once Run is done with them
+			if rec := recordedID(t, dir); rec != got.ID.String() {
+				t.Errorf("after joining as %s the data dir records %q", got.ID, rec)
+			}
 		})
 	}
+}
+
+// An svid.pem the agent did not write (copied from another sidecar's data
+// dir) stops it, whatever identity it is configured for: without a
+// configured identity, or a token that names one, the agent would otherwise
+// take on any identity of the trust domain.
+func TestAgentRefusesSVIDOfAnotherIdentity(t *testing.T) {
+	cp := startControlPlane(t, cpOptions{})
+	cart, till := t.TempDir(), t.TempDir()
+	for dir, sa := range map[string]string{cart: "cart", till: "till"} {
+		tokenFn, _ := oneToken(cp.Token(t, "shop", sa))
+		startAgent(t, newAgent(t, cp, agent.Config{Token: tokenFn, DataDir: dir}))()
+	}
+	tillSVID, err := os.ReadFile(filepath.Join(till, "svid.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(cart, "svid.pem"), string(tillSVID))
+	noToken := func() (string, error) { return "", errors.New("the token file was removed after the join") }
+
+	tests := []struct {
+		name string
+		cfg  agent.Config
+	}{
+		{name: "no identity configured, no token", cfg: agent.Config{Token: noToken}},
+		{name: "configured for the copied SVID's identity", cfg: agent.Config{Token: noToken, Identity: ca.Identity{Namespace: "shop", ServiceAccount: "till"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.DataDir = cart
+			err := runRefused(t, newAgent(t, cp, tt.cfg))
+			for _, want := range []string{filepath.Join(cart, "svid.pem"), "spiffe://cluster.local/ns/shop/sa/till", "was issued spiffe://cluster.local/ns/shop/sa/cart", filepath.Join(cart, "identity")} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("Run() = %v; want it to name %s", err, want)
+				}
+			}
+		})
+	}
+}
+
+// A data dir written before the agent recorded its identity: the stored SVID
+// is restored and its identity recorded, so an SVID copied there later is
+// refused.
+func TestAgentRecordsIdentityOfOlderDataDir(t *testing.T) {
+	cp := startControlPlane(t, cpOptions{})
+	cart, till := t.TempDir(), t.TempDir()
+	for dir, sa := range map[string]string{cart: "cart", till: "till"} {
+		tokenFn, _ := oneToken(cp.Token(t, "shop", sa))
+		startAgent(t, newAgent(t, cp, agent.Config{Token: tokenFn, DataDir: dir}))()
+	}
+	if err := os.Remove(filepath.Join(cart, "identity")); err != nil {
+		t.Fatal(err)
+	}
+	noToken := func() (string, error) { return "", errors.New("the token file was removed after the join") }
+
+	a := newAgent(t, cp, agent.Config{Token: noToken, DataDir: cart})
+	startAgent(t, a)()
+	if got := mustSVID(t, a).ID.String(); got != "spiffe://cluster.local/ns/shop/sa/cart" {
+		t.Fatalf("restored SVID for %s, want shop/cart's", got)
+	}
+	if got := recordedID(t, cart); got != "spiffe://cluster.local/ns/shop/sa/cart" {
+		t.Fatalf("identity records %q after the restore, want shop/cart's", got)
+	}
+
+	tillSVID, err := os.ReadFile(filepath.Join(till, "svid.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(cart, "svid.pem"), string(tillSVID))
+	if err := runRefused(t, newAgent(t, cp, agent.Config{Token: noToken, DataDir: cart})); !strings.Contains(err.Error(), "was issued spiffe://cluster.local/ns/shop/sa/cart") {
+		t.Errorf("Run() = %v; want the copied SVID refused", err)
+	}
+}
+
+// runRefused runs a, which must stop with an error before it is ready.
+func runRefused(t *testing.T, a *agent.Agent) error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Run() = nil, want an error")
+		}
+		return err
+	case <-a.Ready():
+		cancel()
+		<-done
+		svid, _ := a.GetX509SVID()
+		t.Fatalf("the agent became ready with an X.509-SVID for %s", svid.ID)
+	case <-time.After(waitFor):
+		cancel()
+		<-done
+		t.Fatal("Run() neither failed nor became ready")
+	}
+	return nil
+}
+
+func recordedID(t *testing.T, dir string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "identity"))
+	if err != nil {
+		t.Errorf("data dir: %v", err)
+	}
+	return strings.TrimSuffix(string(data), "\n")
 }
 
 // A data dir the agent cannot trust or read stops it with an error naming the

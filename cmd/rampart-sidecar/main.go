@@ -112,8 +112,10 @@ valid, chains to the stored bundle and is for this sidecar's identity is served
 at once and renewed with itself instead of the token. If it has expired (the
 sidecar was down longer than the SVID's TTL), the sidecar needs a new token.
 The stored bundle, not --root-cert, authenticates rampartd after a restart
-(remove DIR to start over from --root-cert). Give each sidecar its own DIR; it
-holds the workload's private key.
+(remove DIR to start over from --root-cert). DIR also records the SPIFFE ID the
+sidecar was issued (DIR/identity): an SVID stored for another identity (say,
+copied from another sidecar's DIR) stops the sidecar with an error. Give each
+sidecar its own DIR; it holds the workload's private key.
 
 Once it holds an SVID it serves the SPIFFE Workload API on --workload-api-socket
 (point SPIFFE_ENDPOINT_SOCKET=unix://<path> at it for go-spiffe and other clients).
