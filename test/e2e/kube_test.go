@@ -146,9 +146,18 @@ spec:
 		t.Fatal(err)
 	}
 
+	// rampartd runs as its service account, under the ClusterRole shipped in
+	// deploy/kube and nothing more. Before the role is bound, the API server
+	// refuses its lists, and rampartd says so and waits rather than serve a
+	// partial view.
 	monitoring := procs.FreeAddr(t)
-	m := startMesh(t, "--kubeconfig", api.Kubeconfig, "--monitoring-listen", monitoring)
-	m.rampartd.WaitLog(t, "caches synced", 30*time.Second)
+	m := startMesh(t, "--kubeconfig", api.RampartdKubeconfig, "--monitoring-listen", monitoring)
+	m.rampartd.WaitLog(t, `cannot list resource \"pods\"`, 30*time.Second)
+	if strings.Contains(m.rampartd.Output(), "caches synced") {
+		t.Fatalf("rampartd synced its caches without the right to list them:\n%s", m.rampartd.Output())
+	}
+	api.Apply(t, kubeapi.RepoFile("deploy/kube/rampartd-rbac.yaml"))
+	m.rampartd.WaitLog(t, "caches synced", 60*time.Second)
 
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "app: %s", r.URL.Path) }))
 	defer app.Close()

@@ -142,6 +142,10 @@ func splitYAML(data []byte) [][]byte {
 	return append(docs, cur.Bytes())
 }
 
+// RepoFile is the path of a file of this repository, from its path in it
+// (e.g. "deploy/kube/rampartd-rbac.yaml").
+func RepoFile(rel string) string { return filepath.Join(repoRoot(), filepath.FromSlash(rel)) }
+
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..", "..")

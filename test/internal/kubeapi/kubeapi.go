@@ -54,6 +54,23 @@ type Server struct {
 	Kubeconfig string
 	// Config is the same as a rest.Config.
 	Config *rest.Config
+	// RampartdKubeconfig authenticates as rampartd's service account
+	// (system:serviceaccount:rampart-system:rampartd, with the groups a
+	// service-account token carries), which RBAC grants nothing until a
+	// binding names it: deploy/kube/rampartd-rbac.yaml's.
+	RampartdKubeconfig string
+}
+
+// RampartdUser is the user name RampartdKubeconfig authenticates as.
+const RampartdUser = "system:serviceaccount:rampart-system:rampartd"
+
+// randomToken is a static bearer token for the API server's token file.
+func randomToken(tb testing.TB) string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		tb.Fatal(err)
+	}
+	return hex.EncodeToString(b)
 }
 
 // Start starts etcd and kube-apiserver on free 127.0.0.1 ports, waits until
@@ -94,12 +111,9 @@ func Start(tb testing.TB) *Server {
 	saKey, saPub := serviceAccountKey(tb)
 	writeFile(tb, filepath.Join(dir, "sa.key"), saKey)
 	writeFile(tb, filepath.Join(dir, "sa.pub"), saPub)
-	tokenBytes := make([]byte, 16)
-	if _, err := rand.Read(tokenBytes); err != nil {
-		tb.Fatal(err)
-	}
-	token := hex.EncodeToString(tokenBytes)
-	writeFile(tb, filepath.Join(dir, "tokens.csv"), []byte(token+`,admin,admin,"system:masters"`+"\n"))
+	token, saToken := randomToken(tb), randomToken(tb)
+	writeFile(tb, filepath.Join(dir, "tokens.csv"), []byte(token+`,admin,admin,"system:masters"`+"\n"+
+		saToken+","+RampartdUser+`,rampartd-uid,"system:serviceaccounts,system:serviceaccounts:rampart-system"`+"\n"))
 
 	apiAddr := freeAddr(tb)
 	_, port, _ := net.SplitHostPort(apiAddr)
@@ -163,20 +177,25 @@ func Start(tb testing.TB) *Server {
 		time.Sleep(200 * time.Millisecond)
 	}
 
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["rampart-test"] = &clientcmdapi.Cluster{Server: url, CertificateAuthority: filepath.Join(certDir, "apiserver.crt"), TLSServerName: "127.0.0.1"}
-	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: token}
-	kc.Contexts["rampart-test"] = &clientcmdapi.Context{Cluster: "rampart-test", AuthInfo: "admin"}
-	kc.CurrentContext = "rampart-test"
-	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
-		tb.Fatal(err)
+	writeKubeconfig := func(name, user, token string) string {
+		path := filepath.Join(dir, name)
+		kc := clientcmdapi.NewConfig()
+		kc.Clusters["rampart-test"] = &clientcmdapi.Cluster{Server: url, CertificateAuthority: filepath.Join(certDir, "apiserver.crt"), TLSServerName: "127.0.0.1"}
+		kc.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: token}
+		kc.Contexts["rampart-test"] = &clientcmdapi.Context{Cluster: "rampart-test", AuthInfo: user}
+		kc.CurrentContext = "rampart-test"
+		if err := clientcmd.WriteToFile(*kc, path); err != nil {
+			tb.Fatal(err)
+		}
+		return path
 	}
+	kubeconfig := writeKubeconfig("kubeconfig", "admin", token)
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &Server{URL: url, Kubeconfig: kubeconfig, Config: cfg}
+	return &Server{URL: url, Kubeconfig: kubeconfig, Config: cfg,
+		RampartdKubeconfig: writeKubeconfig("kubeconfig-rampartd", "rampartd", saToken)}
 }
 
 // proc is a started etcd or kube-apiserver.

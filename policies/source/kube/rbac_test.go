@@ -1,0 +1,71 @@
+package kube
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/yaml"
+)
+
+// The ClusterRole shipped in deploy/kube grants list and watch (what an
+// informer does) on every resource the source reads: a kind added to the
+// source without its grant would leave rampartd's caches unsynced in a
+// cluster. (The kube tier runs rampartd under this role for real.)
+func TestShippedRoleGrantsEveryWatchedResource(t *testing.T) {
+	const file = "../../../deploy/kube/rampartd-rbac.yaml"
+	data, err := os.ReadFile(filepath.FromSlash(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role *rbacv1.ClusterRole
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if meta.Kind == "ClusterRole" {
+			role = &rbacv1.ClusterRole{}
+			if err := yaml.UnmarshalStrict([]byte(doc), role); err != nil {
+				t.Fatalf("%s: ClusterRole: %v", file, err)
+			}
+		}
+	}
+	if role == nil {
+		t.Fatalf("%s has no ClusterRole", file)
+	}
+	grants := func(gr schema.GroupResource, verb string) bool {
+		for _, r := range role.Rules {
+			if slices.Contains(r.APIGroups, gr.Group) && slices.Contains(r.Resources, gr.Resource) && slices.Contains(r.Verbs, verb) {
+				return true
+			}
+		}
+		return false
+	}
+	watched := []schema.GroupResource{
+		{Resource: "services"}, {Resource: "pods"}, {Resource: "namespaces"},
+		{Group: "discovery.k8s.io", Resource: "endpointslices"},
+		RateLimitPolicies.GroupResource(),
+	}
+	for gvr := range IstioResources {
+		watched = append(watched, gvr.GroupResource())
+	}
+	for _, gr := range watched {
+		for _, verb := range []string{"list", "watch"} {
+			if !grants(gr, verb) {
+				t.Errorf("%s's ClusterRole %s does not grant %s on %s, which rampartd's kube source reads", file, role.Name, verb, gr)
+			}
+		}
+	}
+	for _, r := range role.Rules {
+		for _, v := range r.Verbs {
+			if v != "get" && v != "list" && v != "watch" {
+				t.Errorf("%s's ClusterRole grants %q on %v: rampartd writes nothing to the cluster", file, v, r.Resources)
+			}
+		}
+	}
+}
