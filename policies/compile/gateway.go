@@ -29,11 +29,11 @@ func gwOrMesh(gw string) string {
 	return gw
 }
 
-// resolveGateway names a gateway in a VirtualService's spec.gateways or
+// ResolveGateway names a gateway in a VirtualService's spec.gateways or
 // match gateways as "ns/name", as Istio's resolveGatewayName: "mesh" stays,
-// "./name" and a short name are in the VirtualService's namespace, and the
-// legacy "name.ns[.svc.cluster.local]" is ns/name.
-func resolveGateway(name, vsNS string) string {
+// "./name" and a short name are in the VirtualService's namespace vsNS, and
+// the legacy "name.ns[.svc.cluster.local]" is ns/name.
+func ResolveGateway(name, vsNS string) string {
 	if name == MeshGateway {
 		return name
 	}
@@ -54,7 +54,7 @@ func resolveGateway(name, vsNS string) string {
 // boundTo reports whether a VirtualService's spec.gateways names the gateway "ns/name".
 func boundTo(vs *VirtualService, gw string) bool {
 	for _, name := range vs.Spec.GetGateways() {
-		if resolveGateway(name, vs.Object.Namespace) == gw {
+		if ResolveGateway(name, vs.Object.Namespace) == gw {
 			return true
 		}
 	}
@@ -68,7 +68,7 @@ func matchesGateway(gws []string, vsNS, gw string) bool {
 		return true
 	}
 	for _, name := range gws {
-		if resolveGateway(name, vsNS) == gwOrMesh(gw) {
+		if ResolveGateway(name, vsNS) == gwOrMesh(gw) {
 			return true
 		}
 	}

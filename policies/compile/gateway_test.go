@@ -242,8 +242,8 @@ func TestResolveGateway(t *testing.T) {
 		"mesh": "mesh", "gw": "vsns/gw", "./gw": "vsns/gw", "ns/gw": "ns/gw", "*/gw": "*/gw",
 		"gw.ns": "ns/gw", "gw.ns.svc.cluster.local": "ns/gw",
 	} {
-		if got := resolveGateway(in, "vsns"); got != want {
-			t.Errorf("resolveGateway(%q) = %q, want %q", in, got, want)
+		if got := ResolveGateway(in, "vsns"); got != want {
+			t.Errorf("ResolveGateway(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

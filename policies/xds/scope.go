@@ -177,12 +177,9 @@ func changeScope(mesh compile.Mesh, prev, next loaded) *scope {
 				sc.exportedTo(spec.GetExportTo(), v.Namespace, name)
 				// Gateways take the VirtualServices bound to them whatever their exportTo.
 				for _, gw := range spec.GetGateways() {
-					if gw == "mesh" {
+					full := compile.ResolveGateway(gw, v.Namespace)
+					if full == compile.MeshGateway {
 						continue
-					}
-					full := gw
-					if !strings.Contains(gw, "/") {
-						full = v.Namespace + "/" + gw
 					}
 					for _, n := range []*compile.Networking{prev.net, next.net} {
 						for _, g := range n.Gateways {

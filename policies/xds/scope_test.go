@@ -299,6 +299,15 @@ func TestChangeRecomputesAffectedWorkloadsOnly(t *testing.T) {
 		// Istio: exportTo applies at gateways too; the gateway does not see it.
 		wantRecompiled: []string{"b/app", "ingress/gw"},
 	}, {
+		name: "VirtualService bound to a gateway by its legacy FQDN, exported to its own",
+		edit: func(f *fixture) { f.write("vs.yaml", vsYAML("b", "3s", `["."]`, `[gw.ingress.svc.cluster.local]`)) },
+		// The same gateway as ingress/gw (Istio's resolveGatewayName).
+		wantRecompiled: []string{"b/app", "ingress/gw"},
+	}, {
+		name:           "VirtualService bound to a gateway by ./name, exported to another namespace",
+		edit:           func(f *fixture) { f.write("vs.yaml", vsYAML("ingress", "3s", `["b"]`, `[./gw]`)) },
+		wantRecompiled: []string{"b/app", "ingress/gw"},
+	}, {
 		name:           "VirtualService bound to a gateway in another namespace, exported to the gateway's",
 		edit:           func(f *fixture) { f.write("vs.yaml", vsYAML("b", "3s", `["ingress"]`, `[ingress/gw]`)) },
 		wantRecompiled: []string{"ingress/gw"}, wantChanged: []string{"ingress/gw"},
