@@ -197,6 +197,8 @@ func TestGatewayNameForms(t *testing.T) {
 		{"qualified and short", "", "[default/gw]", "[gw]", true, true},
 		{"dot", "", "[./gw]", "[./gw]", true, true},
 		{"legacy FQDN", "", "[gw.default.svc.cluster.local]", "[gw.default]", true, true},
+		{"legacy FQDN in a match", "", "[default/gw]", "[gw.default.svc.cluster.local]", true, true},
+		{"legacy FQDN of another namespace", "", "[gw.team.svc.cluster.local]", "[gw]", false, false},
 		{"match names another gateway", "", "[gw]", "[other/gw]", true, false},
 		{"match names the mesh", "", "[gw, mesh]", "[mesh]", true, false},
 		{"short name is the vs's namespace", "team", "[gw]", "[gw]", false, false},
