@@ -212,7 +212,7 @@ func (a *Authority) Load() (err error) {
 	st, err := readState(a.cfg.StateDir)
 	switch {
 	case errors.Is(err, ErrNoState):
-		st = &stateRecord{Version: stateVersion, TrustDomain: a.cfg.TrustDomain.Name()}
+		st = &stateRecord{Version: stateVersion, TrustDomain: a.cfg.TrustDomain.Name(), RootNamespace: a.cfg.RootNamespace}
 	case err != nil:
 		return err
 	case st.TrustDomain != a.cfg.TrustDomain.Name():
@@ -237,10 +237,17 @@ func (a *Authority) Load() (err error) {
 		}
 		a.log.Info("created root CA", "generation", 1, "key_type", a.cfg.KeyType, "not_after", g.root().NotAfter, "dir", dir)
 	}
-	if hint := int64(a.cfg.RefreshHint / time.Second); st.RefreshHint != hint {
-		// Readers beside rampartd (ReadBundle) take the hint from the state file:
-		// persist a changed one, or they publish a stale hint until the next rotation.
+	if st.RootNamespace != "" && st.RootNamespace != a.cfg.RootNamespace {
+		a.log.Warn("root namespace changed since the last start: rampartd's identity moves with it, and sidecars must be started with the new --root-namespace",
+			"was", st.RootNamespace, "now", a.cfg.RootNamespace)
+	}
+	if hint := int64(a.cfg.RefreshHint / time.Second); st.RefreshHint != hint || st.RootNamespace != a.cfg.RootNamespace {
+		// Readers beside rampartd take the hint (ReadBundle) and the root
+		// namespace (rampartctl token create) from the state file: persist a
+		// changed one, or they publish a stale hint until the next rotation,
+		// or guard the wrong identity as rampartd's.
 		st.RefreshHint = hint
+		st.RootNamespace = a.cfg.RootNamespace
 		if err := writeState(a.cfg.StateDir, st); err != nil {
 			return fmt.Errorf("write CA state: %w", err)
 		}

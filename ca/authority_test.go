@@ -742,3 +742,59 @@ func TestExternalCARejected(t *testing.T) {
 		})
 	}
 }
+
+// The state directory records the root namespace rampartd last started with,
+// for rampartctl token create; a state directory from before the record has
+// none until rampartd starts on it again.
+func TestStateRecordsRootNamespace(t *testing.T) {
+	dir := t.TempDir()
+	load := func(rootNS string) {
+		t.Helper()
+		a := newTestAuthority(t, Config{StateDir: dir, RootNamespace: rootNS})
+		if err := a.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() string {
+		t.Helper()
+		got, err := ReadRootNamespace(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if _, err := ReadRootNamespace(dir); !errors.Is(err, ErrNoState) {
+		t.Fatalf("ReadRootNamespace before the first start = %v, want %v", err, ErrNoState)
+	}
+	load("")
+	if got := read(); got != DefaultRootNamespace {
+		t.Errorf("after a start with the default: %q, want %q", got, DefaultRootNamespace)
+	}
+	load("mesh-root")
+	if got := read(); got != "mesh-root" {
+		t.Errorf("after a start with mesh-root: %q, want mesh-root", got)
+	}
+
+	// An older state file: the field is absent.
+	path := filepath.Join(dir, "ca", "state.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st map[string]any
+	if err := json.Unmarshal(data, &st); err != nil {
+		t.Fatal(err)
+	}
+	delete(st, "root_namespace")
+	if data, err = json.Marshal(st); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, path, data)
+	if got := read(); got != "" {
+		t.Errorf("from a state file without the record: %q, want \"\"", got)
+	}
+	load("mesh-root")
+	if got := read(); got != "mesh-root" {
+		t.Errorf("after a start on the older state: %q, want mesh-root", got)
+	}
+}

@@ -12,7 +12,7 @@ import (
 
 // The state directory holds, under "ca/":
 //
-//	state.json           the generations (roots) and their phase, written atomically
+//	state.json           the generations (roots) and their phase, the root namespace, written atomically
 //	gen-<n>.pem          generation n's signing chain, signing certificate first, root last
 //	gen-<n>.key          generation n's signing key (mode 0600)
 //	gen-<n>-jwt.key      generation n's JWT-SVID signing key (mode 0600)
@@ -47,11 +47,14 @@ type genRecord struct {
 }
 
 type stateRecord struct {
-	Version     int         `json:"version"`
-	TrustDomain string      `json:"trust_domain"`
-	Sequence    uint64      `json:"sequence"`
-	RefreshHint int64       `json:"refresh_hint_seconds,omitempty"`
-	Generations []genRecord `json:"generations"`
+	Version     int    `json:"version"`
+	TrustDomain string `json:"trust_domain"`
+	// RootNamespace is the one rampartd last started with, for tools beside
+	// it (rampartctl token create); absent in older state directories.
+	RootNamespace string      `json:"root_namespace,omitempty"`
+	Sequence      uint64      `json:"sequence"`
+	RefreshHint   int64       `json:"refresh_hint_seconds,omitempty"`
+	Generations   []genRecord `json:"generations"`
 }
 
 // ErrNoState means the state directory has no CA yet.
@@ -76,6 +79,17 @@ func readState(stateDir string) (*stateRecord, error) {
 		return nil, fmt.Errorf("%s: unsupported state version %d (this rampart reads %d)", path, st.Version, stateVersion)
 	}
 	return &st, nil
+}
+
+// ReadRootNamespace returns the root namespace rampartd last started with on
+// stateDir (recorded in ca/state.json), or "" if its state predates the
+// record. It fails with ErrNoState when stateDir has no CA yet.
+func ReadRootNamespace(stateDir string) (string, error) {
+	st, err := readState(stateDir)
+	if err != nil {
+		return "", err
+	}
+	return st.RootNamespace, nil
 }
 
 func writeState(stateDir string, st *stateRecord) error {
