@@ -440,7 +440,10 @@ func (p *Proxy) xdsClient(authn *jwtAuthn, peerMode *peerModes) (*xds.Client, er
 	for k, v := range p.cfg.Workload.Labels {
 		labels[k] = v
 	}
-	md, err := structpb.NewStruct(map[string]any{"NAME": p.cfg.Workload.Name, "LABELS": labels})
+	// ROUTER: a proxy serving gateway listeners (Istio's router proxies) is
+	// sent the Gateways without a selector too.
+	router := p.cfg.Outbound != nil && len(p.cfg.Outbound.GatewayListen) > 0
+	md, err := structpb.NewStruct(map[string]any{"NAME": p.cfg.Workload.Name, "LABELS": labels, "ROUTER": router})
 	if err != nil {
 		return nil, err
 	}

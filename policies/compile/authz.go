@@ -27,6 +27,10 @@ type Workload struct {
 	Namespace string
 	Name      string
 	Labels    map[string]string
+	// Gateway says the proxy serves gateway listeners (a sidecar run with
+	// --gateway-listen says so in its node metadata, ROUTER): Istio's router
+	// proxies. A Gateway without a selector applies only to those.
+	Gateway bool
 	// SpaceDelimitedClaims are the claims, besides scope and permission, that the
 	// workload's RequestAuthentications split on whitespace for authorization.
 	SpaceDelimitedClaims []string

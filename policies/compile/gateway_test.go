@@ -11,7 +11,7 @@ import (
 	"github.com/rampart-mesh/rampart/proxy/route"
 )
 
-var ingress = Workload{Namespace: "istio-system", Name: "istio-ingressgateway", Labels: map[string]string{"istio": "ingressgateway"}}
+var ingress = Workload{Namespace: "istio-system", Name: "istio-ingressgateway", Labels: map[string]string{"istio": "ingressgateway"}, Gateway: true}
 
 // gatewayTable compiles the ingress workload's config and builds the route
 // table the sidecar would, so a test sees what a request meets.
@@ -505,12 +505,15 @@ func TestGatewaySelector(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		selector string // YAML line, or ""
+		sidecar  bool   // the proxy serves no gateway listeners
 		served   bool
 	}{
-		{"absent", "", true},
-		{"empty", "selector: {}", true},
-		{"matching", "selector: {istio: ingressgateway}", true},
-		{"another gateway's", "selector: {istio: egressgateway}", false},
+		{"absent", "", false, true},
+		{"empty", "selector: {}", false, true},
+		{"absent, at a sidecar", "", true, false},
+		{"empty, at a sidecar", "selector: {}", true, false},
+		{"matching", "selector: {istio: ingressgateway}", false, true},
+		{"another gateway's", "selector: {istio: egressgateway}", false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := fmt.Sprintf(`apiVersion: networking.istio.io/v1
@@ -529,7 +532,13 @@ spec:
   http:
   - route: [{destination: {host: reviews.default.svc.cluster.local, port: {number: 9080}}}]
 `, tc.selector)
-			tab, fs := gatewayTable(t, cfg)
+			wl := ingress
+			wl.Gateway = !tc.sidecar
+			out, fs := outbound(t, cfg, wl)
+			tab, err := route.New(out.Routes)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if len(fs) != 0 {
 				t.Errorf("findings: %v", fs)
 			}

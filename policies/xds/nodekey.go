@@ -36,7 +36,7 @@ type nodeKeys struct {
 func variant(n *corev3.Node) string {
 	md := n.GetMetadata().GetFields()
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00", md["NAME"].GetStringValue(), md["GENERATOR"].GetStringValue())
+	fmt.Fprintf(h, "%s\x00%s\x00%t\x00", md["NAME"].GetStringValue(), md["GENERATOR"].GetStringValue(), md["ROUTER"].GetBoolValue())
 	labels := md["LABELS"].GetStructValue().GetFields()
 	for _, k := range slices.Sorted(maps.Keys(labels)) {
 		fmt.Fprintf(h, "%s\x00%s\x00", k, labels[k].GetStringValue())

@@ -160,7 +160,8 @@ func (f *fixture) connect(x *Server) {
 	f.t.Helper()
 	for _, p := range testProxies {
 		id := spiffeid.RequireFromString("spiffe://cluster.local/ns/" + p.ns + "/sa/" + p.name)
-		x.nodes[id.String()] = &node{id: id, workload: compile.Workload{Namespace: p.ns, Name: p.name, Labels: p.labels}, acked: map[string]string{}}
+		wl := compile.Workload{Namespace: p.ns, Name: p.name, Labels: p.labels, Gateway: p.labels["istio"] == "ingressgateway"}
+		x.nodes[id.String()] = &node{id: id, workload: wl, acked: map[string]string{}}
 		if err := x.push(id.String(), time.Now()); err != nil {
 			f.t.Fatal(err)
 		}
@@ -350,9 +351,10 @@ spec: {hosts: [private.b.svc.cluster.local], ports: [{number: 7070, name: http}]
 		edit: func(f *fixture) {
 			f.write("gateway.yaml", strings.Replace(gatewayYAML(80), "  selector: {istio: ingressgateway}\n", "", 1))
 		},
-		// Istio applies it to every gateway proxy, and compile cannot tell
-		// one from a sidecar: every workload gets its listener.
-		wantRecompiled: everyone, wantChanged: []string{"a/app1", "a/app2", "b/app", "rampart-system/app"},
+		// Istio applies it to every gateway proxy, which the node metadata
+		// tells (ROUTER); scope recompiles every workload, and no config
+		// changes: the gateway had it by its labels, sidecars get none.
+		wantRecompiled: everyone,
 	}, {
 		name: "a kind whose effect is not classified",
 		edit: func(f *fixture) {

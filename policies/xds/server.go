@@ -1035,6 +1035,7 @@ func workloadOf(id spiffeid.ID, n *corev3.Node) (compile.Workload, error) {
 	for k, v := range md["LABELS"].GetStructValue().GetFields() {
 		wl.Labels[k] = v.GetStringValue()
 	}
+	wl.Gateway = md["ROUTER"].GetBoolValue()
 	return wl, nil
 }
 
