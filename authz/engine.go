@@ -88,6 +88,11 @@ func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bundle %q: %w", b.Revision, err)
 	}
+	// The rule dependency graph orders the modules' compilation; compiling
+	// and evaluating queries never reads it, and at 10,000 policies it holds
+	// about 4 MB. Dropped before the query is prepared: the query compiler
+	// works on a copy of the compiler, which would keep it.
+	c.Graph = nil
 	pq, err := rego.New(rego.Query(MatchesQuery), rego.Compiler(c)).PrepareForEval(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("prepare bundle %q: %w", b.Revision, err)
@@ -111,9 +116,6 @@ func Prepare(ctx context.Context, b Bundle) (*prepared, error) {
 		n, _ := rs[0].Expressions[0].Value.(json.Number).Int64()
 		*q.dst = int(n)
 	}
-	// The rule dependency graph orders compilation; evaluation of prepared
-	// queries never reads it, and at 10,000 policies it holds about 4 MB.
-	c.Graph = nil
 	return p, nil
 }
 
@@ -129,6 +131,7 @@ func compileModules(modules map[string]string) (*ast.Compiler, error) {
 // locations, so its errors point at the exact term.
 func compile(modules map[string]string, lean bool) (*ast.Compiler, error) {
 	parsed := make(map[string]*ast.Module, len(modules))
+	own := stringOwner{}
 	for n, src := range modules {
 		m, err := ast.ParseModuleWithOpts(n, src, ast.ParserOptions{RegoVersion: ast.RegoV1})
 		if err != nil {
@@ -136,6 +139,7 @@ func compile(modules map[string]string, lean bool) (*ast.Compiler, error) {
 		}
 		if lean {
 			leanModule(m)
+			own.module(m)
 		}
 		parsed[n] = m
 	}
@@ -150,6 +154,54 @@ func compile(modules map[string]string, lean bool) (*ast.Compiler, error) {
 		leanModule(m)
 	}
 	return c, nil
+}
+
+// stringOwner gives a parsed module's names and strings their own memory,
+// one copy per distinct value. The parser's come as slices of its copy of the
+// whole source, so any one of them kept the source alive for the life of
+// the bundle (3.6 MB at 10,000 policies), and equal ones ("input", "GET")
+// were stored once per use.
+type stringOwner map[string]string
+
+func (o stringOwner) own(s string) string {
+	if v, ok := o[s]; ok {
+		return v
+	}
+	v := strings.Clone(s)
+	o[v] = v
+	return v
+}
+
+func (o stringOwner) term(t *ast.Term) {
+	switch v := t.Value.(type) {
+	case ast.String:
+		t.Value = ast.String(o.own(string(v)))
+	case ast.Var:
+		t.Value = ast.Var(o.own(string(v)))
+	case ast.Number:
+		t.Value = ast.Number(o.own(string(v)))
+	}
+}
+
+func (o stringOwner) module(m *ast.Module) {
+	ast.NewGenericVisitor(func(x any) bool {
+		switch n := x.(type) {
+		case *ast.Term:
+			o.term(n)
+		case *ast.Head:
+			n.Name = ast.Var(o.own(string(n.Name)))
+			// The visitor does not walk a head's reference.
+			for _, t := range n.Reference {
+				ast.WalkTerms(t, func(t *ast.Term) bool {
+					o.term(t)
+					return false
+				})
+			}
+		case *ast.Import:
+			n.Alias = ast.Var(o.own(string(n.Alias)))
+		}
+		return false
+	}).Walk(m)
 }
 
 // leanModule drops a module's comments (evaluation never reads them) and
@@ -201,6 +253,15 @@ func shareLocation(r *ast.Rule) {
 			n.Location = loc
 		case *ast.Head:
 			n.Location = loc
+			// The visitor does not walk a head's reference (p.q[x]); its
+			// terms kept their own locations and, through their text, the
+			// parser's copy of the whole source.
+			for _, t := range n.Reference {
+				ast.WalkTerms(t, func(t *ast.Term) bool {
+					t.Location = loc
+					return false
+				})
+			}
 		case *ast.With:
 			n.Location = loc
 		case *ast.SomeDecl:
