@@ -39,6 +39,23 @@ const (
 	lockFileName     = "lock"
 )
 
+// How the agent writes a file in DataDir and makes a removal there durable;
+// tests replace them (export_test.go) to fail a write or watch the order.
+var (
+	writeFile = ca.WriteFileAtomic
+	syncDir   = syncDirectory
+)
+
+// syncDirectory flushes dir's entries (a removal, a rename) to disk.
+func syncDirectory(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // ErrDataDirInUse means another agent holds Config.DataDir.
 var ErrDataDirInUse = errors.New("data directory is in use by another agent")
 
@@ -231,7 +248,7 @@ func (a *Agent) readRecordedID() (spiffeid.ID, error) {
 
 // writeRecordedID records id as the identity the CA issued this agent.
 func (a *Agent) writeRecordedID(id spiffeid.ID) error {
-	if err := ca.WriteFileAtomic(filepath.Join(a.cfg.DataDir, identityFileName), []byte(id.String()+"\n"), 0o600); err != nil {
+	if err := writeFile(filepath.Join(a.cfg.DataDir, identityFileName), []byte(id.String()+"\n"), 0o600); err != nil {
 		return err
 	}
 	a.recorded = id
@@ -273,7 +290,7 @@ func (a *Agent) persist(old, cur *state) {
 		path := filepath.Join(a.cfg.DataDir, bundleFileName)
 		data, err := cur.bundle.Marshal()
 		if err == nil {
-			err = ca.WriteFileAtomic(path, data, 0o600)
+			err = writeFile(path, data, 0o600)
 		}
 		if err != nil {
 			a.log.Error("could not keep the trust bundle in the data dir", "file", path, "err", err)
@@ -284,9 +301,16 @@ func (a *Agent) persist(old, cur *state) {
 		if cur.svid.ID != a.recorded {
 			// A first SVID, or one for another identity: the old file goes
 			// before the record changes, so that a crash in between cannot
-			// leave them naming two identities.
+			// leave them naming two identities. The removal is synced before
+			// the record's rename: without it, the disk could keep the rename
+			// and lose the removal.
 			err := os.Remove(path)
-			if err == nil || errors.Is(err, fs.ErrNotExist) {
+			if err == nil {
+				err = syncDir(a.cfg.DataDir)
+			} else if errors.Is(err, fs.ErrNotExist) {
+				err = nil
+			}
+			if err == nil {
 				err = a.writeRecordedID(cur.svid.ID)
 			}
 			if err != nil {
@@ -296,7 +320,7 @@ func (a *Agent) persist(old, cur *state) {
 		}
 		data, err := ca.EncodeKeyPEM(cur.svid.PrivateKey)
 		if err == nil {
-			err = ca.WriteFileAtomic(path, append(data, ca.EncodeCertsPEM(cur.svid.Certificates)...), 0o600)
+			err = writeFile(path, append(data, ca.EncodeCertsPEM(cur.svid.Certificates)...), 0o600)
 		}
 		if err != nil {
 			a.log.Error("could not keep the X.509-SVID in the data dir; after a restart this sidecar will need a new join token", "file", path, "err", err)

@@ -3,9 +3,11 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -246,6 +248,87 @@ func TestAgentRecordsIdentityOfOlderDataDir(t *testing.T) {
 	}
 }
 
+// An agent moved to another identity removes svid.pem, and makes the removal
+// durable, before its record names the new identity: when the new SVID then
+// cannot be written (disk full), the directory holds no SVID, and a restart
+// joins with its token. Had the old svid.pem stayed, it would name another
+// identity than the record, and the restart would refuse it.
+func TestAgentRemovesSVIDBeforeRecordingNewIdentity(t *testing.T) {
+	cp := startControlPlane(t, cpOptions{})
+	dir := t.TempDir()
+	cartToken, _ := oneToken(cp.Token(t, "shop", "cart"))
+	startAgent(t, newAgent(t, cp, agent.Config{Token: cartToken, DataDir: dir}))()
+
+	svidPath, identityPath := filepath.Join(dir, "svid.pem"), filepath.Join(dir, "identity")
+	var (
+		mu      sync.Mutex
+		ops     []string // what the agent did to the data dir, in order
+		orderOK = true   // when the record changed: svid.pem was gone, and the directory synced since
+	)
+	errDiskFull := errors.New("no space left on device (test)")
+	agent.SetDataDirHooks(t, func(path string, data []byte, perm os.FileMode) error {
+		mu.Lock()
+		defer mu.Unlock()
+		ops = append(ops, "write "+filepath.Base(path))
+		switch path {
+		case identityPath:
+			if _, err := os.Stat(svidPath); !errors.Is(err, fs.ErrNotExist) || len(ops) < 2 || ops[len(ops)-2] != "sync "+dir {
+				orderOK = false
+			}
+		case svidPath:
+			return errDiskFull
+		}
+		return ca.WriteFileAtomic(path, data, perm)
+	}, func(d string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		ops = append(ops, "sync "+d)
+		return agent.SyncDir(d)
+	})
+
+	var logs syncBuffer
+	tillToken := cp.Token(t, "shop", "till") // read twice: for the identity it names, then to join
+	a := newAgent(t, cp, agent.Config{Token: func() (string, error) { return tillToken, nil }, DataDir: dir, Log: bufferLogger(&logs)})
+	startAgent(t, a)()
+	if got := mustSVID(t, a).ID.String(); got != "spiffe://cluster.local/ns/shop/sa/till" {
+		t.Fatalf("moved agent has an SVID for %s, want shop/till's", got)
+	}
+	mu.Lock()
+	if !orderOK {
+		t.Errorf("the identity record changed before svid.pem was removed and the directory synced; operations: %q", ops)
+	}
+	mu.Unlock()
+	if got := recordedID(t, dir); got != "spiffe://cluster.local/ns/shop/sa/till" {
+		t.Fatalf("identity records %q, want shop/till's", got)
+	}
+	if !strings.Contains(logs.String(), errDiskFull.Error()) {
+		t.Fatalf("precondition: the write of svid.pem failed; log:\n%s", logs.String())
+	}
+
+	restartToken := cp.Token(t, "shop", "till")
+	a2 := newAgent(t, cp, agent.Config{Token: func() (string, error) { return restartToken, nil }, DataDir: dir})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a2.Run(ctx) }()
+	select {
+	case <-a2.Ready():
+	case err := <-done:
+		t.Fatalf("the restart refused its data dir: %v", err)
+	case <-time.After(waitFor):
+		cancel()
+		<-done
+		t.Fatal("the restarted agent never got an SVID")
+	}
+	if got := mustSVID(t, a2).ID.String(); got != "spiffe://cluster.local/ns/shop/sa/till" {
+		t.Errorf("restarted agent has an SVID for %s, want shop/till's", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v after cancel, want nil", err)
+	}
+}
+
 // runRefused runs a, which must stop with an error before it is ready.
 func runRefused(t *testing.T, a *agent.Agent) error {
 	t.Helper()
@@ -316,6 +399,8 @@ func TestAgentRefusesBadDataDir(t *testing.T) {
 			wantErr: "svid.pem is not a regular file (a named pipe)"},
 		{name: "FIFO for the bundle", setup: func(t *testing.T, dir string) { mkfifo(t, filepath.Join(dir, "bundle.json")) },
 			wantErr: "bundle.json is not a regular file (a named pipe)"},
+		{name: "FIFO for the identity record", setup: func(t *testing.T, dir string) { mkfifo(t, filepath.Join(dir, "identity")) },
+			wantErr: "identity is not a regular file (a named pipe)"},
 		{name: "oversized SVID file", setup: func(t *testing.T, dir string) {
 			write(t, filepath.Join(dir, "svid.pem"), strings.Repeat("x", 1<<20+1))
 		}, wantErr: "svid.pem is larger than 1048576 bytes"},
@@ -376,7 +461,7 @@ func mkfifo(t *testing.T, path string) {
 
 // releaseFIFOs lets an open of a FIFO in dir that waits for a writer go.
 func releaseFIFOs(dir string) {
-	for _, name := range []string{"svid.pem", "bundle.json"} {
+	for _, name := range []string{"svid.pem", "bundle.json", "identity"} {
 		if w, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
 			w.Close()
 		}
