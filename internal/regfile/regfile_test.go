@@ -86,3 +86,28 @@ func TestRead(t *testing.T) {
 		})
 	}
 }
+
+// A file that holds more than its Stat said (one appended to after the Stat)
+// is refused, not returned cut at the limit. A procfs file stands in for it:
+// Stat gives it size 0, reading it gives more.
+func TestReadGrownAfterStat(t *testing.T) {
+	const name = "/proc/self/maps"
+	fi, err := os.Stat(name)
+	if err != nil {
+		t.Skip(err)
+	}
+	if fi.Size() != 0 {
+		t.Skipf("%s: Stat says %d bytes, want 0 (not procfs?)", name, fi.Size())
+	}
+	const limit = 16
+	if all, err := os.ReadFile(name); err != nil || len(all) <= limit {
+		t.Fatalf("precondition: %s holds more than %d bytes; read %d bytes, %v", name, limit, len(all), err)
+	}
+	data, err := Read(name, limit, nil)
+	if !errors.Is(err, ErrTooLarge) || data != nil {
+		t.Fatalf("Read(%s, %d) = %d bytes, %v; want no data and %v", name, limit, len(data), err, ErrTooLarge)
+	}
+	if want := name + " is larger than 16 bytes"; !strings.Contains(err.Error(), want) {
+		t.Errorf("Read(%s) error %q, want it to say %q", name, err, want)
+	}
+}
