@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/rampart-mesh/rampart/ca"
+	"github.com/rampart-mesh/rampart/ca/jointoken"
 	workload "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -40,7 +41,10 @@ type Authenticator interface {
 	// it has checked and signed a certificate for, and sends the certificate
 	// only if Consume succeeds, so a refused request or a failed signing leaves
 	// the token usable. It fails when the token was spent already: of concurrent
-	// requests with one single-use token, at most one gets a certificate.
+	// requests with one single-use token, at most one gets a certificate. An
+	// error that refuses the credential is one of jointoken's (ErrUsed,
+	// ErrExpired, ErrUnknown, ErrMalformed) and the client is Unauthenticated;
+	// any other is a failure to spend it (Internal), and the client may retry.
 	Consume(ctx context.Context, token string) error
 }
 
@@ -346,10 +350,16 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 		return consumeErr
 	})
 	switch {
-	case consumeErr != nil:
+	case consumeErr != nil && refusesCredential(consumeErr):
 		s.cfg.Authority.CountRejected("unauthenticated")
 		log.Warn("certificate request refused", "reason", "credential rejected: "+consumeErr.Error())
 		return nil, status.Errorf(codes.Unauthenticated, "credential rejected: %v", consumeErr)
+	case consumeErr != nil:
+		// The token store failed (a rename, a read): the token was not
+		// spent, and the client may retry with it.
+		s.cfg.Authority.CountRejected("error")
+		log.Error("spending the credential failed", "err", consumeErr)
+		return nil, status.Errorf(codes.Internal, "spending the credential failed: %v", consumeErr)
 	case err != nil:
 		log.Error("signing failed", "err", err)
 		return nil, status.Errorf(codes.Internal, "signing failed: %v", err)
@@ -360,6 +370,13 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 	}
 	log.Info("issued X.509-SVID", "serial", fmt.Sprintf("%x", chain[0].SerialNumber), "not_after", chain[0].NotAfter.UTC().Format(time.RFC3339))
 	return resp, nil
+}
+
+// refusesCredential tells a Consume error that refuses the credential (spent,
+// expired, revoked) from a failure of the token store.
+func refusesCredential(err error) bool {
+	return errors.Is(err, jointoken.ErrUsed) || errors.Is(err, jointoken.ErrExpired) ||
+		errors.Is(err, jointoken.ErrUnknown) || errors.Is(err, jointoken.ErrMalformed)
 }
 
 // requestedTTL converts validity_duration (seconds, not negative) to a TTL. A value

@@ -16,6 +16,8 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -898,6 +900,74 @@ func TestTokenSpentOnlyWithCertificate(t *testing.T) {
 	}
 	if got := f.issued(t, "success"); got != 1 {
 		t.Errorf("issued{success} = %v, want 1", got)
+	}
+}
+
+// A token refused as it is spent (spent or expired since it was checked) makes
+// the request Unauthenticated; a token store that fails to spend it (an I/O
+// error) is the server's failure, Internal and counted as an error, and the
+// token stays usable for a retry.
+func TestConsumeFailure(t *testing.T) {
+	tests := []struct {
+		name       string
+		onConsume  func(t *testing.T, f *fixture, tok string)
+		wantCode   codes.Code
+		wantMsg    string
+		wantCounts map[string]float64
+		wantRetry  bool // the same token then gets a certificate
+	}{
+		{name: "spent meanwhile", onConsume: func(t *testing.T, f *fixture, tok string) {
+			if _, err := f.tokens.Check(tok); err != nil {
+				t.Errorf("spend the token: %v", err)
+			}
+		}, wantCode: codes.Unauthenticated, wantMsg: "credential rejected: join token already used",
+			wantCounts: map[string]float64{"unauthenticated": 1, "error": 0, "success": 0}},
+		{name: "expired meanwhile", onConsume: func(t *testing.T, f *fixture, tok string) { f.clk.Step(2 * time.Hour) },
+			wantCode: codes.Unauthenticated, wantMsg: "credential rejected: join token expired",
+			wantCounts: map[string]float64{"unauthenticated": 1, "error": 0, "success": 0}},
+		{name: "token store fails", onConsume: func(t *testing.T, f *fixture, tok string) {
+			// used/ replaced by a file: the store's rename fails (ENOTDIR).
+			used := filepath.Join(f.dir, "tokens", "used")
+			if err := os.Remove(used); err != nil {
+				t.Error(err)
+			}
+			if err := os.WriteFile(used, nil, 0o600); err != nil {
+				t.Error(err)
+			}
+		}, wantCode: codes.Internal, wantMsg: "spending the credential failed: consume join token: rename",
+			wantCounts: map[string]float64{"unauthenticated": 0, "error": 1, "success": 0}, wantRetry: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := startServer(t)
+			tok := f.token(t, web)
+			var once sync.Once
+			f.hooks.onConsume = func() { once.Do(func() { tt.onConsume(t, f, tok) }) }
+			client := istioca.NewIstioCertificateServiceClient(f.dial(t, nil))
+			_, err := client.CreateCertificate(bearer(t.Context(), tok), &istioca.IstioCertificateRequest{Csr: csrPEM(t, newKey(t), webID)})
+			if status.Code(err) != tt.wantCode || !strings.Contains(status.Convert(err).Message(), tt.wantMsg) {
+				t.Fatalf("CreateCertificate = %v, want %s containing %q", err, tt.wantCode, tt.wantMsg)
+			}
+			got := f.counts(t)
+			for result, want := range tt.wantCounts {
+				if got[result] != want {
+					t.Errorf("issued{%s} = %v, want %v", result, got[result], want)
+				}
+			}
+			if !tt.wantRetry {
+				return
+			}
+			used := filepath.Join(f.dir, "tokens", "used")
+			if err := os.Remove(used); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(used, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := client.CreateCertificate(bearer(t.Context(), tok), &istioca.IstioCertificateRequest{Csr: csrPEM(t, newKey(t), webID)}); err != nil {
+				t.Errorf("a retry with the token, the store repaired: %v; want a certificate (the failure must not spend it)", err)
+			}
+		})
 	}
 }
 
