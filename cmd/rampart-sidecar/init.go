@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -42,11 +43,15 @@ var (
 	ipv6 = family{tool: "ip6tables", loopback: "::1/128"}
 )
 
-// ipv6Sysctl exists when the kernel has IPv6 (a variable for tests).
-var ipv6Sysctl = "/proc/sys/net/ipv6"
+// ipv6Sysctl exists when the kernel has IPv6; ifInet6 lists the namespace's
+// IPv6 addresses (variables for tests).
+var (
+	ipv6Sysctl = "/proc/sys/net/ipv6"
+	ifInet6    = "/proc/net/if_inet6"
+)
 
 func newInitCmd() *cobra.Command {
-	c := initConfig{proxyUID: 1337, outboundPort: 15001, inboundPort: 15006, excludeInPort: []int{15090, 15021, 15020}, ipv6: "auto"}
+	c := initConfig{proxyUID: 1337, outboundPort: 15001, inboundPort: 15006, ipv6: "auto"}
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Install transparent capture (iptables REDIRECT) in this network namespace",
@@ -68,8 +73,9 @@ captured, or the sidecar's forwarding to the app would come back to it.
 IPv6: with --ipv6=auto (the default) the same rules are installed with
 ip6tables whenever the kernel has IPv6, and a failure to install them is an
 error: IPv6 traffic left uncaptured would reach the app without mTLS or
-authorization. --ipv6=off skips them; use it only where the namespace has
-no IPv6 address. Redirected IPv6 connections arrive at ::1 (outbound) or the
+authorization. --ipv6=off skips them, and is refused while the namespace has
+a global IPv6 address. Link-local destinations (fe80::/10) are never
+redirected outbound: they cannot be mesh services. Redirected IPv6 connections arrive at ::1 (outbound) or the
 pod's IPv6 address (inbound), so run the sidecar's listeners on both
 families: --outbound-listen :15001 --inbound-listen :15006.
 
@@ -106,7 +112,7 @@ rules it installed before. The sidecar must run as --proxy-uid.`,
 	f.IntVar(&c.outboundPort, "outbound-port", c.outboundPort, "the sidecar's outbound listener port")
 	f.IntVar(&c.inboundPort, "inbound-port", c.inboundPort, "the sidecar's inbound listener port")
 	f.StringVar(&c.inboundPorts, "inbound-ports", "", "the app's ports to capture, comma separated, or '*' for all; empty captures no inbound traffic")
-	f.IntSliceVar(&c.excludeInPort, "exclude-inbound-ports", c.excludeInPort, "destination ports never redirected inbound, with --inbound-ports '*' (the sidecar's metrics 15090 and Istio's 15021 and 15020 by default; an empty value excludes none)")
+	f.IntSliceVar(&c.excludeInPort, "exclude-inbound-ports", nil, "destination ports never redirected inbound, with --inbound-ports '*': what must be reached without mTLS, e.g. the sidecar's --metrics-listen :15090 for Prometheus (an app's port listed here is reachable around the sidecar)")
 	f.IntSliceVar(&c.excludeOutPort, "exclude-outbound-ports", nil, "destination ports never redirected outbound (e.g. the control plane's)")
 	f.StringSliceVar(&c.excludeOutCIDRs, "exclude-outbound-ip-ranges", nil, "destination CIDRs never redirected outbound, IPv4 or IPv6, comma separated (e.g. 169.254.169.254/32)")
 	f.StringVar(&c.ipv6, "ipv6", c.ipv6, "capture IPv6 too: auto (when the kernel has IPv6), on, or off (IPv6 traffic then bypasses the sidecar)")
@@ -120,6 +126,9 @@ func families(mode string) ([]family, error) {
 	case "on":
 		return []family{ipv4, ipv6}, nil
 	case "off":
+		if addr, dev := globalIPv6(); addr != "" {
+			return nil, fmt.Errorf("--ipv6=off: this namespace has the IPv6 address %s on %s, whose traffic would reach the app around the sidecar; leave --ipv6 at auto (ip6tables must work) or remove the address", addr, dev)
+		}
 		return []family{ipv4}, nil
 	case "auto":
 		if _, err := os.Stat(ipv6Sysctl); err != nil {
@@ -128,6 +137,29 @@ func families(mode string) ([]family, error) {
 		return []family{ipv4, ipv6}, nil
 	}
 	return nil, fmt.Errorf("--ipv6: %q is not auto, on or off", mode)
+}
+
+// globalIPv6 returns one of the namespace's global-scope IPv6 addresses and
+// its interface, or "" when it has none (or IPv6 at all).
+func globalIPv6() (addr, dev string) {
+	data, err := os.ReadFile(ifInet6)
+	if err != nil {
+		return "", ""
+	}
+	// Each line: address (32 hex digits), interface index, prefix length,
+	// scope, flags, interface name. Scope 00 is global.
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 6 || f[3] != "00" || len(f[0]) != 32 {
+			continue
+		}
+		raw, err := hex.DecodeString(f[0])
+		if err != nil {
+			continue
+		}
+		return netip.AddrFrom16([16]byte(raw)).String(), f[5]
+	}
+	return "", ""
 }
 
 // cleanupRules undo an earlier run; they fail harmlessly when there was none.
@@ -179,6 +211,11 @@ func captureRules(c initConfig, fam family) ([][]string, error) {
 			continue // the other family's
 		}
 		rules = append(rules, nat("-A", chainOutput, "-d", pfx.Masked().String(), "-j", "RETURN"))
+	}
+	if fam == ipv6 {
+		// A redirected link-local connection would arrive at ::1 from a socket
+		// scoped to its interface, and fail; it cannot be a mesh service.
+		rules = append(rules, nat("-A", chainOutput, "-d", "fe80::/10", "-j", "RETURN"))
 	}
 	rules = append(rules,
 		nat("-A", chainOutput, "-p", "tcp", "-j", "REDIRECT", "--to-ports", strconv.Itoa(c.outboundPort)),

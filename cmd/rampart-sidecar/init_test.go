@@ -188,6 +188,7 @@ func TestCaptureRules(t *testing.T) {
 		"-A RAMPART_INBOUND -p tcp ! -d ::1/128 -j REDIRECT --to-ports 15006",
 		"-A RAMPART_OUTPUT -d fd00::5/128 -j RETURN",
 		"-A RAMPART_OUTPUT -d ::1/128 -j RETURN",
+		"-A RAMPART_OUTPUT -d fe80::/10 -j RETURN",
 		"-A RAMPART_OUTPUT ! -d ::1/128 -o lo -p tcp -m owner --uid-owner 1337 -j RAMPART_INBOUND",
 	} {
 		if !strings.Contains(v6, want) {
@@ -220,5 +221,23 @@ func TestCaptureRules(t *testing.T) {
 	ipv6Sysctl = t.TempDir()
 	if fams, _ := families("auto"); len(fams) != 2 {
 		t.Errorf("auto with kernel IPv6 = %v, want both families", fams)
+	}
+	if strings.Contains(v4, "fe80") {
+		t.Errorf("IPv4 rules name a link-local IPv6 range:\n%s", v4)
+	}
+	// --ipv6=off only where no global IPv6 address would be left uncaptured.
+	ifInet6 = filepath.Join(t.TempDir(), "if_inet6")
+	lines := "00000000000000000000000000000001 01 80 10 80       lo\nfe8000000000000000fc00fffe000001 04 40 20 80     eth0\n"
+	if err := os.WriteFile(ifInet6, []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if fams, err := families("off"); err != nil || len(fams) != 1 {
+		t.Errorf("off with loopback and link-local IPv6 only = %v, %v; want IPv4 only", fams, err)
+	}
+	if err := os.WriteFile(ifInet6, []byte(lines+"fd000000000000000000000000000002 04 40 00 82     eth0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := families("off"); err == nil || !strings.Contains(err.Error(), "fd00::2 on eth0") {
+		t.Errorf("off with a global IPv6 address = %v, want a refusal naming fd00::2 on eth0", err)
 	}
 }

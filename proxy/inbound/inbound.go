@@ -107,6 +107,7 @@ type Server struct {
 	tlsCfg       *tls.Config
 	proxy        *httputil.ReverseProxy
 	appTransport *h1.Transport // the proxy's, to the app
+	listenPort   int           // the listener's own port; 0 without one
 	grpcProxy    *httputil.ReverseProxy
 	requests     *prometheus.CounterVec
 	resets       prometheus.Counter
@@ -159,12 +160,16 @@ func New(cfg Config) (*Server, error) {
 		cfg.Metrics = prometheus.NewRegistry()
 	}
 	s := &Server{cfg: cfg, log: cfg.Log.With("component", "inbound"), slots: make(chan struct{}, cfg.MaxConnections)}
+	if cfg.Listener != nil {
+		if a, ok := cfg.Listener.Addr().(*net.TCPAddr); ok {
+			s.listenPort = a.Port
+		}
+	}
 	if cfg.SVID != nil && cfg.Bundle != nil {
 		// Istio's sidecars also offer "istio-peer-exchange" and "istio" (TCP has
 		// nothing else); accepting them keeps such handshakes from failing.
 		s.tlsCfg = peer.ServerConfig(cfg.SVID, cfg.Bundle, cfg.TrustDomain, "h2", "http/1.1", "istio-peer-exchange", "istio")
 	}
-	app := &url.URL{Scheme: "http", Host: cfg.App}
 	// Connections to the app are kept for reuse; net/http's default keeps only
 	// two idle per host, so concurrent clients would dial the app per request.
 	dial := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
@@ -185,7 +190,7 @@ func New(cfg Config) (*Server, error) {
 		Transport:  s.appTransport,
 		BufferPool: bufferPool{},
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(app)
+			pr.SetURL(&url.URL{Scheme: "http", Host: s.appFor(pr.In.Context())})
 			pr.Out.Host = pr.In.Host
 			// X-Forwarded-For/-Host/-Proto from what the sidecar saw; Rewrite has
 			// already dropped whatever the client sent in them.
@@ -194,11 +199,11 @@ func New(cfg Config) (*Server, error) {
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
 				// The client went away (Envoy's DC): nothing is wrong with the app.
-				s.log.Debug("client disconnected before the app answered", "app", cfg.App, "err", err)
+				s.log.Debug("client disconnected before the app answered", "app", s.appFor(r.Context()), "err", err)
 				w.WriteHeader(499)
 				return
 			}
-			s.log.Warn("app unreachable", "app", cfg.App, "err", err)
+			s.log.Warn("app unreachable", "app", s.appFor(r.Context()), "err", err)
 			if grpcreply.Is(r) {
 				// As Envoy's local replies to gRPC: a trailers-only UNAVAILABLE.
 				grpcreply.Write(w, grpcreply.StatusFor(http.StatusServiceUnavailable), "upstream connect error")
@@ -808,6 +813,35 @@ func (c *slotConn) LocalAddr() net.Addr {
 	return c.Conn.LocalAddr()
 }
 
+// appOf is where c's requests go: the app (Config.App), at the port the
+// client dialled when iptables redirected c here. With every port captured
+// (init --inbound-ports '*'), a connection to another of the pod's ports is
+// checked against that port, so it must reach that port too, not the app's
+// main one: a DENY on to.operation.ports would otherwise be bypassed by
+// dialling another port (Istio's inbound passthrough goes to the original
+// port as well).
+func (s *Server) appOf(c net.Conn) string {
+	// A redirected connection's local address is its original destination
+	// (slotConn); any other's is the listener's own.
+	la, ok := c.LocalAddr().(*net.TCPAddr)
+	if !ok || s.listenPort == 0 || la.Port == s.listenPort {
+		return s.cfg.App
+	}
+	host, _, err := net.SplitHostPort(s.cfg.App)
+	if err != nil {
+		return s.cfg.App
+	}
+	return net.JoinHostPort(host, strconv.Itoa(la.Port))
+}
+
+// appFor is appOf for the connection a request came on.
+func (s *Server) appFor(ctx context.Context) string {
+	if c, ok := ctx.Value(connKey{}).(net.Conn); ok {
+		return s.appOf(c)
+	}
+	return s.cfg.App
+}
+
 // originalDst is c's destination before an iptables REDIRECT, or nil when
 // the connection was not redirected (or the kernel cannot say: no
 // connection tracking). Only the kernel sets it; a client cannot.
@@ -827,7 +861,7 @@ func originalDst(c net.Conn) net.Addr {
 		return nil
 	}
 	local, ok := c.LocalAddr().(*net.TCPAddr)
-	if ok && local.Port == int(dst.Port()) && local.AddrPort().Addr().Unmap() == dst.Addr() {
+	if ok && local.Port == int(dst.Port()) && local.AddrPort().Addr().Unmap().WithZone("") == dst.Addr().WithZone("") {
 		return nil
 	}
 	return net.TCPAddrFromAddrPort(dst)
@@ -889,9 +923,10 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn, sni string) {
 		return
 	}
 	var dialer net.Dialer
-	app, err := dialer.DialContext(ctx, "tcp", s.cfg.App)
+	appAddr := s.appOf(c)
+	app, err := dialer.DialContext(ctx, "tcp", appAddr)
 	if err != nil {
-		s.log.Warn("app unreachable", "app", s.cfg.App, "err", err)
+		s.log.Warn("app unreachable", "app", appAddr, "err", err)
 		return
 	}
 	defer app.Close()

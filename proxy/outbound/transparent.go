@@ -49,8 +49,10 @@ func (s *Server) classify(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
-	// A connection sent straight to the listener would loop back to it.
-	if la, ok := c.LocalAddr().(*net.TCPAddr); ok && la.AddrPort().Port() == dst.Port() && la.AddrPort().Addr().Unmap() == dst.Addr() {
+	// A connection sent straight to the listener would loop back to it. The
+	// zones are left out: the listener's names its interface, the kernel's
+	// original destination gives its index.
+	if la, ok := c.LocalAddr().(*net.TCPAddr); ok && la.AddrPort().Port() == dst.Port() && la.AddrPort().Addr().Unmap().WithZone("") == dst.Addr().WithZone("") {
 		c.Close()
 		return
 	}

@@ -61,6 +61,9 @@ func TestTransparentCapture(t *testing.T) {
 	run("ip", "-n", nsB, "addr", "add", ipB+"/24", "dev", "vb"+suffix)
 	run("ip", "-n", nsA, "addr", "add", subnet6+"1/64", "dev", "va"+suffix, "nodad")
 	run("ip", "-n", nsB, "addr", "add", ipB6+"/64", "dev", "vb"+suffix, "nodad")
+	// Link-local addresses of their own (the kernel's would be tentative for a while).
+	run("ip", "-n", nsA, "addr", "add", "fe80::a/64", "dev", "va"+suffix, "nodad")
+	run("ip", "-n", nsB, "addr", "add", "fe80::b/64", "dev", "vb"+suffix, "nodad")
 	for _, ns := range []string{nsA, nsB} {
 		run("ip", "-n", ns, "link", "set", "lo", "up")
 	}
@@ -82,13 +85,29 @@ spec:
   hosts: [b.default.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{number: 9080, name: http, protocol: HTTP}]
+  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9081, name: http-alt, protocol: HTTP}]
   workloadSelector: {labels: {app: b}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: b}
 spec: {address: `+ipB+`, labels: {app: b}, serviceAccount: b}
+---
+# b again, at its IPv6 address: the mesh's own traffic over IPv6.
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b6}
+spec:
+  hosts: [b6.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: b6}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: b6}
+spec: {address: "`+ipB6+`", labels: {app: b6}, serviceAccount: b}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -147,8 +166,9 @@ spec:
 		}
 		return p
 	}
-	// Capture: b's port 9080 inbound; a's outbound except the control plane.
-	run("ip", "netns", "exec", nsB, filepath.Join(bin, "rampart-sidecar"), "init", "--inbound-ports", "9080")
+	// Capture: every port of b inbound but the service outside the mesh; a's
+	// outbound except the control plane.
+	run("ip", "netns", "exec", nsB, filepath.Join(bin, "rampart-sidecar"), "init", "--inbound-ports", "*", "--exclude-inbound-ports", "7000")
 	run("ip", "netns", "exec", nsA, filepath.Join(bin, "rampart-sidecar"), "init", "--exclude-outbound-ports", "15012")
 	asProxy := []string{"setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"}
 	start("sidecar-b", append(append([]string{"ip", "netns", "exec", nsB}, asProxy...), filepath.Join(bin, "rampart-sidecar"),
@@ -187,6 +207,30 @@ spec:
 	if out := curl("-w", " %{http_code}", "--resolve", "b:9080:["+ipB6+"]", "http://b:9080/details/1"); !strings.HasSuffix(out, " 403") {
 		t.Errorf("a call to b at its IPv6 address was not captured and authorized: %q", out)
 	}
+	// The mesh's traffic to b's IPv6 address: mTLS and authorization at b's
+	// inbound over IPv6.
+	if out := curl("--resolve", "b6:9080:["+ipB6+"]", "http://b6:9080/details/0"); !strings.Contains(out, "William Shakespeare") {
+		t.Errorf("a → b over IPv6 through both sidecars: %q", out)
+	}
+	if out := curl("-w", " %{http_code}", "--resolve", "b6:9080:["+ipB6+"]", "http://b6:9080/details/1"); !strings.HasSuffix(out, " 403") {
+		t.Errorf("the DENY did not apply to a mesh request over IPv6: %q", out)
+	}
+	// With every port captured, a request to another of b's ports is
+	// authorized as that port and must reach that port: nothing listens on
+	// 9081, so the DENY on 9080's /details/1 cannot be dodged through it.
+	if out := curl("-w", " %{http_code}", "--resolve", "b:9081:"+ipB, "http://b:9081/details/1"); strings.Contains(out, "Shakespeare") || !strings.HasSuffix(out, " 503") {
+		t.Errorf("b:9081 reached the app's port 9080 (a port-scoped DENY bypassed), or did not answer 503: %q", out)
+	}
+	// A connection straight to a's outbound listener at a link-local address
+	// (a neighbour's, not redirected) is closed, not passed through to
+	// itself over and over.
+	exec.Command("ip", "netns", "exec", nsB, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
+		"curl", "-s", "-m", "3", "http://[fe80::a%25vb"+suffix+"]:15001/").Run()
+	// The app's calls to link-local addresses are not redirected: they
+	// cannot be mesh services, and would fail at ::1.
+	if out := curl("http://[fe80::b%25va" + suffix + "]:7000/ratings/0"); !strings.Contains(out, "Reviewer1") {
+		t.Errorf("a link-local destination: %q", out)
+	}
 	// A destination outside the mesh passes through untouched, either family.
 	for _, ip := range []string{ipB, ipB6} {
 		if out := curl("http://" + net.JoinHostPort(ip, "7000") + "/ratings/0"); !strings.Contains(out, "Reviewer1") {
@@ -196,6 +240,12 @@ spec:
 	logA, _ := os.ReadFile(filepath.Join(dir, "sidecar-a.log"))
 	if !strings.Contains(string(logA), "cluster=outbound|9080||b.default.svc.cluster.local") || !strings.Contains(string(logA), "cluster=PassthroughCluster") {
 		t.Errorf("sidecar a's access log lacks the mesh route or the passthrough:\n%s", logA)
+	}
+	if n := strings.Count(string(logA), "fe80::a"); n > 0 {
+		t.Errorf("sidecar a forwarded a direct connection to its own link-local address (%d log lines): a loop", n)
+	}
+	if !strings.Contains(string(logA), "cluster=outbound|9080||b6.default.svc.cluster.local") {
+		t.Errorf("sidecar a's access log lacks the IPv6 mesh route:\n%s", logA)
 	}
 	if !strings.Contains(string(logA), "upstream=["+ipB6+"]:7000") {
 		t.Errorf("sidecar a's access log lacks the IPv6 passthrough to [%s]:7000:\n%s", ipB6, logA)
