@@ -78,8 +78,8 @@ func matchesGateway(gws []string, vsNS, gw string) bool {
 // GatewayRoutePrefix names a gateway's route configurations: "http.<port>", as Istio.
 const GatewayRoutePrefix = "http."
 
-// gateways adds, for a proxy that Istio Gateways select by its labels (or,
-// for a gateway proxy, select with no selector at all), a
+// gateways adds, for a gateway proxy that Istio Gateways select by its
+// labels (or select with no selector at all), a
 // listener per HTTP server port and a route configuration "http.PORT" that
 // merges every server on the port, as Istio's buildGatewayHTTPRouteConfig: a
 // virtual host per host name, holding the routes of every VirtualService
@@ -87,10 +87,11 @@ const GatewayRoutePrefix = "http."
 func (b *outboundBuilder) gateways() error {
 	ports := map[uint32]*gatewayPort{}
 	for _, g := range b.n.Gateways {
-		// A Gateway without a selector applies to every gateway proxy (Istio's
-		// mergeGateways), and to no sidecar: Istio gives gateways only to
-		// router proxies.
-		if len(g.Spec.GetSelector()) == 0 && !b.wl.Gateway {
+		// A Gateway applies to the gateway proxies its selector matches, or
+		// without one to every gateway proxy (Istio's mergeGateways), and to
+		// no sidecar whatever its labels: Istio gives gateways only to router
+		// proxies.
+		if !b.wl.Gateway {
 			continue
 		}
 		if !registry.Matches(g.Spec.GetSelector(), b.wl.Labels) {

@@ -513,6 +513,7 @@ func TestGatewaySelector(t *testing.T) {
 		{"absent, at a sidecar", "", true, false},
 		{"empty, at a sidecar", "selector: {}", true, false},
 		{"matching", "selector: {istio: ingressgateway}", false, true},
+		{"matching a sidecar's labels", "selector: {istio: ingressgateway}", true, false},
 		{"another gateway's", "selector: {istio: egressgateway}", false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -355,7 +355,6 @@ spec:
   - match: [{uri: {exact: /reviews}}, {uri: {prefix: /api}, gateways: [mesh]}]
     route: [{destination: {host: reviews, port: {number: 9080}}}]
 `
-	ingress := Workload{Namespace: "istio-system", Name: "istio-ingressgateway", Labels: map[string]string{"istio": "ingressgateway"}}
 	out, _ := outbound(t, gw, ingress)
 	var rc *routev3.RouteConfiguration
 	for _, r := range out.Routes {
