@@ -32,10 +32,12 @@ import (
 	"k8s.io/utils/clock"
 )
 
-// Authenticator checks bearer credentials. Join tokens implement it in local
-// mode; Kubernetes TokenReview in a cluster.
+// Authenticator checks bearer credentials (jointoken.Store implements it).
 type Authenticator interface {
 	// Authenticate returns the identity token proves, without spending it.
+	// As for Consume, an error refusing the credential is one of jointoken's
+	// and the client is Unauthenticated; any other is a failure to check it
+	// (Internal).
 	Authenticate(ctx context.Context, token string) (ca.Identity, error)
 	// Consume spends a single-use token. The server calls it only for a request
 	// it has checked and signed a certificate for, and sends the certificate
@@ -292,6 +294,11 @@ func (s *Server) authenticate(ctx context.Context) (ca.Identity, credential, err
 	}
 	token = strings.TrimSpace(token)
 	ident, err := s.cfg.Authenticator.Authenticate(ctx, token)
+	if err != nil && !refusesCredential(err) {
+		// The token store failed (an unreadable record): nothing was decided
+		// about the credential, and the client may retry.
+		return ca.Identity{}, credential{}, status.Errorf(codes.Internal, "checking the credential failed: %v", err)
+	}
 	if err != nil {
 		return ca.Identity{}, credential{}, status.Errorf(codes.Unauthenticated, "credential rejected: %v", err)
 	}
@@ -318,6 +325,11 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 		return nil, status.Error(codes.InvalidArgument, "validity_duration must not be negative")
 	}
 	ident, cred, err := s.authenticate(ctx)
+	if status.Code(err) == codes.Internal {
+		s.cfg.Authority.CountRejected("error")
+		log.Error("certificate request failed", "err", status.Convert(err).Message())
+		return nil, err
+	}
 	if err != nil {
 		s.cfg.Authority.CountRejected("unauthenticated")
 		log.Warn("certificate request refused", "reason", status.Convert(err).Message())
@@ -372,8 +384,9 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 	return resp, nil
 }
 
-// refusesCredential tells a Consume error that refuses the credential (spent,
-// expired, revoked) from a failure of the token store.
+// refusesCredential tells an Authenticate or Consume error that refuses the
+// credential (unknown, malformed, spent, expired) from a failure of the token
+// store.
 func refusesCredential(err error) bool {
 	return errors.Is(err, jointoken.ErrUsed) || errors.Is(err, jointoken.ErrExpired) ||
 		errors.Is(err, jointoken.ErrUnknown) || errors.Is(err, jointoken.ErrMalformed)

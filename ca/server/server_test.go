@@ -971,6 +971,47 @@ func TestConsumeFailure(t *testing.T) {
 	}
 }
 
+// A token store that cannot read a token's record has decided nothing about
+// the credential: the client gets Internal (and may retry), not a refusal,
+// and the failure is counted as an error.
+func TestAuthenticateStoreFailure(t *testing.T) {
+	f := startServer(t)
+	tok := f.token(t, web)
+	pending, err := os.ReadDir(filepath.Join(f.dir, "tokens", "pending"))
+	if err != nil || len(pending) != 1 {
+		t.Fatalf("pending tokens: %v, %v; want the one just made", pending, err)
+	}
+	record := filepath.Join(f.dir, "tokens", "pending", pending[0].Name())
+	data, err := os.ReadFile(record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The record replaced by a directory: reading it fails (EISDIR).
+	if err := os.Remove(record); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(record, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	client := istioca.NewIstioCertificateServiceClient(f.dial(t, nil))
+	_, err = client.CreateCertificate(bearer(t.Context(), tok), &istioca.IstioCertificateRequest{Csr: csrPEM(t, newKey(t), webID)})
+	if status.Code(err) != codes.Internal || !strings.Contains(status.Convert(err).Message(), "checking the credential failed") {
+		t.Fatalf("CreateCertificate with an unreadable token record = %v, want Internal: checking the credential failed", err)
+	}
+	if got := f.counts(t); got["error"] != 1 || got["unauthenticated"] != 0 {
+		t.Errorf("issued = %v, want error 1 and unauthenticated 0", got)
+	}
+	if err := os.Remove(record); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(record, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CreateCertificate(bearer(t.Context(), tok), &istioca.IstioCertificateRequest{Csr: csrPEM(t, newKey(t), webID)}); err != nil {
+		t.Errorf("a retry with the token, the store repaired: %v; want a certificate", err)
+	}
+}
+
 // No credential gets a workload an X.509-SVID for rampartd's own identity, which
 // agents trust as their control plane: not a join token for it (one minted by a
 // store that did not know the root namespace, or before tokens for it were
