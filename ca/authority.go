@@ -108,6 +108,10 @@ var (
 	ErrRotationInProgress = errors.New("a root rotation is already in progress")
 	ErrExternalCA         = errors.New("the signing CA is operator-supplied")
 	ErrStateDirInUse      = errors.New("state directory is in use by another rampartd")
+	// ErrCredentialRefused is what an Authenticator's refusal of a credential
+	// matches (errors.Is): the client is told it is unauthenticated. Any
+	// other error is a failure to decide.
+	ErrCredentialRefused = errors.New("credential refused")
 )
 
 // New validates cfg and fills defaults. It does no I/O; call Load next.

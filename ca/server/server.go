@@ -385,10 +385,10 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 }
 
 // refusesCredential tells an Authenticate or Consume error that refuses the
-// credential (unknown, malformed, spent, expired) from a failure of the token
-// store.
+// credential (unknown, malformed, spent, expired; ca.ErrCredentialRefused for
+// other authenticators) from a failure of the token store.
 func refusesCredential(err error) bool {
-	return errors.Is(err, jointoken.ErrUsed) || errors.Is(err, jointoken.ErrExpired) ||
+	return errors.Is(err, ca.ErrCredentialRefused) || errors.Is(err, jointoken.ErrUsed) || errors.Is(err, jointoken.ErrExpired) ||
 		errors.Is(err, jointoken.ErrUnknown) || errors.Is(err, jointoken.ErrMalformed)
 }
 

@@ -10,15 +10,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/rampart-mesh/rampart/policies/source/kube"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/rampart-mesh/rampart/ca/kubetoken"
+	"github.com/rampart-mesh/rampart/policies/source/kube"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rampart-mesh/rampart/ca"
@@ -45,6 +48,10 @@ type Config struct {
 	// Kube, if set, is a Kubernetes cluster to read Istio objects, Services
 	// and Pods from (beside or instead of ConfigPaths).
 	Kube *kube.Config
+	// TokenAudience is the audience of the Kubernetes service-account tokens
+	// sidecars may join with instead of a join token (TokenReview, with
+	// Kube); "" means kubetoken.DefaultAudience (Istio's "istio-ca").
+	TokenAudience string
 	// Mesh is the mesh config.
 	Mesh compile.Mesh
 	// Registry receives every metric; the caller serves it.
@@ -129,10 +136,16 @@ func New(cfg Config) (*Server, error) {
 		register = xdsServer.Register
 		kubeOnChange = xdsServer.KubeChanged
 	}
+	// In a cluster, a sidecar may also join with its pod's service-account
+	// token, which the API server reviews.
+	var reviewer *kubetoken.Reviewer
+	if cfg.Kube != nil && cfg.Kube.Kube != nil {
+		reviewer = kubetoken.New(cfg.Kube.Kube.AuthenticationV1(), cfg.TokenAudience)
+	}
 	caServer, err := server.New(server.Config{
 		Register:      register,
 		Authority:     authority,
-		Authenticator: jointoken.New(cfg.CA.StateDir, cfg.CA.Clock),
+		Authenticator: credentials{join: jointoken.New(cfg.CA.StateDir, cfg.CA.Clock), kube: reviewer},
 		Listen:        cfg.Listen,
 		DNSNames:      dns,
 		IPs:           ips,
@@ -143,6 +156,28 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	return &Server{cfg: cfg, log: cfg.Log.With("component", "rampartd"), authority: authority, caServer: caServer, xds: xdsServer, kube: kubeSrc}, nil
+}
+
+// credentials checks a join token with the join-token store and, in a
+// cluster, any other bearer token with the API server's TokenReview.
+type credentials struct {
+	join *jointoken.Store
+	kube *kubetoken.Reviewer // nil outside a cluster
+}
+
+func (c credentials) pick(token string) server.Authenticator {
+	if c.kube == nil || strings.HasPrefix(token, jointoken.Prefix) {
+		return c.join
+	}
+	return c.kube
+}
+
+func (c credentials) Authenticate(ctx context.Context, token string) (ca.Identity, error) {
+	return c.pick(token).Authenticate(ctx, token)
+}
+
+func (c credentials) Consume(ctx context.Context, token string) error {
+	return c.pick(token).Consume(ctx, token)
 }
 
 // Authority returns the CA (for tests and benchmarks).

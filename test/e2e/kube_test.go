@@ -7,9 +7,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
 
 	"github.com/rampart-mesh/rampart/test/internal/kubeapi"
 	"github.com/rampart-mesh/rampart/test/internal/procs"
@@ -166,9 +169,35 @@ spec:
 		"--token-file", m.token(t, "foo", "httpbin"), "--inbound-listen", inboundAddr, "--inbound-protocol", "http",
 		"--app", strings.TrimPrefix(app.URL, "http://"), "--labels", "app=httpbin,version=v1", "--metrics-listen", "")
 	procs.WaitTCP(t, inboundAddr, 20*time.Second)
+	// sleep joins as a pod in a cluster does, with its service account's
+	// token for Istio's CA audience (what the kubelet projects), which
+	// rampartd has the API server review; no join token.
+	if _, err := kc.CoreV1().ServiceAccounts("bar").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "sleep"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	saToken := func(audience string) string {
+		t.Helper()
+		tr, err := kc.CoreV1().ServiceAccounts("bar").CreateToken(ctx, "sleep", &authnv1.TokenRequest{
+			Spec: authnv1.TokenRequestSpec{Audiences: []string{audience}, ExpirationSeconds: ptr.To[int64](3600)},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(m.dir, "sleep-"+audience+".token")
+		if err := os.WriteFile(p, []byte(tr.Status.Token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// A token for another audience is refused, and says why.
+	wrongAud := procs.Start(t, m.dir, "sidecar-wrong-audience", "rampart-sidecar", "--control-plane", m.cp, "--root-cert", m.root,
+		"--token-file", saToken("somewhere-else"), "--namespace", "bar", "--service-account", "sleep",
+		"--outbound-listen", procs.FreeAddr(t), "--metrics-listen", "")
+	wrongAud.WaitLog(t, "service-account token refused by the API server", 20*time.Second)
+	wrongAud.Stop(t)
 	sock := m.dir + "/sleep.sock"
 	procs.Start(t, m.dir, "sidecar-sleep", "rampart-sidecar", "--control-plane", m.cp, "--root-cert", m.root,
-		"--token-file", m.token(t, "bar", "sleep"), "--workload-api-socket", sock,
+		"--token-file", saToken("istio-ca"), "--namespace", "bar", "--service-account", "sleep", "--workload-api-socket", sock,
 		"--outbound-listen", procs.FreeAddr(t), "--metrics-listen", "")
 	procs.Eventually(t, 20*time.Second, "workload API socket "+sock, func() bool { _, err := os.Stat(sock); return err == nil })
 	status := statusVia(t, sock, inboundAddr)
