@@ -100,3 +100,43 @@ dry_run_allow_policies := set()
 		t.Errorf("the prepared bundle keeps source text at %d locations, e.g. %s", len(texts), texts[0])
 	}
 }
+
+// The parser's strings are slices of its copy of the whole source, so one
+// kept for the life of the bundle keeps all of it: a prepared bundle's
+// strings have memory of their own, one copy per distinct value.
+func TestPreparedStringsAreOwned(t *testing.T) {
+	p, err := Prepare(t.Context(), Bundle{Modules: map[string]string{"policy.rego": `package rampart.policy
+
+import rego.v1
+
+hits contains {"policy": "ns/a", "action": "ALLOW"} if input.attributes.request.http.method == "GET"
+
+hits contains {"policy": "ns/b", "action": "ALLOW"} if {
+	input.attributes.request.http.method == "GET"
+	input.attributes.request.http.path == "/b"
+}
+
+allow_policies := {"ns/a", "ns/b"}
+
+dry_run_allow_policies := set()
+`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := map[string]map[*byte]bool{} // value → the memory holding it
+	reach(reflect.ValueOf(p), map[uintptr]bool{}, "prepared", func(path string, v reflect.Value) {
+		if term, ok := v.Interface().(*ast.Term); ok {
+			if s, ok := term.Value.(ast.String); ok && (s == "GET" || s == "ALLOW") {
+				if data[string(s)] == nil {
+					data[string(s)] = map[*byte]bool{}
+				}
+				data[string(s)][unsafe.StringData(string(s))] = true
+			}
+		}
+	})
+	for _, s := range []string{"GET", "ALLOW"} {
+		if len(data[s]) != 1 {
+			t.Errorf("the prepared bundle holds %q in %d places in memory, want 1 (the parser's slices of the source)", s, len(data[s]))
+		}
+	}
+}

@@ -84,6 +84,10 @@ type DecisionLogOptions struct {
 type InboundConfig struct {
 	Listen string // e.g. 127.0.0.1:15006
 	App    string // the app's address
+	// Captured: connections come redirected by iptables (rampart-sidecar
+	// init); others, and those redirected from another port than App's, are
+	// refused.
+	Captured bool
 	// Protocol is "http" (default) or "tcp".
 	Protocol string
 	// Mode forces the mTLS mode (DISABLE, PERMISSIVE, STRICT); empty follows the
@@ -362,7 +366,7 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 		modeFunc = peerMode.get
 	}
 	srv, err := inbound.New(inbound.Config{
-		Listener: lis, App: in.App, Protocol: in.Protocol, Mode: in.Mode, ModeFunc: modeFunc, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
+		Listener: lis, App: in.App, Captured: in.Captured, Protocol: in.Protocol, Mode: in.Mode, ModeFunc: modeFunc, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
 		Engine: p.engine, Authn: authn, Workload: in.Workload, OnDecide: hook, RateLimit: p.limiter, Log: p.cfg.Log, Metrics: p.cfg.Registry,
 	})
 	if err != nil {

@@ -74,7 +74,8 @@ IPv6: with --ipv6=auto (the default) the same rules are installed with
 ip6tables whenever the kernel has IPv6, and a failure to install them is an
 error: IPv6 traffic left uncaptured would reach the app without mTLS or
 authorization. --ipv6=off skips them, and is refused while the namespace has
-a global IPv6 address. Link-local destinations (fe80::/10) are never
+a global IPv6 address (one added later, by router advertisement, is not
+captured: prefer auto). Link-local destinations (fe80::/10) are never
 redirected outbound: they cannot be mesh services. Redirected IPv6 connections arrive at ::1 (outbound) or the
 pod's IPv6 address (inbound), so run the sidecar's listeners on both
 families: --outbound-listen :15001 --inbound-listen :15006.
@@ -126,6 +127,11 @@ func families(mode string) ([]family, error) {
 	case "on":
 		return []family{ipv4, ipv6}, nil
 	case "off":
+		if _, err := os.Stat(ipv6Sysctl); err == nil {
+			if _, err := os.Stat(ifInet6); err != nil {
+				return nil, fmt.Errorf("--ipv6=off: cannot tell whether this namespace has IPv6 addresses (%v); leave --ipv6 at auto", err)
+			}
+		}
 		if addr, dev := globalIPv6(); addr != "" {
 			return nil, fmt.Errorf("--ipv6=off: this namespace has the IPv6 address %s on %s, whose traffic would reach the app around the sidecar; leave --ipv6 at auto (ip6tables must work) or remove the address", addr, dev)
 		}

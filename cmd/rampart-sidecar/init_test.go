@@ -231,6 +231,14 @@ func TestCaptureRules(t *testing.T) {
 	if err := os.WriteFile(ifInet6, []byte(lines), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	ifInet6 = filepath.Join(t.TempDir(), "absent")
+	if _, err := families("off"); err == nil || !strings.Contains(err.Error(), "cannot tell") {
+		t.Errorf("off with kernel IPv6 and no address list = %v, want a refusal", err)
+	}
+	ifInet6 = filepath.Join(t.TempDir(), "if_inet6")
+	if err := os.WriteFile(ifInet6, []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if fams, err := families("off"); err != nil || len(fams) != 1 {
 		t.Errorf("off with loopback and link-local IPv6 only = %v, %v; want IPv4 only", fams, err)
 	}

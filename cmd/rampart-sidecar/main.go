@@ -176,7 +176,7 @@ names (its --listen host, localhost or a loopback address): gRPC checks it.
 	f.IntVar(&c.GCPercent, "gc-percent", 200, "heap growth that triggers Go's garbage collector, in percent of the live heap (GOGC, which wins when set): the sidecar's heap is small, and collecting half as often saves CPU on every request for a few MB under load; -1 disables collection")
 	f.IntVar(&c.Concurrency, "concurrency", 0, "how many CPUs the proxy runs on at once (Go's GOMAXPROCS; Istio's proxy concurrency); 0: all the machine's or the container's CPU limit")
 	f.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-listen (for performance work; keep that address private)")
-	f.BoolVar(&c.Transparent, "transparent", false, "with --outbound-listen: take connections iptables redirected ('rampart-sidecar init'); each one's original destination picks its route, and unknown destinations pass through")
+	f.BoolVar(&c.Transparent, "transparent", false, "take connections iptables redirected ('rampart-sidecar init'): on --outbound-listen each one's original destination picks its route, and unknown destinations pass through; on --inbound-listen only those redirected from the app's port (--app's) are served, others refused (a connection straight to the listener, or from another port)")
 	f.StringArrayVar(&c.GatewayListen, "gateway-listen", nil, "serve as an ingress gateway on this address (repeatable); the port picks the Istio Gateway server whose routes apply")
 	f.StringVar(&c.DecisionLog, "decision-log", "", "with --inbound-listen or --gateway-listen: append denials and dry-run hits to this tamper-evident decision log (both listeners share the one file)")
 	f.BoolVar(&c.LogAllows, "log-allows", false, "with --decision-log: log allowed requests too")
@@ -288,7 +288,7 @@ func run(ctx context.Context, c config) error {
 		default:
 			return fmt.Errorf("--inbound-protocol %q: want http, tcp or auto", c.InboundProtocol)
 		}
-		in = &proxy.InboundConfig{Listen: c.InboundListen, App: c.App, Protocol: c.InboundProtocol, Mode: strings.ToUpper(c.MTLSMode), BundleDir: c.AuthzBundle,
+		in = &proxy.InboundConfig{Listen: c.InboundListen, App: c.App, Captured: c.Transparent, Protocol: c.InboundProtocol, Mode: strings.ToUpper(c.MTLSMode), BundleDir: c.AuthzBundle,
 			DecisionLog: c.DecisionLog, LogAllows: c.LogAllows}
 		if c.App == "" {
 			return errors.New("--inbound-listen needs --app")

@@ -172,6 +172,11 @@ func workloadKey(wl compile.Workload) string {
 	sort.Strings(keys)
 	var b strings.Builder
 	b.WriteString(wl.Namespace + "/" + wl.Name)
+	if wl.Gateway {
+		// A gateway proxy's build has the Gateways' listeners and routes; a
+		// sidecar's of the same workload must not be shared with it.
+		b.WriteString("\x00gateway")
+	}
 	for _, k := range keys {
 		b.WriteString("\x00" + k + "=" + wl.Labels[k])
 	}

@@ -22,8 +22,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, sent *int) int 
 	out := new(http.Request)
 	*out = *r
 	out.RequestURI = ""
-	app := s.appFor(r.Context())
-	out.URL = &url.URL{Scheme: "http", Host: app, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: cleanQuery(r.URL.RawQuery)}
+	out.URL = &url.URL{Scheme: "http", Host: s.cfg.App, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: cleanQuery(r.URL.RawQuery)}
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
@@ -52,11 +51,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, sent *int) int 
 	resp, err := s.appTransport.RoundTrip(out)
 	if err != nil {
 		if r.Context().Err() != nil {
-			s.log.Debug("client disconnected before the app answered", "app", app, "err", err)
+			s.log.Debug("client disconnected before the app answered", "app", s.cfg.App, "err", err)
 			w.WriteHeader(499)
 			return 499
 		}
-		s.log.Warn("app unreachable", "app", app, "err", err)
+		s.log.Warn("app unreachable", "app", s.cfg.App, "err", err)
 		http.Error(w, "upstream connect error", http.StatusServiceUnavailable)
 		return http.StatusServiceUnavailable
 	}
@@ -80,7 +79,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, sent *int) int 
 	proxyBufs.Put(bp)
 	if err != nil && !errors.Is(err, io.EOF) {
 		if r.Context().Err() == nil {
-			s.log.Debug("the app's response body broke off", "app", app, "err", err)
+			s.log.Debug("the app's response body broke off", "app", s.cfg.App, "err", err)
 		}
 		// The client must see the response end early, not a short success.
 		panic(http.ErrAbortHandler)

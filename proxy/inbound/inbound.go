@@ -62,6 +62,10 @@ type Config struct {
 	Listener net.Listener
 	// App is the workload's own address, where allowed requests go.
 	App string
+	// Captured says every connection comes redirected by iptables
+	// (rampart-sidecar init): one that was not, or was sent to another port
+	// than App's, is refused (see outsideCapture).
+	Captured bool
 	// GuardOnly builds a Server that only checks requests for another listener
 	// (Guard); it has no Listener or App and is not Run.
 	GuardOnly bool
@@ -107,7 +111,6 @@ type Server struct {
 	tlsCfg       *tls.Config
 	proxy        *httputil.ReverseProxy
 	appTransport *h1.Transport // the proxy's, to the app
-	listenPort   int           // the listener's own port; 0 without one
 	grpcProxy    *httputil.ReverseProxy
 	requests     *prometheus.CounterVec
 	resets       prometheus.Counter
@@ -160,16 +163,12 @@ func New(cfg Config) (*Server, error) {
 		cfg.Metrics = prometheus.NewRegistry()
 	}
 	s := &Server{cfg: cfg, log: cfg.Log.With("component", "inbound"), slots: make(chan struct{}, cfg.MaxConnections)}
-	if cfg.Listener != nil {
-		if a, ok := cfg.Listener.Addr().(*net.TCPAddr); ok {
-			s.listenPort = a.Port
-		}
-	}
 	if cfg.SVID != nil && cfg.Bundle != nil {
 		// Istio's sidecars also offer "istio-peer-exchange" and "istio" (TCP has
 		// nothing else); accepting them keeps such handshakes from failing.
 		s.tlsCfg = peer.ServerConfig(cfg.SVID, cfg.Bundle, cfg.TrustDomain, "h2", "http/1.1", "istio-peer-exchange", "istio")
 	}
+	app := &url.URL{Scheme: "http", Host: cfg.App}
 	// Connections to the app are kept for reuse; net/http's default keeps only
 	// two idle per host, so concurrent clients would dial the app per request.
 	dial := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
@@ -190,7 +189,7 @@ func New(cfg Config) (*Server, error) {
 		Transport:  s.appTransport,
 		BufferPool: bufferPool{},
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(&url.URL{Scheme: "http", Host: s.appFor(pr.In.Context())})
+			pr.SetURL(app)
 			pr.Out.Host = pr.In.Host
 			// X-Forwarded-For/-Host/-Proto from what the sidecar saw; Rewrite has
 			// already dropped whatever the client sent in them.
@@ -199,11 +198,11 @@ func New(cfg Config) (*Server, error) {
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
 				// The client went away (Envoy's DC): nothing is wrong with the app.
-				s.log.Debug("client disconnected before the app answered", "app", s.appFor(r.Context()), "err", err)
+				s.log.Debug("client disconnected before the app answered", "app", cfg.App, "err", err)
 				w.WriteHeader(499)
 				return
 			}
-			s.log.Warn("app unreachable", "app", s.appFor(r.Context()), "err", err)
+			s.log.Warn("app unreachable", "app", cfg.App, "err", err)
 			if grpcreply.Is(r) {
 				// As Envoy's local replies to gRPC: a trailers-only UNAVAILABLE.
 				grpcreply.Write(w, grpcreply.StatusFor(http.StatusServiceUnavailable), "upstream connect error")
@@ -326,7 +325,16 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 			c.Close()
 			return
 		}
-		c = &slotConn{Conn: c, release: func() { <-s.slots }, local: originalDst(c)}
+		local := originalDst(c)
+		if s.cfg.Captured {
+			if why := s.outsideCapture(local); why != "" {
+				s.log.Debug("connection refused", "peer", c.RemoteAddr().String(), "reason", why)
+				<-s.slots
+				c.Close()
+				return
+			}
+		}
+		c = &slotConn{Conn: c, release: func() { <-s.slots }, local: local}
 		s.served.Add(1)
 		go func() {
 			defer s.served.Done()
@@ -813,33 +821,24 @@ func (c *slotConn) LocalAddr() net.Addr {
 	return c.Conn.LocalAddr()
 }
 
-// appOf is where c's requests go: the app (Config.App), at the port the
-// client dialled when iptables redirected c here. With every port captured
-// (init --inbound-ports '*'), a connection to another of the pod's ports is
-// checked against that port, so it must reach that port too, not the app's
-// main one: a DENY on to.operation.ports would otherwise be bypassed by
-// dialling another port (Istio's inbound passthrough goes to the original
-// port as well).
-func (s *Server) appOf(c net.Conn) string {
-	// A redirected connection's local address is its original destination
-	// (slotConn); any other's is the listener's own.
-	la, ok := c.LocalAddr().(*net.TCPAddr)
-	if !ok || s.listenPort == 0 || la.Port == s.listenPort {
-		return s.cfg.App
+// outsideCapture says why a connection to a captured inbound listener is
+// refused, "" if it is not: only connections iptables redirected to the
+// app's port are the app's. One sent straight to the listener (15006)
+// would be checked as 15006 and reach the app, dodging a DENY on the app's
+// port; one redirected from another of the pod's ports (init
+// --inbound-ports '*') would be checked as that port and reach the app's,
+// or, sent to that port, reach what listens there on loopback only. Istio
+// drops the first and sends the second to the pod's address.
+func (s *Server) outsideCapture(local net.Addr) string {
+	if local == nil {
+		return "not redirected by iptables: a captured listener takes only redirected connections"
 	}
-	host, _, err := net.SplitHostPort(s.cfg.App)
-	if err != nil {
-		return s.cfg.App
+	dst, ok := local.(*net.TCPAddr)
+	_, appPort, err := net.SplitHostPort(s.cfg.App)
+	if !ok || err != nil || strconv.Itoa(dst.Port) != appPort {
+		return fmt.Sprintf("sent to port %s; this sidecar fronts the app's port %s only", local, appPort)
 	}
-	return net.JoinHostPort(host, strconv.Itoa(la.Port))
-}
-
-// appFor is appOf for the connection a request came on.
-func (s *Server) appFor(ctx context.Context) string {
-	if c, ok := ctx.Value(connKey{}).(net.Conn); ok {
-		return s.appOf(c)
-	}
-	return s.cfg.App
+	return ""
 }
 
 // originalDst is c's destination before an iptables REDIRECT, or nil when
@@ -861,6 +860,8 @@ func originalDst(c net.Conn) net.Addr {
 		return nil
 	}
 	local, ok := c.LocalAddr().(*net.TCPAddr)
+	// The zones are left out: the listener's names its interface, the
+	// kernel's original destination gives its index.
 	if ok && local.Port == int(dst.Port()) && local.AddrPort().Addr().Unmap().WithZone("") == dst.Addr().WithZone("") {
 		return nil
 	}
@@ -923,10 +924,9 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn, sni string) {
 		return
 	}
 	var dialer net.Dialer
-	appAddr := s.appOf(c)
-	app, err := dialer.DialContext(ctx, "tcp", appAddr)
+	app, err := dialer.DialContext(ctx, "tcp", s.cfg.App)
 	if err != nil {
-		s.log.Warn("app unreachable", "app", appAddr, "err", err)
+		s.log.Warn("app unreachable", "app", s.cfg.App, "err", err)
 		return
 	}
 	defer app.Close()

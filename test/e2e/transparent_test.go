@@ -85,7 +85,11 @@ spec:
   hosts: [b.default.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9081, name: http-alt, protocol: HTTP}]
+  ports:
+  - {number: 9080, name: http, protocol: HTTP}
+  - {number: 9081, name: http-alt, protocol: HTTP}
+  - {number: 9082, name: http-local, protocol: HTTP}
+  - {number: 15006, name: http-inbound, protocol: HTTP}
   workloadSelector: {labels: {app: b}}
 ---
 apiVersion: networking.istio.io/v1
@@ -173,7 +177,7 @@ spec:
 	asProxy := []string{"setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"}
 	start("sidecar-b", append(append([]string{"ip", "netns", "exec", nsB}, asProxy...), filepath.Join(bin, "rampart-sidecar"),
 		"--control-plane", cp, "--root-cert", root, "--token-file", token("b"), "--workload", "default/b", "--labels", "app=b",
-		"--inbound-listen", ":15006", "--app", "127.0.0.1:9080", "--metrics-listen", "")...)
+		"--inbound-listen", ":15006", "--transparent", "--app", "127.0.0.1:9080", "--metrics-listen", "")...)
 	start("sidecar-a", append(append([]string{"ip", "netns", "exec", nsA}, asProxy...), filepath.Join(bin, "rampart-sidecar"),
 		"--control-plane", cp, "--root-cert", root, "--token-file", token("a"), "--workload", "default/a", "--labels", "app=a",
 		"--outbound-listen", ":15001", "--transparent", "--access-log", "all", "--metrics-listen", "")...)
@@ -181,6 +185,8 @@ spec:
 	// keeps a client from reaching it around the sidecar.
 	start("app-b", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "details", "--listen", ":9080")
 	start("outside", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", ":7000")
+	// A service of b's pod that listens on loopback only (an admin port).
+	start("local-only", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", "127.0.0.1:9082")
 
 	curl := func(args ...string) string {
 		out, _ := exec.Command("ip", append([]string{"netns", "exec", nsA, "curl", "-s", "-m", "5"}, args...)...).CombinedOutput()
@@ -215,11 +221,15 @@ spec:
 	if out := curl("-w", " %{http_code}", "--resolve", "b6:9080:["+ipB6+"]", "http://b6:9080/details/1"); !strings.HasSuffix(out, " 403") {
 		t.Errorf("the DENY did not apply to a mesh request over IPv6: %q", out)
 	}
-	// With every port captured, a request to another of b's ports is
-	// authorized as that port and must reach that port: nothing listens on
-	// 9081, so the DENY on 9080's /details/1 cannot be dodged through it.
-	if out := curl("-w", " %{http_code}", "--resolve", "b:9081:"+ipB, "http://b:9081/details/1"); strings.Contains(out, "Shakespeare") || !strings.HasSuffix(out, " 503") {
-		t.Errorf("b:9081 reached the app's port 9080 (a port-scoped DENY bypassed), or did not answer 503: %q", out)
+	// b's sidecar fronts its app's port only. With every port captured, a
+	// mesh request to another of b's ports (9081: checked as 9081, it would
+	// dodge the DENY on 9080; 9082: a service on loopback only) or straight
+	// to the inbound listener (15006) is refused: the caller gets 503.
+	for _, port := range []string{"9081", "9082", "15006"} {
+		out := curl("-w", " %{http_code}", "--resolve", "b:"+port+":"+ipB, "http://b:"+port+"/details/1")
+		if strings.Contains(out, "Shakespeare") || strings.Contains(out, "Reviewer") || !strings.HasSuffix(out, " 503") {
+			t.Errorf("b:%s/details/1 = %q; want 503 (refused at b's inbound)", port, out)
+		}
 	}
 	// A connection straight to a's outbound listener at a link-local address
 	// (a neighbour's, not redirected) is closed, not passed through to
