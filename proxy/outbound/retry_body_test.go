@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,18 +23,34 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
+// refusingAddr is a loopback address that refuses connections for the whole
+// test: a socket bound there and never listening holds the port, so no other
+// listener (another test's, a mirror's) can be given it, as one closed after
+// picking a free port could.
+func refusingAddr(t *testing.T) *net.TCPAddr {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*syscall.SockaddrInet4).Port}
+}
+
 // deadFirst returns a cluster change that puts, in front of the endpoints of
 // cluster name, one that refuses connections. Round robin picks it first for
 // the first request, and since each retry (previous_hosts) moves the counter
 // past the live endpoint, for every request after that too.
 func deadFirst(t *testing.T, name string, h2 bool) func(*clusterv3.Cluster) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().(*net.TCPAddr)
-	lis.Close()
+	addr := refusingAddr(t)
 	return func(c *clusterv3.Cluster) {
 		if c.Name != name {
 			return
