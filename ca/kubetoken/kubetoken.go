@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,10 +29,24 @@ const DefaultAudience = "istio-ca"
 // token is a JWT of about a kilobyte.
 const maxTokenBytes = 16 << 10
 
+// Anyone who reaches the CA can send a token, and each costs an API call:
+// at most maxReviews run at once, a caller waits at most reviewWait for a
+// turn, and a review takes at most reviewTimeout. A flood of tokens then
+// costs refusals and retries, not a queue that holds every join back.
+const (
+	maxReviews    = 8
+	reviewWait    = 2 * time.Second
+	reviewTimeout = 5 * time.Second
+)
+
+// ErrBusy means every review slot stayed taken: nothing was decided.
+var ErrBusy = errors.New("too many token reviews in flight")
+
 // Reviewer checks tokens with TokenReview. Safe for concurrent use.
 type Reviewer struct {
 	client   authnclient.TokenReviewsGetter
 	audience string
+	slots    chan struct{}
 }
 
 // New returns a Reviewer asking client's API server, for tokens meant for
@@ -40,7 +55,7 @@ func New(client authnclient.TokenReviewsGetter, audience string) *Reviewer {
 	if audience == "" {
 		audience = DefaultAudience
 	}
-	return &Reviewer{client: client, audience: audience}
+	return &Reviewer{client: client, audience: audience, slots: make(chan struct{}, maxReviews)}
 }
 
 // refused is a refusal of the credential (it matches ca.ErrCredentialRefused).
@@ -54,9 +69,19 @@ func (e refused) Is(target error) bool { return target == ca.ErrCredentialRefuse
 // service account's, is refused; a failed review (the API server unreachable,
 // RBAC) is an error that refuses nothing.
 func (r *Reviewer) Authenticate(ctx context.Context, token string) (ca.Identity, error) {
-	if token == "" || len(token) > maxTokenBytes {
-		return ca.Identity{}, refused{"malformed service-account token"}
+	if len(token) > maxTokenBytes || !jwtShaped(token) {
+		return ca.Identity{}, refused{"malformed service-account token (want a JWT)"}
 	}
+	wait, cancel := context.WithTimeout(ctx, reviewWait)
+	defer cancel()
+	select {
+	case r.slots <- struct{}{}:
+		defer func() { <-r.slots }()
+	case <-wait.Done():
+		return ca.Identity{}, ErrBusy
+	}
+	ctx, cancelReview := context.WithTimeout(ctx, reviewTimeout)
+	defer cancelReview()
 	res, err := r.client.TokenReviews().Create(ctx, &authnv1.TokenReview{
 		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{r.audience}},
 	}, metav1.CreateOptions{})
@@ -80,7 +105,28 @@ func (r *Reviewer) Authenticate(ctx context.Context, token string) (ca.Identity,
 	if err != nil {
 		return ca.Identity{}, refused{err.Error()}
 	}
+	// A service account's token carries its groups; a user of another
+	// authenticator named like one does not.
+	for _, g := range []string{"system:serviceaccounts", "system:serviceaccounts:" + ident.Namespace} {
+		if !slices.Contains(st.User.Groups, g) {
+			return ca.Identity{}, refused{fmt.Sprintf("token of %q without group %s: not a service account's", st.User.Username, g)}
+		}
+	}
 	return ident, nil
+}
+
+// jwtShaped reports whether token has a JWT's three base64url segments.
+func jwtShaped(token string) bool {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	for _, p := range parts {
+		if p == "" || strings.Trim(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // Consume does nothing: a service-account token is not single-use, its

@@ -1,9 +1,13 @@
 package kubetoken
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	authnclient "k8s.io/client-go/kubernetes/typed/authentication/v1"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -34,7 +38,9 @@ func reviewer(t *testing.T, status authnv1.TokenReviewStatus, err error) (*Revie
 
 func TestAuthenticate(t *testing.T) {
 	sa := func(user string, aud ...string) authnv1.TokenReviewStatus {
-		return authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: user}, Audiences: aud}
+		ns := strings.Split(user+"::", ":")[2]
+		return authnv1.TokenReviewStatus{Authenticated: true, Audiences: aud,
+			User: authnv1.UserInfo{Username: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"}}}
 	}
 	for _, tc := range []struct {
 		name    string
@@ -52,13 +58,16 @@ func TestAuthenticate(t *testing.T) {
 		{name: "a name with a colon too many", status: sa("system:serviceaccount:bar:sleep:x", "istio-ca"), refused: "not of a service account"},
 		{name: "an invalid namespace", status: sa("system:serviceaccount:Bar_1:sleep", "istio-ca"), refused: "service account"},
 		{name: "an oversized token", token: strings.Repeat("a", maxTokenBytes+1), refused: "malformed"},
+		{name: "not a JWT", token: "garbage-token", refused: "want a JWT"},
+		{name: "a user named like a service account", status: authnv1.TokenReviewStatus{Authenticated: true, Audiences: []string{"istio-ca"},
+			User: authnv1.UserInfo{Username: "system:serviceaccount:prod:payments", Groups: []string{"system:authenticated"}}}, refused: "without group system:serviceaccounts"},
 		{name: "the API server fails", apiErr: errors.New("connection refused")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, asked := reviewer(t, tc.status, tc.apiErr)
 			tok := tc.token
 			if tok == "" {
-				tok = "eyJhbGciOi.x.y"
+				tok = "eyJhbGciOi.eHh4.c2ln"
 			}
 			got, err := r.Authenticate(t.Context(), tok)
 			switch {
@@ -86,5 +95,41 @@ func TestConsumeSpendsNothing(t *testing.T) {
 	r, _ := reviewer(t, authnv1.TokenReviewStatus{}, nil)
 	if err := r.Consume(t.Context(), "tok"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// reviews is a TokenReview client that runs review for every call,
+// concurrently (client-go's fake serialises its reactors).
+type reviews func(*authnv1.TokenReview) (*authnv1.TokenReview, error)
+
+func (f reviews) TokenReviews() authnclient.TokenReviewInterface { return f }
+func (f reviews) Create(_ context.Context, tr *authnv1.TokenReview, _ metav1.CreateOptions) (*authnv1.TokenReview, error) {
+	return f(tr)
+}
+
+// Reviews run at most maxReviews at once; a caller that finds no turn within
+// reviewWait gets ErrBusy (nothing decided), so a flood of tokens cannot queue
+// every join behind it.
+func TestReviewsAreBounded(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, maxReviews+1)
+	r := New(reviews(func(*authnv1.TokenReview) (*authnv1.TokenReview, error) {
+		started <- struct{}{}
+		<-release
+		return nil, errors.New("released")
+	}), "")
+	done := make(chan error, maxReviews)
+	for range maxReviews {
+		go func() { _, err := r.Authenticate(t.Context(), "a.b.c"); done <- err }()
+	}
+	for range maxReviews {
+		<-started
+	}
+	if _, err := r.Authenticate(t.Context(), "a.b.c"); !errors.Is(err, ErrBusy) || errors.Is(err, ca.ErrCredentialRefused) {
+		t.Errorf("a review past the bound = %v, want ErrBusy (not a refusal)", err)
+	}
+	close(release)
+	for range maxReviews {
+		<-done
 	}
 }

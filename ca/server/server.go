@@ -36,8 +36,8 @@ import (
 type Authenticator interface {
 	// Authenticate returns the identity token proves, without spending it.
 	// As for Consume, an error refusing the credential is one of jointoken's
-	// and the client is Unauthenticated; any other is a failure to check it
-	// (Internal).
+	// or matches ca.ErrCredentialRefused, and the client is Unauthenticated;
+	// any other is a failure to check it (Unavailable: the client retries).
 	Authenticate(ctx context.Context, token string) (ca.Identity, error)
 	// Consume spends a single-use token. The server calls it only for a request
 	// it has checked and signed a certificate for, and sends the certificate
@@ -46,7 +46,7 @@ type Authenticator interface {
 	// requests with one single-use token, at most one gets a certificate. An
 	// error that refuses the credential is one of jointoken's (ErrUsed,
 	// ErrExpired, ErrUnknown, ErrMalformed) and the client is Unauthenticated;
-	// any other is a failure to spend it (Internal), and the client may retry.
+	// any other is a failure to spend it (Unavailable), and the client may retry.
 	Consume(ctx context.Context, token string) error
 }
 
@@ -295,9 +295,12 @@ func (s *Server) authenticate(ctx context.Context) (ca.Identity, credential, err
 	token = strings.TrimSpace(token)
 	ident, err := s.cfg.Authenticator.Authenticate(ctx, token)
 	if err != nil && !refusesCredential(err) {
-		// The token store failed (an unreadable record): nothing was decided
-		// about the credential, and the client may retry.
-		return ca.Identity{}, credential{}, status.Errorf(codes.Internal, "checking the credential failed: %v", err)
+		// The token store or the API server failed (an unreadable record,
+		// TokenReview unreachable or refused by RBAC, too many reviews):
+		// nothing was decided about the credential, and the client may
+		// retry. What failed is for the operator's log, not the caller.
+		s.log.Error("checking a credential failed", "peer", peerAddr(ctx), "err", err)
+		return ca.Identity{}, credential{}, status.Error(codes.Unavailable, "checking the credential failed; retry")
 	}
 	if err != nil {
 		return ca.Identity{}, credential{}, status.Errorf(codes.Unauthenticated, "credential rejected: %v", err)
@@ -325,9 +328,8 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 		return nil, status.Error(codes.InvalidArgument, "validity_duration must not be negative")
 	}
 	ident, cred, err := s.authenticate(ctx)
-	if status.Code(err) == codes.Internal {
+	if status.Code(err) == codes.Unavailable {
 		s.cfg.Authority.CountRejected("error")
-		log.Error("certificate request failed", "err", status.Convert(err).Message())
 		return nil, err
 	}
 	if err != nil {
@@ -371,7 +373,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *istioca.IstioCertif
 		// spent, and the client may retry with it.
 		s.cfg.Authority.CountRejected("error")
 		log.Error("spending the credential failed", "err", consumeErr)
-		return nil, status.Errorf(codes.Internal, "spending the credential failed: %v", consumeErr)
+		return nil, status.Error(codes.Unavailable, "spending the credential failed; retry")
 	case err != nil:
 		log.Error("signing failed", "err", err)
 		return nil, status.Errorf(codes.Internal, "signing failed: %v", err)

@@ -934,7 +934,7 @@ func TestConsumeFailure(t *testing.T) {
 			if err := os.WriteFile(used, nil, 0o600); err != nil {
 				t.Error(err)
 			}
-		}, wantCode: codes.Internal, wantMsg: "spending the credential failed: consume join token: rename",
+		}, wantCode: codes.Unavailable, wantMsg: "spending the credential failed; retry",
 			wantCounts: map[string]float64{"unauthenticated": 0, "error": 1, "success": 0}, wantRetry: true},
 	}
 	for _, tt := range tests {
@@ -995,8 +995,8 @@ func TestAuthenticateStoreFailure(t *testing.T) {
 	}
 	client := istioca.NewIstioCertificateServiceClient(f.dial(t, nil))
 	_, err = client.CreateCertificate(bearer(t.Context(), tok), &istioca.IstioCertificateRequest{Csr: csrPEM(t, newKey(t), webID)})
-	if status.Code(err) != codes.Internal || !strings.Contains(status.Convert(err).Message(), "checking the credential failed") {
-		t.Fatalf("CreateCertificate with an unreadable token record = %v, want Internal: checking the credential failed", err)
+	if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != "checking the credential failed; retry" {
+		t.Fatalf("CreateCertificate with an unreadable token record = %v, want Unavailable: checking the credential failed; retry (the store's error is for the log)", err)
 	}
 	if got := f.counts(t); got["error"] != 1 || got["unauthenticated"] != 0 {
 		t.Errorf("issued = %v, want error 1 and unauthenticated 0", got)

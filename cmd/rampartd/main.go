@@ -123,7 +123,7 @@ Files in the state directory:
 	f.StringVar(&c.CAKey, "ca-key", "", "bring your own CA: PEM private key of --ca-cert")
 	f.StringVar(&c.CAChain, "ca-chain", "", "bring your own CA: PEM chain from --ca-cert's issuer up to the root")
 	f.StringVar(&c.Kubeconfig, "kubeconfig", "", "read Istio objects, Services, EndpointSlices and Pods from this Kubernetes cluster (kubeconfig file; \"in-cluster\" for the pod's service account), beside or instead of --config-dir")
-	f.StringVar(&c.KubeTokenAudience, "kube-token-audience", kubetoken.DefaultAudience, "with --kubeconfig: sidecars may join with their pod's service-account token for this audience instead of a join token (checked with TokenReview; rampartd then needs create on tokenreviews)")
+	f.StringVar(&c.KubeTokenAudience, "kube-token-audience", kubetoken.DefaultAudience, "with --kubeconfig: sidecars may join with their pod's service-account token for this audience instead of a join token (checked with TokenReview; rampartd then needs create on tokenreviews); \"\" accepts join tokens only")
 	f.StringVar(&c.KubeNamespace, "kube-namespace", "", "with --kubeconfig: watch only this namespace, and the mesh's root namespace for Istio objects (mesh-wide policies live there); needs list/watch in both (default: all namespaces)")
 	f.StringArrayVar(&c.ConfigDir, "config-dir", nil, "configuration file or directory (Istio and Rampart YAML), watched; each sidecar gets its compiled policy over xDS (repeatable)")
 	f.StringVar(&c.MeshConfig, "mesh-config", "", "Istio MeshConfig YAML (rootNamespace, trustDomain, pathNormalization, extensionProviders, h2UpgradePolicy); its trustDomain and rootNamespace, when set, must equal --trust-domain and --root-namespace")

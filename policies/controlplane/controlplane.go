@@ -50,7 +50,7 @@ type Config struct {
 	Kube *kube.Config
 	// TokenAudience is the audience of the Kubernetes service-account tokens
 	// sidecars may join with instead of a join token (TokenReview, with
-	// Kube); "" means kubetoken.DefaultAudience (Istio's "istio-ca").
+	// Kube); "" turns that off (join tokens only).
 	TokenAudience string
 	// Mesh is the mesh config.
 	Mesh compile.Mesh
@@ -139,7 +139,7 @@ func New(cfg Config) (*Server, error) {
 	// In a cluster, a sidecar may also join with its pod's service-account
 	// token, which the API server reviews.
 	var reviewer *kubetoken.Reviewer
-	if cfg.Kube != nil && cfg.Kube.Kube != nil {
+	if cfg.Kube != nil && cfg.Kube.Kube != nil && cfg.TokenAudience != "" {
 		reviewer = kubetoken.New(cfg.Kube.Kube.AuthenticationV1(), cfg.TokenAudience)
 	}
 	caServer, err := server.New(server.Config{

@@ -116,6 +116,10 @@ type Server struct {
 	resets       prometheus.Counter
 	plaintext    *prometheus.CounterVec
 	refused      prometheus.Counter
+	outside      *prometheus.CounterVec // connections a captured listener refused, by reason
+	appPort      int                    // App's port, with Captured
+	warnedMu     sync.Mutex
+	warned       map[int]bool  // ports whose refusal was logged at Warn
 	slots        chan struct{} // one per open connection
 
 	mu       sync.Mutex
@@ -232,6 +236,20 @@ func New(cfg Config) (*Server, error) {
 		Name: "rampart_inbound_connections_refused_total",
 		Help: "Connections closed on accept because MaxConnections were open.",
 	})
+	s.outside = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rampart_inbound_connections_outside_capture_total",
+		Help: "Connections a captured inbound listener (--transparent) refused: not redirected by iptables, or redirected from another port than the app's.",
+	}, []string{"reason"})
+	if cfg.Captured {
+		_, port, err := net.SplitHostPort(cfg.App)
+		if err == nil {
+			s.appPort, err = net.LookupPort("tcp", port)
+		}
+		if err != nil || s.appPort == 0 {
+			return nil, fmt.Errorf("inbound: app address %q: a captured listener needs the app's port: %v", cfg.App, err)
+		}
+		s.warned = map[int]bool{}
+	}
 	// istio_requests_total is shared with the outbound path (reporter source).
 	if err := cfg.Metrics.Register(s.requests); err != nil {
 		var are prometheus.AlreadyRegisteredError
@@ -240,7 +258,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.requests = are.ExistingCollector.(*prometheus.CounterVec)
 	}
-	for _, c := range []prometheus.Collector{s.resets, s.plaintext, s.refused} {
+	for _, c := range []prometheus.Collector{s.resets, s.plaintext, s.refused, s.outside} {
 		if err := cfg.Metrics.Register(c); err != nil {
 			return nil, err
 		}
@@ -326,13 +344,10 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 			return
 		}
 		local := originalDst(c)
-		if s.cfg.Captured {
-			if why := s.outsideCapture(local); why != "" {
-				s.log.Debug("connection refused", "peer", c.RemoteAddr().String(), "reason", why)
-				<-s.slots
-				c.Close()
-				return
-			}
+		if s.cfg.Captured && s.outsideCapture(c, local) {
+			<-s.slots
+			c.Close()
+			return
 		}
 		c = &slotConn{Conn: c, release: func() { <-s.slots }, local: local}
 		s.served.Add(1)
@@ -821,24 +836,41 @@ func (c *slotConn) LocalAddr() net.Addr {
 	return c.Conn.LocalAddr()
 }
 
-// outsideCapture says why a connection to a captured inbound listener is
-// refused, "" if it is not: only connections iptables redirected to the
-// app's port are the app's. One sent straight to the listener (15006)
+// outsideCapture reports whether a connection to a captured listener is
+// refused, and counts and logs it: only connections iptables redirected to
+// the app's port are the app's. One sent straight to the listener (15006)
 // would be checked as 15006 and reach the app, dodging a DENY on the app's
 // port; one redirected from another of the pod's ports (init
-// --inbound-ports '*') would be checked as that port and reach the app's,
-// or, sent to that port, reach what listens there on loopback only. Istio
-// drops the first and sends the second to the pod's address.
-func (s *Server) outsideCapture(local net.Addr) string {
-	if local == nil {
-		return "not redirected by iptables: a captured listener takes only redirected connections"
+// --inbound-ports '*') would be checked as that port and reach the app's, or,
+// sent to that port, reach what listens there on loopback only. Istio drops
+// the first and sends the second to the pod's address; a Rampart sidecar
+// fronts one app port. The first refusal for each port (of 64) is a warning
+// naming the fix; the rest are debug lines.
+func (s *Server) outsideCapture(c net.Conn, local net.Addr) bool {
+	reason, port := "not_redirected", 0
+	if dst, ok := local.(*net.TCPAddr); ok {
+		if dst.Port == s.appPort {
+			return false
+		}
+		reason, port = "other_port", dst.Port
 	}
-	dst, ok := local.(*net.TCPAddr)
-	_, appPort, err := net.SplitHostPort(s.cfg.App)
-	if !ok || err != nil || strconv.Itoa(dst.Port) != appPort {
-		return fmt.Sprintf("sent to port %s; this sidecar fronts the app's port %s only", local, appPort)
+	s.outside.WithLabelValues(reason).Inc()
+	s.warnedMu.Lock()
+	first := !s.warned[port] && len(s.warned) < 64
+	if first {
+		s.warned[port] = true
 	}
-	return ""
+	s.warnedMu.Unlock()
+	log := s.log.Debug
+	if first {
+		log = s.log.Warn
+	}
+	if reason == "not_redirected" {
+		log("connection refused: not redirected by iptables; a captured inbound listener takes only connections to the app's port", "peer", c.RemoteAddr().String(), "app_port", s.appPort)
+	} else {
+		log("connection refused: this sidecar fronts the app's port only; exclude the pod's other ports from capture (init --exclude-inbound-ports, or --inbound-ports with the app's port)", "peer", c.RemoteAddr().String(), "port", port, "app_port", s.appPort)
+	}
+	return true
 }
 
 // originalDst is c's destination before an iptables REDIRECT, or nil when

@@ -231,6 +231,10 @@ spec:
 			t.Errorf("b:%s/details/1 = %q; want 503 (refused at b's inbound)", port, out)
 		}
 	}
+	logB, _ := os.ReadFile(filepath.Join(dir, "sidecar-b.log"))
+	if !strings.Contains(string(logB), "fronts the app's port only") || !strings.Contains(string(logB), "not redirected by iptables") {
+		t.Errorf("sidecar b does not say why it refused the connections to 9081, 9082 and 15006:\n%s", logB)
+	}
 	// A connection straight to a's outbound listener at a link-local address
 	// (a neighbour's, not redirected) is closed, not passed through to
 	// itself over and over.
