@@ -68,7 +68,8 @@ app knowing:
 The sidecar's own connections to the pod's addresses (not loopback) on a
 captured inbound port are sent to --inbound-port too, so the sidecar's
 --app must be a loopback address (127.0.0.0/8 or ::1) when inbound traffic is
-captured, or the sidecar's forwarding to the app would come back to it.
+captured, or the sidecar's forwarding to the app would come back to it (a
+sidecar run with --transparent refuses to start otherwise).
 
 IPv6: with --ipv6=auto (the default) the same rules are installed with
 ip6tables whenever the kernel has IPv6, and a failure to install them is an

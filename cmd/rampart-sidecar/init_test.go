@@ -249,3 +249,16 @@ func TestCaptureRules(t *testing.T) {
 		t.Errorf("off with a global IPv6 address = %v, want a refusal naming fd00::2 on eth0", err)
 	}
 }
+
+// A captured sidecar forwards to its app on loopback only: init sends its
+// connections to the pod's own addresses back to the inbound listener.
+func TestLoopbackApp(t *testing.T) {
+	for app, ok := range map[string]bool{
+		"127.0.0.1:9080": true, "127.0.0.5:9080": true, "[::1]:9080": true, "localhost:http": true,
+		"10.0.0.5:9080": false, "[fd00::1]:9080": false, "app:9080": false, "127.0.0.1": false, "127.0.0.1:nope": false,
+	} {
+		if err := loopbackApp(app); (err == nil) != ok {
+			t.Errorf("loopbackApp(%q) = %v, want ok %v", app, err, ok)
+		}
+	}
+}

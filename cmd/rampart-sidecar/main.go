@@ -6,8 +6,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -293,6 +295,11 @@ func run(ctx context.Context, c config) error {
 		if c.App == "" {
 			return errors.New("--inbound-listen needs --app")
 		}
+		if c.Transparent {
+			if err := loopbackApp(c.App); err != nil {
+				return err
+			}
+		}
 		if wl.Namespace == "" {
 			return errors.New("--inbound-listen needs --workload NAMESPACE/NAME (it could not be read from the token)")
 		}
@@ -400,4 +407,22 @@ func decisionLogOptions(c config) (proxy.DecisionLogOptions, error) {
 		}
 	}
 	return o, nil
+}
+
+// loopbackApp checks that a captured sidecar's app is on loopback: init
+// sends the sidecar's own connections to the pod's other addresses back to
+// its inbound listener (so a call to its own pod meets mTLS), so forwarding
+// to the app at the pod's address would loop.
+func loopbackApp(app string) error {
+	host, port, err := net.SplitHostPort(app)
+	if err != nil {
+		return fmt.Errorf("--app %q: %v", app, err)
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("--app %q: %v", app, err)
+	}
+	if ip, err := netip.ParseAddr(host); (err == nil && ip.Unmap().IsLoopback()) || host == "localhost" {
+		return nil
+	}
+	return fmt.Errorf("--app %q: with --transparent the app must be reached on loopback (127.0.0.1:PORT or [::1]:PORT): its sidecar's connections to the pod's own addresses are captured, so forwarding there would come back to the sidecar", app)
 }
