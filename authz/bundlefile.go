@@ -47,10 +47,15 @@ func loadBundleDir(dir string) (Bundle, error) {
 	if len(b.Modules) == 0 {
 		return b, fmt.Errorf("authz bundle %s: no .rego files", dir)
 	}
-	if rev, err := os.ReadFile(filepath.Join(dir, ".revision")); err == nil {
-		b.Revision = strings.TrimSpace(string(rev))
-	} else {
-		b.Revision = "dir:" + dir
-	}
+	b.Revision = BundleDirRevision(dir)
 	return b, nil
+}
+
+// BundleDirRevision is the revision of the bundle directory dir: its
+// .revision file, or "dir:DIR" without one.
+func BundleDirRevision(dir string) string {
+	if rev, err := os.ReadFile(filepath.Join(dir, ".revision")); err == nil {
+		return strings.TrimSpace(string(rev))
+	}
+	return "dir:" + dir
 }

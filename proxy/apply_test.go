@@ -361,3 +361,42 @@ func TestReloadBundleDirIsAllOrNothing(t *testing.T) {
 		})
 	}
 }
+
+// peer.json and authn.json are read after the modules. A writer that lays a
+// new revision down in between has moved .revision as well: nothing is
+// installed (not v1's Rego with v2's mode and rules), and the next poll reads
+// the directory again and installs v2 whole.
+func TestReloadBundleDirChangedWhileRead(t *testing.T) {
+	a, b := newIssuer(t, issuerA), newIssuer(t, issuerB)
+	callers := map[string]string{"alice@A": a.token(t, "alice"), "bob@A": a.token(t, "bob"), "bob@B": b.token(t, "bob")}
+	dir := t.TempDir()
+	p := newTestProxy(t, slog.New(slog.DiscardHandler), dir)
+	ctx := t.Context()
+	v1 := authz.WireBundle{Revision: "v1", Modules: modules(t, policyV1), JWTRules: rulesJSON(t, a.rule()), Peer: json.RawMessage(`{"mode":"PERMISSIVE"}`)}
+	v2 := authz.WireBundle{Revision: "v2", Modules: modules(t, policyV2), JWTRules: rulesJSON(t, b.rule()), Peer: json.RawMessage(`{"mode":"STRICT"}`)}
+	v3 := authz.WireBundle{Revision: "v3", Modules: modules(t, policyV1), JWTRules: rulesJSON(t, a.rule()), Peer: json.RawMessage(`{"mode":"PERMISSIVE"}`)}
+	writeBundleDir(t, dir, v1)
+	if rev := p.reloadBundleDir(ctx, "", p.authn, p.peerMode); rev != "v1" {
+		t.Fatalf("revision %q, want v1", rev)
+	}
+	v1State := stateOf(t, p, callers)
+	// v2 is read, and v3 written before its revision is checked again.
+	writeBundleDir(t, dir, v2)
+	afterBundleDirRead = func() { writeBundleDir(t, dir, v3) }
+	t.Cleanup(func() { afterBundleDirRead = func() {} })
+	if rev := p.reloadBundleDir(ctx, "v1", p.authn, p.peerMode); rev != "v1" {
+		t.Fatalf("revision %q after a read the directory moved under, want v1 (read again)", rev)
+	}
+	if diff := cmp.Diff(v1State, stateOf(t, p, callers)); diff != "" {
+		t.Fatalf("a half-read bundle was installed (-v1 +got):\n%s", diff)
+	}
+	afterBundleDirRead = func() {}
+	if rev := p.reloadBundleDir(ctx, "v1", p.authn, p.peerMode); rev != "v3" {
+		t.Fatalf("revision %q at the next poll, want v3", rev)
+	}
+	want := v1State
+	want.Revision = "v3"
+	if diff := cmp.Diff(want, stateOf(t, p, callers)); diff != "" {
+		t.Errorf("after v3 (-want +got):\n%s", diff)
+	}
+}

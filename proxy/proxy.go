@@ -339,7 +339,15 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := p.loadBundleDir(ctx, b, authn, peerMode); err != nil {
+		for try := 1; ; try++ {
+			if err = p.loadBundleDir(ctx, b, authn, peerMode); !errors.Is(err, errBundleDirMoved) || try == 5 {
+				break
+			}
+			if b, err = authz.LoadBundleDir(in.BundleDir); err != nil {
+				return err
+			}
+		}
+		if err != nil {
 			return err
 		}
 		source = func(ctx context.Context) error { return p.pollBundleDir(ctx, b.Revision, authn, peerMode) }
@@ -600,7 +608,12 @@ func (p *Proxy) reloadBundleDir(ctx context.Context, rev string, authn *jwtAuthn
 	if err != nil || nb.Revision == rev {
 		return rev
 	}
-	if err := p.loadBundleDir(ctx, nb, authn, peerMode); err != nil {
+	err = p.loadBundleDir(ctx, nb, authn, peerMode)
+	if errors.Is(err, errBundleDirMoved) {
+		p.log.Info("the bundle directory changed while being read; reading it again at the next poll", "revision", nb.Revision)
+		return rev
+	}
+	if err != nil {
 		p.log.Error("new bundle refused; keeping the last good one", "revision", nb.Revision, "err", err)
 	}
 	return nb.Revision
@@ -621,6 +634,13 @@ func (p *Proxy) loadBundleDir(ctx context.Context, b authz.Bundle, authn *jwtAut
 	if err != nil {
 		return err
 	}
+	afterBundleDirRead()
+	// peer.json and authn.json are read after the modules: a writer that
+	// replaced them meanwhile has moved .revision too (it writes it last), and
+	// the three must be of one revision.
+	if cur := authz.BundleDirRevision(in.BundleDir); cur != b.Revision {
+		return fmt.Errorf("%w (revision %s, now %s)", errBundleDirMoved, b.Revision, cur)
+	}
 	if err := p.engine.Load(ctx, b); err != nil {
 		return fmt.Errorf("authz bundle %s: %w", in.BundleDir, err)
 	}
@@ -629,6 +649,14 @@ func (p *Proxy) loadBundleDir(ctx context.Context, b authz.Bundle, authn *jwtAut
 	authn.install(ctx, rules)
 	return nil
 }
+
+// errBundleDirMoved: the bundle directory's revision changed while it was
+// read; nothing was installed, and it is read again.
+var errBundleDirMoved = errors.New("the bundle directory changed while being read")
+
+// afterBundleDirRead runs between reading a bundle directory's files and
+// checking its revision again (a test's hook).
+var afterBundleDirRead = func() {}
 
 // Agent returns the identity agent.
 func (p *Proxy) Agent() *agent.Agent { return p.agent }
