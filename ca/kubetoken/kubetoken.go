@@ -35,9 +35,11 @@ const maxTokenBytes = 16 << 10
 // costs refusals and retries, not a queue that holds every join back.
 const (
 	maxReviews    = 8
-	reviewWait    = 2 * time.Second
 	reviewTimeout = 5 * time.Second
 )
+
+// reviewWait is how long a caller waits for a turn (a variable for tests).
+var reviewWait = 2 * time.Second
 
 // ErrBusy means every review slot stayed taken: nothing was decided.
 var ErrBusy = errors.New("too many token reviews in flight")
@@ -78,6 +80,9 @@ func (r *Reviewer) Authenticate(ctx context.Context, token string) (ca.Identity,
 	case r.slots <- struct{}{}:
 		defer func() { <-r.slots }()
 	case <-wait.Done():
+		if err := ctx.Err(); err != nil {
+			return ca.Identity{}, err // the caller went away
+		}
 		return ca.Identity{}, ErrBusy
 	}
 	ctx, cancelReview := context.WithTimeout(ctx, reviewTimeout)

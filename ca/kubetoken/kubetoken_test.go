@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	authnclient "k8s.io/client-go/kubernetes/typed/authentication/v1"
@@ -111,6 +112,8 @@ func (f reviews) Create(_ context.Context, tr *authnv1.TokenReview, _ metav1.Cre
 // reviewWait gets ErrBusy (nothing decided), so a flood of tokens cannot queue
 // every join behind it.
 func TestReviewsAreBounded(t *testing.T) {
+	defer func(w time.Duration) { reviewWait = w }(reviewWait)
+	reviewWait = 50 * time.Millisecond
 	release := make(chan struct{})
 	started := make(chan struct{}, maxReviews+1)
 	r := New(reviews(func(*authnv1.TokenReview) (*authnv1.TokenReview, error) {

@@ -905,7 +905,7 @@ func TestTokenSpentOnlyWithCertificate(t *testing.T) {
 
 // A token refused as it is spent (spent or expired since it was checked) makes
 // the request Unauthenticated; a token store that fails to spend it (an I/O
-// error) is the server's failure, Internal and counted as an error, and the
+// error) is the server's failure, Unavailable and counted as an error, and the
 // token stays usable for a retry.
 func TestConsumeFailure(t *testing.T) {
 	tests := []struct {
@@ -972,7 +972,7 @@ func TestConsumeFailure(t *testing.T) {
 }
 
 // A token store that cannot read a token's record has decided nothing about
-// the credential: the client gets Internal (and may retry), not a refusal,
+// the credential: the client gets Unavailable (and may retry), not a refusal,
 // and the failure is counted as an error.
 func TestAuthenticateStoreFailure(t *testing.T) {
 	f := startServer(t)

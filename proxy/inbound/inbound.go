@@ -250,20 +250,39 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.warned = map[int]bool{}
 	}
-	// istio_requests_total is shared with the outbound path (reporter source).
-	if err := cfg.Metrics.Register(s.requests); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return nil, err
-		}
-		s.requests = are.ExistingCollector.(*prometheus.CounterVec)
+	// istio_requests_total is shared with the outbound path (reporter
+	// source), and the rest with a gateway's guard on the same sidecar: a
+	// collector registered already is reused.
+	var err error
+	if s.requests, err = register(cfg.Metrics, s.requests); err != nil {
+		return nil, err
 	}
-	for _, c := range []prometheus.Collector{s.resets, s.plaintext, s.refused, s.outside} {
-		if err := cfg.Metrics.Register(c); err != nil {
-			return nil, err
-		}
+	if s.resets, err = register(cfg.Metrics, s.resets); err != nil {
+		return nil, err
+	}
+	if s.plaintext, err = register(cfg.Metrics, s.plaintext); err != nil {
+		return nil, err
+	}
+	if s.refused, err = register(cfg.Metrics, s.refused); err != nil {
+		return nil, err
+	}
+	if s.outside, err = register(cfg.Metrics, s.outside); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// register registers c with reg, or returns the collector registered there
+// already under its name.
+func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(T); ok {
+			return existing, nil
+		}
+	}
+	return c, err
 }
 
 // Run serves until ctx ends.
