@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	clienttesting "k8s.io/client-go/testing"
+
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/yaml"
@@ -15,7 +17,8 @@ import (
 // The ClusterRole shipped in deploy/kube grants list and watch (what an
 // informer does) on every resource the source reads: a kind added to the
 // source without its grant would leave rampartd's caches unsynced in a
-// cluster. (The kube tier runs rampartd under this role for real.)
+// cluster. (The kube tier runs rampartd under this role for real.) The
+// resources are those a running source lists.
 func TestShippedRoleGrantsEveryWatchedResource(t *testing.T) {
 	const file = "../../../deploy/kube/rampartd-rbac.yaml"
 	data, err := os.ReadFile(filepath.FromSlash(file))
@@ -46,13 +49,29 @@ func TestShippedRoleGrantsEveryWatchedResource(t *testing.T) {
 		}
 		return false
 	}
-	watched := []schema.GroupResource{
-		{Resource: "services"}, {Resource: "pods"}, {Resource: "namespaces"},
-		{Group: "discovery.k8s.io", Resource: "endpointslices"},
-		RateLimitPolicies.GroupResource(),
+	// What the source lists, read off a running one's clients: a kind added
+	// to it, typed or custom, is checked without this test being told.
+	f := newFixture(t)
+	f.start(t, Config{})
+	seen := map[schema.GroupResource]bool{}
+	for _, actions := range [][]clienttesting.Action{f.kube.Actions(), f.dyn.Actions()} {
+		for _, a := range actions {
+			if a.GetVerb() == "list" {
+				seen[a.GetResource().GroupResource()] = true
+			}
+		}
+	}
+	var watched []schema.GroupResource
+	for gr := range seen {
+		watched = append(watched, gr)
 	}
 	for gvr := range IstioResources {
-		watched = append(watched, gvr.GroupResource())
+		if !seen[gvr.GroupResource()] {
+			t.Errorf("the running source never listed %s", gvr)
+		}
+	}
+	if len(watched) < len(IstioResources)+5 {
+		t.Fatalf("the running source listed only %v", watched)
 	}
 	for _, gr := range watched {
 		for _, verb := range []string{"list", "watch"} {
