@@ -85,8 +85,8 @@ type InboundConfig struct {
 	Listen string // e.g. 127.0.0.1:15006
 	App    string // the app's address
 	// Captured: connections come redirected by iptables (rampart-sidecar
-	// init); others, and those redirected from another port than App's, are
-	// refused.
+	// init); others are refused, and those redirected from another port than
+	// App's are passed to that port after TCP authorization.
 	Captured bool
 	// Protocol is "http" (default) or "tcp".
 	Protocol string

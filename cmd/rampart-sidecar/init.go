@@ -190,6 +190,12 @@ func captureRules(c initConfig, fam family) ([][]string, error) {
 	}
 	rules := [][]string{nat("-N", chainInbound), nat("-N", chainOutput)}
 	uid := strconv.Itoa(c.proxyUID)
+	if c.inboundPorts != "" && fam == ipv4 {
+		// The sidecar passes connections to the pod's other ports on to the
+		// pod's address from 127.0.0.6 (Istio's inbound passthrough source):
+		// those stay out of the capture below, or they would come back.
+		rules = append(rules, nat("-A", chainOutput, "-s", "127.0.0.6/32", "-o", "lo", "-j", "RETURN"))
+	}
 	if c.inboundPorts != "" {
 		// The sidecar's own connection to its pod's address (the app calling
 		// a service whose endpoint is this pod) goes over loopback and never

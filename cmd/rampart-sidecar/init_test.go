@@ -175,7 +175,7 @@ func TestCaptureRules(t *testing.T) {
 		"-A RAMPART_INBOUND -p tcp --dport 15090 -j RETURN\n-A RAMPART_INBOUND -p tcp --dport 15021 -j RETURN\n-A RAMPART_INBOUND -p tcp ! -d 127.0.0.0/8 -j REDIRECT --to-ports 15006",
 		"-A RAMPART_OUTPUT -d 169.254.169.254/32 -j RETURN",
 		"-A RAMPART_OUTPUT -d 10.0.0.0/8 -j RETURN",
-		"-A RAMPART_OUTPUT ! -d 127.0.0.0/8 -o lo -p tcp -m owner --uid-owner 1337 -j RAMPART_INBOUND",
+		"-A RAMPART_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN\n-A RAMPART_OUTPUT ! -d 127.0.0.0/8 -o lo -p tcp -m owner --uid-owner 1337 -j RAMPART_INBOUND",
 	} {
 		if !strings.Contains(v4, want) {
 			t.Errorf("IPv4 rules lack %q:\n%s", want, v4)

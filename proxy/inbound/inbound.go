@@ -63,8 +63,8 @@ type Config struct {
 	// App is the workload's own address, where allowed requests go.
 	App string
 	// Captured says every connection comes redirected by iptables
-	// (rampart-sidecar init): one that was not, or was sent to another port
-	// than App's, is refused (see outsideCapture).
+	// (rampart-sidecar init): one that was not is refused, and one sent to
+	// another port than App's is passed to that port (see outsideCapture).
 	Captured bool
 	// GuardOnly builds a Server that only checks requests for another listener
 	// (Guard); it has no Listener or App and is not Run.
@@ -238,7 +238,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.outside = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rampart_inbound_connections_outside_capture_total",
-		Help: "Connections a captured inbound listener (--transparent) refused: not redirected by iptables, or redirected from another port than the app's.",
+		Help: "Connections a captured inbound listener (--transparent) refused: not redirected by iptables, or over IPv6 from another port than the app's.",
 	}, []string{"reason"})
 	if cfg.Captured {
 		_, port, err := net.SplitHostPort(cfg.App)
@@ -368,6 +368,15 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 			c.Close()
 			return
 		}
+		// Redirected from another of the pod's ports: authorized as a TCP
+		// connection to that port and passed to it (the pod's address), as
+		// Istio's inbound passthrough.
+		var passTo *net.TCPAddr
+		if s.cfg.Captured {
+			if dst, ok := local.(*net.TCPAddr); ok && dst.Port != s.appPort {
+				passTo = dst
+			}
+		}
 		c = &slotConn{Conn: c, release: func() { <-s.slots }, local: local}
 		s.served.Add(1)
 		go func() {
@@ -390,7 +399,7 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 					return
 				}
 				if !meshALPN(hello.ALPN) {
-					s.serveTCP(ctx, rc, hello.ServerName)
+					s.serveTCP(ctx, rc, hello.ServerName, passTo)
 					return
 				}
 				conn = rc
@@ -414,6 +423,10 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 				reset(c)
 				return
 			}
+			if passTo != nil {
+				s.serveTCP(ctx, conn, "", passTo)
+				return
+			}
 			proto := s.cfg.Protocol
 			if proto == ProtocolAuto {
 				if proto, conn, err = s.detect(conn); err != nil {
@@ -422,7 +435,7 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 				}
 			}
 			if proto == authz.ProtocolTCP {
-				s.serveTCP(ctx, conn, "")
+				s.serveTCP(ctx, conn, "", nil)
 				return
 			}
 			srv.ServeConn(ctx, conn)
@@ -855,23 +868,28 @@ func (c *slotConn) LocalAddr() net.Addr {
 	return c.Conn.LocalAddr()
 }
 
+// PassthroughSource is the address a captured sidecar's connections to its
+// pod's other ports come from (Istio's 127.0.0.6): init leaves connections
+// from it to the pod's addresses uncaptured.
+var PassthroughSource = net.IPv4(127, 0, 0, 6)
+
 // outsideCapture reports whether a connection to a captured listener is
-// refused, and counts and logs it: only connections iptables redirected to
-// the app's port are the app's. One sent straight to the listener (15006)
-// would be checked as 15006 and reach the app, dodging a DENY on the app's
-// port; one redirected from another of the pod's ports (init
-// --inbound-ports '*') would be checked as that port and reach the app's, or,
-// sent to that port, reach what listens there on loopback only. Istio drops
-// the first and sends the second to the pod's address; a Rampart sidecar
-// fronts one app port. The first refusal for each port (of 64) is a warning
-// naming the fix; the rest are debug lines.
+// refused, and counts and logs it. One sent straight to the listener (15006)
+// is: checked as 15006 it would reach the app around a DENY on the app's
+// port (Istio drops those too). One redirected from another of the pod's
+// ports is served, authorized as a TCP connection to that port and passed to
+// the pod's address there (serveTCP), except over IPv6, where there is no
+// uncaptured loopback source to pass from. The first refusal for each port
+// (of 64) is a warning; the rest are debug lines.
 func (s *Server) outsideCapture(c net.Conn, local net.Addr) bool {
 	reason, port := "not_redirected", 0
 	if dst, ok := local.(*net.TCPAddr); ok {
-		if dst.Port == s.appPort {
+		if dst.Port == s.appPort || dst.IP.To4() != nil {
 			return false
 		}
-		reason, port = "other_port", dst.Port
+		// IPv6 has no uncaptured source on loopback to pass from (Istio
+		// adds ::6 to lo); such connections are refused.
+		reason, port = "other_port_ipv6", dst.Port
 	}
 	s.outside.WithLabelValues(reason).Inc()
 	s.warnedMu.Lock()
@@ -885,9 +903,9 @@ func (s *Server) outsideCapture(c net.Conn, local net.Addr) bool {
 		log = s.log.Warn
 	}
 	if reason == "not_redirected" {
-		log("connection refused: not redirected by iptables; a captured inbound listener takes only connections to the app's port", "peer", c.RemoteAddr().String(), "app_port", s.appPort)
+		log("connection refused: not redirected by iptables; a captured inbound listener takes only connections iptables redirected", "peer", c.RemoteAddr().String(), "app_port", s.appPort)
 	} else {
-		log("connection refused: this sidecar fronts the app's port only; exclude the pod's other ports from capture (init --exclude-inbound-ports, or --inbound-ports with the app's port)", "peer", c.RemoteAddr().String(), "port", port, "app_port", s.appPort)
+		log("connection refused: over IPv6 only the app's port is served; exclude the pod's other ports from capture (init --exclude-inbound-ports)", "peer", c.RemoteAddr().String(), "port", port, "app_port", s.appPort)
 	}
 	return true
 }
@@ -939,7 +957,7 @@ func (c *slotConn) CloseWrite() error {
 // serveTCP authorizes a TCP connection on its attributes (peer identity, IPs,
 // ports, SNI) and, if allowed, splices it to the app; a denied connection is
 // closed, as Envoy's network RBAC filter does.
-func (s *Server) serveTCP(ctx context.Context, c net.Conn, sni string) {
+func (s *Server) serveTCP(ctx context.Context, c net.Conn, sni string, passTo *net.TCPAddr) {
 	defer c.Close()
 	ar := &authz.Request{ID: uuid.New(), Protocol: authz.ProtocolTCP, Workload: s.cfg.Workload, SNI: sni}
 	security := "none"
@@ -975,9 +993,18 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn, sni string) {
 		return
 	}
 	var dialer net.Dialer
-	app, err := dialer.DialContext(ctx, "tcp", s.cfg.App)
+	to := s.cfg.App
+	if passTo != nil {
+		// To the pod's own address at the port the client dialled, so what
+		// listens on loopback only stays out of reach; from 127.0.0.6, which
+		// init leaves uncaptured (the sidecar's other connections to its pod
+		// come back to this listener).
+		to = passTo.String()
+		dialer.LocalAddr = &net.TCPAddr{IP: PassthroughSource}
+	}
+	app, err := dialer.DialContext(ctx, "tcp", to)
 	if err != nil {
-		s.log.Warn("app unreachable", "app", s.cfg.App, "err", err)
+		s.log.Warn("app unreachable", "app", to, "err", err)
 		return
 	}
 	defer app.Close()

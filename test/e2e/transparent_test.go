@@ -89,6 +89,7 @@ spec:
   - {number: 9080, name: http, protocol: HTTP}
   - {number: 9081, name: http-alt, protocol: HTTP}
   - {number: 9082, name: http-local, protocol: HTTP}
+  - {number: 9083, name: http-denied, protocol: HTTP}
   - {number: 15006, name: http-inbound, protocol: HTTP}
   workloadSelector: {labels: {app: b}}
 ---
@@ -127,6 +128,14 @@ spec:
   selector: {matchLabels: {app: b}}
   action: DENY
   rules: [{to: [{operation: {ports: ["9080"], paths: [/details/1]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-9083, namespace: default}
+spec:
+  selector: {matchLabels: {app: b}}
+  action: DENY
+  rules: [{to: [{operation: {ports: ["9083"]}}]}]
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +194,10 @@ spec:
 	// keeps a client from reaching it around the sidecar.
 	start("app-b", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "details", "--listen", ":9080")
 	start("outside", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", ":7000")
-	// A service of b's pod that listens on loopback only (an admin port).
+	// b's pod's other services: one on every address (9081), one denied to
+	// everyone (9083), one on loopback only (an admin port, 9082).
+	start("alt", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", ":9081")
+	start("denied", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", ":9083")
 	start("local-only", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", "127.0.0.1:9082")
 
 	curl := func(args ...string) string {
@@ -221,19 +233,24 @@ spec:
 	if out := curl("-w", " %{http_code}", "--resolve", "b6:9080:["+ipB6+"]", "http://b6:9080/details/1"); !strings.HasSuffix(out, " 403") {
 		t.Errorf("the DENY did not apply to a mesh request over IPv6: %q", out)
 	}
-	// b's sidecar fronts its app's port only. With every port captured, a
-	// mesh request to another of b's ports (9081: checked as 9081, it would
-	// dodge the DENY on 9080; 9082: a service on loopback only) or straight
-	// to the inbound listener (15006) is refused: the caller gets 503.
-	for _, port := range []string{"9081", "9082", "15006"} {
+	// With every port of b captured, a mesh request to another of b's ports
+	// is authorized as a TCP connection to that port and passed to b's
+	// address there (Istio's inbound passthrough): 9081 answers, 9083 is
+	// denied by a DENY on its port, 9082 listens on loopback only and stays
+	// out of reach, and a connection straight to the inbound listener
+	// (15006: checked as 15006, it would dodge the DENY on 9080) is refused.
+	if out := curl("--resolve", "b:9081:"+ipB, "http://b:9081/ratings/0"); !strings.Contains(out, "Reviewer1") {
+		t.Errorf("b:9081 through the inbound passthrough: %q", out)
+	}
+	for _, port := range []string{"9082", "9083", "15006"} {
 		out := curl("-w", " %{http_code}", "--resolve", "b:"+port+":"+ipB, "http://b:"+port+"/details/1")
-		if strings.Contains(out, "Shakespeare") || strings.Contains(out, "Reviewer") || !strings.HasSuffix(out, " 503") {
+		if strings.Contains(out, "Shakespeare") || strings.Contains(out, "Reviewer") || strings.Contains(out, "404") || !strings.HasSuffix(out, " 503") {
 			t.Errorf("b:%s/details/1 = %q; want 503 (refused at b's inbound)", port, out)
 		}
 	}
 	logB, _ := os.ReadFile(filepath.Join(dir, "sidecar-b.log"))
-	if !strings.Contains(string(logB), "fronts the app's port only") || !strings.Contains(string(logB), "not redirected by iptables") {
-		t.Errorf("sidecar b does not say why it refused the connections to 9081, 9082 and 15006:\n%s", logB)
+	if !strings.Contains(string(logB), "not redirected by iptables") || !strings.Contains(string(logB), "connection denied") {
+		t.Errorf("sidecar b does not say why it refused the connections to 15006 and 9083:\n%s", logB)
 	}
 	// A connection straight to a's outbound listener at a link-local address
 	// (a neighbour's, not redirected) is closed, not passed through to
