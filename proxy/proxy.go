@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -175,7 +176,6 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With("component", "sidecar"), agent: a, peerMode: &peerModes{}}
-	p.peerMode.mode.Store(inbound.ModePermissive)
 	p.authn = &jwtAuthn{log: p.log}
 	if err := cfg.Registry.Register(p.authn); err != nil {
 		return nil, err
@@ -370,11 +370,12 @@ func (p *Proxy) runInbound(ctx context.Context) error {
 		hook = p.logDecision
 	}
 	var modeFunc func() string
+	var portModeFunc func(int) string
 	if in.Mode == "" {
-		modeFunc = peerMode.get
+		modeFunc, portModeFunc = peerMode.get, peerMode.forPort
 	}
 	srv, err := inbound.New(inbound.Config{
-		Listener: lis, App: in.App, Captured: in.Captured, Protocol: in.Protocol, Mode: in.Mode, ModeFunc: modeFunc, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
+		Listener: lis, App: in.App, Captured: in.Captured, Protocol: in.Protocol, Mode: in.Mode, ModeFunc: modeFunc, PortModeFunc: portModeFunc, SVID: p.agent, Bundle: p.agent, TrustDomain: p.agent.TrustDomain(),
 		Engine: p.engine, Authn: authn, Workload: in.Workload, OnDecide: hook, RateLimit: p.limiter, Log: p.cfg.Log, Metrics: p.cfg.Registry,
 	})
 	if err != nil {
@@ -418,7 +419,7 @@ func (p *Proxy) apply(ctx context.Context, wb authz.WireBundle, authn *jwtAuthn,
 		return err
 	}
 	b.Providers = provs
-	var mode string
+	var mode *peerPolicy
 	if p.cfg.Inbound != nil {
 		if mode, err = parsePeerMode(wb.Peer, p.cfg.Inbound.App); err != nil {
 			return fmt.Errorf("peer modes: %w", err)
@@ -753,61 +754,101 @@ func (p *Proxy) serve(ctx context.Context) error {
 	return g.Wait()
 }
 
-// peerModes holds the mTLS mode for the app's port from the bundle's peer.json.
-type peerModes struct{ mode atomic.Value }
+// peerModes holds the mTLS modes from the bundle's peer.json: the app's
+// port's, and each other port's (a captured sidecar's inbound passthrough).
+type peerModes struct{ pol atomic.Pointer[peerPolicy] }
 
-func (p *peerModes) get() string {
-	if m, ok := p.mode.Load().(string); ok {
+// peerPolicy is a peer.json resolved: the app's port's mode, the workload's
+// and those of the ports portLevelMtls names.
+type peerPolicy struct {
+	app, base string
+	ports     map[int]string
+}
+
+var permissive = &peerPolicy{app: inbound.ModePermissive, base: inbound.ModePermissive}
+
+func (p *peerModes) policy() *peerPolicy {
+	if pol := p.pol.Load(); pol != nil {
+		return pol
+	}
+	return permissive
+}
+
+// get is the app's port's mode.
+func (p *peerModes) get() string { return p.policy().app }
+
+// forPort is port's mode: portLevelMtls's for it, else the workload's.
+func (p *peerModes) forPort(port int) string {
+	pol := p.policy()
+	if m, ok := pol.ports[port]; ok {
 		return m
 	}
-	return inbound.ModePermissive
+	return pol.base
 }
 
-func (p *peerModes) set(mode string) { p.mode.Store(mode) }
+func (p *peerModes) set(pol *peerPolicy) { p.pol.Store(pol) }
 
-// readPeerMode returns the mode for app's port from dir/peer.json; PERMISSIVE
+// readPeerMode returns the modes from dir/peer.json for app; PERMISSIVE
 // without one.
-func readPeerMode(dir, app string) (string, error) {
+func readPeerMode(dir, app string) (*peerPolicy, error) {
 	data, err := os.ReadFile(filepath.Join(dir, "peer.json"))
 	if errors.Is(err, fs.ErrNotExist) {
-		return inbound.ModePermissive, nil
+		return permissive, nil
 	}
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	mode, err := parsePeerMode(data, app)
+	pol, err := parsePeerMode(data, app)
 	if err != nil {
-		return "", fmt.Errorf("%s/peer.json: %w", dir, err)
+		return nil, fmt.Errorf("%s/peer.json: %w", dir, err)
 	}
-	return mode, nil
+	return pol, nil
 }
 
-// parsePeerMode returns the mode in data (compile.PeerPolicy as JSON) for
-// app's port; PERMISSIVE when data is empty.
-func parsePeerMode(data []byte, app string) (string, error) {
+// parsePeerMode returns the modes in data (compile.PeerPolicy as JSON) for
+// app's port and every other; PERMISSIVE when data is empty. Every mode must
+// be known.
+func parsePeerMode(data []byte, app string) (*peerPolicy, error) {
 	if len(data) == 0 {
-		return inbound.ModePermissive, nil
+		return permissive, nil
 	}
-	var pol struct {
+	var wire struct {
 		Mode   string            `json:"mode"`
 		Policy string            `json:"policy"` // the PeerAuthentication that set it, for reading
 		Ports  map[string]string `json:"ports"`
 	}
-	if err := authz.DecodeWire(data, &pol); err != nil {
-		return "", err
+	if err := authz.DecodeWire(data, &wire); err != nil {
+		return nil, err
 	}
-	mode := pol.Mode
+	known := func(m string) error {
+		switch m {
+		case inbound.ModeDisable, inbound.ModePermissive, inbound.ModeStrict:
+			return nil
+		}
+		return fmt.Errorf("unknown mode %q", m)
+	}
+	if err := known(wire.Mode); err != nil {
+		return nil, err
+	}
+	pol := &peerPolicy{app: wire.Mode, base: wire.Mode, ports: map[int]string{}}
+	for k, m := range wire.Ports {
+		port, err := strconv.Atoi(k)
+		if err != nil || port <= 0 || port > 65535 {
+			return nil, fmt.Errorf("ports: %q is not a port", k)
+		}
+		if err := known(m); err != nil {
+			return nil, fmt.Errorf("ports[%s]: %w", k, err)
+		}
+		pol.ports[port] = m
+	}
 	if _, port, err := net.SplitHostPort(app); err == nil {
-		if m, ok := pol.Ports[port]; ok {
-			mode = m
+		if n, err := net.LookupPort("tcp", port); err == nil {
+			if m, ok := pol.ports[n]; ok {
+				pol.app = m
+			}
 		}
 	}
-	switch mode {
-	case inbound.ModeDisable, inbound.ModePermissive, inbound.ModeStrict:
-	default:
-		return "", fmt.Errorf("unknown mode %q", mode)
-	}
-	return mode, nil
+	return pol, nil
 }
 
 // nodeID is the xDS node id: the SPIFFE ID, and the workload's name after "~"

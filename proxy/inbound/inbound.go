@@ -62,6 +62,10 @@ type Config struct {
 	Listener net.Listener
 	// App is the workload's own address, where allowed requests go.
 	App string
+	// PortModeFunc, if set, gives the mTLS mode of another of the pod's ports
+	// (portLevelMtls, else the workload's) for a captured listener's
+	// passthrough connections; ModeFunc's (the app's port's) otherwise.
+	PortModeFunc func(port int) string
 	// Captured says every connection comes redirected by iptables
 	// (rampart-sidecar init): one that was not is refused, and one sent to
 	// another port than App's is passed to that port (see outsideCapture).
@@ -363,18 +367,21 @@ func (s *Server) accept(ctx context.Context, srv *h1.Server) error {
 			return
 		}
 		local := originalDst(c)
-		if s.cfg.Captured && s.outsideCapture(c, local) {
-			<-s.slots
-			c.Close()
-			return
-		}
 		// Redirected from another of the pod's ports: authorized as a TCP
-		// connection to that port and passed to it (the pod's address), as
-		// Istio's inbound passthrough.
+		// connection to that port and passed to it, as Istio's inbound
+		// passthrough (outsideCapture).
 		var passTo *net.TCPAddr
 		if s.cfg.Captured {
-			if dst, ok := local.(*net.TCPAddr); ok && dst.Port != s.appPort {
-				passTo = dst
+			var refuse bool
+			if passTo, refuse = s.outsideCapture(c, local); refuse {
+				<-s.slots
+				c.Close()
+				return
+			}
+			if passTo != nil && s.cfg.PortModeFunc != nil {
+				if m := s.cfg.PortModeFunc(passTo.Port); m == ModeDisable || m == ModePermissive || m == ModeStrict {
+					mode = m // that port's portLevelMtls, or the workload's
+				}
 			}
 		}
 		c = &slotConn{Conn: c, release: func() { <-s.slots }, local: local}
@@ -873,23 +880,42 @@ func (c *slotConn) LocalAddr() net.Addr {
 // from it to the pod's addresses uncaptured.
 var PassthroughSource = net.IPv4(127, 0, 0, 6)
 
-// outsideCapture reports whether a connection to a captured listener is
-// refused, and counts and logs it. One sent straight to the listener (15006)
-// is: checked as 15006 it would reach the app around a DENY on the app's
-// port (Istio drops those too). One redirected from another of the pod's
-// ports is served, authorized as a TCP connection to that port and passed to
-// the pod's address there (serveTCP), except over IPv6, where there is no
-// uncaptured loopback source to pass from. The first refusal for each port
-// (of 64) is a warning; the rest are debug lines.
-func (s *Server) outsideCapture(c net.Conn, local net.Addr) bool {
+// outsideCapture decides a connection to a captured listener: served as
+// the app's, passed through to another of the pod's ports (passTo), or
+// refused (counted and logged: the first refusal for each port, of 64, is a
+// warning). One sent straight to the listener (15006) is refused: checked as
+// 15006 it would reach the app around a DENY on the app's port (Istio drops
+// those too). One redirected from another port is Istio's inbound
+// passthrough: authorized as a TCP connection to that port and passed to the
+// address the kernel redirected it to (the interface's, which the client
+// cannot choose; never the original destination, which it can: a loopback
+// or IPv4-mapped one would reach services bound to loopback only) at that
+// port. Only over IPv4: over IPv6 there is no uncaptured loopback source to
+// pass from (Istio adds ::6 to lo), so those are refused.
+func (s *Server) outsideCapture(c net.Conn, local net.Addr) (passTo *net.TCPAddr, refuse bool) {
 	reason, port := "not_redirected", 0
 	if dst, ok := local.(*net.TCPAddr); ok {
-		if dst.Port == s.appPort || dst.IP.To4() != nil {
-			return false
+		if dst.Port == s.appPort {
+			return nil, false
 		}
-		// IPv6 has no uncaptured source on loopback to pass from (Istio
-		// adds ::6 to lo); such connections are refused.
-		reason, port = "other_port_ipv6", dst.Port
+		port = dst.Port
+		own, ok := c.LocalAddr().(*net.TCPAddr)
+		switch {
+		case !ok || own.IP.To4() == nil:
+			reason = "other_port_ipv6"
+		case own.IP.IsLoopback():
+			// The sidecar's own connection to its pod (init's uid rule
+			// redirects it to 127.0.0.1): the original destination is the
+			// address it dialled, one of the pod's.
+			if ip := dst.IP.To4(); ip != nil && !ip.IsLoopback() && !ip.IsUnspecified() {
+				return &net.TCPAddr{IP: ip, Port: dst.Port}, false
+			}
+			reason = "other_port_loopback"
+		case own.IP.IsUnspecified():
+			reason = "other_port_loopback"
+		default:
+			return &net.TCPAddr{IP: own.IP.To4(), Port: dst.Port}, false
+		}
 	}
 	s.outside.WithLabelValues(reason).Inc()
 	s.warnedMu.Lock()
@@ -902,12 +928,13 @@ func (s *Server) outsideCapture(c net.Conn, local net.Addr) bool {
 	if first {
 		log = s.log.Warn
 	}
-	if reason == "not_redirected" {
+	switch reason {
+	case "not_redirected":
 		log("connection refused: not redirected by iptables; a captured inbound listener takes only connections iptables redirected", "peer", c.RemoteAddr().String(), "app_port", s.appPort)
-	} else {
-		log("connection refused: over IPv6 only the app's port is served; exclude the pod's other ports from capture (init --exclude-inbound-ports)", "peer", c.RemoteAddr().String(), "port", port, "app_port", s.appPort)
+	default:
+		log("connection to another port refused: the pod's other ports are passed through over IPv4 to the pod's address only; exclude the port from capture (init --exclude-inbound-ports) to reach it otherwise", "peer", c.RemoteAddr().String(), "port", port, "app_port", s.appPort, "reason", reason)
 	}
-	return true
+	return nil, true
 }
 
 // originalDst is c's destination before an iptables REDIRECT, or nil when
@@ -1004,6 +1031,12 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn, sni string, passTo *n
 	}
 	app, err := dialer.DialContext(ctx, "tcp", to)
 	if err != nil {
+		if passTo != nil {
+			// Nothing listening on the pod's address at that port: as a
+			// port scan would find, not a fault of the app's.
+			s.log.Debug("passthrough: nothing listens on the pod's address at this port", "to", to, "err", err)
+			return
+		}
 		s.log.Warn("app unreachable", "app", to, "err", err)
 		return
 	}

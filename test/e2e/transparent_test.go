@@ -129,6 +129,16 @@ spec:
   action: DENY
   rules: [{to: [{operation: {ports: ["9080"], paths: [/details/1]}}]}]
 ---
+# b's other port 9081 takes plaintext (a migration): its passthrough meets
+# its own mode, not the app's port's STRICT.
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: b-ports, namespace: default}
+spec:
+  selector: {matchLabels: {app: b}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {9081: {mode: PERMISSIVE}}
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: no-9083, namespace: default}
@@ -241,6 +251,17 @@ spec:
 	// (15006: checked as 15006, it would dodge the DENY on 9080) is refused.
 	if out := curl("--resolve", "b:9081:"+ipB, "http://b:9081/ratings/0"); !strings.Contains(out, "Reviewer1") {
 		t.Errorf("b:9081 through the inbound passthrough: %q", out)
+	}
+	plain := func(url string) string {
+		out, _ := exec.Command("ip", "netns", "exec", nsA, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
+			"curl", "-s", "-m", "5", url).CombinedOutput()
+		return string(out)
+	}
+	if out := plain("http://" + ipB + ":9081/ratings/0"); !strings.Contains(out, "Reviewer1") {
+		t.Errorf("plaintext to b:9081, PERMISSIVE by portLevelMtls: %q", out)
+	}
+	if out := plain("http://" + ipB + ":9083/ratings/0"); strings.Contains(out, "Reviewer") {
+		t.Errorf("plaintext to b:9083 (STRICT, the workload's mode) was served: %q", out)
 	}
 	for _, port := range []string{"9082", "9083", "15006"} {
 		out := curl("-w", " %{http_code}", "--resolve", "b:"+port+":"+ipB, "http://b:"+port+"/details/1")
