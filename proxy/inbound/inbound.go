@@ -1008,6 +1008,10 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn, sni string, passTo *n
 		ar.DestinationIP = host
 		ar.DestinationPort, _ = strconv.Atoi(port)
 	}
+	if passTo != nil {
+		// Where the connection goes, not the address the client wrote.
+		ar.DestinationIP = passTo.IP.String()
+	}
 	d := s.cfg.Engine.Decide(ctx, ar)
 	if s.cfg.OnDecide != nil {
 		s.cfg.OnDecide(ctx, ar, d)

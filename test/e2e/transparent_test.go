@@ -90,6 +90,7 @@ spec:
   - {number: 9081, name: http-alt, protocol: HTTP}
   - {number: 9082, name: http-local, protocol: HTTP}
   - {number: 9083, name: http-denied, protocol: HTTP}
+  - {number: 9084, name: http-strict, protocol: HTTP}
   - {number: 15006, name: http-inbound, protocol: HTTP}
   workloadSelector: {labels: {app: b}}
 ---
@@ -208,6 +209,7 @@ spec:
 	// everyone (9083), one on loopback only (an admin port, 9082).
 	start("alt", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", ":9081")
 	start("denied", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", ":9083")
+	start("strict", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", ":9084")
 	start("local-only", "ip", "netns", "exec", nsB, filepath.Join(bin, "bookinfo"), "ratings", "--listen", "127.0.0.1:9082")
 
 	curl := func(args ...string) string {
@@ -260,8 +262,13 @@ spec:
 	if out := plain("http://" + ipB + ":9081/ratings/0"); !strings.Contains(out, "Reviewer1") {
 		t.Errorf("plaintext to b:9081, PERMISSIVE by portLevelMtls: %q", out)
 	}
-	if out := plain("http://" + ipB + ":9083/ratings/0"); strings.Contains(out, "Reviewer") {
-		t.Errorf("plaintext to b:9083 (STRICT, the workload's mode) was served: %q", out)
+	// 9084 has no DENY: the mesh reaches it, plaintext does not (STRICT,
+	// the workload's mode).
+	if out := curl("--resolve", "b:9084:"+ipB, "http://b:9084/ratings/0"); !strings.Contains(out, "Reviewer1") {
+		t.Errorf("b:9084 through the mesh: %q", out)
+	}
+	if out := plain("http://" + ipB + ":9084/ratings/0"); strings.Contains(out, "Reviewer") {
+		t.Errorf("plaintext to b:9084 (STRICT, the workload's mode) was served: %q", out)
 	}
 	for _, port := range []string{"9082", "9083", "15006"} {
 		out := curl("-w", " %{http_code}", "--resolve", "b:"+port+":"+ipB, "http://b:"+port+"/details/1")
