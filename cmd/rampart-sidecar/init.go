@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/rampart-mesh/rampart/proxy/inbound"
+
 	"github.com/spf13/cobra"
 )
 
@@ -194,7 +196,7 @@ func captureRules(c initConfig, fam family) ([][]string, error) {
 		// The sidecar passes connections to the pod's other ports on to the
 		// pod's address from 127.0.0.6 (Istio's inbound passthrough source):
 		// those stay out of the capture below, or they would come back.
-		rules = append(rules, nat("-A", chainOutput, "-s", "127.0.0.6/32", "-o", "lo", "-j", "RETURN"))
+		rules = append(rules, nat("-A", chainOutput, "-s", inbound.PassthroughSource+"/32", "-o", "lo", "-j", "RETURN"))
 	}
 	if c.inboundPorts != "" {
 		// The sidecar's own connection to its pod's address (the app calling

@@ -878,7 +878,7 @@ func (c *slotConn) LocalAddr() net.Addr {
 // PassthroughSource is the address a captured sidecar's connections to its
 // pod's other ports come from (Istio's 127.0.0.6): init leaves connections
 // from it to the pod's addresses uncaptured.
-var PassthroughSource = net.IPv4(127, 0, 0, 6)
+const PassthroughSource = "127.0.0.6"
 
 // outsideCapture decides a connection to a captured listener: served as
 // the app's, passed through to another of the pod's ports (passTo), or
@@ -1031,7 +1031,7 @@ func (s *Server) serveTCP(ctx context.Context, c net.Conn, sni string, passTo *n
 		// init leaves uncaptured (the sidecar's other connections to its pod
 		// come back to this listener).
 		to = passTo.String()
-		dialer.LocalAddr = &net.TCPAddr{IP: PassthroughSource}
+		dialer.LocalAddr = &net.TCPAddr{IP: net.ParseIP(PassthroughSource)}
 	}
 	app, err := dialer.DialContext(ctx, "tcp", to)
 	if err != nil {
